@@ -1,0 +1,144 @@
+//! The shape of `proxy.yaml` as written. Every struct refuses unknown keys; values stay as the
+//! user wrote them (strings for durations, sizes, addresses) until `validate` turns them into the
+//! runtime `Config` and reports every problem with its key path.
+
+use serde::Deserialize;
+use std::collections::BTreeMap;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    pub listen: ListenFile,
+    pub admin: Option<AdminFile>,
+    pub issuer: Option<String>,
+    pub jwks: Option<JwksFile>,
+    pub tokens: Option<TokensFile>,
+    pub registration: Option<RegistrationFile>,
+    pub session_store: Option<SessionStoreFile>,
+    #[serde(default)]
+    pub upstreams: BTreeMap<String, UpstreamFile>,
+    #[serde(default)]
+    pub routes: Vec<RouteFile>,
+    pub state: Option<StateFile>,
+    pub server: Option<ServerFile>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListenFile {
+    pub address: String,
+    pub tls: ListenTlsFile,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListenTlsFile {
+    pub cert: String,
+    pub key: String,
+    pub client_auth: Option<String>,
+    pub client_ca: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdminFile {
+    pub address: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JwksFile {
+    pub uri: Option<String>,
+    pub file: Option<String>,
+    pub refresh_interval: Option<String>,
+    pub min_refetch_interval: Option<String>,
+    pub max_stale: Option<String>,
+    /// Extension: CA bundle to verify an `https` JWKS server with (default: system roots).
+    pub ca: Option<String>,
+    /// Extension: timeout of one JWKS fetch.
+    pub fetch_timeout: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TokensFile {
+    pub algorithms: Option<Vec<String>>,
+    pub leeway: Option<String>,
+    pub verified_cache_entries: Option<u64>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RegistrationFile {
+    pub path: Option<String>,
+    pub endpoint_uri: Option<String>,
+    pub target: Option<String>,
+    #[serde(default)]
+    pub master_tokens: Vec<SecretFile>,
+    pub scope: Option<String>,
+    pub require_initial_access_token_audience: Option<bool>,
+    pub require_certificate_binding: Option<bool>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SessionStoreFile {
+    pub path: Option<String>,
+    pub target: Option<String>,
+    #[serde(default)]
+    pub api_tokens: Vec<SecretFile>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SecretFile {
+    pub value: Option<String>,
+    pub sha256: Option<String>,
+    pub env: Option<String>,
+    pub file: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamFile {
+    pub address: String,
+    pub tls: Option<bool>,
+    pub sni: Option<String>,
+    pub client_cert_header: Option<String>,
+    /// Extension: CA bundle that signs the upstream's certificate (default: system roots).
+    pub ca: Option<String>,
+    /// Extension: time allowed to open a connection (default 5s).
+    pub connect_timeout: Option<String>,
+    /// Extension: time allowed between two reads from the upstream (default 60s).
+    pub read_timeout: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteFile {
+    pub prefix: String,
+    pub upstream: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StateFile {
+    pub path: Option<String>,
+    pub sessions: Option<SessionLimitsFile>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SessionLimitsFile {
+    pub max_life: Option<i64>,
+    pub auth_life: Option<i64>,
+    pub max_idle: Option<i64>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerFile {
+    pub threads: Option<usize>,
+    pub grace_period: Option<String>,
+    pub max_body: Option<String>,
+}

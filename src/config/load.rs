@@ -1,0 +1,235 @@
+//! Reading `proxy.yaml` into the file structs, collecting every structural problem.
+
+use serde_yaml_ng::Value;
+use std::path::Path;
+
+use super::file::FileConfig;
+use super::{validate, Config, ConfigError, Problem};
+
+/// At most this many structural problems are collected from one file before giving up.
+const MAX_STRUCTURAL_PROBLEMS: usize = 64;
+
+/// Reads, parses and validates a configuration file.
+pub fn load(path: &Path) -> Result<Config, ConfigError> {
+    let fail = |problems: Vec<Problem>| ConfigError {
+        file: path.to_path_buf(),
+        problems,
+    };
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        fail(vec![Problem {
+            key: String::new(),
+            reason: format!("cannot read the file: {e}"),
+        }])
+    })?;
+    let file = parse(&text).map_err(fail)?;
+    validate::validate(file, path).map_err(fail)
+}
+
+/// Parses YAML text into the file structs. Unknown keys and wrongly typed values are all
+/// reported: each offending key is noted, removed, and the rest parsed again.
+pub fn parse(text: &str) -> Result<FileConfig, Vec<Problem>> {
+    let mut value: Value = serde_yaml_ng::from_str(text).map_err(|e| {
+        vec![Problem {
+            key: String::new(),
+            reason: format!("not valid YAML: {e}"),
+        }]
+    })?;
+    if value.is_null() {
+        return Err(vec![Problem {
+            key: String::new(),
+            reason: "the file is empty".into(),
+        }]);
+    }
+    let mut problems = Vec::new();
+    loop {
+        match serde_path_to_error::deserialize::<_, FileConfig>(value.clone()) {
+            Ok(file) if problems.is_empty() => return Ok(file),
+            Ok(_) => return Err(problems),
+            Err(err) => {
+                let segments = path_segments(err.path());
+                let message = err.inner().to_string();
+                let (problem, removable) = describe(&segments, &message);
+                problems.push(problem);
+                let removed = removable && remove_at(&mut value, &removable_path(&segments, &message));
+                if !removed || problems.len() >= MAX_STRUCTURAL_PROBLEMS {
+                    return Err(problems);
+                }
+            }
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+enum Segment {
+    Key(String),
+    Index(usize),
+}
+
+fn path_segments(path: &serde_path_to_error::Path) -> Vec<Segment> {
+    use serde_path_to_error::Segment as S;
+    path.iter()
+        .filter_map(|s| match s {
+            S::Map { key } => Some(Segment::Key(key.clone())),
+            S::Seq { index } => Some(Segment::Index(*index)),
+            S::Enum { variant } => Some(Segment::Key(variant.clone())),
+            S::Unknown => None,
+        })
+        .collect()
+}
+
+fn render(segments: &[Segment]) -> String {
+    let mut out = String::new();
+    for s in segments {
+        match s {
+            Segment::Key(k) => {
+                if !out.is_empty() {
+                    out.push('.');
+                }
+                out.push_str(k);
+            }
+            Segment::Index(i) => out.push_str(&format!("[{i}]")),
+        }
+    }
+    out
+}
+
+/// The text between the first pair of backticks of a serde message: the field's name.
+fn quoted(message: &str) -> Option<&str> {
+    let start = message.find('`')? + 1;
+    let len = message[start..].find('`')?;
+    Some(&message[start..start + len])
+}
+
+fn unknown_field(message: &str) -> Option<&str> {
+    message
+        .starts_with("unknown field")
+        .then(|| quoted(message))
+        .flatten()
+}
+
+/// Turns one serde error into a problem, and says whether removing the key lets parsing go on.
+fn describe(segments: &[Segment], message: &str) -> (Problem, bool) {
+    // serde reports the line and column of the YAML node after the message; keep the message.
+    let message = message
+        .split(" at line ")
+        .next()
+        .unwrap_or(message)
+        .to_string();
+    if let Some(field) = unknown_field(&message) {
+        let mut key = segments.to_vec();
+        // The path of an unknown field may or may not already end with the field itself.
+        if !matches!(key.last(), Some(Segment::Key(k)) if k == field) {
+            key.push(Segment::Key(field.to_string()));
+        }
+        let expected = message
+            .split_once(", expected ")
+            .map(|(_, e)| format!(" (expected {})", e.replace('`', "")))
+            .unwrap_or_default();
+        return (
+            Problem {
+                key: render(&key),
+                reason: format!("unknown key{expected}"),
+            },
+            true,
+        );
+    }
+    if message.starts_with("missing field") {
+        let mut key = segments.to_vec();
+        if let Some(field) = quoted(&message) {
+            key.push(Segment::Key(field.to_string()));
+        }
+        return (
+            Problem {
+                key: render(&key),
+                reason: "required key is missing".into(),
+            },
+            false,
+        );
+    }
+    // A value of the wrong type: removing it lets optional keys fall back to their default.
+    let removable = matches!(segments.last(), Some(Segment::Key(_)) | Some(Segment::Index(_)));
+    (
+        Problem {
+            key: render(segments),
+            reason: message,
+        },
+        removable,
+    )
+}
+
+fn removable_path(segments: &[Segment], message: &str) -> Vec<Segment> {
+    let mut path = segments.to_vec();
+    if let Some(field) = unknown_field(message) {
+        if !matches!(path.last(), Some(Segment::Key(k)) if k == field) {
+            path.push(Segment::Key(field.to_string()));
+        }
+    }
+    path
+}
+
+/// Removes the node at `path`; false when there is nothing to remove.
+fn remove_at(value: &mut Value, path: &[Segment]) -> bool {
+    let Some((last, parents)) = path.split_last() else {
+        return false;
+    };
+    let mut node = value;
+    for seg in parents {
+        node = match (seg, node) {
+            (Segment::Key(k), Value::Mapping(m)) => match m.get_mut(k.as_str()) {
+                Some(v) => v,
+                None => return false,
+            },
+            (Segment::Index(i), Value::Sequence(s)) => match s.get_mut(*i) {
+                Some(v) => v,
+                None => return false,
+            },
+            _ => return false,
+        };
+    }
+    match (last, node) {
+        (Segment::Key(k), Value::Mapping(m)) => m.remove(k.as_str()).is_some(),
+        (Segment::Index(i), Value::Sequence(s)) if *i < s.len() => {
+            s.remove(*i);
+            true
+        }
+        _ => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn problems(yaml: &str) -> Vec<String> {
+        match parse(yaml) {
+            Ok(_) => vec![],
+            Err(p) => p.iter().map(|p| p.to_string()).collect(),
+        }
+    }
+
+    #[test]
+    fn every_unknown_key_is_reported_with_its_path() {
+        let found = problems(
+            "listen:\n  adress: x\n  address: \"127.0.0.1:1\"\n  tls: {cert: a, key: b, colour: red}\nfrobnicate: 1\n",
+        );
+        assert!(found.iter().any(|p| p.starts_with("listen.adress: unknown key")), "{found:?}");
+        assert!(found.iter().any(|p| p.starts_with("listen.tls.colour: unknown key")), "{found:?}");
+        assert!(found.iter().any(|p| p.starts_with("frobnicate: unknown key")), "{found:?}");
+    }
+
+    #[test]
+    fn missing_and_mistyped_keys() {
+        let found = problems("listen:\n  tls: {cert: a, key: b}\n");
+        assert_eq!(found, vec!["listen.address: required key is missing"]);
+        let found = problems(
+            "listen: {address: \"127.0.0.1:1\", tls: {cert: a, key: b}}\nserver: {threads: many}\n",
+        );
+        assert!(found[0].starts_with("server.threads: invalid type"), "{found:?}");
+    }
+
+    #[test]
+    fn not_yaml_and_empty() {
+        assert!(problems("listen: [")[0].starts_with("not valid YAML"));
+        assert_eq!(problems(""), vec!["the file is empty"]);
+    }
+}

@@ -1,0 +1,273 @@
+//! `proxy.yaml` → one validated [`Config`].
+//!
+//! The pipeline: the file is read and parsed as YAML; the YAML is deserialised into the file
+//! structs of [`file`] (which refuse unknown keys); [`validate`] turns those into the runtime
+//! `Config`. Every step records problems as `key.path: reason` and goes on where it can, so a
+//! user sees every mistake of a file at once, not one per run.
+
+pub mod file;
+mod load;
+pub mod secret;
+pub mod units;
+mod validate;
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+pub use load::load;
+pub use secret::{SecretDigest, SecretSet};
+
+/// One problem of a configuration file: where, and why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    pub key: String,
+    pub reason: String,
+}
+
+impl fmt::Display for Problem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.key.is_empty() {
+            f.write_str(&self.reason)
+        } else {
+            write!(f, "{}: {}", self.key, self.reason)
+        }
+    }
+}
+
+/// Every problem found in a configuration file.
+#[derive(Debug, Clone, thiserror::Error)]
+pub struct ConfigError {
+    pub file: PathBuf,
+    pub problems: Vec<Problem>,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let n = self.problems.len();
+        writeln!(
+            f,
+            "{}: {n} problem{}",
+            self.file.display(),
+            if n == 1 { "" } else { "s" }
+        )?;
+        for p in &self.problems {
+            writeln!(f, "  {p}")?;
+        }
+        Ok(())
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// The configuration file; relative paths inside it start from its directory.
+    pub source: PathBuf,
+    pub listen: Listen,
+    pub admin: Option<Admin>,
+    pub issuer: Option<String>,
+    pub jwks: Option<Jwks>,
+    pub tokens: Tokens,
+    pub registration: Registration,
+    pub session_store: SessionStore,
+    pub upstreams: BTreeMap<String, Upstream>,
+    pub routes: Vec<Route>,
+    pub state: State,
+    pub server: Server,
+}
+
+#[derive(Debug, Clone)]
+pub struct Listen {
+    pub address: SocketAddr,
+    pub tls: ListenTls,
+}
+
+#[derive(Debug, Clone)]
+pub struct ListenTls {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    pub client_auth: ClientAuth,
+    pub client_ca: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClientAuth {
+    None,
+    Optional,
+    Required,
+}
+
+#[derive(Debug, Clone)]
+pub struct Admin {
+    pub address: SocketAddr,
+}
+
+#[derive(Debug, Clone)]
+pub enum JwksSource {
+    Uri(String),
+    File(PathBuf),
+}
+
+#[derive(Debug, Clone)]
+pub struct Jwks {
+    pub source: JwksSource,
+    pub refresh_interval: Duration,
+    pub min_refetch_interval: Duration,
+    pub max_stale: Duration,
+    pub ca: Option<PathBuf>,
+    pub fetch_timeout: Duration,
+}
+
+/// The JWS algorithms bindgate can verify. `none` and the HMAC family are absent on purpose:
+/// an initial access token is verified with the provider's public keys only.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum JwsAlgorithm {
+    RS256,
+    RS384,
+    RS512,
+    PS256,
+    PS384,
+    PS512,
+    ES256,
+    ES384,
+    EdDSA,
+}
+
+impl JwsAlgorithm {
+    pub const ALL: [JwsAlgorithm; 9] = [
+        JwsAlgorithm::RS256,
+        JwsAlgorithm::RS384,
+        JwsAlgorithm::RS512,
+        JwsAlgorithm::PS256,
+        JwsAlgorithm::PS384,
+        JwsAlgorithm::PS512,
+        JwsAlgorithm::ES256,
+        JwsAlgorithm::ES384,
+        JwsAlgorithm::EdDSA,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            JwsAlgorithm::RS256 => "RS256",
+            JwsAlgorithm::RS384 => "RS384",
+            JwsAlgorithm::RS512 => "RS512",
+            JwsAlgorithm::PS256 => "PS256",
+            JwsAlgorithm::PS384 => "PS384",
+            JwsAlgorithm::PS512 => "PS512",
+            JwsAlgorithm::ES256 => "ES256",
+            JwsAlgorithm::ES384 => "ES384",
+            JwsAlgorithm::EdDSA => "EdDSA",
+        }
+    }
+
+    pub fn from_name(name: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|a| a.name() == name)
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Tokens {
+    pub algorithms: Vec<JwsAlgorithm>,
+    pub leeway: Duration,
+    pub verified_cache_entries: u64,
+}
+
+/// Where an approved request goes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Target {
+    Embedded,
+    Upstream(String),
+}
+
+impl Target {
+    pub fn label(&self) -> &str {
+        match self {
+            Target::Embedded => "embedded",
+            Target::Upstream(name) => name,
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Registration {
+    pub path: String,
+    pub endpoint_uri: Option<String>,
+    pub target: Target,
+    pub master_tokens: SecretSet,
+    pub scope: String,
+    pub require_initial_access_token_audience: bool,
+    pub require_certificate_binding: bool,
+}
+
+#[derive(Debug, Clone)]
+pub struct SessionStore {
+    pub path: String,
+    pub target: Target,
+    pub api_tokens: SecretSet,
+}
+
+#[derive(Debug, Clone)]
+pub struct Upstream {
+    pub name: String,
+    /// As written, for logs.
+    pub address_text: String,
+    pub address: SocketAddr,
+    pub tls: bool,
+    pub sni: String,
+    pub client_cert_header: Option<http::HeaderName>,
+    pub ca: Option<PathBuf>,
+    pub connect_timeout: Duration,
+    pub read_timeout: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct Route {
+    pub prefix: String,
+    pub upstream: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StatePath {
+    Memory,
+    File(PathBuf),
+}
+
+/// Session lifetimes in minutes; -1 is unlimited.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SessionLimits {
+    pub max_life: i64,
+    pub auth_life: i64,
+    pub max_idle: i64,
+}
+
+#[derive(Debug, Clone)]
+pub struct State {
+    pub path: StatePath,
+    pub sessions: SessionLimits,
+}
+
+#[derive(Debug, Clone)]
+pub struct Server {
+    pub threads: usize,
+    pub grace_period: Duration,
+    pub max_body: u64,
+}
+
+impl Config {
+    /// Resolves a path written in the configuration file against the file's directory.
+    pub fn resolve(&self, path: &str) -> PathBuf {
+        resolve_against(&self.source, path)
+    }
+}
+
+pub(crate) fn resolve_against(source: &Path, path: &str) -> PathBuf {
+    let p = Path::new(path);
+    if p.is_absolute() {
+        return p.to_path_buf();
+    }
+    match source.parent() {
+        Some(dir) if !dir.as_os_str().is_empty() => dir.join(p),
+        _ => p.to_path_buf(),
+    }
+}

@@ -1,0 +1,89 @@
+//! Durations (`30s`, `5m`, `24h`) and sizes (`64KiB`) as `proxy.yaml` writes them.
+
+use std::time::Duration;
+
+/// Parses `500ms`, `30s`, `5m`, `24h`, `7d`. A bare number is refused: the unit is part of the value.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .ok_or_else(|| format!("`{text}` has no unit (write e.g. 30s, 5m, 24h)"))?;
+    let (digits, unit) = text.split_at(split);
+    if digits.is_empty() {
+        return Err(format!("`{text}` is not a duration (write e.g. 30s, 5m, 24h)"));
+    }
+    let n: u64 = digits
+        .parse()
+        .map_err(|_| format!("`{text}` is too large"))?;
+    let per_unit_ms: u64 = match unit {
+        "ms" => 1,
+        "s" => 1_000,
+        "m" => 60_000,
+        "h" => 3_600_000,
+        "d" => 86_400_000,
+        _ => return Err(format!("`{text}`: unknown unit `{unit}` (use ms, s, m, h or d)")),
+    };
+    n.checked_mul(per_unit_ms)
+        .map(Duration::from_millis)
+        .ok_or_else(|| format!("`{text}` is too large"))
+}
+
+/// Parses `512`, `64KiB`, `1MiB`, `16kB`. Binary units are powers of 1024, decimal ones of 1000.
+pub fn parse_size(text: &str) -> Result<u64, String> {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
+    let (digits, unit) = text.split_at(split);
+    if digits.is_empty() {
+        return Err(format!("`{text}` is not a size (write e.g. 64KiB, 1MiB)"));
+    }
+    let n: u64 = digits
+        .parse()
+        .map_err(|_| format!("`{text}` is too large"))?;
+    let factor: u64 = match unit.trim() {
+        "" | "B" => 1,
+        "KiB" => 1 << 10,
+        "MiB" => 1 << 20,
+        "GiB" => 1 << 30,
+        "kB" | "KB" => 1_000,
+        "MB" => 1_000_000,
+        "GB" => 1_000_000_000,
+        other => {
+            return Err(format!(
+                "`{text}`: unknown unit `{other}` (use B, KiB, MiB, GiB, kB, MB or GB)"
+            ))
+        }
+    };
+    n.checked_mul(factor)
+        .ok_or_else(|| format!("`{text}` is too large"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("30s"), Ok(Duration::from_secs(30)));
+        assert_eq!(parse_duration("5m"), Ok(Duration::from_secs(300)));
+        assert_eq!(parse_duration("24h"), Ok(Duration::from_secs(86_400)));
+        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
+        assert!(parse_duration("30").is_err());
+        assert!(parse_duration("s").is_err());
+        assert!(parse_duration("5 minutes").is_err());
+        assert!(parse_duration("99999999999999999999s").is_err());
+        assert!(parse_duration("-5s").is_err());
+    }
+
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_size("64KiB"), Ok(65_536));
+        assert_eq!(parse_size("1MiB"), Ok(1_048_576));
+        assert_eq!(parse_size("512"), Ok(512));
+        assert_eq!(parse_size("16kB"), Ok(16_000));
+        assert!(parse_size("64 potatoes").is_err());
+        assert!(parse_size("KiB").is_err());
+        assert!(parse_size("99999999999999999999GiB").is_err());
+    }
+}

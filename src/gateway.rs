@@ -1,0 +1,356 @@
+//! The Pingora `ProxyHttp`: route → authorise → embedded or upstream. The glue stays thin: the
+//! decisions are made by `routing`, the answers by `rejection`.
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use pingora::http::RequestHeader;
+use pingora::prelude::*;
+use pingora::proxy::{FailToProxy, ProxyHttp, Session};
+use pingora::upstreams::peer::HttpPeer;
+use pingora::{ErrorSource, ErrorType};
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Instant;
+
+use crate::certificate::PeerCertificate;
+use crate::config::{Config, Target, Upstream};
+use crate::metrics::Metrics;
+use crate::rejection::Rejection;
+use crate::routing::{normalise, Decision, Router};
+use crate::tls;
+
+/// An upstream with its connection settings made once.
+pub struct UpstreamTarget {
+    pub config: Upstream,
+    peer: HttpPeer,
+}
+
+impl UpstreamTarget {
+    pub fn new(config: &Upstream) -> Result<Self, String> {
+        let mut peer = HttpPeer::new(config.address, config.tls, config.sni.clone());
+        peer.options.connection_timeout = Some(config.connect_timeout);
+        peer.options.total_connection_timeout = Some(config.connect_timeout);
+        peer.options.read_timeout = Some(config.read_timeout);
+        peer.options.write_timeout = Some(config.read_timeout);
+        peer.options.idle_timeout = Some(std::time::Duration::from_secs(60));
+        if config.tls {
+            peer.options.verify_cert = true;
+            // Without an SNI name there is no name to check the certificate against.
+            peer.options.verify_hostname = !config.sni.is_empty();
+            if let Some(ca) = &config.ca {
+                let pem = std::fs::read(ca)
+                    .map_err(|e| format!("upstreams.{}.ca: {}: {e}", config.name, ca.display()))?;
+                let certs = pingora::tls::x509::X509::stack_from_pem(&pem)
+                    .map_err(|e| format!("upstreams.{}.ca: {e}", config.name))?;
+                peer.options.ca = Some(Arc::new(certs.into_boxed_slice()));
+            }
+        }
+        Ok(UpstreamTarget {
+            config: config.clone(),
+            peer,
+        })
+    }
+}
+
+pub struct Gateway {
+    router: Router,
+    upstreams: HashMap<String, Arc<UpstreamTarget>>,
+    max_body: u64,
+    metrics: Arc<Metrics>,
+}
+
+/// What one request learnt on its way through the filters.
+pub struct RequestCtx {
+    started: Instant,
+    decision: Option<Decision>,
+    peer_certificate: Option<PeerCertificate>,
+    upstream: Option<Arc<UpstreamTarget>>,
+    rejection: Option<Rejection>,
+    body_bytes: u64,
+    /// The normalised path, when it differs from the one received.
+    rewritten_path: Option<String>,
+}
+
+impl Gateway {
+    pub fn new(config: &Config, metrics: Arc<Metrics>) -> Result<Self, String> {
+        let mut upstreams = HashMap::new();
+        for (name, u) in &config.upstreams {
+            upstreams.insert(name.clone(), Arc::new(UpstreamTarget::new(u)?));
+        }
+        Ok(Gateway {
+            router: Router::new(config),
+            upstreams,
+            max_body: config.server.max_body,
+            metrics,
+        })
+    }
+
+    /// Answers the request with `rejection` and ends it.
+    async fn reject(
+        &self,
+        session: &mut Session,
+        ctx: &mut RequestCtx,
+        rejection: Rejection,
+    ) -> Result<bool> {
+        let (header, body) = rejection.response();
+        if rejection.closes_connection() {
+            session.set_keepalive(None);
+        }
+        ctx.rejection = Some(rejection);
+        session
+            .write_response_header(Box::new(header), false)
+            .await?;
+        session.write_response_body(Some(body), true).await?;
+        Ok(true)
+    }
+
+    fn decide(&self, session: &Session, ctx: &mut RequestCtx) -> std::result::Result<Decision, Rejection> {
+        let raw = session.req_header().uri.path();
+        let path = normalise(raw)?;
+        let decision = self.router.route(&path)?;
+        if path != raw {
+            ctx.rewritten_path = Some(path);
+        }
+        if let Some(len) = session.req_header().headers.get(http::header::CONTENT_LENGTH) {
+            let len: u64 = len
+                .to_str()
+                .ok()
+                .and_then(|l| l.trim().parse().ok())
+                .ok_or(Rejection::InvalidRequest("Invalid Content-Length"))?;
+            if len > self.max_body {
+                return Err(Rejection::BodyTooLarge {
+                    limit: self.max_body,
+                });
+            }
+        }
+        Ok(decision)
+    }
+}
+
+#[async_trait]
+impl ProxyHttp for Gateway {
+    type CTX = RequestCtx;
+
+    fn new_ctx(&self) -> RequestCtx {
+        RequestCtx {
+            started: Instant::now(),
+            decision: None,
+            peer_certificate: None,
+            upstream: None,
+            rejection: None,
+            body_bytes: 0,
+            rewritten_path: None,
+        }
+    }
+
+    async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
+        ctx.peer_certificate = tls::peer_certificate(session.digest());
+        let decision = match self.decide(session, ctx) {
+            Ok(d) => d,
+            Err(rejection) => return self.reject(session, ctx, rejection).await,
+        };
+        let target = decision.target.clone();
+        ctx.decision = Some(decision);
+        match target {
+            Target::Embedded => {
+                self.reject(
+                    session,
+                    ctx,
+                    Rejection::NotImplemented("the embedded state service"),
+                )
+                .await
+            }
+            Target::Upstream(name) => match self.upstreams.get(&name) {
+                Some(u) => {
+                    ctx.upstream = Some(u.clone());
+                    Ok(false)
+                }
+                // Validation guarantees every target names an upstream.
+                None => self.reject(session, ctx, Rejection::UpstreamUnavailable).await,
+            },
+        }
+    }
+
+    async fn request_body_filter(
+        &self,
+        _session: &mut Session,
+        body: &mut Option<Bytes>,
+        _end_of_stream: bool,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        if let Some(chunk) = body {
+            ctx.body_bytes += chunk.len() as u64;
+            if ctx.body_bytes > self.max_body {
+                // A body without Content-Length (chunked, HTTP/2) that grows past the limit.
+                ctx.rejection = Some(Rejection::BodyTooLarge {
+                    limit: self.max_body,
+                });
+                *body = None;
+                return Err(Error::explain(
+                    ErrorType::HTTPStatus(413),
+                    "request body over server.max_body",
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    async fn upstream_peer(
+        &self,
+        _session: &mut Session,
+        ctx: &mut RequestCtx,
+    ) -> Result<Box<HttpPeer>> {
+        match &ctx.upstream {
+            Some(u) => Ok(Box::new(u.peer.clone())),
+            None => Error::e_explain(ErrorType::InternalError, "no upstream chosen"),
+        }
+    }
+
+    async fn upstream_request_filter(
+        &self,
+        session: &mut Session,
+        upstream_request: &mut RequestHeader,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        if let Some(path) = &ctx.rewritten_path {
+            let path_and_query = match upstream_request.uri.query() {
+                Some(q) => format!("{path}?{q}"),
+                None => path.clone(),
+            };
+            if let Ok(uri) = path_and_query.parse::<http::Uri>() {
+                upstream_request.set_uri(uri);
+            }
+        }
+        strip_hop_by_hop(upstream_request, session.is_upgrade_req());
+        if let Some(upstream) = &ctx.upstream {
+            if let Some(name) = &upstream.config.client_cert_header {
+                // Whatever the client sent under this name is not to be trusted (RFC 9440 §3).
+                while upstream_request.remove_header(name).is_some() {}
+                if let Some(cert) = &ctx.peer_certificate {
+                    upstream_request.insert_header(name.clone(), cert.header_value())?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn fail_to_connect(
+        &self,
+        _session: &mut Session,
+        _peer: &HttpPeer,
+        _ctx: &mut RequestCtx,
+        mut e: Box<Error>,
+    ) -> Box<Error> {
+        // A refused or timed-out connection is answered at once, not retried into a hang.
+        e.set_retry(false);
+        e
+    }
+
+    async fn fail_to_proxy(
+        &self,
+        session: &mut Session,
+        e: &Error,
+        ctx: &mut RequestCtx,
+    ) -> FailToProxy {
+        let rejection = match e.etype() {
+            ErrorType::HTTPStatus(413) => Some(Rejection::BodyTooLarge {
+                limit: self.max_body,
+            }),
+            _ => match e.esource() {
+                ErrorSource::Upstream => Some(Rejection::UpstreamUnavailable),
+                ErrorSource::Downstream => match e.etype() {
+                    ErrorType::WriteError | ErrorType::ReadError | ErrorType::ConnectionClosed => None,
+                    _ => Some(Rejection::InvalidRequest("Malformed request")),
+                },
+                ErrorSource::Internal | ErrorSource::Unset => Some(Rejection::UpstreamUnavailable),
+            },
+        };
+        let Some(rejection) = rejection else {
+            return FailToProxy {
+                error_code: 0,
+                can_reuse_downstream: false,
+            };
+        };
+        let code = rejection.status();
+        if session.response_written().is_none() {
+            let (header, body) = rejection.response();
+            if session.write_response_header(Box::new(header), false).await.is_ok() {
+                let _ = session.write_response_body(Some(body), true).await;
+            }
+        }
+        ctx.rejection.get_or_insert(rejection);
+        FailToProxy {
+            error_code: code,
+            can_reuse_downstream: false,
+        }
+    }
+
+    async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut RequestCtx) {
+        let status = session
+            .response_written()
+            .map(|r| r.status.as_u16())
+            .unwrap_or(0);
+        let (route, target) = match &ctx.decision {
+            Some(d) => (d.label.as_str(), d.target.label()),
+            None => ("none", "none"),
+        };
+        let elapsed = ctx.started.elapsed();
+        let status_text = status.to_string();
+        self.metrics
+            .requests
+            .with_label_values(&[route, target, &status_text])
+            .inc();
+        self.metrics
+            .latency
+            .with_label_values(&[route, target])
+            .observe(elapsed.as_secs_f64());
+        let reason = ctx.rejection.as_ref().map(Rejection::reason);
+        if let Some(reason) = reason {
+            self.metrics.rejections.with_label_values(&[reason]).inc();
+        }
+        let req = session.req_header();
+        // The path only: a query may carry a token (RFC 6750 §2.3) and is never logged.
+        tracing::info!(
+            target: "bindgate::access",
+            method = %req.method,
+            path = %req.uri.path(),
+            status,
+            route,
+            target,
+            latency_us = elapsed.as_micros() as u64,
+            reason = reason.unwrap_or("-"),
+            client_cert = ctx.peer_certificate.as_ref().map(|c| c.thumbprint()).unwrap_or("-"),
+            client = %session.client_addr().map(|a| a.to_string()).unwrap_or_default(),
+            error = %e.map(|e| e.etype().as_str()).unwrap_or("-"),
+        );
+    }
+}
+
+/// Removes hop-by-hop headers (RFC 9110 §7.6.1) so that only end-to-end headers travel on.
+fn strip_hop_by_hop(req: &mut RequestHeader, upgrade: bool) {
+    let listed: Vec<String> = req
+        .headers
+        .get_all(http::header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(|s| s.trim().to_ascii_lowercase())
+        .filter(|s| !s.is_empty())
+        .collect();
+    for name in listed {
+        if upgrade && name == "upgrade" {
+            continue;
+        }
+        if name != "close" && name != "keep-alive" {
+            req.remove_header(name.as_str());
+        }
+    }
+    for name in ["keep-alive", "proxy-connection", "proxy-authorization"] {
+        req.remove_header(name);
+    }
+    if let Some(te) = req.headers.get("te") {
+        if te.to_str().map(|t| t.trim() != "trailers").unwrap_or(true) {
+            req.remove_header("te");
+        }
+    }
+}

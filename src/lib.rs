@@ -1,0 +1,14 @@
+//! bindgate: a sidecar reverse proxy on Pingora that enforces initial access tokens,
+//! RFC 8705 certificate-bound tokens and the session-store API in front of an OpenID Connect
+//! provider. The binary (`main.rs`) drives this library.
+
+pub mod admin;
+pub mod certificate;
+pub mod config;
+pub mod devcerts;
+pub mod gateway;
+pub mod metrics;
+pub mod rejection;
+pub mod routing;
+pub mod serve;
+pub mod tls;

@@ -1,0 +1,213 @@
+//! Every way bindgate refuses a request, and the one place that turns a refusal into an HTTP
+//! answer (status, RFC 6750 `WWW-Authenticate`, JSON body).
+
+use bytes::Bytes;
+use pingora::http::ResponseHeader;
+
+/// RFC 8705 / Connect2id wording for a bound token without the matching certificate.
+pub const CERTIFICATE_MISMATCH_DESCRIPTION: &str =
+    "Missing / invalid client X.509 certificate for x5t#S256 bound access token";
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Rejection {
+    /// No route matches the path.
+    NoRoute,
+    /// The path cannot be routed safely (dot segments that climb above the root, NUL, ...).
+    BadPath(&'static str),
+    /// The request body exceeds `server.max_body`.
+    BodyTooLarge { limit: u64 },
+    /// The upstream refused, timed out or broke the connection.
+    UpstreamUnavailable,
+    /// The embedded target does not serve this yet.
+    NotImplemented(&'static str),
+    /// RFC 6750 §3.1: the request carried no credentials at all.
+    MissingCredentials,
+    /// RFC 6750 §3.1 `invalid_request`: malformed Authorization header, token sent twice, ...
+    InvalidRequest(&'static str),
+    /// RFC 6750 §3.1 `invalid_token`: the description says which check failed.
+    InvalidToken(String),
+    /// RFC 8705 §3: a certificate-bound token without the matching client certificate.
+    CertificateMismatch,
+    /// RFC 6750 §3.1 `insufficient_scope`.
+    InsufficientScope { scope: String },
+}
+
+impl Rejection {
+    pub fn status(&self) -> u16 {
+        match self {
+            Rejection::NoRoute => 404,
+            Rejection::BadPath(_) => 400,
+            Rejection::BodyTooLarge { .. } => 413,
+            Rejection::UpstreamUnavailable => 502,
+            Rejection::NotImplemented(_) => 501,
+            Rejection::MissingCredentials => 401,
+            Rejection::InvalidRequest(_) => 400,
+            Rejection::InvalidToken(_) => 401,
+            Rejection::CertificateMismatch => 401,
+            Rejection::InsufficientScope { .. } => 403,
+        }
+    }
+
+    /// The `error` member of the JSON body (and of the challenge, for token failures).
+    pub fn error_code(&self) -> &'static str {
+        match self {
+            Rejection::NoRoute => "not_found",
+            Rejection::BadPath(_) => "invalid_request",
+            Rejection::BodyTooLarge { .. } => "request_too_large",
+            Rejection::UpstreamUnavailable => "bad_gateway",
+            Rejection::NotImplemented(_) => "not_implemented",
+            Rejection::MissingCredentials => "unauthorized",
+            Rejection::InvalidRequest(_) => "invalid_request",
+            Rejection::InvalidToken(_) | Rejection::CertificateMismatch => "invalid_token",
+            Rejection::InsufficientScope { .. } => "insufficient_scope",
+        }
+    }
+
+    pub fn description(&self) -> String {
+        match self {
+            Rejection::NoRoute => "No route for this path".into(),
+            Rejection::BadPath(why) => format!("Invalid request path: {why}"),
+            Rejection::BodyTooLarge { limit } => {
+                format!("The request body exceeds the limit of {limit} bytes")
+            }
+            Rejection::UpstreamUnavailable => "The upstream server is unavailable".into(),
+            Rejection::NotImplemented(what) => format!("Not implemented: {what}"),
+            Rejection::MissingCredentials => "Missing access token".into(),
+            Rejection::InvalidRequest(why) => (*why).to_string(),
+            Rejection::InvalidToken(why) => why.clone(),
+            Rejection::CertificateMismatch => CERTIFICATE_MISMATCH_DESCRIPTION.into(),
+            Rejection::InsufficientScope { scope } => {
+                format!("The access token lacks the required scope {scope}")
+            }
+        }
+    }
+
+    /// A short, stable label for logs and metrics.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Rejection::NoRoute => "no_route",
+            Rejection::BadPath(_) => "bad_path",
+            Rejection::BodyTooLarge { .. } => "body_too_large",
+            Rejection::UpstreamUnavailable => "upstream_unavailable",
+            Rejection::NotImplemented(_) => "not_implemented",
+            Rejection::MissingCredentials => "missing_credentials",
+            Rejection::InvalidRequest(_) => "invalid_request",
+            Rejection::InvalidToken(_) => "invalid_token",
+            Rejection::CertificateMismatch => "certificate_mismatch",
+            Rejection::InsufficientScope { .. } => "insufficient_scope",
+        }
+    }
+
+    /// RFC 6750 §3 challenge, for the answers that carry one.
+    pub fn www_authenticate(&self) -> Option<String> {
+        let quoted = |s: &str| s.replace(['"', '\\'], "'");
+        match self {
+            Rejection::MissingCredentials => Some("Bearer".into()),
+            Rejection::InvalidRequest(_)
+            | Rejection::InvalidToken(_)
+            | Rejection::CertificateMismatch => Some(format!(
+                "Bearer error=\"{}\", error_description=\"{}\"",
+                self.error_code(),
+                quoted(&self.description())
+            )),
+            Rejection::InsufficientScope { scope } => Some(format!(
+                "Bearer error=\"insufficient_scope\", error_description=\"{}\", scope=\"{}\"",
+                quoted(&self.description()),
+                quoted(scope)
+            )),
+            _ => None,
+        }
+    }
+
+    /// Whether the connection must close after the answer: the request body may be unread.
+    pub fn closes_connection(&self) -> bool {
+        matches!(self, Rejection::BodyTooLarge { .. })
+    }
+
+    /// The JSON body.
+    pub fn body(&self) -> Bytes {
+        let body = serde_json::json!({
+            "error": self.error_code(),
+            "error_description": self.description(),
+        });
+        Bytes::from(body.to_string())
+    }
+
+    /// The complete answer: header and body.
+    pub fn response(&self) -> (ResponseHeader, Bytes) {
+        let body = self.body();
+        let mut header = json_header(self.status(), body.len());
+        if let Some(challenge) = self.www_authenticate() {
+            // Cannot fail: the challenge is built from ASCII without control characters.
+            let _ = header.insert_header("www-authenticate", challenge);
+        }
+        if self.closes_connection() {
+            let _ = header.insert_header("connection", "close");
+        }
+        (header, body)
+    }
+}
+
+/// A response header for a JSON body of `len` bytes that no cache may keep.
+pub fn json_header(status: u16, len: usize) -> ResponseHeader {
+    let mut header = match ResponseHeader::build(status, Some(4)) {
+        Ok(h) => h,
+        Err(_) => ResponseHeader::build(500, Some(4)).expect("500 is a valid status"),
+    };
+    let _ = header.insert_header("content-type", "application/json");
+    let _ = header.insert_header("content-length", len.to_string());
+    let _ = header.insert_header("cache-control", "no-store");
+    header
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn challenge(r: &Rejection) -> Option<String> {
+        r.www_authenticate()
+    }
+
+    #[test]
+    fn each_variant_has_its_status_and_code() {
+        let table: Vec<(Rejection, u16, &str)> = vec![
+            (Rejection::NoRoute, 404, "not_found"),
+            (Rejection::BadPath("x"), 400, "invalid_request"),
+            (Rejection::BodyTooLarge { limit: 10 }, 413, "request_too_large"),
+            (Rejection::UpstreamUnavailable, 502, "bad_gateway"),
+            (Rejection::NotImplemented("x"), 501, "not_implemented"),
+            (Rejection::MissingCredentials, 401, "unauthorized"),
+            (Rejection::InvalidRequest("x"), 400, "invalid_request"),
+            (Rejection::InvalidToken("x".into()), 401, "invalid_token"),
+            (Rejection::CertificateMismatch, 401, "invalid_token"),
+            (Rejection::InsufficientScope { scope: "client-reg".into() }, 403, "insufficient_scope"),
+        ];
+        for (r, status, code) in table {
+            assert_eq!(r.status(), status, "{r:?}");
+            assert_eq!(r.error_code(), code, "{r:?}");
+            let body: serde_json::Value = serde_json::from_slice(&r.body()).unwrap();
+            assert_eq!(body["error"], code);
+            assert!(body["error_description"].as_str().is_some_and(|d| !d.is_empty()));
+        }
+    }
+
+    #[test]
+    fn rfc6750_challenges() {
+        assert_eq!(challenge(&Rejection::MissingCredentials).as_deref(), Some("Bearer"));
+        assert_eq!(
+            challenge(&Rejection::CertificateMismatch).as_deref(),
+            Some("Bearer error=\"invalid_token\", error_description=\"Missing / invalid client X.509 certificate for x5t#S256 bound access token\"")
+        );
+        assert_eq!(
+            challenge(&Rejection::InsufficientScope { scope: "client-reg".into() }).as_deref(),
+            Some("Bearer error=\"insufficient_scope\", error_description=\"The access token lacks the required scope client-reg\", scope=\"client-reg\"")
+        );
+        assert!(challenge(&Rejection::InvalidRequest("Token sent twice"))
+            .unwrap()
+            .starts_with("Bearer error=\"invalid_request\""));
+        assert_eq!(challenge(&Rejection::NoRoute), None);
+        // A description can never break out of its quoted string.
+        let c = challenge(&Rejection::InvalidToken("a\"b\\c".into())).unwrap();
+        assert!(c.ends_with("error_description=\"a'b'c\""), "{c}");
+    }
+}

@@ -1,0 +1,144 @@
+//! Assembles the Pingora server from a validated `Config`: the TLS proxy, the admin listener and
+//! the background tasks, then runs it until a signal ends it.
+
+use async_trait::async_trait;
+use pingora::server::configuration::ServerConf;
+use pingora::server::{Server, ShutdownWatch};
+use pingora::services::background::{background_service, BackgroundService};
+use pingora::services::listening::Service;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener};
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::admin::{AdminApp, Readiness};
+use crate::config::Config;
+use crate::gateway::Gateway;
+use crate::metrics::Metrics;
+use crate::tls;
+
+/// Marks the listener up once it completes a TLS handshake (a bare TCP probe would log a failed
+/// handshake).
+struct ListenerProbe {
+    address: SocketAddr,
+    readiness: Arc<Readiness>,
+}
+
+#[async_trait]
+impl BackgroundService for ListenerProbe {
+    async fn start(&self, mut shutdown: ShutdownWatch) {
+        let target = reachable(self.address);
+        loop {
+            tokio::select! {
+                _ = shutdown.changed() => return,
+                handshake = tokio::task::spawn_blocking(move || tls_handshake(target)) => {
+                    if matches!(handshake, Ok(true)) {
+                        self.readiness.set_listener_up();
+                        tracing::info!("listening on https://{}", self.address);
+                        return;
+                    }
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+            }
+        }
+    }
+}
+
+fn tls_handshake(target: SocketAddr) -> bool {
+    use pingora::tls::ssl::{SslConnector, SslMethod, SslVerifyMode};
+    let Ok(tcp) = std::net::TcpStream::connect_timeout(&target, Duration::from_secs(1)) else {
+        return false;
+    };
+    let _ = tcp.set_read_timeout(Some(Duration::from_secs(1)));
+    let Ok(mut builder) = SslConnector::builder(SslMethod::tls_client()) else {
+        return false;
+    };
+    // The probe checks that the listener answers; it trusts nothing it learns.
+    builder.set_verify(SslVerifyMode::NONE);
+    let connector = builder.build();
+    match connector.configure().map(|c| c.verify_hostname(false).connect("localhost", tcp)) {
+        Ok(Ok(mut stream)) => {
+            let _ = stream.shutdown();
+            true
+        }
+        _ => false,
+    }
+}
+
+/// The address to reach a listener bound to `address` (a wildcard address is reached on loopback).
+fn reachable(address: SocketAddr) -> SocketAddr {
+    match address.ip() {
+        IpAddr::V4(ip) if ip.is_unspecified() => SocketAddr::new(Ipv4Addr::LOCALHOST.into(), address.port()),
+        IpAddr::V6(ip) if ip.is_unspecified() => SocketAddr::new(Ipv6Addr::LOCALHOST.into(), address.port()),
+        _ => address,
+    }
+}
+
+/// Fails early, with the key to blame, when an address cannot be bound.
+fn check_bindable(key: &str, address: SocketAddr) -> Result<(), String> {
+    TcpListener::bind(address)
+        .map(drop)
+        .map_err(|e| format!("{key}: cannot listen on {address}: {e}"))
+}
+
+/// Runs bindgate until SIGTERM (graceful, within `server.grace_period`) or SIGINT (at once).
+pub fn run(config: Config) -> Result<(), String> {
+    check_bindable("listen.address", config.listen.address)?;
+    if let Some(admin) = &config.admin {
+        check_bindable("admin.address", admin.address)?;
+    }
+
+    let mut conf = ServerConf {
+        threads: config.server.threads,
+        // On SIGTERM the listeners close and requests in flight have the grace period to finish.
+        grace_period_seconds: Some(config.server.grace_period.as_secs_f64().ceil() as u64),
+        graceful_shutdown_timeout_seconds: Some(1),
+        ..ServerConf::default()
+    };
+    conf.upstream_keepalive_pool_size = 128;
+    let mut server = Server::new_with_opt_and_conf(None, conf);
+    server.bootstrap();
+
+    let metrics = Arc::new(Metrics::new());
+    let readiness = Arc::new(Readiness::new(config.jwks.is_some()));
+
+    let gateway = Gateway::new(&config, metrics.clone())?;
+    let mut proxy =
+        pingora::proxy::http_proxy_service_with_name(&server.configuration, gateway, "bindgate");
+    let settings = tls::settings(&config.listen.tls)?;
+    proxy.add_tls_with_settings(&config.listen.address.to_string(), None, settings);
+    server.add_service(proxy);
+
+    server.add_service(background_service(
+        "listener probe",
+        ListenerProbe {
+            address: config.listen.address,
+            readiness: readiness.clone(),
+        },
+    ));
+
+    if let Some(admin) = &config.admin {
+        let mut service = Service::new(
+            "admin".to_string(),
+            AdminApp {
+                readiness: readiness.clone(),
+                metrics: metrics.clone(),
+            },
+        );
+        service.threads = Some(1);
+        service.add_tcp(&admin.address.to_string());
+        server.add_service(service);
+    }
+
+    // Until issue 3 loads keys, a configured JWKS counts as loaded once the file or URI is set.
+    if config.jwks.is_some() {
+        readiness.set_keys_loaded(true);
+    }
+
+    tracing::info!(
+        config = %config.source.display(),
+        threads = config.server.threads,
+        "bindgate starting"
+    );
+    server.run(pingora::server::RunArgs::default());
+    Ok(())
+}
