@@ -273,6 +273,9 @@ impl ProxyHttp for Gateway {
         };
         let code = rejection.status();
         if session.response_written().is_none() {
+            // The connection is not reused after a failure: say so, so that clients do not
+            // send the next request into a closing connection.
+            session.set_keepalive(None);
             let (header, body) = rejection.response();
             if session.write_response_header(Box::new(header), false).await.is_ok() {
                 let _ = session.write_response_body(Some(body), true).await;

@@ -1,0 +1,445 @@
+//! The sidecar core through the real binary: TLS and mTLS, routing, forwarding, the RFC 9440
+//! client-certificate header, admin endpoints, bad input, lifecycle.
+
+mod harness;
+
+use base64::Engine;
+use harness::*;
+use std::io::{Read, Write};
+use std::time::Duration;
+
+fn rfc9440(der: &[u8]) -> String {
+    format!(":{}:", base64::engine::general_purpose::STANDARD.encode(der))
+}
+
+#[test]
+fn forwards_method_path_query_body_and_headers() {
+    let pki = Pki::new();
+    let upstream = Upstream::start();
+    let bg = Bindgate::start(&pki, &passthrough_config(upstream.addr));
+    let client = bg.client(&pki, None, Http::One);
+    let resp = client
+        .post(bg.url("/api/things?x=1&y=two"))
+        .header("x-custom", "kept")
+        .header("content-type", "application/json")
+        .body(r#"{"hello":"world"}"#)
+        .send()
+        .expect("request");
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.headers()["x-upstream"], "recorder");
+    let got = upstream.wait_for(1);
+    assert_eq!(got.len(), 1);
+    let r = &got[0];
+    assert_eq!(r.method, "POST");
+    assert_eq!(r.target, "/api/things?x=1&y=two");
+    assert_eq!(r.body, br#"{"hello":"world"}"#);
+    assert_eq!(r.header("x-custom"), Some("kept"));
+    assert_eq!(r.header("content-type"), Some("application/json"));
+    assert_eq!(r.header("client-cert"), None, "no certificate, no header");
+}
+
+#[test]
+fn spoofed_client_cert_header_never_arrives_and_the_real_one_does() {
+    let pki = Pki::new();
+    let upstream = Upstream::start();
+    let bg = Bindgate::start(&pki, &passthrough_config(upstream.addr));
+    let spoof = rfc9440(&pki.der("client2"));
+
+    // Without a certificate: the spoofed header is removed.
+    let anonymous = bg.client(&pki, None, Http::One);
+    let resp = anonymous
+        .get(bg.url("/a"))
+        .header("Client-Cert", &spoof)
+        .send()
+        .expect("request");
+    assert_eq!(resp.status(), 200);
+
+    // With client1's certificate: the spoofed client2 header is replaced by client1's.
+    let with_cert = bg.client(&pki, Some("client1"), Http::One);
+    let resp = with_cert
+        .get(bg.url("/b"))
+        .header("client-cert", &spoof)
+        .send()
+        .expect("request");
+    assert_eq!(resp.status(), 200);
+
+    let got = upstream.wait_for(2);
+    assert_eq!(got.len(), 2);
+    assert!(got[0].all("client-cert").is_empty(), "{:?}", got[0].headers);
+    assert_eq!(got[1].all("client-cert"), vec![rfc9440(&pki.der("client1")).as_str()]);
+    let log = bg.logs();
+    assert!(log.contains(&pki.thumbprint("client1")), "access log names the thumbprint:\n{log}");
+}
+
+#[test]
+fn http2_request_carries_the_client_certificate_upstream() {
+    let pki = Pki::new();
+    let upstream = Upstream::start();
+    let bg = Bindgate::start(&pki, &passthrough_config(upstream.addr));
+    let client = bg.client(&pki, Some("client2"), Http::Alpn);
+    for i in 0..3 {
+        let resp = client.get(bg.url(&format!("/h2/{i}"))).send().expect("request");
+        assert_eq!(resp.version(), reqwest::Version::HTTP_2);
+        assert_eq!(resp.status(), 200);
+    }
+    let got = upstream.wait_for(3);
+    assert_eq!(got.len(), 3);
+    for r in got {
+        assert_eq!(r.header("client-cert"), Some(rfc9440(&pki.der("client2")).as_str()));
+    }
+}
+
+#[test]
+fn self_signed_client_certificate_is_accepted_without_client_ca() {
+    let pki = Pki::new();
+    let upstream = Upstream::start();
+    let bg = Bindgate::start(&pki, &passthrough_config(upstream.addr));
+    let client = bg.client(&pki, Some("selfsigned"), Http::One);
+    assert_eq!(client.get(bg.url("/s")).send().expect("request").status(), 200);
+    let got = upstream.wait_for(1);
+    assert_eq!(got[0].header("client-cert"), Some(rfc9440(&pki.der("selfsigned")).as_str()));
+}
+
+fn mtls_connector(pki: &Pki) -> openssl::ssl::SslConnector {
+    use openssl::ssl::{SslConnector, SslFiletype, SslMethod, SslSessionCacheMode, SslVersion};
+    let mut b = SslConnector::builder(SslMethod::tls_client()).unwrap();
+    b.set_ca_file(pki.path("ca.crt")).unwrap();
+    b.set_certificate_file(pki.path("client1.crt"), SslFiletype::PEM).unwrap();
+    b.set_private_key_file(pki.path("client1.key"), SslFiletype::PEM).unwrap();
+    // TLS 1.2 hands the session out in the handshake itself, so resumption is deterministic.
+    b.set_max_proto_version(Some(SslVersion::TLS1_2)).unwrap();
+    b.set_session_cache_mode(SslSessionCacheMode::CLIENT);
+    b.build()
+}
+
+/// A TLS connection with client1's certificate, resuming `session` when given.
+fn mtls_request(
+    connector: &openssl::ssl::SslConnector,
+    port: u16,
+    session: Option<&openssl::ssl::SslSessionRef>,
+) -> (bool, openssl::ssl::SslSession, String) {
+    let mut ssl = connector.configure().unwrap().into_ssl("localhost").unwrap();
+    if let Some(s) = session {
+        // Safety: the session comes from a connection made with this same connector's context.
+        unsafe { ssl.set_session(s).unwrap() };
+    }
+    let tcp = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    tcp.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut stream = ssl.connect(tcp).expect("TLS handshake");
+    stream
+        .write_all(b"GET /resume HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        .unwrap();
+    // Read exactly one response and close cleanly: an unclean close (EOF without close_notify)
+    // makes OpenSSL mark the session non-resumable.
+    let response = read_one_response(&mut stream);
+    let _ = stream.shutdown();
+    let reused = stream.ssl().session_reused();
+    let session = stream.ssl().session().expect("session").to_owned();
+    (reused, session, response)
+}
+
+fn read_one_response(stream: &mut impl Read) -> String {
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 4096];
+    loop {
+        if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
+            let len: usize = head
+                .lines()
+                .find_map(|l| l.strip_prefix("content-length:"))
+                .and_then(|v| v.trim().parse().ok())
+                .unwrap_or(0);
+            if buf.len() >= end + 4 + len {
+                return String::from_utf8_lossy(&buf).to_string();
+            }
+        }
+        match stream.read(&mut chunk) {
+            Ok(0) | Err(_) => return String::from_utf8_lossy(&buf).to_string(),
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+        }
+    }
+}
+
+#[test]
+fn a_second_resumed_connection_with_a_client_certificate_still_works() {
+    let pki = Pki::new();
+    let upstream = Upstream::start();
+    let bg = Bindgate::start(&pki, &passthrough_config(upstream.addr));
+    let connector = mtls_connector(&pki);
+    let (reused, session, first) = mtls_request(&connector, bg.port, None);
+    assert!(!reused);
+    assert!(first.starts_with("HTTP/1.1 200"), "{first}");
+    let (reused, _, second) = mtls_request(&connector, bg.port, Some(&session));
+    assert!(reused, "the second connection resumes the TLS session");
+    assert!(second.starts_with("HTTP/1.1 200"), "{second}");
+    let got = upstream.wait_for(2);
+    let expected = rfc9440(&pki.der("client1"));
+    assert_eq!(got[0].header("client-cert"), Some(expected.as_str()));
+    assert_eq!(got[1].header("client-cert"), Some(expected.as_str()), "certificate kept across resumption");
+}
+
+#[test]
+fn upstream_down_is_502_json() {
+    let pki = Pki::new();
+    let dead = std::net::SocketAddr::from(([127, 0, 0, 1], free_port()));
+    let bg = Bindgate::start(&pki, &passthrough_config(dead));
+    let client = bg.client(&pki, None, Http::One);
+    let resp = client.get(bg.url("/x")).send().expect("an answer, not a hang");
+    assert_eq!(resp.status(), 502);
+    assert_eq!(resp.headers()["content-type"], "application/json");
+    let body: serde_json::Value = resp.json().unwrap();
+    assert_eq!(body["error"], "bad_gateway");
+    // And it keeps serving.
+    let resp = client.get(bg.url("/y")).send().expect("second answer");
+    assert_eq!(resp.status(), 502);
+}
+
+#[test]
+fn tls_upstream_with_sni_and_ca() {
+    let pki = Pki::new();
+    let upstream = Upstream::start_tls(&pki.path("server.crt"), &pki.path("server.key"));
+    let yaml = format!(
+        r#"
+listen:
+  address: "{{LISTEN}}"
+  tls: {{cert: "{{PKI}}/server.crt", key: "{{PKI}}/server.key"}}
+admin: {{address: "{{ADMIN}}"}}
+upstreams:
+  secure:
+    address: "{}"
+    tls: true
+    sni: localhost
+    ca: "{{PKI}}/ca.crt"
+    client_cert_header: X-Client-Cert
+routes:
+  - {{prefix: /, upstream: secure}}
+server: {{threads: 1}}
+"#,
+        upstream.addr
+    );
+    let bg = Bindgate::start(&pki, &yaml);
+    let client = bg.client(&pki, Some("client1"), Http::One);
+    for _ in 0..3 {
+        assert_eq!(client.get(bg.url("/tls")).send().unwrap().status(), 200);
+    }
+    let got = upstream.wait_for(3);
+    assert_eq!(got.len(), 3);
+    assert_eq!(got[0].header("x-client-cert"), Some(rfc9440(&pki.der("client1")).as_str()));
+}
+
+#[test]
+fn unmatched_path_is_404_and_embedded_target_is_not_forwarded() {
+    let pki = Pki::new();
+    let upstream = Upstream::start();
+    let yaml = format!(
+        r#"
+listen:
+  address: "{{LISTEN}}"
+  tls: {{cert: "{{PKI}}/server.crt", key: "{{PKI}}/server.key"}}
+admin: {{address: "{{ADMIN}}"}}
+registration: {{target: embedded}}
+upstreams:
+  idp: {{address: "{}"}}
+routes:
+  - {{prefix: /api/, upstream: idp}}
+server: {{threads: 1}}
+"#,
+        upstream.addr
+    );
+    let bg = Bindgate::start(&pki, &yaml);
+    let client = bg.client(&pki, None, Http::One);
+    let resp = client.get(bg.url("/elsewhere")).send().unwrap();
+    assert_eq!(resp.status(), 404);
+    let body: serde_json::Value = resp.json().unwrap();
+    assert_eq!(body["error"], "not_found");
+    // Dot segments and encoded letters cannot route a registration request to the upstream.
+    for sneaky in ["/api/../clients", "/api/%2e%2e/clients", "//clients", "/%63lients"] {
+        let resp = client.post(bg.url(sneaky)).body("{}").send().unwrap();
+        assert_ne!(resp.status(), 200, "{sneaky}");
+        assert!(resp.status().is_client_error() || resp.status() == 401 || resp.status() == 501, "{sneaky}: {}", resp.status());
+    }
+    assert_eq!(client.get(bg.url("/api/ok")).send().unwrap().status(), 200);
+    let got = upstream.wait_for(1);
+    assert_eq!(got.len(), 1, "only /api/ok reached the upstream: {got:?}");
+    assert_eq!(got[0].target, "/api/ok");
+}
+
+#[test]
+fn body_over_max_body_is_413_and_never_forwarded() {
+    let pki = Pki::new();
+    let upstream = Upstream::start();
+    let bg = Bindgate::start(&pki, &passthrough_config(upstream.addr));
+    let client = bg.client(&pki, None, Http::One);
+    // Content-Length over the 1 KiB limit.
+    let resp = client.post(bg.url("/big")).body(vec![b'a'; 4096]).send().unwrap();
+    assert_eq!(resp.status(), 413);
+    let body: serde_json::Value = resp.json().unwrap();
+    assert_eq!(body["error"], "request_too_large");
+    // A chunked body growing over the limit.
+    let chunks: Vec<Result<Vec<u8>, std::io::Error>> = (0..8).map(|_| Ok(vec![b'b'; 512])).collect();
+    let stream = reqwest::blocking::Body::new(std::io::Cursor::new(chunks.into_iter().flat_map(|c| c.unwrap()).collect::<Vec<u8>>()));
+    let resp = client.post(bg.url("/big-chunked")).body(stream).send();
+    if let Ok(resp) = resp {
+        assert_eq!(resp.status(), 413);
+    }
+    // A body at the limit passes.
+    let resp = client.post(bg.url("/fits")).body(vec![b'c'; 1024]).send().unwrap();
+    assert_eq!(resp.status(), 200);
+    let got = upstream.wait_for(1);
+    assert!(got.iter().all(|r| r.target == "/fits" || r.body.len() <= 1024), "{got:?}");
+    assert!(got.iter().all(|r| r.target != "/big"));
+}
+
+#[test]
+fn client_auth_required_with_client_ca() {
+    let pki = Pki::new();
+    let upstream = Upstream::start();
+    let yaml = format!(
+        r#"
+listen:
+  address: "{{LISTEN}}"
+  tls:
+    cert: "{{PKI}}/server.crt"
+    key: "{{PKI}}/server.key"
+    client_auth: required
+    client_ca: "{{PKI}}/ca.crt"
+admin: {{address: "{{ADMIN}}"}}
+upstreams:
+  idp: {{address: "{}"}}
+routes:
+  - {{prefix: /, upstream: idp}}
+server: {{threads: 1}}
+"#,
+        upstream.addr
+    );
+    let bg = Bindgate::start(&pki, &yaml);
+    assert_eq!(
+        bg.client(&pki, Some("client1"), Http::One).get(bg.url("/ok")).send().unwrap().status(),
+        200
+    );
+    assert!(bg.client(&pki, None, Http::One).get(bg.url("/no-cert")).send().is_err());
+    assert!(bg
+        .client(&pki, Some("selfsigned"), Http::One)
+        .get(bg.url("/not-from-ca"))
+        .send()
+        .map(|r| r.status() != 200)
+        .unwrap_or(true));
+    let got = upstream.wait_for(1);
+    assert_eq!(got.len(), 1);
+    assert_eq!(got[0].target, "/ok");
+}
+
+#[test]
+fn admin_endpoints() {
+    let pki = Pki::new();
+    let upstream = Upstream::start();
+    let bg = Bindgate::start(&pki, &passthrough_config(upstream.addr));
+    let health = reqwest::blocking::get(bg.admin_url("/healthz")).unwrap();
+    assert_eq!(health.status(), 200);
+    let client = bg.client(&pki, None, Http::One);
+    client.get(bg.url("/counted")).send().unwrap();
+    let metrics = bg.metrics();
+    assert!(
+        metrics.contains(r#"bindgate_requests_total{route="route:/",status="200",target="idp"} 1"#),
+        "{metrics}"
+    );
+    assert_eq!(reqwest::blocking::get(bg.admin_url("/nope")).unwrap().status(), 404);
+}
+
+#[test]
+fn garbage_malformed_http_and_huge_headers_do_not_stop_the_server() {
+    let pki = Pki::new();
+    let upstream = Upstream::start();
+    let mut bg = Bindgate::start(&pki, &passthrough_config(upstream.addr));
+
+    // Garbage instead of a TLS handshake.
+    let mut tcp = std::net::TcpStream::connect(bg.listen).unwrap();
+    tcp.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let _ = tcp.write_all(b"\x16\x03\x01\x00\x05hello garbage that is not TLS\r\n\r\n");
+    let mut sink = Vec::new();
+    let _ = tcp.read_to_end(&mut sink);
+
+    // Malformed HTTP inside TLS.
+    let raw = |request: &[u8]| -> String {
+        use openssl::ssl::{SslConnector, SslMethod, SslVerifyMode};
+        let mut b = SslConnector::builder(SslMethod::tls_client()).unwrap();
+        b.set_verify(SslVerifyMode::NONE);
+        let tcp = std::net::TcpStream::connect(bg.listen).unwrap();
+        tcp.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let mut s = b.build().configure().unwrap().verify_hostname(false).connect("localhost", tcp).unwrap();
+        let _ = s.write_all(request);
+        let mut out = Vec::new();
+        let _ = s.read_to_end(&mut out);
+        String::from_utf8_lossy(&out).to_string()
+    };
+    let answer = raw(b"NOT HTTP AT ALL\r\n\r\n");
+    assert!(answer.is_empty() || answer.starts_with("HTTP/1.1 4"), "{answer}");
+    let answer = raw(b"GET / HTTP/1.1\r\nHost: x\r\nContent-Length: nope\r\n\r\n");
+    assert!(answer.is_empty() || answer.starts_with("HTTP/1.1 4"), "{answer}");
+    let mut huge = b"GET / HTTP/1.1\r\nHost: x\r\nX-Big: ".to_vec();
+    huge.extend(std::iter::repeat_n(b'a', 2 * 1024 * 1024));
+    huge.extend_from_slice(b"\r\n\r\n");
+    let answer = raw(&huge);
+    assert!(answer.is_empty() || answer.starts_with("HTTP/1.1 4"), "{}", &answer[..answer.len().min(200)]);
+
+    assert!(bg.is_running());
+    let client = bg.client(&pki, None, Http::One);
+    assert_eq!(client.get(bg.url("/still-alive")).send().unwrap().status(), 200);
+    let got = upstream.requests();
+    assert!(got.iter().all(|r| r.target == "/still-alive"), "nothing malformed was forwarded: {got:?}");
+}
+
+#[test]
+fn access_log_never_holds_credentials() {
+    let pki = Pki::new();
+    let upstream = Upstream::start();
+    let bg = Bindgate::start(&pki, &passthrough_config(upstream.addr));
+    let client = bg.client(&pki, None, Http::One);
+    client
+        .get(bg.url("/logged?access_token=query-secret-123"))
+        .header("authorization", "Bearer header-secret-456")
+        .send()
+        .unwrap();
+    upstream.wait_for(1);
+    let log = bg.wait_log("path=/logged");
+    assert!(log.contains("status=200"), "{log}");
+    assert!(!log.contains("query-secret-123"), "{log}");
+    assert!(!log.contains("header-secret-456"), "{log}");
+}
+
+#[test]
+fn sigterm_exits_within_the_grace_period() {
+    let pki = Pki::new();
+    let upstream = Upstream::start();
+    let mut bg = Bindgate::start(&pki, &passthrough_config(upstream.addr));
+    bg.signal("TERM");
+    // grace_period is 1s; allow the runtime shutdown and process teardown on a loaded machine.
+    let status = bg.wait_exit(Duration::from_secs(15));
+    assert!(status.is_some(), "still running after SIGTERM");
+}
+
+#[test]
+fn curl_with_and_without_client_certificate() {
+    let pki = Pki::new();
+    let upstream = Upstream::start();
+    let bg = Bindgate::start(&pki, &passthrough_config(upstream.addr));
+    let curl = |extra: &[&str]| {
+        let out = std::process::Command::new("curl")
+            .args(["-sS", "--max-time", "10", "--cacert"])
+            .arg(pki.path("ca.crt"))
+            .args(["--resolve", &format!("localhost:{}:127.0.0.1", bg.port)])
+            .args(["-o", "/dev/null", "-w", "%{http_code}"])
+            .args(extra)
+            .arg(bg.url("/curl"))
+            .output()
+            .expect("curl");
+        String::from_utf8_lossy(&out.stdout).to_string()
+    };
+    assert_eq!(curl(&[]), "200");
+    let cert = pki.path("client1.crt").display().to_string();
+    let key = pki.path("client1.key").display().to_string();
+    assert_eq!(curl(&["--cert", &cert, "--key", &key]), "200");
+    let got = upstream.wait_for(2);
+    assert_eq!(got[0].header("client-cert"), None);
+    assert_eq!(got[1].header("client-cert"), Some(rfc9440(&pki.der("client1")).as_str()));
+}

@@ -1,0 +1,301 @@
+//! Test harness: the real bindgate binary on free ports, certificates generated per test, a
+//! recording upstream, real HTTP clients.
+#![allow(dead_code)]
+
+pub mod upstream;
+
+use std::io::Read;
+use std::net::{SocketAddr, TcpListener};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+#[allow(unused_imports)]
+pub use upstream::{Recorded, Upstream};
+
+/// A free TCP port on loopback. The port is released before bindgate takes it; tests that race
+/// for the same port are retried by the OS handing out another.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free loopback port")
+}
+
+/// Development certificates written by bindgate's own `dev-certs` into a temporary directory.
+pub struct Pki {
+    pub dir: tempfile::TempDir,
+}
+
+impl Pki {
+    pub fn new() -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let out = Command::new(env!("CARGO_BIN_EXE_bindgate"))
+            .arg("dev-certs")
+            .arg(dir.path())
+            .output()
+            .expect("run bindgate dev-certs");
+        assert!(out.status.success(), "dev-certs failed: {}", String::from_utf8_lossy(&out.stderr));
+        Pki { dir }
+    }
+
+    pub fn path(&self, file: &str) -> PathBuf {
+        self.dir.path().join(file)
+    }
+
+    pub fn read(&self, file: &str) -> Vec<u8> {
+        std::fs::read(self.path(file)).expect("read a PKI file")
+    }
+
+    pub fn token(&self, file: &str) -> String {
+        String::from_utf8(self.read(file)).expect("utf-8").trim().to_string()
+    }
+
+    /// DER of a certificate file.
+    pub fn der(&self, stem: &str) -> Vec<u8> {
+        openssl::x509::X509::from_pem(&self.read(&format!("{stem}.crt")))
+            .and_then(|c| c.to_der())
+            .expect("certificate")
+    }
+
+    /// x5t#S256 of a certificate file, computed here independently of bindgate.
+    pub fn thumbprint(&self, stem: &str) -> String {
+        use base64::Engine;
+        let digest = openssl::sha::sha256(&self.der(stem));
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(digest)
+    }
+}
+
+/// A running bindgate process.
+pub struct Bindgate {
+    child: Child,
+    pub port: u16,
+    pub admin_port: u16,
+    pub listen: SocketAddr,
+    dir: tempfile::TempDir,
+    log: PathBuf,
+}
+
+pub struct Started {
+    pub bindgate: Bindgate,
+}
+
+impl Bindgate {
+    /// Starts bindgate on `yaml`, where `{LISTEN}`, `{ADMIN}` and `{PKI}` are replaced by a free
+    /// listen address, a free admin address and the PKI directory; waits until `/readyz` is 200.
+    pub fn start(pki: &Pki, yaml: &str) -> Bindgate {
+        let b = Self::spawn(pki, yaml, &[]);
+        b.wait_ready();
+        b
+    }
+
+    pub fn spawn(pki: &Pki, yaml: &str, env: &[(&str, &str)]) -> Bindgate {
+        let port = free_port();
+        let admin_port = free_port();
+        let dir = tempfile::tempdir().expect("tempdir");
+        let config = dir.path().join("proxy.yaml");
+        let text = yaml
+            .replace("{LISTEN}", &format!("127.0.0.1:{port}"))
+            .replace("{ADMIN}", &format!("127.0.0.1:{admin_port}"))
+            .replace("{PKI}", &pki.dir.path().display().to_string());
+        std::fs::write(&config, text).expect("write config");
+        let log = dir.path().join("bindgate.log");
+        let log_file = std::fs::File::create(&log).expect("log file");
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_bindgate"));
+        cmd.arg("run")
+            .arg("-c")
+            .arg(&config)
+            .env("BINDGATE_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(log_file.try_clone().expect("log file"))
+            .stderr(log_file);
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let child = cmd.spawn().expect("start bindgate");
+        Bindgate {
+            child,
+            port,
+            admin_port,
+            listen: SocketAddr::from(([127, 0, 0, 1], port)),
+            dir,
+            log,
+        }
+    }
+
+    pub fn wait_ready(&self) {
+        let client = reqwest::blocking::Client::builder()
+            .timeout(Duration::from_secs(2))
+            .build()
+            .expect("client");
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Ok(r) = client.get(self.admin_url("/readyz")).send() {
+                if r.status() == 200 {
+                    return;
+                }
+            }
+            assert!(
+                Instant::now() < deadline,
+                "bindgate not ready within 60s; log:\n{}",
+                self.logs()
+            );
+            std::thread::sleep(Duration::from_millis(25));
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("https://localhost:{}{path}", self.port)
+    }
+
+    pub fn admin_url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.admin_port)
+    }
+
+    pub fn logs(&self) -> String {
+        let mut s = String::new();
+        if let Ok(mut f) = std::fs::File::open(&self.log) {
+            let _ = f.read_to_string(&mut s);
+        }
+        s
+    }
+
+    /// Waits (bounded) until the log contains `needle`; the whole log.
+    pub fn wait_log(&self, needle: &str) -> String {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let log = self.logs();
+            if log.contains(needle) || Instant::now() > deadline {
+                return log;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Waits for the process to exit, at most `limit`; its exit status, or None if still running.
+    pub fn wait_exit(&mut self, limit: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = Instant::now() + limit;
+        while Instant::now() < deadline {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Some(status);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        None
+    }
+
+    pub fn signal(&self, signal: &str) {
+        let ok = Command::new("kill")
+            .arg(format!("-{signal}"))
+            .arg(self.pid().to_string())
+            .status()
+            .expect("kill")
+            .success();
+        assert!(ok, "kill -{signal} failed");
+    }
+
+    pub fn is_running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+
+    pub fn metrics(&self) -> String {
+        reqwest::blocking::get(self.admin_url("/metrics"))
+            .and_then(|r| r.text())
+            .expect("metrics")
+    }
+
+    /// A reqwest client that trusts the test CA, pins `localhost` to the listener and presents
+    /// the certificate `identity` (a PKI stem like `client1`) when given.
+    pub fn client(&self, pki: &Pki, identity: Option<&str>, http: Http) -> reqwest::blocking::Client {
+        let ca = reqwest::Certificate::from_pem(&pki.read("ca.crt")).expect("CA");
+        let mut b = reqwest::blocking::Client::builder()
+            .use_native_tls()
+            .add_root_certificate(ca)
+            .tls_built_in_root_certs(false)
+            .resolve("localhost", self.listen)
+            .timeout(Duration::from_secs(20));
+        if let Some(stem) = identity {
+            let id = reqwest::Identity::from_pkcs8_pem(
+                &pki.read(&format!("{stem}.crt")),
+                &pki.read(&format!("{stem}.key")),
+            )
+            .expect("identity");
+            b = b.identity(id);
+        }
+        b = match http {
+            Http::One => b.http1_only(),
+            Http::Alpn => b,
+        };
+        b.build().expect("client")
+    }
+}
+
+impl Drop for Bindgate {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Http {
+    /// HTTP/1.1 only.
+    One,
+    /// Whatever ALPN picks: HTTP/2 with bindgate.
+    Alpn,
+}
+
+/// A minimal config: TLS listener with optional client certificates, admin, one upstream route.
+pub fn passthrough_config(upstream: SocketAddr) -> String {
+    format!(
+        r#"
+listen:
+  address: "{{LISTEN}}"
+  tls:
+    cert: {{PKI}}/server.crt
+    key: {{PKI}}/server.key
+    client_auth: optional
+admin:
+  address: "{{ADMIN}}"
+upstreams:
+  idp:
+    address: "{upstream}"
+    client_cert_header: Client-Cert
+routes:
+  - prefix: /
+    upstream: idp
+server:
+  threads: 1
+  grace_period: 1s
+  max_body: 1KiB
+"#
+    )
+}
+
+/// Runs `bindgate check -c` on `yaml` (with `{PKI}` replaced): exit success and output.
+pub fn check(pki: &Pki, yaml: &str) -> (bool, String) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = dir.path().join("proxy.yaml");
+    std::fs::write(&config, yaml.replace("{PKI}", &pki.dir.path().display().to_string()))
+        .expect("write");
+    let out = Command::new(env!("CARGO_BIN_EXE_bindgate"))
+        .arg("check")
+        .arg("-c")
+        .arg(&config)
+        .output()
+        .expect("run check");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), text)
+}
+
+pub fn repo_path(rel: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join(rel)
+}
