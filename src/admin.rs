@@ -73,7 +73,10 @@ impl ServeHttp for AdminApp {
             (true, "/healthz") => json(200, serde_json::json!({"status": "ok"})),
             (true, "/readyz") => match self.readiness.missing() {
                 None => json(200, serde_json::json!({"status": "ready"})),
-                Some(why) => json(503, serde_json::json!({"status": "not_ready", "reason": why})),
+                Some(why) => json(
+                    503,
+                    serde_json::json!({"status": "not_ready", "reason": why}),
+                ),
             },
             (true, "/metrics") => reply(
                 200,

@@ -47,7 +47,8 @@ impl PeerCertificate {
 
 /// `x5t#S256` of the first certificate in a PEM file.
 pub fn thumbprint_of_pem(pem: &[u8]) -> Result<String, String> {
-    let cert = openssl::x509::X509::from_pem(pem).map_err(|e| format!("not a PEM certificate: {e}"))?;
+    let cert =
+        openssl::x509::X509::from_pem(pem).map_err(|e| format!("not a PEM certificate: {e}"))?;
     let der = cert
         .to_der()
         .map_err(|e| format!("cannot encode the certificate: {e}"))?;

@@ -11,8 +11,8 @@ use openssl::hash::MessageDigest;
 use openssl::nid::Nid;
 use openssl::pkey::{PKey, Private};
 use openssl::x509::extension::{
-    AuthorityKeyIdentifier, BasicConstraints, ExtendedKeyUsage, KeyUsage,
-    SubjectAlternativeName, SubjectKeyIdentifier,
+    AuthorityKeyIdentifier, BasicConstraints, ExtendedKeyUsage, KeyUsage, SubjectAlternativeName,
+    SubjectKeyIdentifier,
 };
 use openssl::x509::{X509Builder, X509Name, X509NameBuilder, X509};
 use std::fs;
@@ -50,7 +50,8 @@ fn name(cn: &str) -> Result<X509Name> {
     let mut b = X509NameBuilder::new().map_err(err("name"))?;
     b.append_entry_by_nid(Nid::ORGANIZATIONNAME, "bindgate development")
         .map_err(err("name"))?;
-    b.append_entry_by_nid(Nid::COMMONNAME, cn).map_err(err("name"))?;
+    b.append_entry_by_nid(Nid::COMMONNAME, cn)
+        .map_err(err("name"))?;
     Ok(b.build())
 }
 
@@ -90,10 +91,21 @@ fn certificate(
     let ctx_issuer = issuer.map(|(ca, _)| ca.as_ref());
     match kind {
         Kind::Ca => {
-            b.append_extension(BasicConstraints::new().critical().ca().build().map_err(err("ext"))?)
-                .map_err(err("ext"))?;
             b.append_extension(
-                KeyUsage::new().critical().key_cert_sign().crl_sign().build().map_err(err("ext"))?,
+                BasicConstraints::new()
+                    .critical()
+                    .ca()
+                    .build()
+                    .map_err(err("ext"))?,
+            )
+            .map_err(err("ext"))?;
+            b.append_extension(
+                KeyUsage::new()
+                    .critical()
+                    .key_cert_sign()
+                    .crl_sign()
+                    .build()
+                    .map_err(err("ext"))?,
             )
             .map_err(err("ext"))?;
         }
@@ -101,11 +113,21 @@ fn certificate(
             b.append_extension(BasicConstraints::new().build().map_err(err("ext"))?)
                 .map_err(err("ext"))?;
             b.append_extension(
-                KeyUsage::new().critical().digital_signature().key_agreement().build().map_err(err("ext"))?,
+                KeyUsage::new()
+                    .critical()
+                    .digital_signature()
+                    .key_agreement()
+                    .build()
+                    .map_err(err("ext"))?,
             )
             .map_err(err("ext"))?;
-            b.append_extension(ExtendedKeyUsage::new().server_auth().build().map_err(err("ext"))?)
-                .map_err(err("ext"))?;
+            b.append_extension(
+                ExtendedKeyUsage::new()
+                    .server_auth()
+                    .build()
+                    .map_err(err("ext"))?,
+            )
+            .map_err(err("ext"))?;
             let mut san = SubjectAlternativeName::new();
             for n in names {
                 if n.parse::<std::net::IpAddr>().is_ok() {
@@ -123,11 +145,20 @@ fn certificate(
             b.append_extension(BasicConstraints::new().build().map_err(err("ext"))?)
                 .map_err(err("ext"))?;
             b.append_extension(
-                KeyUsage::new().critical().digital_signature().build().map_err(err("ext"))?,
+                KeyUsage::new()
+                    .critical()
+                    .digital_signature()
+                    .build()
+                    .map_err(err("ext"))?,
             )
             .map_err(err("ext"))?;
-            b.append_extension(ExtendedKeyUsage::new().client_auth().build().map_err(err("ext"))?)
-                .map_err(err("ext"))?;
+            b.append_extension(
+                ExtendedKeyUsage::new()
+                    .client_auth()
+                    .build()
+                    .map_err(err("ext"))?,
+            )
+            .map_err(err("ext"))?;
         }
     }
     let ski = SubjectKeyIdentifier::new()
@@ -142,7 +173,8 @@ fn certificate(
         b.append_extension(aki).map_err(err("ext"))?;
     }
     let signer = issuer.map(|(_, k)| k).unwrap_or(key);
-    b.sign(signer, MessageDigest::sha256()).map_err(err("sign"))?;
+    b.sign(signer, MessageDigest::sha256())
+        .map_err(err("sign"))?;
     Ok(b.build())
 }
 
@@ -158,7 +190,12 @@ fn write(dir: &Path, file: &str, content: &[u8], secret: bool) -> Result<()> {
 }
 
 fn write_pair(dir: &Path, stem: &str, cert: &X509, key: &PKey<Private>) -> Result<()> {
-    write(dir, &format!("{stem}.crt"), &cert.to_pem().map_err(err("PEM"))?, false)?;
+    write(
+        dir,
+        &format!("{stem}.crt"),
+        &cert.to_pem().map_err(err("PEM"))?,
+        false,
+    )?;
     let key_pem = key.private_key_to_pem_pkcs8().map_err(err("PEM"))?;
     write(dir, &format!("{stem}.key"), &key_pem, true)
 }
@@ -200,7 +237,17 @@ pub fn generate(dir: &Path) -> Result<Vec<PathBuf>> {
     let cert = certificate("selfsigned client", &key, Kind::Client, None)?;
     write_pair(dir, "selfsigned", &cert, &key)?;
 
-    write(dir, "master.token", format!("{}\n", random_token()?).as_bytes(), true)?;
-    write(dir, "session-store.token", format!("{}\n", random_token()?).as_bytes(), true)?;
+    write(
+        dir,
+        "master.token",
+        format!("{}\n", random_token()?).as_bytes(),
+        true,
+    )?;
+    write(
+        dir,
+        "session-store.token",
+        format!("{}\n", random_token()?).as_bytes(),
+        true,
+    )?;
     Ok(FILES.iter().map(|f| dir.join(f)).collect())
 }

@@ -104,14 +104,22 @@ impl Gateway {
         Ok(true)
     }
 
-    fn decide(&self, session: &Session, ctx: &mut RequestCtx) -> std::result::Result<Decision, Rejection> {
+    fn decide(
+        &self,
+        session: &Session,
+        ctx: &mut RequestCtx,
+    ) -> std::result::Result<Decision, Rejection> {
         let raw = session.req_header().uri.path();
         let path = normalise(raw)?;
         let decision = self.router.route(&path)?;
         if path != raw {
             ctx.rewritten_path = Some(path);
         }
-        if let Some(len) = session.req_header().headers.get(http::header::CONTENT_LENGTH) {
+        if let Some(len) = session
+            .req_header()
+            .headers
+            .get(http::header::CONTENT_LENGTH)
+        {
             let len: u64 = len
                 .to_str()
                 .ok()
@@ -166,7 +174,10 @@ impl ProxyHttp for Gateway {
                     Ok(false)
                 }
                 // Validation guarantees every target names an upstream.
-                None => self.reject(session, ctx, Rejection::UpstreamUnavailable).await,
+                None => {
+                    self.reject(session, ctx, Rejection::UpstreamUnavailable)
+                        .await
+                }
             },
         }
     }
@@ -259,7 +270,9 @@ impl ProxyHttp for Gateway {
             _ => match e.esource() {
                 ErrorSource::Upstream => Some(Rejection::UpstreamUnavailable),
                 ErrorSource::Downstream => match e.etype() {
-                    ErrorType::WriteError | ErrorType::ReadError | ErrorType::ConnectionClosed => None,
+                    ErrorType::WriteError | ErrorType::ReadError | ErrorType::ConnectionClosed => {
+                        None
+                    }
                     _ => Some(Rejection::InvalidRequest("Malformed request")),
                 },
                 ErrorSource::Internal | ErrorSource::Unset => Some(Rejection::UpstreamUnavailable),
@@ -277,7 +290,11 @@ impl ProxyHttp for Gateway {
             // send the next request into a closing connection.
             session.set_keepalive(None);
             let (header, body) = rejection.response();
-            if session.write_response_header(Box::new(header), false).await.is_ok() {
+            if session
+                .write_response_header(Box::new(header), false)
+                .await
+                .is_ok()
+            {
                 let _ = session.write_response_body(Some(body), true).await;
             }
         }

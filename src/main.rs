@@ -5,7 +5,11 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 #[derive(Parser)]
-#[command(name = "bindgate", version, about = "Sidecar proxy enforcing initial access tokens and certificate-bound tokens")]
+#[command(
+    name = "bindgate",
+    version,
+    about = "Sidecar proxy enforcing initial access tokens and certificate-bound tokens"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -95,7 +99,10 @@ fn main() -> ExitCode {
         }
         Command::DevCerts { dir, force } => {
             if !force && bindgate::devcerts::complete(&dir) {
-                println!("{}: development certificates already present (use --force to replace them)", dir.display());
+                println!(
+                    "{}: development certificates already present (use --force to replace them)",
+                    dir.display()
+                );
                 return ExitCode::SUCCESS;
             }
             match bindgate::devcerts::generate(&dir) {

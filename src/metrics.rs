@@ -16,16 +16,17 @@ pub struct Metrics {
 
 impl Metrics {
     pub fn new() -> Self {
-        let registry = Registry::new_custom(Some("bindgate".into()), None)
-            .expect("a static prefix is valid");
+        let registry =
+            Registry::new_custom(Some("bindgate".into()), None).expect("a static prefix is valid");
         let requests = IntCounterVec::new(
             Opts::new("requests_total", "Requests by route, target and status"),
             &["route", "target", "status"],
         )
         .expect("static metric definition");
         let latency = HistogramVec::new(
-            HistogramOpts::new("request_duration_seconds", "Request latency")
-                .buckets(vec![0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0]),
+            HistogramOpts::new("request_duration_seconds", "Request latency").buckets(vec![
+                0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+            ]),
             &["route", "target"],
         )
         .expect("static metric definition");
@@ -39,7 +40,9 @@ impl Metrics {
             Box::new(latency.clone()),
             Box::new(rejections.clone()),
         ] {
-            registry.register(m).expect("each metric is registered once");
+            registry
+                .register(m)
+                .expect("each metric is registered once");
         }
         Metrics {
             registry,

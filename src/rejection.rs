@@ -173,27 +173,42 @@ mod tests {
         let table: Vec<(Rejection, u16, &str)> = vec![
             (Rejection::NoRoute, 404, "not_found"),
             (Rejection::BadPath("x"), 400, "invalid_request"),
-            (Rejection::BodyTooLarge { limit: 10 }, 413, "request_too_large"),
+            (
+                Rejection::BodyTooLarge { limit: 10 },
+                413,
+                "request_too_large",
+            ),
             (Rejection::UpstreamUnavailable, 502, "bad_gateway"),
             (Rejection::NotImplemented("x"), 501, "not_implemented"),
             (Rejection::MissingCredentials, 401, "unauthorized"),
             (Rejection::InvalidRequest("x"), 400, "invalid_request"),
             (Rejection::InvalidToken("x".into()), 401, "invalid_token"),
             (Rejection::CertificateMismatch, 401, "invalid_token"),
-            (Rejection::InsufficientScope { scope: "client-reg".into() }, 403, "insufficient_scope"),
+            (
+                Rejection::InsufficientScope {
+                    scope: "client-reg".into(),
+                },
+                403,
+                "insufficient_scope",
+            ),
         ];
         for (r, status, code) in table {
             assert_eq!(r.status(), status, "{r:?}");
             assert_eq!(r.error_code(), code, "{r:?}");
             let body: serde_json::Value = serde_json::from_slice(&r.body()).unwrap();
             assert_eq!(body["error"], code);
-            assert!(body["error_description"].as_str().is_some_and(|d| !d.is_empty()));
+            assert!(body["error_description"]
+                .as_str()
+                .is_some_and(|d| !d.is_empty()));
         }
     }
 
     #[test]
     fn rfc6750_challenges() {
-        assert_eq!(challenge(&Rejection::MissingCredentials).as_deref(), Some("Bearer"));
+        assert_eq!(
+            challenge(&Rejection::MissingCredentials).as_deref(),
+            Some("Bearer")
+        );
         assert_eq!(
             challenge(&Rejection::CertificateMismatch).as_deref(),
             Some("Bearer error=\"invalid_token\", error_description=\"Missing / invalid client X.509 certificate for x5t#S256 bound access token\"")

@@ -93,7 +93,8 @@ pub fn normalise(path: &str) -> Result<String, Rejection> {
     }
     let decoded = decode_unreserved(path)?;
     let mut segments: Vec<&str> = Vec::new();
-    let trailing_slash = decoded.ends_with('/') || decoded.ends_with("/.") || decoded.ends_with("/..");
+    let trailing_slash =
+        decoded.ends_with('/') || decoded.ends_with("/.") || decoded.ends_with("/..");
     for seg in decoded.split('/') {
         match seg {
             "" | "." => {}
@@ -141,7 +142,9 @@ fn decode_unreserved(path: &str) -> Result<String, Rejection> {
             i += 3;
         } else {
             if b < 0x21 || b == 0x7f {
-                return Err(Rejection::BadPath("it contains control characters or spaces"));
+                return Err(Rejection::BadPath(
+                    "it contains control characters or spaces",
+                ));
             }
             out.push(b as char);
             i += 1;
@@ -162,7 +165,10 @@ mod tests {
         assert_eq!(normalise("/./clients").unwrap(), "/clients");
         assert_eq!(normalise("/x/../clients").unwrap(), "/clients");
         assert_eq!(normalise("/%63lients").unwrap(), "/clients");
-        assert_eq!(normalise("/%2e%2e/clients").unwrap_err(), Rejection::BadPath("it climbs above the root"));
+        assert_eq!(
+            normalise("/%2e%2e/clients").unwrap_err(),
+            Rejection::BadPath("it climbs above the root")
+        );
         assert_eq!(normalise("/a%2fb").unwrap(), "/a%2Fb");
         assert_eq!(normalise("/a/").unwrap(), "/a/");
         assert_eq!(normalise("/a/b/..").unwrap(), "/a/");

@@ -55,7 +55,10 @@ fn tls_handshake(target: SocketAddr) -> bool {
     // The probe checks that the listener answers; it trusts nothing it learns.
     builder.set_verify(SslVerifyMode::NONE);
     let connector = builder.build();
-    match connector.configure().map(|c| c.verify_hostname(false).connect("localhost", tcp)) {
+    match connector
+        .configure()
+        .map(|c| c.verify_hostname(false).connect("localhost", tcp))
+    {
         Ok(Ok(mut stream)) => {
             let _ = stream.shutdown();
             true
@@ -67,8 +70,12 @@ fn tls_handshake(target: SocketAddr) -> bool {
 /// The address to reach a listener bound to `address` (a wildcard address is reached on loopback).
 fn reachable(address: SocketAddr) -> SocketAddr {
     match address.ip() {
-        IpAddr::V4(ip) if ip.is_unspecified() => SocketAddr::new(Ipv4Addr::LOCALHOST.into(), address.port()),
-        IpAddr::V6(ip) if ip.is_unspecified() => SocketAddr::new(Ipv6Addr::LOCALHOST.into(), address.port()),
+        IpAddr::V4(ip) if ip.is_unspecified() => {
+            SocketAddr::new(Ipv4Addr::LOCALHOST.into(), address.port())
+        }
+        IpAddr::V6(ip) if ip.is_unspecified() => {
+            SocketAddr::new(Ipv6Addr::LOCALHOST.into(), address.port())
+        }
         _ => address,
     }
 }

@@ -27,9 +27,7 @@ impl TlsAccept for CaptureClientCertificate {
 }
 
 /// The client certificate of the connection a request arrived on, if it presented one.
-pub fn peer_certificate(
-    digest: Option<&pingora::protocols::Digest>,
-) -> Option<PeerCertificate> {
+pub fn peer_certificate(digest: Option<&pingora::protocols::Digest>) -> Option<PeerCertificate> {
     digest?
         .ssl_digest
         .as_ref()?

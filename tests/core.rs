@@ -9,7 +9,10 @@ use std::io::{Read, Write};
 use std::time::Duration;
 
 fn rfc9440(der: &[u8]) -> String {
-    format!(":{}:", base64::engine::general_purpose::STANDARD.encode(der))
+    format!(
+        ":{}:",
+        base64::engine::general_purpose::STANDARD.encode(der)
+    )
 }
 
 #[test]
@@ -66,9 +69,15 @@ fn spoofed_client_cert_header_never_arrives_and_the_real_one_does() {
     let got = upstream.wait_for(2);
     assert_eq!(got.len(), 2);
     assert!(got[0].all("client-cert").is_empty(), "{:?}", got[0].headers);
-    assert_eq!(got[1].all("client-cert"), vec![rfc9440(&pki.der("client1")).as_str()]);
+    assert_eq!(
+        got[1].all("client-cert"),
+        vec![rfc9440(&pki.der("client1")).as_str()]
+    );
     let log = bg.logs();
-    assert!(log.contains(&pki.thumbprint("client1")), "access log names the thumbprint:\n{log}");
+    assert!(
+        log.contains(&pki.thumbprint("client1")),
+        "access log names the thumbprint:\n{log}"
+    );
 }
 
 #[test]
@@ -78,14 +87,20 @@ fn http2_request_carries_the_client_certificate_upstream() {
     let bg = Bindgate::start(&pki, &passthrough_config(upstream.addr));
     let client = bg.client(&pki, Some("client2"), Http::Alpn);
     for i in 0..3 {
-        let resp = client.get(bg.url(&format!("/h2/{i}"))).send().expect("request");
+        let resp = client
+            .get(bg.url(&format!("/h2/{i}")))
+            .send()
+            .expect("request");
         assert_eq!(resp.version(), reqwest::Version::HTTP_2);
         assert_eq!(resp.status(), 200);
     }
     let got = upstream.wait_for(3);
     assert_eq!(got.len(), 3);
     for r in got {
-        assert_eq!(r.header("client-cert"), Some(rfc9440(&pki.der("client2")).as_str()));
+        assert_eq!(
+            r.header("client-cert"),
+            Some(rfc9440(&pki.der("client2")).as_str())
+        );
     }
 }
 
@@ -95,17 +110,25 @@ fn self_signed_client_certificate_is_accepted_without_client_ca() {
     let upstream = Upstream::start();
     let bg = Bindgate::start(&pki, &passthrough_config(upstream.addr));
     let client = bg.client(&pki, Some("selfsigned"), Http::One);
-    assert_eq!(client.get(bg.url("/s")).send().expect("request").status(), 200);
+    assert_eq!(
+        client.get(bg.url("/s")).send().expect("request").status(),
+        200
+    );
     let got = upstream.wait_for(1);
-    assert_eq!(got[0].header("client-cert"), Some(rfc9440(&pki.der("selfsigned")).as_str()));
+    assert_eq!(
+        got[0].header("client-cert"),
+        Some(rfc9440(&pki.der("selfsigned")).as_str())
+    );
 }
 
 fn mtls_connector(pki: &Pki) -> openssl::ssl::SslConnector {
     use openssl::ssl::{SslConnector, SslFiletype, SslMethod, SslSessionCacheMode, SslVersion};
     let mut b = SslConnector::builder(SslMethod::tls_client()).unwrap();
     b.set_ca_file(pki.path("ca.crt")).unwrap();
-    b.set_certificate_file(pki.path("client1.crt"), SslFiletype::PEM).unwrap();
-    b.set_private_key_file(pki.path("client1.key"), SslFiletype::PEM).unwrap();
+    b.set_certificate_file(pki.path("client1.crt"), SslFiletype::PEM)
+        .unwrap();
+    b.set_private_key_file(pki.path("client1.key"), SslFiletype::PEM)
+        .unwrap();
     // TLS 1.2 hands the session out in the handshake itself, so resumption is deterministic.
     b.set_max_proto_version(Some(SslVersion::TLS1_2)).unwrap();
     b.set_session_cache_mode(SslSessionCacheMode::CLIENT);
@@ -118,7 +141,11 @@ fn mtls_request(
     port: u16,
     session: Option<&openssl::ssl::SslSessionRef>,
 ) -> (bool, openssl::ssl::SslSession, String) {
-    let mut ssl = connector.configure().unwrap().into_ssl("localhost").unwrap();
+    let mut ssl = connector
+        .configure()
+        .unwrap()
+        .into_ssl("localhost")
+        .unwrap();
     if let Some(s) = session {
         // Safety: the session comes from a connection made with this same connector's context.
         unsafe { ssl.set_session(s).unwrap() };
@@ -175,7 +202,11 @@ fn a_second_resumed_connection_with_a_client_certificate_still_works() {
     let got = upstream.wait_for(2);
     let expected = rfc9440(&pki.der("client1"));
     assert_eq!(got[0].header("client-cert"), Some(expected.as_str()));
-    assert_eq!(got[1].header("client-cert"), Some(expected.as_str()), "certificate kept across resumption");
+    assert_eq!(
+        got[1].header("client-cert"),
+        Some(expected.as_str()),
+        "certificate kept across resumption"
+    );
 }
 
 #[test]
@@ -184,7 +215,10 @@ fn upstream_down_is_502_json() {
     let dead = std::net::SocketAddr::from(([127, 0, 0, 1], free_port()));
     let bg = Bindgate::start(&pki, &passthrough_config(dead));
     let client = bg.client(&pki, None, Http::One);
-    let resp = client.get(bg.url("/x")).send().expect("an answer, not a hang");
+    let resp = client
+        .get(bg.url("/x"))
+        .send()
+        .expect("an answer, not a hang");
     assert_eq!(resp.status(), 502);
     assert_eq!(resp.headers()["content-type"], "application/json");
     let body: serde_json::Value = resp.json().unwrap();
@@ -224,7 +258,10 @@ server: {{threads: 1}}
     }
     let got = upstream.wait_for(3);
     assert_eq!(got.len(), 3);
-    assert_eq!(got[0].header("x-client-cert"), Some(rfc9440(&pki.der("client1")).as_str()));
+    assert_eq!(
+        got[0].header("x-client-cert"),
+        Some(rfc9440(&pki.der("client1")).as_str())
+    );
 }
 
 #[test]
@@ -253,10 +290,19 @@ server: {{threads: 1}}
     let body: serde_json::Value = resp.json().unwrap();
     assert_eq!(body["error"], "not_found");
     // Dot segments and encoded letters cannot route a registration request to the upstream.
-    for sneaky in ["/api/../clients", "/api/%2e%2e/clients", "//clients", "/%63lients"] {
+    for sneaky in [
+        "/api/../clients",
+        "/api/%2e%2e/clients",
+        "//clients",
+        "/%63lients",
+    ] {
         let resp = client.post(bg.url(sneaky)).body("{}").send().unwrap();
         assert_ne!(resp.status(), 200, "{sneaky}");
-        assert!(resp.status().is_client_error() || resp.status() == 401 || resp.status() == 501, "{sneaky}: {}", resp.status());
+        assert!(
+            resp.status().is_client_error() || resp.status() == 401 || resp.status() == 501,
+            "{sneaky}: {}",
+            resp.status()
+        );
     }
     assert_eq!(client.get(bg.url("/api/ok")).send().unwrap().status(), 200);
     let got = upstream.wait_for(1);
@@ -271,22 +317,40 @@ fn body_over_max_body_is_413_and_never_forwarded() {
     let bg = Bindgate::start(&pki, &passthrough_config(upstream.addr));
     let client = bg.client(&pki, None, Http::One);
     // Content-Length over the 1 KiB limit.
-    let resp = client.post(bg.url("/big")).body(vec![b'a'; 4096]).send().unwrap();
+    let resp = client
+        .post(bg.url("/big"))
+        .body(vec![b'a'; 4096])
+        .send()
+        .unwrap();
     assert_eq!(resp.status(), 413);
     let body: serde_json::Value = resp.json().unwrap();
     assert_eq!(body["error"], "request_too_large");
     // A chunked body growing over the limit.
-    let chunks: Vec<Result<Vec<u8>, std::io::Error>> = (0..8).map(|_| Ok(vec![b'b'; 512])).collect();
-    let stream = reqwest::blocking::Body::new(std::io::Cursor::new(chunks.into_iter().flat_map(|c| c.unwrap()).collect::<Vec<u8>>()));
+    let chunks: Vec<Result<Vec<u8>, std::io::Error>> =
+        (0..8).map(|_| Ok(vec![b'b'; 512])).collect();
+    let stream = reqwest::blocking::Body::new(std::io::Cursor::new(
+        chunks
+            .into_iter()
+            .flat_map(|c| c.unwrap())
+            .collect::<Vec<u8>>(),
+    ));
     let resp = client.post(bg.url("/big-chunked")).body(stream).send();
     if let Ok(resp) = resp {
         assert_eq!(resp.status(), 413);
     }
     // A body at the limit passes.
-    let resp = client.post(bg.url("/fits")).body(vec![b'c'; 1024]).send().unwrap();
+    let resp = client
+        .post(bg.url("/fits"))
+        .body(vec![b'c'; 1024])
+        .send()
+        .unwrap();
     assert_eq!(resp.status(), 200);
     let got = upstream.wait_for(1);
-    assert!(got.iter().all(|r| r.target == "/fits" || r.body.len() <= 1024), "{got:?}");
+    assert!(
+        got.iter()
+            .all(|r| r.target == "/fits" || r.body.len() <= 1024),
+        "{got:?}"
+    );
     assert!(got.iter().all(|r| r.target != "/big"));
 }
 
@@ -314,10 +378,18 @@ server: {{threads: 1}}
     );
     let bg = Bindgate::start(&pki, &yaml);
     assert_eq!(
-        bg.client(&pki, Some("client1"), Http::One).get(bg.url("/ok")).send().unwrap().status(),
+        bg.client(&pki, Some("client1"), Http::One)
+            .get(bg.url("/ok"))
+            .send()
+            .unwrap()
+            .status(),
         200
     );
-    assert!(bg.client(&pki, None, Http::One).get(bg.url("/no-cert")).send().is_err());
+    assert!(bg
+        .client(&pki, None, Http::One)
+        .get(bg.url("/no-cert"))
+        .send()
+        .is_err());
     assert!(bg
         .client(&pki, Some("selfsigned"), Http::One)
         .get(bg.url("/not-from-ca"))
@@ -343,7 +415,12 @@ fn admin_endpoints() {
         metrics.contains(r#"bindgate_requests_total{route="route:/",status="200",target="idp"} 1"#),
         "{metrics}"
     );
-    assert_eq!(reqwest::blocking::get(bg.admin_url("/nope")).unwrap().status(), 404);
+    assert_eq!(
+        reqwest::blocking::get(bg.admin_url("/nope"))
+            .unwrap()
+            .status(),
+        404
+    );
 }
 
 #[test]
@@ -366,27 +443,49 @@ fn garbage_malformed_http_and_huge_headers_do_not_stop_the_server() {
         b.set_verify(SslVerifyMode::NONE);
         let tcp = std::net::TcpStream::connect(bg.listen).unwrap();
         tcp.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-        let mut s = b.build().configure().unwrap().verify_hostname(false).connect("localhost", tcp).unwrap();
+        let mut s = b
+            .build()
+            .configure()
+            .unwrap()
+            .verify_hostname(false)
+            .connect("localhost", tcp)
+            .unwrap();
         let _ = s.write_all(request);
         let mut out = Vec::new();
         let _ = s.read_to_end(&mut out);
         String::from_utf8_lossy(&out).to_string()
     };
     let answer = raw(b"NOT HTTP AT ALL\r\n\r\n");
-    assert!(answer.is_empty() || answer.starts_with("HTTP/1.1 4"), "{answer}");
+    assert!(
+        answer.is_empty() || answer.starts_with("HTTP/1.1 4"),
+        "{answer}"
+    );
     let answer = raw(b"GET / HTTP/1.1\r\nHost: x\r\nContent-Length: nope\r\n\r\n");
-    assert!(answer.is_empty() || answer.starts_with("HTTP/1.1 4"), "{answer}");
+    assert!(
+        answer.is_empty() || answer.starts_with("HTTP/1.1 4"),
+        "{answer}"
+    );
     let mut huge = b"GET / HTTP/1.1\r\nHost: x\r\nX-Big: ".to_vec();
     huge.extend(std::iter::repeat_n(b'a', 2 * 1024 * 1024));
     huge.extend_from_slice(b"\r\n\r\n");
     let answer = raw(&huge);
-    assert!(answer.is_empty() || answer.starts_with("HTTP/1.1 4"), "{}", &answer[..answer.len().min(200)]);
+    assert!(
+        answer.is_empty() || answer.starts_with("HTTP/1.1 4"),
+        "{}",
+        &answer[..answer.len().min(200)]
+    );
 
     assert!(bg.is_running());
     let client = bg.client(&pki, None, Http::One);
-    assert_eq!(client.get(bg.url("/still-alive")).send().unwrap().status(), 200);
+    assert_eq!(
+        client.get(bg.url("/still-alive")).send().unwrap().status(),
+        200
+    );
     let got = upstream.requests();
-    assert!(got.iter().all(|r| r.target == "/still-alive"), "nothing malformed was forwarded: {got:?}");
+    assert!(
+        got.iter().all(|r| r.target == "/still-alive"),
+        "nothing malformed was forwarded: {got:?}"
+    );
 }
 
 #[test]
@@ -441,5 +540,8 @@ fn curl_with_and_without_client_certificate() {
     assert_eq!(curl(&["--cert", &cert, "--key", &key]), "200");
     let got = upstream.wait_for(2);
     assert_eq!(got[0].header("client-cert"), None);
-    assert_eq!(got[1].header("client-cert"), Some(rfc9440(&pki.der("client1")).as_str()));
+    assert_eq!(
+        got[1].header("client-cert"),
+        Some(rfc9440(&pki.der("client1")).as_str())
+    );
 }

@@ -21,38 +21,52 @@ pub fn load(path: &Path) -> Result<Config, ConfigError> {
             reason: format!("cannot read the file: {e}"),
         }])
     })?;
-    let file = parse(&text).map_err(fail)?;
-    validate::validate(file, path).map_err(fail)
+    let (file, mut problems) = parse(&text);
+    // What parsed is validated even when some keys were refused, so every problem shows at once.
+    let validated = file.map(|f| validate::validate(f, path));
+    match validated {
+        Some(Ok(config)) if problems.is_empty() => Ok(config),
+        Some(Ok(_)) | None => Err(fail(problems)),
+        Some(Err(more)) => {
+            problems.extend(more);
+            Err(fail(problems))
+        }
+    }
 }
 
 /// Parses YAML text into the file structs. Unknown keys and wrongly typed values are all
-/// reported: each offending key is noted, removed, and the rest parsed again.
-pub fn parse(text: &str) -> Result<FileConfig, Vec<Problem>> {
-    let mut value: Value = serde_yaml_ng::from_str(text).map_err(|e| {
-        vec![Problem {
-            key: String::new(),
-            reason: format!("not valid YAML: {e}"),
-        }]
-    })?;
+/// reported: each offending key is noted, removed, and the rest parsed again. Returns what
+/// parsed (if anything did) and the problems met on the way.
+pub fn parse(text: &str) -> (Option<FileConfig>, Vec<Problem>) {
+    let one = |reason: String| {
+        (
+            None,
+            vec![Problem {
+                key: String::new(),
+                reason,
+            }],
+        )
+    };
+    let mut value: Value = match serde_yaml_ng::from_str(text) {
+        Ok(v) => v,
+        Err(e) => return one(format!("not valid YAML: {e}")),
+    };
     if value.is_null() {
-        return Err(vec![Problem {
-            key: String::new(),
-            reason: "the file is empty".into(),
-        }]);
+        return one("the file is empty".into());
     }
     let mut problems = Vec::new();
     loop {
         match serde_path_to_error::deserialize::<_, FileConfig>(value.clone()) {
-            Ok(file) if problems.is_empty() => return Ok(file),
-            Ok(_) => return Err(problems),
+            Ok(file) => return (Some(file), problems),
             Err(err) => {
                 let segments = path_segments(err.path());
                 let message = err.inner().to_string();
                 let (problem, removable) = describe(&segments, &message);
                 problems.push(problem);
-                let removed = removable && remove_at(&mut value, &removable_path(&segments, &message));
+                let removed =
+                    removable && remove_at(&mut value, &removable_path(&segments, &message));
                 if !removed || problems.len() >= MAX_STRUCTURAL_PROBLEMS {
-                    return Err(problems);
+                    return (None, problems);
                 }
             }
         }
@@ -147,7 +161,10 @@ fn describe(segments: &[Segment], message: &str) -> (Problem, bool) {
         );
     }
     // A value of the wrong type: removing it lets optional keys fall back to their default.
-    let removable = matches!(segments.last(), Some(Segment::Key(_)) | Some(Segment::Index(_)));
+    let removable = matches!(
+        segments.last(),
+        Some(Segment::Key(_)) | Some(Segment::Index(_))
+    );
     (
         Problem {
             key: render(segments),
@@ -201,10 +218,7 @@ mod tests {
     use super::*;
 
     fn problems(yaml: &str) -> Vec<String> {
-        match parse(yaml) {
-            Ok(_) => vec![],
-            Err(p) => p.iter().map(|p| p.to_string()).collect(),
-        }
+        parse(yaml).1.iter().map(|p| p.to_string()).collect()
     }
 
     #[test]
@@ -212,9 +226,24 @@ mod tests {
         let found = problems(
             "listen:\n  adress: x\n  address: \"127.0.0.1:1\"\n  tls: {cert: a, key: b, colour: red}\nfrobnicate: 1\n",
         );
-        assert!(found.iter().any(|p| p.starts_with("listen.adress: unknown key")), "{found:?}");
-        assert!(found.iter().any(|p| p.starts_with("listen.tls.colour: unknown key")), "{found:?}");
-        assert!(found.iter().any(|p| p.starts_with("frobnicate: unknown key")), "{found:?}");
+        assert!(
+            found
+                .iter()
+                .any(|p| p.starts_with("listen.adress: unknown key")),
+            "{found:?}"
+        );
+        assert!(
+            found
+                .iter()
+                .any(|p| p.starts_with("listen.tls.colour: unknown key")),
+            "{found:?}"
+        );
+        assert!(
+            found
+                .iter()
+                .any(|p| p.starts_with("frobnicate: unknown key")),
+            "{found:?}"
+        );
     }
 
     #[test]
@@ -224,7 +253,10 @@ mod tests {
         let found = problems(
             "listen: {address: \"127.0.0.1:1\", tls: {cert: a, key: b}}\nserver: {threads: many}\n",
         );
-        assert!(found[0].starts_with("server.threads: invalid type"), "{found:?}");
+        assert!(
+            found[0].starts_with("server.threads: invalid type"),
+            "{found:?}"
+        );
     }
 
     #[test]

@@ -81,16 +81,15 @@ pub fn resolve(entry: &SecretFile, base: &Path) -> Result<SecretDigest, String> 
         return non_empty(value.as_bytes()).map(SecretDigest::of);
     }
     if let Some(hex_digest) = &entry.sha256 {
-        let bytes = hex::decode(hex_digest.trim())
-            .map_err(|_| "sha256: not a hex string".to_string())?;
+        let bytes =
+            hex::decode(hex_digest.trim()).map_err(|_| "sha256: not a hex string".to_string())?;
         let digest: [u8; 32] = bytes
             .try_into()
             .map_err(|_| "sha256: must be 64 hex digits (a SHA-256 digest)".to_string())?;
         return Ok(SecretDigest::from_digest(digest));
     }
     if let Some(var) = &entry.env {
-        let value =
-            std::env::var(var).map_err(|_| format!("env: variable {var} is not set"))?;
+        let value = std::env::var(var).map_err(|_| format!("env: variable {var} is not set"))?;
         return non_empty(value.as_bytes()).map(SecretDigest::of);
     }
     if let Some(file) = &entry.file {

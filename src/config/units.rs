@@ -10,7 +10,9 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
         .ok_or_else(|| format!("`{text}` has no unit (write e.g. 30s, 5m, 24h)"))?;
     let (digits, unit) = text.split_at(split);
     if digits.is_empty() {
-        return Err(format!("`{text}` is not a duration (write e.g. 30s, 5m, 24h)"));
+        return Err(format!(
+            "`{text}` is not a duration (write e.g. 30s, 5m, 24h)"
+        ));
     }
     let n: u64 = digits
         .parse()
@@ -21,7 +23,11 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
         "m" => 60_000,
         "h" => 3_600_000,
         "d" => 86_400_000,
-        _ => return Err(format!("`{text}`: unknown unit `{unit}` (use ms, s, m, h or d)")),
+        _ => {
+            return Err(format!(
+                "`{text}`: unknown unit `{unit}` (use ms, s, m, h or d)"
+            ))
+        }
     };
     n.checked_mul(per_unit_ms)
         .map(Duration::from_millis)

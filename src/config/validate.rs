@@ -134,7 +134,11 @@ pub fn validate(file: FileConfig, source: &Path) -> Result<Config, Vec<Problem>>
                 j.min_refetch_interval.as_ref(),
                 Duration::from_secs(30),
             ),
-            max_stale: p.duration("jwks.max_stale", j.max_stale.as_ref(), Duration::from_secs(86_400)),
+            max_stale: p.duration(
+                "jwks.max_stale",
+                j.max_stale.as_ref(),
+                Duration::from_secs(86_400),
+            ),
             ca,
             fetch_timeout: p.duration(
                 "jwks.fetch_timeout",
@@ -152,7 +156,10 @@ pub fn validate(file: FileConfig, source: &Path) -> Result<Config, Vec<Problem>>
         }
     }
     if jwks.is_some() && issuer.is_none() {
-        p.push("issuer", "required when jwks is set (the JWT iss must equal it)");
+        p.push(
+            "issuer",
+            "required when jwks is set (the JWT iss must equal it)",
+        );
     }
 
     // tokens
@@ -205,7 +212,10 @@ pub fn validate(file: FileConfig, source: &Path) -> Result<Config, Vec<Problem>>
     for (name, u) in &file.upstreams {
         let key = format!("upstreams.{name}");
         if name == "embedded" {
-            p.push(&key, "`embedded` is reserved for the embedded state service");
+            p.push(
+                &key,
+                "`embedded` is reserved for the embedded state service",
+            );
         }
         let address = resolve_addr(&mut p, &format!("{key}.address"), &u.address);
         let client_cert_header = u.client_cert_header.as_deref().and_then(|h| {
@@ -258,20 +268,19 @@ pub fn validate(file: FileConfig, source: &Path) -> Result<Config, Vec<Problem>>
         upstreams.insert(name.clone(), upstream);
     }
 
-    let target_of = |p: &mut Problems, key: &str, given: Option<&String>| match given
-        .map(String::as_str)
-    {
-        None | Some("embedded") => Target::Embedded,
-        Some(name) => {
-            if !file.upstreams.contains_key(name) {
-                p.push(
-                    key,
-                    format!("`{name}` is neither `embedded` nor the name of an upstream"),
-                );
+    let target_of =
+        |p: &mut Problems, key: &str, given: Option<&String>| match given.map(String::as_str) {
+            None | Some("embedded") => Target::Embedded,
+            Some(name) => {
+                if !file.upstreams.contains_key(name) {
+                    p.push(
+                        key,
+                        format!("`{name}` is neither `embedded` nor the name of an upstream"),
+                    );
+                }
+                Target::Upstream(name.to_string())
             }
-            Target::Upstream(name.to_string())
-        }
-    };
+        };
 
     // registration
     let reg = file.registration.as_ref();
@@ -280,21 +289,38 @@ pub fn validate(file: FileConfig, source: &Path) -> Result<Config, Vec<Problem>>
         "registration.path",
         reg.and_then(|r| r.path.as_deref()).unwrap_or("/clients"),
     );
-    let endpoint_uri = reg
-        .and_then(|r| r.endpoint_uri.clone())
-        .or_else(|| issuer.as_ref().map(|i| format!("{}{}", i.trim_end_matches('/'), reg_path)));
+    let endpoint_uri = reg.and_then(|r| r.endpoint_uri.clone()).or_else(|| {
+        issuer
+            .as_ref()
+            .map(|i| format!("{}{}", i.trim_end_matches('/'), reg_path))
+    });
     if let Some(uri) = reg.and_then(|r| r.endpoint_uri.as_ref()) {
         if !is_http_uri(uri) {
-            p.push("registration.endpoint_uri", format!("`{uri}` is not an http(s) URI"));
+            p.push(
+                "registration.endpoint_uri",
+                format!("`{uri}` is not an http(s) URI"),
+            );
         }
     }
-    let reg_target = target_of(&mut p, "registration.target", reg.and_then(|r| r.target.as_ref()));
-    let master_tokens = secrets(&mut p, "registration.master_tokens", reg.map(|r| &r.master_tokens[..]), source);
+    let reg_target = target_of(
+        &mut p,
+        "registration.target",
+        reg.and_then(|r| r.target.as_ref()),
+    );
+    let master_tokens = secrets(
+        &mut p,
+        "registration.master_tokens",
+        reg.map(|r| &r.master_tokens[..]),
+        source,
+    );
     let scope = reg
         .and_then(|r| r.scope.clone())
         .unwrap_or_else(|| "client-reg".into());
     if scope.is_empty() || scope.contains(' ') || scope.contains('"') || scope.contains('\\') {
-        p.push("registration.scope", "must be one scope token (no spaces or quotes)");
+        p.push(
+            "registration.scope",
+            "must be one scope token (no spaces or quotes)",
+        );
     }
     let registration = Registration {
         path: reg_path,
@@ -319,8 +345,17 @@ pub fn validate(file: FileConfig, source: &Path) -> Result<Config, Vec<Problem>>
             .unwrap_or("/session-store/rest/v2"),
     );
     let session_store = SessionStore {
-        target: target_of(&mut p, "session_store.target", ss.and_then(|s| s.target.as_ref())),
-        api_tokens: secrets(&mut p, "session_store.api_tokens", ss.map(|s| &s.api_tokens[..]), source),
+        target: target_of(
+            &mut p,
+            "session_store.target",
+            ss.and_then(|s| s.target.as_ref()),
+        ),
+        api_tokens: secrets(
+            &mut p,
+            "session_store.api_tokens",
+            ss.map(|s| &s.api_tokens[..]),
+            source,
+        ),
         path: ss_path,
     };
     if overlaps(&registration.path, &session_store.path) {
@@ -335,7 +370,10 @@ pub fn validate(file: FileConfig, source: &Path) -> Result<Config, Vec<Problem>>
     for (i, r) in file.routes.iter().enumerate() {
         let key = format!("routes[{i}]");
         if !r.prefix.starts_with('/') {
-            p.push(format!("{key}.prefix"), format!("`{}` must start with /", r.prefix));
+            p.push(
+                format!("{key}.prefix"),
+                format!("`{}` must start with /", r.prefix),
+            );
         }
         if !file.upstreams.contains_key(&r.upstream) {
             p.push(
@@ -363,14 +401,29 @@ pub fn validate(file: FileConfig, source: &Path) -> Result<Config, Vec<Problem>>
     let mut minutes = |key: &str, given: Option<i64>, default: i64| {
         let v = given.unwrap_or(default);
         if v == 0 || v < -1 {
-            p.push(key, format!("{v}: must be a number of minutes > 0, or -1 for unlimited"));
+            p.push(
+                key,
+                format!("{v}: must be a number of minutes > 0, or -1 for unlimited"),
+            );
         }
         v
     };
     let sessions = SessionLimits {
-        max_life: minutes("state.sessions.max_life", limits.and_then(|l| l.max_life), 20160),
-        auth_life: minutes("state.sessions.auth_life", limits.and_then(|l| l.auth_life), 10080),
-        max_idle: minutes("state.sessions.max_idle", limits.and_then(|l| l.max_idle), 15),
+        max_life: minutes(
+            "state.sessions.max_life",
+            limits.and_then(|l| l.max_life),
+            20160,
+        ),
+        auth_life: minutes(
+            "state.sessions.auth_life",
+            limits.and_then(|l| l.auth_life),
+            10080,
+        ),
+        max_idle: minutes(
+            "state.sessions.max_idle",
+            limits.and_then(|l| l.max_idle),
+            15,
+        ),
     };
     let state = State {
         path: state_path,
@@ -385,7 +438,10 @@ pub fn validate(file: FileConfig, source: &Path) -> Result<Config, Vec<Problem>>
             .unwrap_or(1)
     });
     if threads == 0 || threads > 1024 {
-        p.push("server.threads", format!("{threads}: must be between 1 and 1024"));
+        p.push(
+            "server.threads",
+            format!("{threads}: must be between 1 and 1024"),
+        );
     }
     let max_body = match sv.and_then(|s| s.max_body.as_deref()).map(parse_size) {
         None => 64 * 1024,
@@ -439,7 +495,9 @@ fn socket_addr(p: &mut Problems, key: &str, text: &str) -> Option<SocketAddr> {
         Err(_) => {
             p.push(
                 key,
-                format!("`{text}` is not an IP address and port (e.g. 127.0.0.1:8443 or [::1]:8443)"),
+                format!(
+                    "`{text}` is not an IP address and port (e.g. 127.0.0.1:8443 or [::1]:8443)"
+                ),
             );
             None
         }
@@ -465,7 +523,10 @@ fn resolve_addr(p: &mut Problems, key: &str, text: &str) -> Option<SocketAddr> {
 
 fn endpoint_path(p: &mut Problems, key: &str, given: &str) -> String {
     if !given.starts_with('/') || given.len() < 2 {
-        p.push(key, format!("`{given}` must start with / and name a path other than /"));
+        p.push(
+            key,
+            format!("`{given}` must start with / and name a path other than /"),
+        );
     }
     if given.contains(['?', '#', ' ']) {
         p.push(key, format!("`{given}` must be a plain path"));
@@ -474,15 +535,15 @@ fn endpoint_path(p: &mut Problems, key: &str, given: &str) -> String {
 }
 
 fn overlaps(a: &str, b: &str) -> bool {
-    let inside = |outer: &str, inner: &str| {
-        inner == outer || inner.starts_with(&format!("{outer}/"))
-    };
+    let inside =
+        |outer: &str, inner: &str| inner == outer || inner.starts_with(&format!("{outer}/"));
     inside(a, b) || inside(b, a)
 }
 
 fn is_http_uri(s: &str) -> bool {
     (s.starts_with("https://") || s.starts_with("http://"))
-        && s.parse::<http::Uri>().is_ok_and(|u| u.host().is_some_and(|h| !h.is_empty()))
+        && s.parse::<http::Uri>()
+            .is_ok_and(|u| u.host().is_some_and(|h| !h.is_empty()))
 }
 
 fn secrets(
@@ -515,26 +576,38 @@ fn check_certificates(p: &mut Problems, key: &str, path: &PathBuf) {
 fn check_cert_and_key(p: &mut Problems, key: &str, cert: &PathBuf, private_key: &PathBuf) {
     let certs = match std::fs::read(cert) {
         Err(e) => {
-            p.push(format!("{key}.cert"), format!("cannot read {}: {e}", cert.display()));
+            p.push(
+                format!("{key}.cert"),
+                format!("cannot read {}: {e}", cert.display()),
+            );
             None
         }
         Ok(pem) => match openssl::x509::X509::stack_from_pem(&pem) {
             Ok(c) if !c.is_empty() => Some(c),
             _ => {
-                p.push(format!("{key}.cert"), format!("{} holds no PEM certificate", cert.display()));
+                p.push(
+                    format!("{key}.cert"),
+                    format!("{} holds no PEM certificate", cert.display()),
+                );
                 None
             }
         },
     };
     let pkey = match std::fs::read(private_key) {
         Err(e) => {
-            p.push(format!("{key}.key"), format!("cannot read {}: {e}", private_key.display()));
+            p.push(
+                format!("{key}.key"),
+                format!("cannot read {}: {e}", private_key.display()),
+            );
             None
         }
         Ok(pem) => match openssl::pkey::PKey::private_key_from_pem(&pem) {
             Ok(k) => Some(k),
             Err(_) => {
-                p.push(format!("{key}.key"), format!("{} holds no PEM private key", private_key.display()));
+                p.push(
+                    format!("{key}.key"),
+                    format!("{} holds no PEM private key", private_key.display()),
+                );
                 None
             }
         },

@@ -35,7 +35,11 @@ impl Pki {
             .arg(dir.path())
             .output()
             .expect("run bindgate dev-certs");
-        assert!(out.status.success(), "dev-certs failed: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "dev-certs failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         Pki { dir }
     }
 
@@ -48,7 +52,10 @@ impl Pki {
     }
 
     pub fn token(&self, file: &str) -> String {
-        String::from_utf8(self.read(file)).expect("utf-8").trim().to_string()
+        String::from_utf8(self.read(file))
+            .expect("utf-8")
+            .trim()
+            .to_string()
     }
 
     /// DER of a certificate file.
@@ -210,7 +217,12 @@ impl Bindgate {
 
     /// A reqwest client that trusts the test CA, pins `localhost` to the listener and presents
     /// the certificate `identity` (a PKI stem like `client1`) when given.
-    pub fn client(&self, pki: &Pki, identity: Option<&str>, http: Http) -> reqwest::blocking::Client {
+    pub fn client(
+        &self,
+        pki: &Pki,
+        identity: Option<&str>,
+        http: Http,
+    ) -> reqwest::blocking::Client {
         let ca = reqwest::Certificate::from_pem(&pki.read("ca.crt")).expect("CA");
         let mut b = reqwest::blocking::Client::builder()
             .use_native_tls()
@@ -280,8 +292,11 @@ server:
 pub fn check(pki: &Pki, yaml: &str) -> (bool, String) {
     let dir = tempfile::tempdir().expect("tempdir");
     let config = dir.path().join("proxy.yaml");
-    std::fs::write(&config, yaml.replace("{PKI}", &pki.dir.path().display().to_string()))
-        .expect("write");
+    std::fs::write(
+        &config,
+        yaml.replace("{PKI}", &pki.dir.path().display().to_string()),
+    )
+    .expect("write");
     let out = Command::new(env!("CARGO_BIN_EXE_bindgate"))
         .arg("check")
         .arg("-c")

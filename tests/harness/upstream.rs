@@ -125,7 +125,9 @@ impl Drop for Upstream {
 async fn serve<S: AsyncRead + AsyncWrite + Unpin>(mut io: S, recorded: Arc<Mutex<Vec<Recorded>>>) {
     let mut buf: Vec<u8> = Vec::new();
     loop {
-        let Some(end) = read_until_headers(&mut io, &mut buf).await else { return };
+        let Some(end) = read_until_headers(&mut io, &mut buf).await else {
+            return;
+        };
         let head = String::from_utf8_lossy(&buf[..end]).to_string();
         buf.drain(..end + 4);
         let mut lines = head.split("\r\n");

@@ -1,0 +1,28 @@
+# Sourced by scripts/run.sh and scripts/test.sh: installs the system packages bindgate's build
+# and tests need when they are missing (Debian), or says what to install.
+#   cmake            Pingora's zlib-ng (libz-ng-sys) build
+#   make, perl, gcc  the OpenSSL that Pingora builds from source (openssl-src)
+#   curl, openssl    the tests' real-world clients and certificate checks
+need=()
+command -v cmake >/dev/null 2>&1 || need+=(cmake)
+command -v make >/dev/null 2>&1 || need+=(make)
+command -v perl >/dev/null 2>&1 || need+=(perl)
+command -v cc >/dev/null 2>&1 || need+=(gcc)
+command -v curl >/dev/null 2>&1 || need+=(curl)
+command -v openssl >/dev/null 2>&1 || need+=(openssl)
+if [ "${#need[@]}" -gt 0 ]; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    echo "installing missing packages: ${need[*]}" >&2
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
+  elif command -v sudo >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1; then
+    echo "installing missing packages with sudo: ${need[*]}" >&2
+    sudo apt-get update -qq && sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
+  else
+    echo "bindgate needs these packages: ${need[*]}; install them (e.g. apt-get install -y ${need[*]}) and run again" >&2
+    exit 1
+  fi
+fi
+if ! command -v cargo >/dev/null 2>&1; then
+  echo "bindgate needs the Rust toolchain (cargo); install it from https://rustup.rs and run again" >&2
+  exit 1
+fi

@@ -1,0 +1,260 @@
+//! `bindgate check` and the other commands, as a user runs them.
+
+mod harness;
+
+use harness::*;
+
+const GOOD: &str = r#"
+listen:
+  address: "127.0.0.1:8443"
+  tls: {cert: "{PKI}/server.crt", key: "{PKI}/server.key"}
+upstreams:
+  idp: {address: "127.0.0.1:8080"}
+routes:
+  - {prefix: /, upstream: idp}
+"#;
+
+#[test]
+fn a_good_config_passes() {
+    let pki = Pki::new();
+    let (ok, out) = check(&pki, GOOD);
+    assert!(ok, "{out}");
+    assert!(out.contains(": ok"), "{out}");
+}
+
+#[test]
+fn the_shipped_proxy_yaml_is_valid_once_dev_certs_exist() {
+    // The shipped file names certs/dev relative to itself: check a copy next to a fresh set.
+    let pki = Pki::new();
+    let dir = tempfile::tempdir().unwrap();
+    let certs = dir.path().join("certs");
+    std::fs::create_dir_all(&certs).unwrap();
+    std::os::unix::fs::symlink(pki.dir.path(), certs.join("dev")).unwrap();
+    std::fs::copy(repo_path("proxy.yaml"), dir.path().join("proxy.yaml")).unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_bindgate"))
+        .args(["check", "-c"])
+        .arg(dir.path().join("proxy.yaml"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn every_problem_is_reported_at_once_with_its_key() {
+    let pki = Pki::new();
+    let yaml = r#"
+listen:
+  adress: "127.0.0.1:8443"
+  address: "not an address"
+  tls:
+    cert: "{PKI}/missing.crt"
+    key: "{PKI}/server.key"
+    client_auth: sometimes
+admin: {address: "127.0.0.1:99999"}
+jwks: {uri: "https://idp.example.com/jwks.json", file: "{PKI}/ca.crt", refresh_interval: 5 minutes}
+tokens: {algorithms: [RS256, HS256, none, XX999], leeway: 60}
+registration:
+  target: nowhere
+  master_tokens:
+    - {value: a, sha256: "00"}
+    - {sha256: "abc"}
+    - {env: BINDGATE_TEST_SURELY_UNSET_VARIABLE}
+    - {file: "{PKI}/no-such.token"}
+session_store:
+  api_tokens:
+    - {}
+upstreams:
+  idp: {address: "no-port-here", client_cert_header: "Authorization"}
+routes:
+  - {prefix: api, upstream: idp}
+  - {prefix: /, upstream: ghost}
+state: {sessions: {max_life: 0, max_idle: -5}}
+server: {threads: 0, grace_period: soon, max_body: 64 potatoes}
+"#;
+    let (ok, out) = check(&pki, yaml);
+    assert!(!ok);
+    for expected in [
+        "listen.adress: unknown key",
+        "listen.address: `not an address` is not an IP address and port",
+        "listen.tls.cert: cannot read",
+        "listen.tls.client_auth: `sometimes` is not one of none, optional, required",
+        "admin.address:",
+        "jwks: give exactly one of uri, file",
+        "tokens.algorithms[1]: `HS256` is never accepted",
+        "tokens.algorithms[2]: `none` is never accepted",
+        "tokens.algorithms[3]: `XX999` is not supported",
+        "tokens.leeway:",
+        "registration.target: `nowhere` is neither `embedded` nor the name of an upstream",
+        "registration.master_tokens[0]: give exactly one of value, sha256, env, file",
+        "registration.master_tokens[1]: sha256: ",
+        "registration.master_tokens[2]: env: variable BINDGATE_TEST_SURELY_UNSET_VARIABLE is not set",
+        "registration.master_tokens[3]: file: cannot read",
+        "session_store.api_tokens[0]: give exactly one of value, sha256, env, file",
+        "upstreams.idp.address: `no-port-here` has no port",
+        "upstreams.idp.client_cert_header: `Authorization` is a header bindgate or HTTP already gives a meaning to",
+        "routes[0].prefix: `api` must start with /",
+        "routes[1].upstream: `ghost` is not the name of an upstream",
+        "state.sessions.max_life: 0: must be a number of minutes > 0, or -1 for unlimited",
+        "state.sessions.max_idle: -5",
+        "server.threads: 0: must be between 1 and 1024",
+        "server.grace_period: `soon`",
+        "server.max_body: `64 potatoes`",
+    ] {
+        assert!(out.contains(expected), "missing `{expected}` in:\n{out}");
+    }
+}
+
+#[test]
+fn unknown_keys_everywhere_are_all_listed() {
+    let pki = Pki::new();
+    let yaml = GOOD.replace("routes:", "colour: blue\nroutes:").replace(
+        "idp: {address: \"127.0.0.1:8080\"}",
+        "idp: {address: \"127.0.0.1:8080\", timeout: 5s}",
+    ) + "server: {thread: 2}\n";
+    let (ok, out) = check(&pki, &yaml);
+    assert!(!ok);
+    assert!(out.contains("colour: unknown key"), "{out}");
+    assert!(out.contains("upstreams.idp.timeout: unknown key"), "{out}");
+    assert!(out.contains("server.thread: unknown key"), "{out}");
+}
+
+#[test]
+fn wrong_types_missing_keys_and_broken_yaml() {
+    let pki = Pki::new();
+    let (ok, out) = check(&pki, "listen:\n  tls: {cert: a, key: b}\n");
+    assert!(!ok);
+    assert!(
+        out.contains("listen.address: required key is missing"),
+        "{out}"
+    );
+    let (ok, out) = check(&pki, &(GOOD.to_string() + "server: {threads: lots}\n"));
+    assert!(!ok);
+    assert!(out.contains("server.threads: invalid type"), "{out}");
+    let (ok, out) = check(&pki, "listen: [unclosed\n");
+    assert!(!ok);
+    assert!(out.contains("not valid YAML"), "{out}");
+    let (ok, out) = check(&pki, "");
+    assert!(!ok);
+    assert!(out.contains("the file is empty"), "{out}");
+}
+
+#[test]
+fn key_not_matching_certificate_and_bad_ca() {
+    let pki = Pki::new();
+    let yaml = GOOD
+        .replace("{PKI}/server.key", "{PKI}/client1.key")
+        .replace("tls: {", "tls: {client_ca: \"{PKI}/master.token\", ");
+    let (ok, out) = check(&pki, &yaml);
+    assert!(!ok);
+    assert!(
+        out.contains("listen.tls.key: does not belong to the certificate"),
+        "{out}"
+    );
+    assert!(
+        out.contains("listen.tls.client_ca:") && out.contains("holds no PEM certificate"),
+        "{out}"
+    );
+}
+
+#[test]
+fn run_refuses_an_invalid_config_and_a_busy_port() {
+    let pki = Pki::new();
+    let mut bg = Bindgate::spawn(&pki, "listen: {address: nope}\n", &[]);
+    let status = bg
+        .wait_exit(std::time::Duration::from_secs(20))
+        .expect("exits");
+    assert!(!status.success());
+    assert!(
+        bg.logs().contains("listen.tls: required key is missing"),
+        "{}",
+        bg.logs()
+    );
+
+    let busy = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let yaml = GOOD.replace("127.0.0.1:8443", &busy.local_addr().unwrap().to_string());
+    let mut bg = Bindgate::spawn(&pki, &yaml, &[]);
+    let status = bg
+        .wait_exit(std::time::Duration::from_secs(20))
+        .expect("exits");
+    assert!(!status.success());
+    assert!(
+        bg.logs().contains("listen.address: cannot listen on"),
+        "{}",
+        bg.logs()
+    );
+}
+
+#[test]
+fn thumbprint_matches_the_openssl_pipeline() {
+    let pki = Pki::new();
+    for stem in ["client1", "client2", "selfsigned"] {
+        let cert = pki.path(&format!("{stem}.crt"));
+        let ours = std::process::Command::new(env!("CARGO_BIN_EXE_bindgate"))
+            .arg("thumbprint")
+            .arg(&cert)
+            .output()
+            .unwrap();
+        assert!(ours.status.success());
+        let pipeline = std::process::Command::new("sh")
+            .arg("-c")
+            .arg(format!(
+                "openssl x509 -outform der -in '{}' | openssl dgst -sha256 -binary | base64 | tr '+/' '-_' | tr -d '='",
+                cert.display()
+            ))
+            .output()
+            .unwrap();
+        let ours = String::from_utf8_lossy(&ours.stdout).trim().to_string();
+        assert_eq!(ours, String::from_utf8_lossy(&pipeline.stdout).trim());
+        assert_eq!(ours.len(), 43);
+    }
+    let bad = std::process::Command::new(env!("CARGO_BIN_EXE_bindgate"))
+        .arg("thumbprint")
+        .arg(pki.path("master.token"))
+        .output()
+        .unwrap();
+    assert!(!bad.status.success());
+}
+
+#[test]
+fn dev_certs_chain_to_the_ca_and_are_kept_on_rerun() {
+    let pki = Pki::new();
+    let verify = |file: &str| {
+        std::process::Command::new("openssl")
+            .args(["verify", "-CAfile"])
+            .arg(pki.path("ca.crt"))
+            .arg(pki.path(file))
+            .status()
+            .unwrap()
+            .success()
+    };
+    assert!(verify("server.crt"));
+    assert!(verify("client1.crt"));
+    assert!(verify("client2.crt"));
+    assert!(
+        !verify("selfsigned.crt"),
+        "the self-signed client is not issued by the CA"
+    );
+    let text = std::process::Command::new("openssl")
+        .args(["x509", "-noout", "-ext", "subjectAltName", "-in"])
+        .arg(pki.path("server.crt"))
+        .output()
+        .unwrap();
+    let sans = String::from_utf8_lossy(&text.stdout);
+    assert!(
+        sans.contains("DNS:localhost") && sans.contains("IP Address:127.0.0.1"),
+        "{sans}"
+    );
+
+    let before = pki.read("ca.crt");
+    let again = std::process::Command::new(env!("CARGO_BIN_EXE_bindgate"))
+        .arg("dev-certs")
+        .arg(pki.dir.path())
+        .output()
+        .unwrap();
+    assert!(again.status.success());
+    assert_eq!(pki.read("ca.crt"), before, "an existing set is kept");
+}
