@@ -32,6 +32,8 @@ pub const FILES: &[&str] = &[
     "selfsigned.key",
     "master.token",
     "session-store.token",
+    "signing.key",
+    "jwks.json",
 ];
 
 type Result<T> = std::result::Result<T, String>;
@@ -236,6 +238,14 @@ pub fn generate(dir: &Path) -> Result<Vec<PathBuf>> {
     let key = ec_key()?;
     let cert = certificate("selfsigned client", &key, Kind::Client, None)?;
     write_pair(dir, "selfsigned", &cert, &key)?;
+
+    // The development token signing key and its public key set (what `dev-token` signs with and
+    // the shipped proxy.yaml trusts).
+    let signing = ec_key()?;
+    let key_pem = signing.private_key_to_pem_pkcs8().map_err(err("PEM"))?;
+    write(dir, "signing.key", &key_pem, true)?;
+    let jwks = serde_json::json!({ "keys": [crate::devtoken::public_jwk(&signing)?] });
+    write(dir, "jwks.json", format!("{jwks:#}\n").as_bytes(), false)?;
 
     write(
         dir,

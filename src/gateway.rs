@@ -12,6 +12,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Instant;
 
+use crate::auth::{Authoriser, Facts, Grant};
 use crate::certificate::PeerCertificate;
 use crate::config::{Config, Target, Upstream};
 use crate::metrics::Metrics;
@@ -54,6 +55,7 @@ impl UpstreamTarget {
 
 pub struct Gateway {
     router: Router,
+    authoriser: Authoriser,
     upstreams: HashMap<String, Arc<UpstreamTarget>>,
     max_body: u64,
     metrics: Arc<Metrics>,
@@ -66,19 +68,25 @@ pub struct RequestCtx {
     peer_certificate: Option<PeerCertificate>,
     upstream: Option<Arc<UpstreamTarget>>,
     rejection: Option<Rejection>,
+    grant: Option<Grant>,
     body_bytes: u64,
     /// The normalised path, when it differs from the one received.
     rewritten_path: Option<String>,
 }
 
 impl Gateway {
-    pub fn new(config: &Config, metrics: Arc<Metrics>) -> Result<Self, String> {
+    pub fn new(
+        config: &Config,
+        authoriser: Authoriser,
+        metrics: Arc<Metrics>,
+    ) -> Result<Self, String> {
         let mut upstreams = HashMap::new();
         for (name, u) in &config.upstreams {
             upstreams.insert(name.clone(), Arc::new(UpstreamTarget::new(u)?));
         }
         Ok(Gateway {
             router: Router::new(config),
+            authoriser,
             upstreams,
             max_body: config.server.max_body,
             metrics,
@@ -146,6 +154,7 @@ impl ProxyHttp for Gateway {
             peer_certificate: None,
             upstream: None,
             rejection: None,
+            grant: None,
             body_bytes: 0,
             rewritten_path: None,
         }
@@ -158,7 +167,21 @@ impl ProxyHttp for Gateway {
             Err(rejection) => return self.reject(session, ctx, rejection).await,
         };
         let target = decision.target.clone();
+        let policy = decision.policy;
         ctx.decision = Some(decision);
+        let path = ctx.rewritten_path.clone();
+        let req = session.req_header();
+        let facts = Facts {
+            method: &req.method,
+            path: path.as_deref().unwrap_or(req.uri.path()),
+            headers: &req.headers,
+            query: req.uri.query(),
+            peer: ctx.peer_certificate.as_ref(),
+        };
+        match self.authoriser.authorise(policy, &facts).await {
+            Ok(grant) => ctx.grant = Some(grant),
+            Err(rejection) => return self.reject(session, ctx, rejection).await,
+        }
         match target {
             Target::Embedded => {
                 self.reject(

@@ -3,9 +3,11 @@
 //! provider. The binary (`main.rs`) drives this library.
 
 pub mod admin;
+pub mod auth;
 pub mod certificate;
 pub mod config;
 pub mod devcerts;
+pub mod devtoken;
 pub mod gateway;
 pub mod metrics;
 pub mod rejection;

@@ -1,4 +1,4 @@
-//! The `bindgate` command line: run | check | thumbprint | dev-certs.
+//! The `bindgate` command line: run | check | thumbprint | dev-certs | dev-token.
 
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
@@ -36,6 +36,35 @@ enum Command {
         #[arg(long)]
         force: bool,
     },
+    /// Mint a development initial access token (ES256) with the development signing key.
+    DevToken {
+        /// Configuration to take the issuer, audience, scope and key set from.
+        #[arg(short, long, default_value = "proxy.yaml")]
+        config: PathBuf,
+        /// Signing key (PEM). Default: signing.key next to the configured jwks.file.
+        #[arg(long)]
+        key: Option<PathBuf>,
+        /// Scope claim (space-separated). Default: registration.scope. Empty for none.
+        #[arg(long)]
+        scope: Option<String>,
+        /// Audience; repeat for several. Default: registration.endpoint_uri.
+        #[arg(long = "aud")]
+        audiences: Vec<String>,
+        /// Issuer. Default: the configured issuer.
+        #[arg(long)]
+        iss: Option<String>,
+        /// Lifetime, e.g. 10m, 1h. Negative lifetimes are not accepted: use --expired.
+        #[arg(long, default_value = "10m")]
+        lifetime: String,
+        /// Mint a token that expired an hour ago.
+        #[arg(long)]
+        expired: bool,
+        /// Bind the token to this client certificate (cnf x5t#S256, RFC 8705).
+        #[arg(long)]
+        cert: Option<PathBuf>,
+        #[arg(long, default_value = "bindgate-dev")]
+        sub: String,
+    },
 }
 
 fn init_logging() {
@@ -46,6 +75,97 @@ fn init_logging() {
         .with_target(true)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stdout()))
         .init();
+}
+
+struct DevTokenArgs {
+    config: PathBuf,
+    key: Option<PathBuf>,
+    scope: Option<String>,
+    audiences: Vec<String>,
+    iss: Option<String>,
+    lifetime: String,
+    expired: bool,
+    cert: Option<PathBuf>,
+    sub: String,
+}
+
+fn dev_token(a: DevTokenArgs) -> Result<String, String> {
+    let config = bindgate::config::load(&a.config);
+    let config = match (config, &a.iss, &a.key) {
+        (Ok(c), _, _) => Some(c),
+        (Err(_), Some(_), Some(_)) => None,
+        (Err(e), _, _) => return Err(format!("{e}(or give --iss and --key)")),
+    };
+    let key_path = match (&a.key, config.as_ref().and_then(|c| c.jwks.as_ref())) {
+        (Some(k), _) => k.clone(),
+        (
+            None,
+            Some(bindgate::config::Jwks {
+                source: bindgate::config::JwksSource::File(f),
+                ..
+            }),
+        ) => f.with_file_name("signing.key"),
+        _ => {
+            return Err(
+                "give --key: the configuration has no jwks.file to find signing.key next to".into(),
+            )
+        }
+    };
+    let pem =
+        std::fs::read(&key_path).map_err(|e| format!("cannot read {}: {e}", key_path.display()))?;
+    let key = bindgate::devtoken::load_key(&pem)?;
+    let jwk = bindgate::devtoken::public_jwk(&key)?;
+    let kid = jwk["kid"].as_str().unwrap_or_default().to_string();
+    let issuer = a
+        .iss
+        .or_else(|| config.as_ref().and_then(|c| c.issuer.clone()))
+        .ok_or("give --iss: the configuration has no issuer")?;
+    let scope = a
+        .scope
+        .or_else(|| config.as_ref().map(|c| c.registration.scope.clone()))
+        .unwrap_or_else(|| "client-reg".into());
+    let mut audiences = a.audiences;
+    if audiences.is_empty() {
+        if let Some(uri) = config
+            .as_ref()
+            .and_then(|c| c.registration.endpoint_uri.clone())
+        {
+            audiences.push(uri);
+        }
+    }
+    let lifetime = bindgate::config::units::parse_duration(&a.lifetime)
+        .map_err(|e| format!("--lifetime: {e}"))?;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    let (iat, exp) = if a.expired {
+        (now - 7200, now - 3600)
+    } else {
+        (now, now + lifetime.as_secs().max(1))
+    };
+    let mut claims = serde_json::json!({
+        "iss": issuer,
+        "sub": a.sub,
+        "iat": iat,
+        "exp": exp,
+        "jti": bindgate::devcerts::random_token()?,
+    });
+    if !scope.is_empty() {
+        claims["scp"] = serde_json::json!(scope.split(' ').collect::<Vec<_>>());
+    }
+    match audiences.len() {
+        0 => {}
+        1 => claims["aud"] = serde_json::json!(audiences[0]),
+        _ => claims["aud"] = serde_json::json!(audiences),
+    }
+    if let Some(cert) = a.cert {
+        let pem =
+            std::fs::read(&cert).map_err(|e| format!("cannot read {}: {e}", cert.display()))?;
+        let thumbprint = bindgate::certificate::thumbprint_of_pem(&pem)?;
+        claims["cnf"] = serde_json::json!({ "x5t#S256": thumbprint });
+    }
+    bindgate::devtoken::sign_es256(&key, &kid, &claims)
 }
 
 fn main() -> ExitCode {
@@ -97,6 +217,36 @@ fn main() -> ExitCode {
                 }
             }
         }
+        Command::DevToken {
+            config,
+            key,
+            scope,
+            audiences,
+            iss,
+            lifetime,
+            expired,
+            cert,
+            sub,
+        } => match dev_token(DevTokenArgs {
+            config,
+            key,
+            scope,
+            audiences,
+            iss,
+            lifetime,
+            expired,
+            cert,
+            sub,
+        }) {
+            Ok(token) => {
+                println!("{token}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("bindgate: {e}");
+                ExitCode::FAILURE
+            }
+        },
         Command::DevCerts { dir, force } => {
             if !force && bindgate::devcerts::complete(&dir) {
                 println!(

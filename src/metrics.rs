@@ -1,7 +1,7 @@
 //! Prometheus metrics, in a registry of bindgate's own (served by the admin listener).
 
 use prometheus::{
-    Encoder, HistogramOpts, HistogramVec, IntCounterVec, Opts, Registry, TextEncoder,
+    Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, Opts, Registry, TextEncoder,
 };
 
 pub struct Metrics {
@@ -12,6 +12,16 @@ pub struct Metrics {
     pub latency: HistogramVec,
     /// Rejections by reason.
     pub rejections: IntCounterVec,
+    /// Authorisation decisions by policy, decision and reason.
+    pub decisions: IntCounterVec,
+    /// JWKS fetches by outcome (ok, failed).
+    pub jwks_fetches: IntCounterVec,
+    /// Refetches triggered by tokens naming an unknown kid.
+    pub unknown_kid_refetches: IntCounter,
+    /// Key lookups served from the last good key set while fetches fail.
+    pub stale_key_uses: IntCounter,
+    /// Verified-token cache lookups by result (hit, miss).
+    pub verified_cache: IntCounterVec,
 }
 
 impl Metrics {
@@ -35,10 +45,46 @@ impl Metrics {
             &["reason"],
         )
         .expect("static metric definition");
+        let decisions = IntCounterVec::new(
+            Opts::new(
+                "authorisations_total",
+                "Authorisation decisions by policy, decision (accepted, rejected) and reason",
+            ),
+            &["policy", "decision", "reason"],
+        )
+        .expect("static metric definition");
+        let jwks_fetches = IntCounterVec::new(
+            Opts::new("jwks_fetches_total", "JWKS fetches by outcome"),
+            &["outcome"],
+        )
+        .expect("static metric definition");
+        let unknown_kid_refetches = IntCounter::new(
+            "jwks_unknown_kid_refetches_total",
+            "JWKS refetches triggered by an unknown kid",
+        )
+        .expect("static metric definition");
+        let stale_key_uses = IntCounter::new(
+            "jwks_stale_key_uses_total",
+            "Key lookups served from the last good key set while fetches fail",
+        )
+        .expect("static metric definition");
+        let verified_cache = IntCounterVec::new(
+            Opts::new(
+                "verified_token_cache_total",
+                "Verified-token cache lookups by result",
+            ),
+            &["result"],
+        )
+        .expect("static metric definition");
         for m in [
             Box::new(requests.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(latency.clone()),
             Box::new(rejections.clone()),
+            Box::new(decisions.clone()),
+            Box::new(jwks_fetches.clone()),
+            Box::new(unknown_kid_refetches.clone()),
+            Box::new(stale_key_uses.clone()),
+            Box::new(verified_cache.clone()),
         ] {
             registry
                 .register(m)
@@ -49,6 +95,11 @@ impl Metrics {
             requests,
             latency,
             rejections,
+            decisions,
+            jwks_fetches,
+            unknown_kid_refetches,
+            stale_key_uses,
+            verified_cache,
         }
     }
 

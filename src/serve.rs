@@ -11,6 +11,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::admin::{AdminApp, Readiness};
+use crate::auth::jwks::JwksRefresher;
+use crate::auth::Authoriser;
 use crate::config::Config;
 use crate::gateway::Gateway;
 use crate::metrics::Metrics;
@@ -108,7 +110,8 @@ pub fn run(config: Config) -> Result<(), String> {
     let metrics = Arc::new(Metrics::new());
     let readiness = Arc::new(Readiness::new(config.jwks.is_some()));
 
-    let gateway = Gateway::new(&config, metrics.clone())?;
+    let (authoriser, key_store) = Authoriser::new(&config, metrics.clone(), readiness.clone())?;
+    let gateway = Gateway::new(&config, authoriser, metrics.clone())?;
     let mut proxy =
         pingora::proxy::http_proxy_service_with_name(&server.configuration, gateway, "bindgate");
     let settings = tls::settings(&config.listen.tls)?;
@@ -136,9 +139,8 @@ pub fn run(config: Config) -> Result<(), String> {
         server.add_service(service);
     }
 
-    // Until issue 3 loads keys, a configured JWKS counts as loaded once the file or URI is set.
-    if config.jwks.is_some() {
-        readiness.set_keys_loaded(true);
+    if let Some(store) = key_store {
+        server.add_service(background_service("jwks refresh", JwksRefresher { store }));
     }
 
     tracing::info!(

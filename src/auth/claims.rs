@@ -1,0 +1,331 @@
+//! The claims of an initial access token: parsed defensively (any JSON type may arrive in any
+//! claim) and checked against the registration endpoint's rules.
+
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine;
+use serde::Deserialize;
+use serde_json::Value;
+
+use crate::rejection::Rejection;
+
+/// What the token must satisfy, from the configuration.
+#[derive(Debug, Clone)]
+pub struct Rules {
+    pub issuer: String,
+    /// Accepted audiences: the registration endpoint URI and the issuer.
+    pub audiences: Vec<String>,
+    pub check_audience: bool,
+    pub scope: String,
+    pub leeway_secs: f64,
+    pub require_binding: bool,
+}
+
+/// The outcome of the time-independent checks, kept in the verified-token cache. Time and the
+/// certificate binding are checked again on every request.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Verified {
+    pub exp: f64,
+    pub nbf: Option<f64>,
+    pub iat: Option<f64>,
+    pub has_scope: bool,
+    /// SHA-256 of the certificate the token is bound to (RFC 8705 §3.1).
+    pub x5t_s256: Option<[u8; 32]>,
+}
+
+/// Every claim is taken as raw JSON so that a wrong type is a clear `invalid_token`, not a
+/// deserialisation failure. A claim that appears twice is refused by serde (ambiguous token).
+#[derive(Deserialize)]
+struct RawClaims {
+    iss: Option<Value>,
+    exp: Option<Value>,
+    nbf: Option<Value>,
+    iat: Option<Value>,
+    aud: Option<Value>,
+    scp: Option<Value>,
+    scope: Option<Value>,
+    cnf: Option<Value>,
+}
+
+fn invalid(why: impl Into<String>) -> Rejection {
+    Rejection::InvalidToken(why.into())
+}
+
+fn numeric_date(name: &str, v: &Value) -> Result<f64, Rejection> {
+    match v.as_f64() {
+        Some(n) if n.is_finite() && v.is_number() => Ok(n),
+        _ => Err(invalid(format!("The {name} claim is not a number"))),
+    }
+}
+
+/// Checks everything that does not depend on the clock or the connection.
+pub fn verify_claims(payload: &[u8], rules: &Rules) -> Result<Verified, Rejection> {
+    let raw: RawClaims = serde_json::from_slice(payload)
+        .map_err(|_| invalid("The token claims are not a JSON object"))?;
+
+    match &raw.iss {
+        Some(Value::String(iss)) if *iss == rules.issuer => {}
+        Some(Value::String(_)) => return Err(invalid("Unexpected token issuer")),
+        Some(_) => return Err(invalid("The iss claim is not a string")),
+        None => return Err(invalid("Missing iss claim")),
+    }
+    let exp = match &raw.exp {
+        Some(v) => numeric_date("exp", v)?,
+        None => return Err(invalid("Missing exp claim")),
+    };
+    let nbf = raw
+        .nbf
+        .as_ref()
+        .map(|v| numeric_date("nbf", v))
+        .transpose()?;
+    let iat = raw
+        .iat
+        .as_ref()
+        .map(|v| numeric_date("iat", v))
+        .transpose()?;
+
+    let audiences: Vec<&str> = match &raw.aud {
+        None => Vec::new(),
+        Some(Value::String(a)) => vec![a.as_str()],
+        Some(Value::Array(items)) => {
+            let mut out = Vec::with_capacity(items.len());
+            for item in items {
+                match item {
+                    Value::String(a) => out.push(a.as_str()),
+                    _ => return Err(invalid("The aud claim holds a non-string value")),
+                }
+            }
+            out
+        }
+        Some(_) => return Err(invalid("The aud claim is neither a string nor an array")),
+    };
+    if rules.check_audience
+        && !audiences
+            .iter()
+            .any(|a| rules.audiences.iter().any(|accepted| accepted == a))
+    {
+        return Err(invalid("The token audience is not accepted"));
+    }
+
+    let has_scope = scope_contains(raw.scp.as_ref(), raw.scope.as_ref(), &rules.scope)?;
+
+    let x5t_s256 = match &raw.cnf {
+        None => None,
+        Some(Value::Object(cnf)) => match cnf.get("x5t#S256") {
+            None => None,
+            Some(Value::String(t)) => {
+                let bytes = URL_SAFE_NO_PAD
+                    .decode(t)
+                    .map_err(|_| invalid("The cnf x5t#S256 is not base64url"))?;
+                let digest: [u8; 32] = bytes
+                    .try_into()
+                    .map_err(|_| invalid("The cnf x5t#S256 is not a SHA-256 thumbprint"))?;
+                Some(digest)
+            }
+            Some(_) => return Err(invalid("The cnf x5t#S256 is not a string")),
+        },
+        Some(_) => return Err(invalid("The cnf claim is not a JSON object")),
+    };
+    if rules.require_binding && x5t_s256.is_none() {
+        return Err(invalid(
+            "The initial access token must be bound to a client certificate (cnf x5t#S256)",
+        ));
+    }
+    Ok(Verified {
+        exp,
+        nbf,
+        iat,
+        has_scope,
+        x5t_s256,
+    })
+}
+
+/// Scope from `scp` (array, or space-separated string as some providers send) or `scope`
+/// (space-separated string, RFC 9068 §2.2.3).
+fn scope_contains(
+    scp: Option<&Value>,
+    scope: Option<&Value>,
+    wanted: &str,
+) -> Result<bool, Rejection> {
+    let mut found = false;
+    match scp {
+        None => {}
+        Some(Value::Array(items)) => {
+            for item in items {
+                match item {
+                    Value::String(s) => found |= s == wanted,
+                    _ => return Err(invalid("The scp claim holds a non-string value")),
+                }
+            }
+        }
+        Some(Value::String(s)) => found |= s.split(' ').any(|s| s == wanted),
+        Some(_) => return Err(invalid("The scp claim is neither an array nor a string")),
+    }
+    match scope {
+        None => {}
+        Some(Value::String(s)) => found |= s.split(' ').any(|s| s == wanted),
+        Some(_) => return Err(invalid("The scope claim is not a string")),
+    }
+    Ok(found)
+}
+
+/// Checks `exp`, `nbf` and `iat` against `now` (seconds since the epoch) with the leeway.
+pub fn check_time(v: &Verified, now: f64, leeway: f64) -> Result<(), Rejection> {
+    if now >= v.exp + leeway {
+        return Err(invalid("The token has expired"));
+    }
+    if v.nbf.is_some_and(|nbf| now + leeway < nbf) {
+        return Err(invalid("The token is not valid yet (nbf)"));
+    }
+    if v.iat.is_some_and(|iat| now + leeway < iat) {
+        return Err(invalid("The token was issued in the future (iat)"));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn rules() -> Rules {
+        Rules {
+            issuer: "https://idp.example.com".into(),
+            audiences: vec![
+                "https://idp.example.com/clients".into(),
+                "https://idp.example.com".into(),
+            ],
+            check_audience: true,
+            scope: "client-reg".into(),
+            leeway_secs: 60.0,
+            require_binding: false,
+        }
+    }
+
+    fn good() -> serde_json::Value {
+        json!({
+            "iss": "https://idp.example.com",
+            "aud": "https://idp.example.com/clients",
+            "exp": 2_000_000_000,
+            "scp": ["openid", "client-reg"],
+        })
+    }
+
+    fn with(key: &str, value: serde_json::Value) -> Vec<u8> {
+        let mut c = good();
+        c[key] = value;
+        serde_json::to_vec(&c).unwrap()
+    }
+
+    fn err(payload: &[u8]) -> String {
+        match verify_claims(payload, &rules()) {
+            Err(Rejection::InvalidToken(why)) => why,
+            other => panic!("expected invalid_token, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_good_token() {
+        let v = verify_claims(&serde_json::to_vec(&good()).unwrap(), &rules()).unwrap();
+        assert!(v.has_scope);
+        assert_eq!(v.exp, 2e9);
+        assert_eq!(v.x5t_s256, None);
+    }
+
+    #[test]
+    fn hostile_types_are_invalid_tokens() {
+        assert!(err(&with("exp", json!("2000000000"))).contains("exp"));
+        assert!(err(&with("exp", json!(null))).contains("exp"));
+        assert!(err(&with("exp", json!([1]))).contains("exp"));
+        assert!(err(&with("nbf", json!({}))).contains("nbf"));
+        assert!(err(&with("iat", json!(true))).contains("iat"));
+        assert!(err(&with("aud", json!(42))).contains("aud"));
+        assert!(err(&with("aud", json!([42]))).contains("aud"));
+        assert!(err(&with("iss", json!(["https://idp.example.com"]))).contains("iss"));
+        assert!(err(&with("scp", json!(7))).contains("scp"));
+        assert!(err(&with("scp", json!([7]))).contains("scp"));
+        assert!(err(&with("scope", json!(["client-reg"]))).contains("scope"));
+        assert!(err(&with("cnf", json!("x"))).contains("cnf"));
+        assert!(err(&with("cnf", json!({"x5t#S256": 5}))).contains("x5t#S256"));
+        assert!(err(&with("cnf", json!({"x5t#S256": "!!"}))).contains("x5t#S256"));
+        assert!(err(&with("cnf", json!({"x5t#S256": "AAAA"}))).contains("x5t#S256"));
+        assert!(err(b"[1,2,3]").contains("JSON object"));
+        assert!(err(b"not json").contains("JSON object"));
+        assert!(err(b"").contains("JSON object"));
+        assert!(
+            err(br#"{"iss":"https://idp.example.com","exp":1,"exp":2}"#).contains("JSON object")
+        );
+    }
+
+    #[test]
+    fn issuer_expiry_and_audience() {
+        assert!(err(&with("iss", json!("https://evil.example.com"))).contains("issuer"));
+        let mut no_exp = good();
+        no_exp.as_object_mut().unwrap().remove("exp");
+        assert!(err(&serde_json::to_vec(&no_exp).unwrap()).contains("exp"));
+        assert!(err(&with("aud", json!("https://other.example.com"))).contains("audience"));
+        assert!(verify_claims(
+            &with("aud", json!(["x", "https://idp.example.com"])),
+            &rules()
+        )
+        .is_ok());
+        let mut no_aud = good();
+        no_aud.as_object_mut().unwrap().remove("aud");
+        let payload = serde_json::to_vec(&no_aud).unwrap();
+        assert!(err(&payload).contains("audience"));
+        let lax = Rules {
+            check_audience: false,
+            ..rules()
+        };
+        assert!(verify_claims(&payload, &lax).is_ok());
+        assert!(verify_claims(&with("aud", json!("https://other.example.com")), &lax).is_ok());
+    }
+
+    #[test]
+    fn scope_forms() {
+        let has = |key: &str, v: serde_json::Value| {
+            let mut c = good();
+            c.as_object_mut().unwrap().remove("scp");
+            c[key] = v;
+            verify_claims(&serde_json::to_vec(&c).unwrap(), &rules())
+                .unwrap()
+                .has_scope
+        };
+        assert!(has("scp", json!(["client-reg"])));
+        assert!(has("scp", json!("openid client-reg")));
+        assert!(has("scope", json!("openid client-reg")));
+        assert!(!has("scope", json!("openid client-registration")));
+        assert!(!has("scp", json!([])));
+        assert!(!has("other", json!("client-reg")));
+    }
+
+    #[test]
+    fn binding_claim_and_requirement() {
+        let t = URL_SAFE_NO_PAD.encode([7u8; 32]);
+        let v = verify_claims(&with("cnf", json!({"x5t#S256": t})), &rules()).unwrap();
+        assert_eq!(v.x5t_s256, Some([7u8; 32]));
+        let strict = Rules {
+            require_binding: true,
+            ..rules()
+        };
+        assert!(verify_claims(&serde_json::to_vec(&good()).unwrap(), &strict).is_err());
+        assert!(verify_claims(&with("cnf", json!({"jkt": "abc"})), &strict).is_err());
+        assert!(verify_claims(&with("cnf", json!({"x5t#S256": t})), &strict).is_ok());
+    }
+
+    #[test]
+    fn time_with_leeway() {
+        let v = Verified {
+            exp: 1000.0,
+            nbf: Some(500.0),
+            iat: Some(400.0),
+            has_scope: true,
+            x5t_s256: None,
+        };
+        assert!(check_time(&v, 900.0, 60.0).is_ok());
+        assert!(check_time(&v, 1059.0, 60.0).is_ok());
+        assert!(check_time(&v, 1060.0, 60.0).is_err());
+        assert!(check_time(&v, 441.0, 60.0).is_ok());
+        assert!(check_time(&v, 439.0, 60.0).is_err());
+        assert!(check_time(&v, 1000.0, 0.0).is_err());
+    }
+}

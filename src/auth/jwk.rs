@@ -1,0 +1,195 @@
+//! JSON Web Keys (RFC 7517/7518/8037) parsed once into OpenSSL public keys.
+
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine;
+use openssl::bn::BigNum;
+use openssl::ec::{EcGroup, EcKey};
+use openssl::nid::Nid;
+use openssl::pkey::{Id, PKey, Public};
+use openssl::rsa::Rsa;
+use serde::Deserialize;
+
+use crate::config::JwsAlgorithm;
+
+/// RSA keys shorter than this are refused (RFC 7518 §3.3 requires 2048 bits or more).
+const MIN_RSA_BITS: u32 = 2048;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Curve {
+    P256,
+    P384,
+}
+
+/// A verification key, ready to use.
+pub enum KeyMaterial {
+    Rsa(PKey<Public>),
+    Ec(EcKey<Public>, Curve),
+    Ed25519(PKey<Public>),
+}
+
+pub struct VerifyKey {
+    pub kid: Option<String>,
+    /// The JWK's `alg`, when it names one: a token must then use exactly that algorithm.
+    pub alg: Option<JwsAlgorithm>,
+    pub material: KeyMaterial,
+}
+
+impl std::fmt::Debug for VerifyKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let kind = match &self.material {
+            KeyMaterial::Rsa(_) => "RSA",
+            KeyMaterial::Ec(_, Curve::P256) => "EC P-256",
+            KeyMaterial::Ec(_, Curve::P384) => "EC P-384",
+            KeyMaterial::Ed25519(_) => "Ed25519",
+        };
+        write!(f, "VerifyKey({:?}, {kind}, alg {:?})", self.kid, self.alg)
+    }
+}
+
+impl VerifyKey {
+    /// Whether this key can verify `alg` (RFC 7518 §3.1, RFC 8037 §3.1).
+    pub fn accepts(&self, alg: JwsAlgorithm) -> bool {
+        if self.alg.is_some_and(|a| a != alg) {
+            return false;
+        }
+        use JwsAlgorithm::*;
+        match (&self.material, alg) {
+            (KeyMaterial::Rsa(_), RS256 | RS384 | RS512 | PS256 | PS384 | PS512) => true,
+            (KeyMaterial::Ec(_, Curve::P256), ES256) => true,
+            (KeyMaterial::Ec(_, Curve::P384), ES384) => true,
+            (KeyMaterial::Ed25519(_), EdDSA) => true,
+            _ => false,
+        }
+    }
+}
+
+#[derive(Deserialize)]
+struct RawJwk {
+    kty: Option<String>,
+    kid: Option<String>,
+    #[serde(rename = "use")]
+    use_: Option<String>,
+    alg: Option<String>,
+    crv: Option<String>,
+    n: Option<String>,
+    e: Option<String>,
+    x: Option<String>,
+    y: Option<String>,
+    /// Present only in private or symmetric keys, which a public key set must not hold.
+    d: Option<serde::de::IgnoredAny>,
+    k: Option<serde::de::IgnoredAny>,
+}
+
+#[derive(Deserialize)]
+struct RawJwkSet {
+    keys: Vec<serde_json::Value>,
+}
+
+fn b64(field: &str, value: &Option<String>) -> Result<Vec<u8>, String> {
+    let text = value
+        .as_deref()
+        .ok_or_else(|| format!("missing `{field}`"))?;
+    URL_SAFE_NO_PAD
+        .decode(text)
+        .map_err(|_| format!("`{field}` is not base64url"))
+}
+
+/// Parses one JWK. Keys for encryption, symmetric keys and private keys are refused.
+pub fn parse_jwk(value: &serde_json::Value) -> Result<Option<VerifyKey>, String> {
+    let raw: RawJwk =
+        serde_json::from_value(value.clone()).map_err(|e| format!("not a JWK: {e}"))?;
+    if raw.use_.as_deref().is_some_and(|u| u != "sig") {
+        return Ok(None);
+    }
+    if raw.d.is_some() || raw.k.is_some() {
+        return Err("holds private or symmetric key material; publish public keys only".into());
+    }
+    let alg = match raw.alg.as_deref() {
+        None => None,
+        Some(name) => match JwsAlgorithm::from_name(name) {
+            Some(a) => Some(a),
+            // A key for an algorithm bindgate never accepts (HS256, RSA-OAEP, ...) is skipped.
+            None => return Ok(None),
+        },
+    };
+    let err = |e: openssl::error::ErrorStack| format!("invalid key: {e}");
+    let material = match raw.kty.as_deref() {
+        Some("RSA") => {
+            let n = BigNum::from_slice(&b64("n", &raw.n)?).map_err(err)?;
+            let e = BigNum::from_slice(&b64("e", &raw.e)?).map_err(err)?;
+            if n.num_bits() < MIN_RSA_BITS as i32 {
+                return Err(format!(
+                    "RSA key of {} bits is below {MIN_RSA_BITS}",
+                    n.num_bits()
+                ));
+            }
+            let rsa = Rsa::from_public_components(n, e).map_err(err)?;
+            KeyMaterial::Rsa(PKey::from_rsa(rsa).map_err(err)?)
+        }
+        Some("EC") => {
+            let (nid, curve, len) = match raw.crv.as_deref() {
+                Some("P-256") => (Nid::X9_62_PRIME256V1, Curve::P256, 32),
+                Some("P-384") => (Nid::SECP384R1, Curve::P384, 48),
+                other => return Err(format!("unsupported EC curve {other:?}")),
+            };
+            let x = b64("x", &raw.x)?;
+            let y = b64("y", &raw.y)?;
+            if x.len() != len || y.len() != len {
+                return Err("EC coordinates have the wrong length".into());
+            }
+            let group = EcGroup::from_curve_name(nid).map_err(err)?;
+            let x = BigNum::from_slice(&x).map_err(err)?;
+            let y = BigNum::from_slice(&y).map_err(err)?;
+            // Checks that the point is on the curve.
+            let key = EcKey::from_public_key_affine_coordinates(&group, &x, &y).map_err(err)?;
+            key.check_key().map_err(err)?;
+            KeyMaterial::Ec(key, curve)
+        }
+        Some("OKP") => {
+            if raw.crv.as_deref() != Some("Ed25519") {
+                return Err(format!("unsupported OKP curve {:?}", raw.crv));
+            }
+            let x = b64("x", &raw.x)?;
+            KeyMaterial::Ed25519(PKey::public_key_from_raw_bytes(&x, Id::ED25519).map_err(err)?)
+        }
+        Some("oct") => return Ok(None),
+        other => return Err(format!("unsupported key type {other:?}")),
+    };
+    Ok(Some(VerifyKey {
+        kid: raw.kid,
+        alg,
+        material,
+    }))
+}
+
+/// The keys of a JWK set and the problems of the entries that could not be used.
+pub struct ParsedSet {
+    pub keys: Vec<VerifyKey>,
+    pub skipped: Vec<String>,
+}
+
+/// Parses a JWK set document. A document that is not a JWK set is an error; a set whose keys
+/// are all unusable is an error too (it would reject every token).
+pub fn parse_jwk_set(body: &[u8]) -> Result<ParsedSet, String> {
+    let set: RawJwkSet = serde_json::from_slice(body).map_err(|e| format!("not a JWK set: {e}"))?;
+    let mut keys = Vec::new();
+    let mut skipped = Vec::new();
+    for (i, value) in set.keys.iter().enumerate() {
+        match parse_jwk(value) {
+            Ok(Some(k)) => keys.push(k),
+            Ok(None) => {}
+            Err(e) => skipped.push(format!("keys[{i}]: {e}")),
+        }
+    }
+    if keys.is_empty() {
+        return Err(format!(
+            "no usable signature verification key{}",
+            if skipped.is_empty() {
+                String::new()
+            } else {
+                format!(" ({})", skipped.join("; "))
+            }
+        ));
+    }
+    Ok(ParsedSet { keys, skipped })
+}

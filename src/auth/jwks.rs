@@ -1,0 +1,325 @@
+//! The provider's signing keys: loaded from `jwks.uri` or `jwks.file`, cached by `kid` with
+//! moka, refreshed in the background, refetched (single-flight, rate-limited) for unknown kids,
+//! and kept for up to `max_stale` while the key source fails.
+
+use async_trait::async_trait;
+use moka::sync::Cache;
+use pingora::server::ShutdownWatch;
+use pingora::services::background::BackgroundService;
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
+
+use super::jwk::{parse_jwk_set, ParsedSet, VerifyKey};
+use crate::admin::Readiness;
+use crate::config::{Jwks, JwksSource, JwsAlgorithm};
+use crate::metrics::Metrics;
+use crate::rejection::Rejection;
+
+/// A JWK set document larger than this is refused.
+const MAX_JWKS_BYTES: usize = 1024 * 1024;
+
+/// What a lookup by `kid` found.
+pub enum Lookup {
+    Found(Arc<VerifyKey>),
+    /// No key has this kid (yet): a refetch may bring it.
+    Unknown,
+}
+
+#[derive(Default)]
+struct Status {
+    kids: Vec<String>,
+    without_kid: Vec<Arc<VerifyKey>>,
+    last_success: Option<Instant>,
+    /// The last fetch failed: lookups are served from the last good keys.
+    failing: bool,
+}
+
+pub struct KeyStore {
+    source: JwksSource,
+    http: Option<reqwest::Client>,
+    config: Jwks,
+    by_kid: Cache<String, Arc<VerifyKey>>,
+    status: RwLock<Status>,
+    last_forced: tokio::sync::Mutex<Option<Instant>>,
+    metrics: Arc<Metrics>,
+    readiness: Arc<Readiness>,
+    on_removed: Box<dyn Fn() + Send + Sync>,
+}
+
+fn invalid(why: &str) -> Rejection {
+    Rejection::InvalidToken(why.to_string())
+}
+
+impl KeyStore {
+    /// `on_removed` runs whenever keys disappear (rotation, staleness), so that tokens verified
+    /// with them are forgotten.
+    pub fn new(
+        config: &Jwks,
+        metrics: Arc<Metrics>,
+        readiness: Arc<Readiness>,
+        on_removed: Box<dyn Fn() + Send + Sync>,
+    ) -> Result<Self, String> {
+        let http = match &config.source {
+            JwksSource::File(_) => None,
+            JwksSource::Uri(_) => {
+                let mut b = reqwest::Client::builder()
+                    .use_native_tls()
+                    .timeout(config.fetch_timeout)
+                    .connect_timeout(config.fetch_timeout)
+                    .redirect(reqwest::redirect::Policy::limited(3))
+                    .user_agent(concat!("bindgate/", env!("CARGO_PKG_VERSION")));
+                if let Some(ca) = &config.ca {
+                    let pem =
+                        std::fs::read(ca).map_err(|e| format!("jwks.ca: {}: {e}", ca.display()))?;
+                    for cert in reqwest::Certificate::from_pem_bundle(&pem)
+                        .map_err(|e| format!("jwks.ca: {e}"))?
+                    {
+                        b = b.add_root_certificate(cert);
+                    }
+                }
+                Some(b.build().map_err(|e| format!("jwks: HTTP client: {e}"))?)
+            }
+        };
+        Ok(KeyStore {
+            source: config.source.clone(),
+            http,
+            config: config.clone(),
+            by_kid: Cache::builder().max_capacity(1024).build(),
+            status: RwLock::new(Status::default()),
+            last_forced: tokio::sync::Mutex::new(None),
+            metrics,
+            readiness,
+            on_removed,
+        })
+    }
+
+    async fn fetch(&self, forced: bool) -> Result<ParsedSet, String> {
+        let body = match (&self.source, &self.http) {
+            (JwksSource::File(path), _) => tokio::fs::read(path)
+                .await
+                .map_err(|e| format!("cannot read {}: {e}", path.display()))?,
+            (JwksSource::Uri(uri), Some(http)) => {
+                let mut req = http
+                    .get(uri)
+                    .header("accept", "application/jwk-set+json, application/json");
+                if forced {
+                    req = req.header("cache-control", "no-cache");
+                }
+                let mut resp = req.send().await.map_err(|e| format!("GET {uri}: {e}"))?;
+                if !resp.status().is_success() {
+                    return Err(format!("GET {uri}: HTTP {}", resp.status()));
+                }
+                if resp
+                    .content_length()
+                    .is_some_and(|l| l as usize > MAX_JWKS_BYTES)
+                {
+                    return Err(format!(
+                        "GET {uri}: the key set exceeds {MAX_JWKS_BYTES} bytes"
+                    ));
+                }
+                let mut body = Vec::new();
+                while let Some(chunk) = resp.chunk().await.map_err(|e| format!("GET {uri}: {e}"))? {
+                    body.extend_from_slice(&chunk);
+                    if body.len() > MAX_JWKS_BYTES {
+                        return Err(format!(
+                            "GET {uri}: the key set exceeds {MAX_JWKS_BYTES} bytes"
+                        ));
+                    }
+                }
+                body
+            }
+            (JwksSource::Uri(_), None) => return Err("no HTTP client".into()),
+        };
+        parse_jwk_set(&body)
+    }
+
+    /// Fetches and installs the key set; false when the fetch failed (the old keys stay).
+    pub async fn refresh(&self, forced: bool) -> bool {
+        let fetched = tokio::time::timeout(self.config.fetch_timeout, self.fetch(forced))
+            .await
+            .unwrap_or_else(|_| Err("timed out".into()));
+        match fetched {
+            Ok(set) => {
+                self.metrics.jwks_fetches.with_label_values(&["ok"]).inc();
+                self.install(set);
+                true
+            }
+            Err(e) => {
+                self.metrics
+                    .jwks_fetches
+                    .with_label_values(&["failed"])
+                    .inc();
+                tracing::warn!(target: "bindgate::jwks", "key set fetch failed: {e}");
+                if let Ok(mut s) = self.status.write() {
+                    s.failing = true;
+                }
+                false
+            }
+        }
+    }
+
+    fn install(&self, set: ParsedSet) {
+        for problem in &set.skipped {
+            tracing::warn!(target: "bindgate::jwks", "key skipped: {problem}");
+        }
+        let mut kids = Vec::new();
+        let mut without_kid = Vec::new();
+        for key in set.keys {
+            match key.kid.clone() {
+                Some(kid) => {
+                    if kids.contains(&kid) {
+                        tracing::warn!(target: "bindgate::jwks", "duplicate kid in the key set; the last one is used");
+                    } else {
+                        kids.push(kid.clone());
+                    }
+                    self.by_kid.insert(kid, Arc::new(key));
+                }
+                None => without_kid.push(Arc::new(key)),
+            }
+        }
+        let removed = {
+            let Ok(mut s) = self.status.write() else {
+                return;
+            };
+            let gone: Vec<String> = s
+                .kids
+                .iter()
+                .filter(|k| !kids.contains(k))
+                .cloned()
+                .collect();
+            let removed = !gone.is_empty() || !s.without_kid.is_empty();
+            for kid in &gone {
+                self.by_kid.invalidate(kid);
+            }
+            let first = s.last_success.is_none();
+            s.kids = kids;
+            s.without_kid = without_kid;
+            s.last_success = Some(Instant::now());
+            s.failing = false;
+            if first {
+                tracing::info!(target: "bindgate::jwks", keys = s.kids.len() + s.without_kid.len(), "signing keys loaded");
+            }
+            removed
+        };
+        self.readiness.set_keys_loaded(true);
+        if removed {
+            (self.on_removed)();
+        }
+    }
+
+    /// Drops every key once the last good set is older than `max_stale`.
+    pub fn expire_if_stale(&self) {
+        let stale = self
+            .status
+            .read()
+            .map(|s| {
+                s.last_success
+                    .is_some_and(|t| t.elapsed() > self.config.max_stale)
+            })
+            .unwrap_or(false);
+        if !stale {
+            return;
+        }
+        if let Ok(mut s) = self.status.write() {
+            if s.last_success
+                .is_some_and(|t| t.elapsed() > self.config.max_stale)
+            {
+                tracing::error!(target: "bindgate::jwks", "no successful key fetch within max_stale: signing keys dropped, tokens are refused");
+                s.kids.clear();
+                s.without_kid.clear();
+                s.last_success = None;
+                self.by_kid.invalidate_all();
+                self.readiness.set_keys_loaded(false);
+                (self.on_removed)();
+            }
+        }
+    }
+
+    /// The key for `kid` and `alg` among the keys held now.
+    pub fn lookup(&self, kid: Option<&str>, alg: JwsAlgorithm) -> Result<Lookup, Rejection> {
+        self.expire_if_stale();
+        let (failing, loaded) = self
+            .status
+            .read()
+            .map(|s| (s.failing, s.last_success.is_some()))
+            .unwrap_or((false, false));
+        if !loaded {
+            return Err(invalid("No signing keys are available"));
+        }
+        if failing {
+            self.metrics.stale_key_uses.inc();
+        }
+        match kid {
+            Some(kid) => match self.by_kid.get(kid) {
+                Some(key) if key.accepts(alg) => Ok(Lookup::Found(key)),
+                Some(_) => Err(invalid(
+                    "The signing key does not match the token algorithm",
+                )),
+                None => Ok(Lookup::Unknown),
+            },
+            None => {
+                let mut candidates: Vec<Arc<VerifyKey>> = self
+                    .by_kid
+                    .iter()
+                    .map(|(_, k)| k)
+                    .filter(|k| k.accepts(alg))
+                    .collect();
+                if let Ok(s) = self.status.read() {
+                    candidates.extend(s.without_kid.iter().filter(|k| k.accepts(alg)).cloned());
+                }
+                match candidates.len() {
+                    1 => Ok(Lookup::Found(candidates.remove(0))),
+                    0 => Err(invalid("No signing key matches the token algorithm")),
+                    _ => Err(invalid(
+                        "The token has no kid and several keys could have signed it",
+                    )),
+                }
+            }
+        }
+    }
+
+    /// A refetch for an unknown kid: single-flight (concurrent callers wait for the one fetch)
+    /// and at most one per `min_refetch_interval`.
+    pub async fn refetch_for_unknown_kid(&self) {
+        let mut last = self.last_forced.lock().await;
+        if last.is_some_and(|t| t.elapsed() < self.config.min_refetch_interval) {
+            return;
+        }
+        *last = Some(Instant::now());
+        self.metrics.unknown_kid_refetches.inc();
+        self.refresh(true).await;
+    }
+}
+
+/// Background refresh every `refresh_interval`; after a failure, retries back off from 250 ms up
+/// to 30 s (or the refresh interval, if shorter).
+pub struct JwksRefresher {
+    pub store: Arc<KeyStore>,
+}
+
+#[async_trait]
+impl BackgroundService for JwksRefresher {
+    async fn start(&self, mut shutdown: ShutdownWatch) {
+        let max_backoff = self
+            .store
+            .config
+            .refresh_interval
+            .min(Duration::from_secs(30));
+        let mut backoff = Duration::from_millis(250).min(max_backoff);
+        loop {
+            let delay = if self.store.refresh(false).await {
+                backoff = Duration::from_millis(250).min(max_backoff);
+                self.store.config.refresh_interval
+            } else {
+                let d = backoff;
+                backoff = (backoff * 2).min(max_backoff);
+                d
+            };
+            self.store.expire_if_stale();
+            tokio::select! {
+                _ = shutdown.changed() => return,
+                _ = tokio::time::sleep(delay) => {}
+            }
+        }
+    }
+}

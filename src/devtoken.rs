@@ -1,0 +1,67 @@
+//! `bindgate dev-token`: development initial access tokens, signed ES256 with the development
+//! key whose public JWKS (`jwks.json`, written by `dev-certs`) the shipped `proxy.yaml` trusts.
+
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine;
+use openssl::bn::BigNumContext;
+use openssl::ec::EcKey;
+use openssl::ecdsa::EcdsaSig;
+use openssl::pkey::{PKey, Private};
+use serde_json::{json, Value};
+
+fn err(what: &str) -> impl Fn(openssl::error::ErrorStack) -> String + '_ {
+    move |e| format!("{what}: {e}")
+}
+
+fn b64(bytes: &[u8]) -> String {
+    URL_SAFE_NO_PAD.encode(bytes)
+}
+
+fn coordinates(key: &EcKey<impl openssl::pkey::HasPublic>) -> Result<(Vec<u8>, Vec<u8>), String> {
+    let mut ctx = BigNumContext::new().map_err(err("EC"))?;
+    let mut x = openssl::bn::BigNum::new().map_err(err("EC"))?;
+    let mut y = openssl::bn::BigNum::new().map_err(err("EC"))?;
+    key.public_key()
+        .affine_coordinates(key.group(), &mut x, &mut y, &mut ctx)
+        .map_err(err("EC"))?;
+    Ok((
+        x.to_vec_padded(32).map_err(err("EC"))?,
+        y.to_vec_padded(32).map_err(err("EC"))?,
+    ))
+}
+
+/// The public JWK of a P-256 key, with its RFC 7638 thumbprint as `kid`.
+pub fn public_jwk(key: &PKey<Private>) -> Result<Value, String> {
+    let ec = key
+        .ec_key()
+        .map_err(err("the development key must be EC P-256"))?;
+    let (x, y) = coordinates(&ec)?;
+    let (x, y) = (b64(&x), b64(&y));
+    // RFC 7638 §3.2: required members only, in lexicographic order, no whitespace.
+    let canonical = format!(r#"{{"crv":"P-256","kty":"EC","x":"{x}","y":"{y}"}}"#);
+    let kid = b64(&openssl::sha::sha256(canonical.as_bytes()));
+    Ok(
+        json!({"kty": "EC", "crv": "P-256", "x": x, "y": y, "kid": kid, "use": "sig", "alg": "ES256"}),
+    )
+}
+
+/// A compact JWS, ES256, over `claims`.
+pub fn sign_es256(key: &PKey<Private>, kid: &str, claims: &Value) -> Result<String, String> {
+    let header = json!({"alg": "ES256", "typ": "JWT", "kid": kid});
+    let input = format!(
+        "{}.{}",
+        b64(header.to_string().as_bytes()),
+        b64(claims.to_string().as_bytes())
+    );
+    let ec = key
+        .ec_key()
+        .map_err(err("the development key must be EC P-256"))?;
+    let sig = EcdsaSig::sign(&openssl::sha::sha256(input.as_bytes()), &ec).map_err(err("sign"))?;
+    let mut raw = sig.r().to_vec_padded(32).map_err(err("sign"))?;
+    raw.extend(sig.s().to_vec_padded(32).map_err(err("sign"))?);
+    Ok(format!("{input}.{}", b64(&raw)))
+}
+
+pub fn load_key(pem: &[u8]) -> Result<PKey<Private>, String> {
+    PKey::private_key_from_pem(pem).map_err(err("not a PEM private key"))
+}
