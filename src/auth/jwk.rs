@@ -53,13 +53,13 @@ impl VerifyKey {
             return false;
         }
         use JwsAlgorithm::*;
-        match (&self.material, alg) {
-            (KeyMaterial::Rsa(_), RS256 | RS384 | RS512 | PS256 | PS384 | PS512) => true,
-            (KeyMaterial::Ec(_, Curve::P256), ES256) => true,
-            (KeyMaterial::Ec(_, Curve::P384), ES384) => true,
-            (KeyMaterial::Ed25519(_), EdDSA) => true,
-            _ => false,
-        }
+        matches!(
+            (&self.material, alg),
+            (KeyMaterial::Rsa(_), RS256 | RS384 | RS512 | PS256 | PS384 | PS512)
+                | (KeyMaterial::Ec(_, Curve::P256), ES256)
+                | (KeyMaterial::Ec(_, Curve::P384), ES384)
+                | (KeyMaterial::Ed25519(_), EdDSA)
+        )
     }
 }
 
