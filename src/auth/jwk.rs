@@ -55,8 +55,10 @@ impl VerifyKey {
         use JwsAlgorithm::*;
         matches!(
             (&self.material, alg),
-            (KeyMaterial::Rsa(_), RS256 | RS384 | RS512 | PS256 | PS384 | PS512)
-                | (KeyMaterial::Ec(_, Curve::P256), ES256)
+            (
+                KeyMaterial::Rsa(_),
+                RS256 | RS384 | RS512 | PS256 | PS384 | PS512
+            ) | (KeyMaterial::Ec(_, Curve::P256), ES256)
                 | (KeyMaterial::Ec(_, Curve::P384), ES384)
                 | (KeyMaterial::Ed25519(_), EdDSA)
         )

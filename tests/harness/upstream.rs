@@ -31,9 +31,13 @@ impl Recorded {
     }
 }
 
+/// What the upstream answers: status and JSON body (`None`: the default echo).
+type Reply = Arc<Mutex<Option<(u16, String)>>>;
+
 pub struct Upstream {
     pub addr: SocketAddr,
     requests: Arc<Mutex<Vec<Recorded>>>,
+    reply: Reply,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
 }
 
@@ -58,6 +62,8 @@ impl Upstream {
         let requests = Arc::new(Mutex::new(Vec::new()));
         let (tx, mut rx) = tokio::sync::oneshot::channel::<()>();
         let recorded = requests.clone();
+        let reply: Reply = Arc::new(Mutex::new(None));
+        let answer = reply.clone();
         std::thread::spawn(move || {
             let rt = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
@@ -72,15 +78,16 @@ impl Upstream {
                         accepted = listener.accept() => {
                             let Ok((tcp, _)) = accepted else { continue };
                             let recorded = recorded.clone();
+                            let answer = answer.clone();
                             let tls = tls.clone();
                             tokio::spawn(async move {
                                 match tls {
-                                    None => serve(tcp, recorded).await,
+                                    None => serve(tcp, recorded, answer).await,
                                     Some(acceptor) => {
                                         let Ok(ssl) = openssl::ssl::Ssl::new(acceptor.context()) else { return };
                                         let Ok(mut stream) = tokio_openssl::SslStream::new(ssl, tcp) else { return };
                                         if std::pin::Pin::new(&mut stream).accept().await.is_ok() {
-                                            serve(stream, recorded).await;
+                                            serve(stream, recorded, answer).await;
                                         }
                                     }
                                 }
@@ -93,8 +100,14 @@ impl Upstream {
         Upstream {
             addr,
             requests,
+            reply,
             stop: Some(tx),
         }
+    }
+
+    /// From now on, answer every request with `status` and `body` (JSON).
+    pub fn set_reply(&self, status: u16, body: &str) {
+        *self.reply.lock().expect("lock") = Some((status, body.to_string()));
     }
 
     pub fn requests(&self) -> Vec<Recorded> {
@@ -122,7 +135,11 @@ impl Drop for Upstream {
     }
 }
 
-async fn serve<S: AsyncRead + AsyncWrite + Unpin>(mut io: S, recorded: Arc<Mutex<Vec<Recorded>>>) {
+async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
+    mut io: S,
+    recorded: Arc<Mutex<Vec<Recorded>>>,
+    answer: Reply,
+) {
     let mut buf: Vec<u8> = Vec::new();
     loop {
         let Some(end) = read_until_headers(&mut io, &mut buf).await else {
@@ -166,9 +183,14 @@ async fn serve<S: AsyncRead + AsyncWrite + Unpin>(mut io: S, recorded: Arc<Mutex
             headers,
             body,
         });
-        let reply = serde_json::json!({"upstream": "ok", "target": target}).to_string();
+        let (status, reply) = answer.lock().expect("lock").clone().unwrap_or_else(|| {
+            (
+                200,
+                serde_json::json!({"upstream": "ok", "target": target}).to_string(),
+            )
+        });
         let response = format!(
-            "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nx-upstream: recorder\r\n\r\n{reply}",
+            "HTTP/1.1 {status} X\r\ncontent-type: application/json\r\ncontent-length: {}\r\nx-upstream: recorder\r\n\r\n{reply}",
             reply.len()
         );
         if io.write_all(response.as_bytes()).await.is_err() {
