@@ -22,6 +22,9 @@ pub struct Metrics {
     pub stale_key_uses: IntCounter,
     /// Verified-token cache lookups by result (hit, miss).
     pub verified_cache: IntCounterVec,
+    /// `verified_cache` with its label resolved once (the hot path does not look labels up).
+    pub verified_cache_hit: IntCounter,
+    pub verified_cache_miss: IntCounter,
 }
 
 impl Metrics {
@@ -99,6 +102,8 @@ impl Metrics {
             jwks_fetches,
             unknown_kid_refetches,
             stale_key_uses,
+            verified_cache_hit: verified_cache.with_label_values(&["hit"]),
+            verified_cache_miss: verified_cache.with_label_values(&["miss"]),
             verified_cache,
         }
     }

@@ -4,7 +4,8 @@
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
 use serde::Deserialize;
-use serde_json::Value;
+use serde_json::value::RawValue;
+use std::borrow::Cow;
 
 use crate::rejection::Rejection;
 
@@ -32,27 +33,66 @@ pub struct Verified {
     pub x5t_s256: Option<[u8; 32]>,
 }
 
-/// Every claim is taken as raw JSON so that a wrong type is a clear `invalid_token`, not a
-/// deserialisation failure. A claim that appears twice is refused by serde (ambiguous token).
+/// Every claim is taken as raw JSON text borrowed from the payload, so that a wrong type is a
+/// clear `invalid_token` (not a deserialisation failure) and nothing is allocated for claims
+/// that are never read. A claim that appears twice is refused by serde (ambiguous token).
 #[derive(Deserialize)]
-struct RawClaims {
-    iss: Option<Value>,
-    exp: Option<Value>,
-    nbf: Option<Value>,
-    iat: Option<Value>,
-    aud: Option<Value>,
-    scp: Option<Value>,
-    scope: Option<Value>,
-    cnf: Option<Value>,
+struct RawClaims<'a> {
+    #[serde(borrow)]
+    iss: Option<&'a RawValue>,
+    #[serde(borrow)]
+    exp: Option<&'a RawValue>,
+    #[serde(borrow)]
+    nbf: Option<&'a RawValue>,
+    #[serde(borrow)]
+    iat: Option<&'a RawValue>,
+    #[serde(borrow)]
+    aud: Option<&'a RawValue>,
+    #[serde(borrow)]
+    scp: Option<&'a RawValue>,
+    #[serde(borrow)]
+    scope: Option<&'a RawValue>,
+    #[serde(borrow)]
+    cnf: Option<&'a RawValue>,
+}
+
+/// The confirmation claim (RFC 7800); other confirmation methods are ignored.
+#[derive(Deserialize)]
+struct RawCnf<'a> {
+    #[serde(rename = "x5t#S256", borrow)]
+    x5t_s256: Option<&'a RawValue>,
 }
 
 fn invalid(why: impl Into<String>) -> Rejection {
     Rejection::InvalidToken(why.into())
 }
 
-fn numeric_date(name: &str, v: &Value) -> Result<f64, Rejection> {
-    match v.as_f64() {
-        Some(n) if n.is_finite() && v.is_number() => Ok(n),
+/// The JSON type of a raw value, from its first character.
+fn kind(raw: &RawValue) -> u8 {
+    raw.get().as_bytes().first().copied().unwrap_or(b' ')
+}
+
+fn string<'a>(raw: &'a RawValue) -> Option<Cow<'a, str>> {
+    if kind(raw) != b'"' {
+        return None;
+    }
+    serde_json::from_str::<Cow<'a, str>>(raw.get()).ok()
+}
+
+fn strings<'a>(raw: &'a RawValue) -> Option<Vec<Cow<'a, str>>> {
+    if kind(raw) != b'[' {
+        return None;
+    }
+    serde_json::from_str::<Vec<Cow<'a, str>>>(raw.get()).ok()
+}
+
+fn numeric_date(name: &str, raw: &RawValue) -> Result<f64, Rejection> {
+    let k = kind(raw);
+    if !(k == b'-' || k.is_ascii_digit()) {
+        return Err(invalid(format!("The {name} claim is not a number")));
+    }
+    match serde_json::from_str::<f64>(raw.get()) {
+        Ok(n) if n.is_finite() => Ok(n),
         _ => Err(invalid(format!("The {name} claim is not a number"))),
     }
 }
@@ -62,41 +102,28 @@ pub fn verify_claims(payload: &[u8], rules: &Rules) -> Result<Verified, Rejectio
     let raw: RawClaims = serde_json::from_slice(payload)
         .map_err(|_| invalid("The token claims are not a JSON object"))?;
 
-    match &raw.iss {
-        Some(Value::String(iss)) if *iss == rules.issuer => {}
-        Some(Value::String(_)) => return Err(invalid("Unexpected token issuer")),
-        Some(_) => return Err(invalid("The iss claim is not a string")),
+    match raw.iss {
         None => return Err(invalid("Missing iss claim")),
+        Some(v) => match string(v) {
+            Some(iss) if iss == rules.issuer => {}
+            Some(_) => return Err(invalid("Unexpected token issuer")),
+            None => return Err(invalid("The iss claim is not a string")),
+        },
     }
-    let exp = match &raw.exp {
+    let exp = match raw.exp {
         Some(v) => numeric_date("exp", v)?,
         None => return Err(invalid("Missing exp claim")),
     };
-    let nbf = raw
-        .nbf
-        .as_ref()
-        .map(|v| numeric_date("nbf", v))
-        .transpose()?;
-    let iat = raw
-        .iat
-        .as_ref()
-        .map(|v| numeric_date("iat", v))
-        .transpose()?;
+    let nbf = raw.nbf.map(|v| numeric_date("nbf", v)).transpose()?;
+    let iat = raw.iat.map(|v| numeric_date("iat", v)).transpose()?;
 
-    let audiences: Vec<&str> = match &raw.aud {
+    let audiences: Vec<Cow<str>> = match raw.aud {
         None => Vec::new(),
-        Some(Value::String(a)) => vec![a.as_str()],
-        Some(Value::Array(items)) => {
-            let mut out = Vec::with_capacity(items.len());
-            for item in items {
-                match item {
-                    Value::String(a) => out.push(a.as_str()),
-                    _ => return Err(invalid("The aud claim holds a non-string value")),
-                }
-            }
-            out
-        }
-        Some(_) => return Err(invalid("The aud claim is neither a string nor an array")),
+        Some(v) => match kind(v) {
+            b'"' => vec![string(v).ok_or_else(|| invalid("The aud claim is malformed"))?],
+            b'[' => strings(v).ok_or_else(|| invalid("The aud claim holds a non-string value"))?,
+            _ => return Err(invalid("The aud claim is neither a string nor an array")),
+        },
     };
     if rules.check_audience
         && !audiences
@@ -106,23 +133,27 @@ pub fn verify_claims(payload: &[u8], rules: &Rules) -> Result<Verified, Rejectio
         return Err(invalid("The token audience is not accepted"));
     }
 
-    let has_scope = scope_contains(raw.scp.as_ref(), raw.scope.as_ref(), &rules.scope)?;
+    let has_scope = scope_contains(raw.scp, raw.scope, &rules.scope)?;
 
-    let x5t_s256 = match &raw.cnf {
+    let x5t_s256 = match raw.cnf {
         None => None,
-        Some(Value::Object(cnf)) => match cnf.get("x5t#S256") {
-            None => None,
-            Some(Value::String(t)) => {
-                let bytes = URL_SAFE_NO_PAD
-                    .decode(t)
-                    .map_err(|_| invalid("The cnf x5t#S256 is not base64url"))?;
-                let digest: [u8; 32] = bytes
-                    .try_into()
-                    .map_err(|_| invalid("The cnf x5t#S256 is not a SHA-256 thumbprint"))?;
-                Some(digest)
+        Some(v) if kind(v) == b'{' => {
+            let cnf: RawCnf =
+                serde_json::from_str(v.get()).map_err(|_| invalid("The cnf claim is malformed"))?;
+            match cnf.x5t_s256 {
+                None => None,
+                Some(t) => {
+                    let t = string(t).ok_or_else(|| invalid("The cnf x5t#S256 is not a string"))?;
+                    let bytes = URL_SAFE_NO_PAD
+                        .decode(t.as_bytes())
+                        .map_err(|_| invalid("The cnf x5t#S256 is not base64url"))?;
+                    let digest: [u8; 32] = bytes
+                        .try_into()
+                        .map_err(|_| invalid("The cnf x5t#S256 is not a SHA-256 thumbprint"))?;
+                    Some(digest)
+                }
             }
-            Some(_) => return Err(invalid("The cnf x5t#S256 is not a string")),
-        },
+        }
         Some(_) => return Err(invalid("The cnf claim is not a JSON object")),
     };
     if rules.require_binding && x5t_s256.is_none() {
@@ -142,28 +173,28 @@ pub fn verify_claims(payload: &[u8], rules: &Rules) -> Result<Verified, Rejectio
 /// Scope from `scp` (array, or space-separated string as some providers send) or `scope`
 /// (space-separated string, RFC 9068 §2.2.3).
 fn scope_contains(
-    scp: Option<&Value>,
-    scope: Option<&Value>,
+    scp: Option<&RawValue>,
+    scope: Option<&RawValue>,
     wanted: &str,
 ) -> Result<bool, Rejection> {
     let mut found = false;
-    match scp {
-        None => {}
-        Some(Value::Array(items)) => {
-            for item in items {
-                match item {
-                    Value::String(s) => found |= s == wanted,
-                    _ => return Err(invalid("The scp claim holds a non-string value")),
-                }
+    if let Some(v) = scp {
+        match kind(v) {
+            b'[' => {
+                let items =
+                    strings(v).ok_or_else(|| invalid("The scp claim holds a non-string value"))?;
+                found |= items.iter().any(|s| s == wanted);
             }
+            b'"' => {
+                let s = string(v).ok_or_else(|| invalid("The scp claim is malformed"))?;
+                found |= s.split(' ').any(|s| s == wanted);
+            }
+            _ => return Err(invalid("The scp claim is neither an array nor a string")),
         }
-        Some(Value::String(s)) => found |= s.split(' ').any(|s| s == wanted),
-        Some(_) => return Err(invalid("The scp claim is neither an array nor a string")),
     }
-    match scope {
-        None => {}
-        Some(Value::String(s)) => found |= s.split(' ').any(|s| s == wanted),
-        Some(_) => return Err(invalid("The scope claim is not a string")),
+    if let Some(v) = scope {
+        let s = string(v).ok_or_else(|| invalid("The scope claim is not a string"))?;
+        found |= s.split(' ').any(|s| s == wanted);
     }
     Ok(found)
 }

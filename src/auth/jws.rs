@@ -8,6 +8,7 @@ use openssl::hash::MessageDigest;
 use openssl::rsa::Padding;
 use openssl::sign::{RsaPssSaltlen, Verifier};
 use serde::Deserialize;
+use std::borrow::Cow;
 
 use super::jwk::{Curve, KeyMaterial, VerifyKey};
 use crate::config::JwsAlgorithm;
@@ -27,10 +28,13 @@ pub struct Compact<'a> {
 /// The protected header members bindgate reads. `jku`, `x5u`, `x5c` and `jwk` are never read:
 /// keys come from the configured JWKS only.
 #[derive(Deserialize)]
-pub struct Header {
-    pub alg: String,
-    pub kid: Option<String>,
-    pub typ: Option<String>,
+pub struct Header<'a> {
+    #[serde(borrow)]
+    pub alg: Cow<'a, str>,
+    #[serde(borrow)]
+    pub kid: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    pub typ: Option<Cow<'a, str>>,
     /// RFC 7515 §4.1.11: extensions the recipient must understand; bindgate understands none.
     pub crit: Option<serde::de::IgnoredAny>,
     /// RFC 7797 unencoded payloads are not JWTs.
