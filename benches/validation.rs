@@ -1,6 +1,6 @@
 //! Token validation cost: warm (verified-cache hit, binding checked), cold (full validation)
-//! against the bare OpenSSL signature verification of the same token, and the ring-based
-//! `jsonwebtoken` crate as the comparison backend.
+//! against the bare signature verification of the same token with the same backend (OpenSSL
+//! for RSA, ring for ECDSA), plus the other backend and the `jsonwebtoken` crate for comparison.
 //!
 //!     cargo bench --bench validation
 //!
@@ -42,6 +42,7 @@ struct Fixture {
     rs256: String,
     es256: String,
     rs_decoding: jsonwebtoken::DecodingKey,
+    es_public_der: Vec<u8>,
     es_decoding: jsonwebtoken::DecodingKey,
     _dir: tempfile::TempDir,
 }
@@ -72,6 +73,7 @@ fn fixture() -> Fixture {
     );
     let es_jwk = json!({"kty": "EC", "crv": "P-256", "kid": "es", "x": x, "y": y});
     let es_pkey = PKey::from_ec_key(ec).unwrap();
+    let es_public_der = es_pkey.public_key_to_der().unwrap();
     let es_encoding =
         jsonwebtoken::EncodingKey::from_ec_pem(&es_pkey.private_key_to_pem_pkcs8().unwrap())
             .unwrap();
@@ -143,6 +145,7 @@ fn fixture() -> Fixture {
         rs256,
         es256,
         rs_decoding,
+        es_public_der,
         es_decoding,
         _dir: dir,
     }
@@ -196,7 +199,7 @@ fn bench(c: &mut Criterion) {
             &f.es_decoding,
         ),
     ] {
-        g.bench_function(format!("{name}_full_validation_openssl"), |b| {
+        g.bench_function(format!("{name}_full_validation_bindgate"), |b| {
             b.iter(|| full_path(&f.validator_cold, &master, black_box(token), &f.peer))
         });
         let kid = if alg == JwsAlgorithm::RS256 {
@@ -211,7 +214,7 @@ fn bench(c: &mut Criterion) {
         let input = parts.signing_input.to_vec();
         let signature = parts.signature.clone();
         assert!(verify_signature(alg, &key, &input, &signature));
-        g.bench_function(format!("{name}_bare_signature_openssl"), |b| {
+        g.bench_function(format!("{name}_bare_signature_bindgate_backend"), |b| {
             b.iter(|| {
                 assert!(verify_signature(
                     alg,
@@ -243,8 +246,19 @@ fn bench(c: &mut Criterion) {
                 bindgate::auth::claims::verify_claims(&jws.payload, &rules).unwrap()
             })
         });
+        if alg == JwsAlgorithm::ES256 {
+            let ec = EcKey::public_key_from_der(&f.es_public_der).unwrap();
+            let sig = openssl::ecdsa::EcdsaSig::from_private_components(
+                openssl::bn::BigNum::from_slice(&signature[..32]).unwrap(),
+                openssl::bn::BigNum::from_slice(&signature[32..]).unwrap(),
+            )
+            .unwrap();
+            g.bench_function("es256_bare_signature_openssl", |b| {
+                b.iter(|| assert!(sig.verify(&openssl::sha::sha256(black_box(&input)), &ec).unwrap()))
+            });
+        }
         let sig_b64 = token.rsplit('.').next().unwrap().to_string();
-        g.bench_function(format!("{name}_bare_signature_ring"), |b| {
+        g.bench_function(format!("{name}_bare_signature_via_jsonwebtoken_ring"), |b| {
             b.iter(|| {
                 assert!(jsonwebtoken::crypto::verify(
                     black_box(&sig_b64),

@@ -23,7 +23,8 @@ pub enum Curve {
 /// A verification key, ready to use.
 pub enum KeyMaterial {
     Rsa(PKey<Public>),
-    Ec(EcKey<Public>, Curve),
+    /// The uncompressed point `04 || x || y`, checked to be on the curve when parsed.
+    Ec(Vec<u8>, Curve),
     Ed25519(PKey<Public>),
 }
 
@@ -145,7 +146,11 @@ pub fn parse_jwk(value: &serde_json::Value) -> Result<Option<VerifyKey>, String>
             // Checks that the point is on the curve.
             let key = EcKey::from_public_key_affine_coordinates(&group, &x, &y).map_err(err)?;
             key.check_key().map_err(err)?;
-            KeyMaterial::Ec(key, curve)
+            let mut point = Vec::with_capacity(1 + 2 * len);
+            point.push(0x04);
+            point.extend(x.to_vec_padded(len as i32).map_err(err)?);
+            point.extend(y.to_vec_padded(len as i32).map_err(err)?);
+            KeyMaterial::Ec(point, curve)
         }
         Some("OKP") => {
             if raw.crv.as_deref() != Some("Ed25519") {

@@ -2,8 +2,6 @@
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
-use openssl::bn::BigNum;
-use openssl::ecdsa::EcdsaSig;
 use openssl::hash::MessageDigest;
 use openssl::rsa::Padding;
 use openssl::sign::{RsaPssSaltlen, Verifier};
@@ -101,31 +99,17 @@ pub fn verify_signature(
             v.verify(signature)
         })()
         .unwrap_or(false),
-        (KeyMaterial::Ec(ec, curve), ES256 | ES384) => {
-            let len = match (curve, alg) {
-                (Curve::P256, ES256) => 32,
-                (Curve::P384, ES384) => 48,
+        (KeyMaterial::Ec(point, curve), ES256 | ES384) => {
+            // RFC 7518 §3.4: R || S, each exactly the curve's length (not DER); ring's FIXED
+            // algorithms take exactly that form.
+            let algorithm = match (curve, alg) {
+                (Curve::P256, ES256) => &ring::signature::ECDSA_P256_SHA256_FIXED,
+                (Curve::P384, ES384) => &ring::signature::ECDSA_P384_SHA384_FIXED,
                 _ => return false,
             };
-            // RFC 7518 §3.4: R || S, each exactly the curve's length (not DER).
-            if signature.len() != 2 * len {
-                return false;
-            }
-            let (Ok(r), Ok(s)) = (
-                BigNum::from_slice(&signature[..len]),
-                BigNum::from_slice(&signature[len..]),
-            ) else {
-                return false;
-            };
-            let Ok(sig) = EcdsaSig::from_private_components(r, s) else {
-                return false;
-            };
-            let digest: Vec<u8> = if len == 32 {
-                openssl::sha::sha256(input).to_vec()
-            } else {
-                openssl::sha::sha384(input).to_vec()
-            };
-            sig.verify(&digest, ec).unwrap_or(false)
+            ring::signature::UnparsedPublicKey::new(algorithm, point)
+                .verify(input, signature)
+                .is_ok()
         }
         (KeyMaterial::Ed25519(pkey), EdDSA) => Verifier::new_without_digest(pkey)
             .and_then(|mut v| v.verify_oneshot(signature, input))
