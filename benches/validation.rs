@@ -254,21 +254,28 @@ fn bench(c: &mut Criterion) {
             )
             .unwrap();
             g.bench_function("es256_bare_signature_openssl", |b| {
-                b.iter(|| assert!(sig.verify(&openssl::sha::sha256(black_box(&input)), &ec).unwrap()))
+                b.iter(|| {
+                    assert!(sig
+                        .verify(&openssl::sha::sha256(black_box(&input)), &ec)
+                        .unwrap())
+                })
             });
         }
         let sig_b64 = token.rsplit('.').next().unwrap().to_string();
-        g.bench_function(format!("{name}_bare_signature_via_jsonwebtoken_ring"), |b| {
-            b.iter(|| {
-                assert!(jsonwebtoken::crypto::verify(
-                    black_box(&sig_b64),
-                    black_box(&input),
-                    decoding,
-                    jwt_alg
-                )
-                .unwrap())
-            })
-        });
+        g.bench_function(
+            format!("{name}_bare_signature_via_jsonwebtoken_ring"),
+            |b| {
+                b.iter(|| {
+                    assert!(jsonwebtoken::crypto::verify(
+                        black_box(&sig_b64),
+                        black_box(&input),
+                        decoding,
+                        jwt_alg
+                    )
+                    .unwrap())
+                })
+            },
+        );
         let mut validation = jsonwebtoken::Validation::new(jwt_alg);
         validation.set_issuer(&[ISSUER]);
         validation.set_audience(&[ENDPOINT]);

@@ -17,7 +17,8 @@ use crate::certificate::PeerCertificate;
 use crate::config::{Config, Target, Upstream};
 use crate::metrics::Metrics;
 use crate::rejection::Rejection;
-use crate::routing::{normalise, Decision, Router};
+use crate::routing::{normalise, Decision, Policy, Router};
+use crate::state::{Reply, SessionQuery, StateService, StreamingDelete};
 use crate::tls;
 
 /// An upstream with its connection settings made once.
@@ -56,6 +57,7 @@ impl UpstreamTarget {
 pub struct Gateway {
     router: Router,
     authoriser: Authoriser,
+    state: Option<StateService>,
     upstreams: HashMap<String, Arc<UpstreamTarget>>,
     max_body: u64,
     metrics: Arc<Metrics>,
@@ -72,12 +74,15 @@ pub struct RequestCtx {
     body_bytes: u64,
     /// The normalised path, when it differs from the one received.
     rewritten_path: Option<String>,
+    /// A quiet delete on an upstream session store: the answer becomes a bodiless 204.
+    quiet_delete: bool,
 }
 
 impl Gateway {
     pub fn new(
         config: &Config,
         authoriser: Authoriser,
+        state: Option<StateService>,
         metrics: Arc<Metrics>,
     ) -> Result<Self, String> {
         let mut upstreams = HashMap::new();
@@ -87,6 +92,7 @@ impl Gateway {
         Ok(Gateway {
             router: Router::new(config),
             authoriser,
+            state,
             upstreams,
             max_body: config.server.max_body,
             metrics,
@@ -110,6 +116,145 @@ impl Gateway {
             .await?;
         session.write_response_body(Some(body), true).await?;
         Ok(true)
+    }
+
+    /// Reads the whole request body for the embedded service, refusing it past `max_body`.
+    async fn read_body(&self, session: &mut Session) -> std::result::Result<Bytes, Rejection> {
+        let mut body = bytes::BytesMut::new();
+        loop {
+            match session.read_request_body().await {
+                Ok(Some(chunk)) => {
+                    if (body.len() + chunk.len()) as u64 > self.max_body {
+                        return Err(Rejection::BodyTooLarge {
+                            limit: self.max_body,
+                        });
+                    }
+                    body.extend_from_slice(&chunk);
+                }
+                Ok(None) => return Ok(body.freeze()),
+                Err(_) => {
+                    return Err(Rejection::InvalidRequest(
+                        "The request body could not be read",
+                    ))
+                }
+            }
+        }
+    }
+
+    /// Serves a request from the embedded state service.
+    async fn embedded(
+        &self,
+        session: &mut Session,
+        ctx: &mut RequestCtx,
+        policy: Policy,
+    ) -> Result<bool> {
+        let Some(state) = &self.state else {
+            return self
+                .reject(
+                    session,
+                    ctx,
+                    Rejection::NotImplemented("the embedded state service"),
+                )
+                .await;
+        };
+        let body = match self.read_body(session).await {
+            Ok(b) => b,
+            Err(r) => return self.reject(session, ctx, r).await,
+        };
+        let path = ctx
+            .rewritten_path
+            .clone()
+            .unwrap_or_else(|| session.req_header().uri.path().to_string());
+        let rest = self.router.rest(policy, &path).to_string();
+        let req = session.req_header();
+        let method = req.method.clone();
+        let reply = match policy {
+            Policy::Registration => {
+                let grant = ctx.grant.clone().unwrap_or(Grant::Open);
+                state.registration(&method, &rest, &grant, body).await
+            }
+            Policy::SessionStore => {
+                let query = req.uri.query().map(str::to_string);
+                let headers = req.headers.clone();
+                state
+                    .sessions(&method, &rest, query.as_deref(), &headers, body)
+                    .await
+            }
+            Policy::Passthrough => Err(Rejection::NoRoute),
+        };
+        match reply {
+            Ok(reply) => {
+                self.send_reply(session, reply).await?;
+                Ok(true)
+            }
+            Err(r) => self.reject(session, ctx, r).await,
+        }
+    }
+
+    async fn send_reply(&self, session: &mut Session, reply: Reply) -> Result<()> {
+        match reply {
+            Reply::Json {
+                status,
+                body,
+                pragma_no_cache,
+            } => {
+                let mut header = crate::rejection::json_header(status, body.len());
+                if pragma_no_cache {
+                    header.insert_header("pragma", "no-cache")?;
+                }
+                session
+                    .write_response_header(Box::new(header), false)
+                    .await?;
+                session
+                    .write_response_body(Some(Bytes::from(body)), true)
+                    .await
+            }
+            Reply::NoContent => {
+                let mut header = pingora::http::ResponseHeader::build(204, Some(2))?;
+                header.insert_header("cache-control", "no-store")?;
+                session.write_response_header(Box::new(header), true).await
+            }
+            Reply::Stream(stream) => self.stream(session, stream).await,
+        }
+    }
+
+    /// Streams a delete-all map chunk by chunk: memory stays flat whatever the store holds.
+    async fn stream(&self, session: &mut Session, mut stream: StreamingDelete) -> Result<()> {
+        let mut header = pingora::http::ResponseHeader::build(200, Some(4))?;
+        header.insert_header("content-type", "application/json")?;
+        header.insert_header("cache-control", "no-store")?;
+        if !session.is_http2() {
+            header.insert_header("transfer-encoding", "chunked")?;
+        }
+        session
+            .write_response_header(Box::new(header), false)
+            .await?;
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs() as i64)
+            .unwrap_or(0);
+        loop {
+            let (back, piece) = tokio::task::spawn_blocking(move || {
+                let piece = stream.next_piece(now);
+                (stream, piece)
+            })
+            .await
+            .map_err(|_| Error::explain(ErrorType::InternalError, "stream task failed"))?;
+            stream = back;
+            match piece {
+                Ok(Some(bytes)) => {
+                    session
+                        .write_response_body(Some(Bytes::from(bytes)), false)
+                        .await?
+                }
+                Ok(None) => break,
+                Err(_) => {
+                    // Headers are out: the only honest signal left is an aborted body.
+                    return Error::e_explain(ErrorType::InternalError, "delete-all stream failed");
+                }
+            }
+        }
+        session.write_response_body(None, true).await
     }
 
     fn decide(
@@ -157,6 +302,7 @@ impl ProxyHttp for Gateway {
             grant: None,
             body_bytes: 0,
             rewritten_path: None,
+            quiet_delete: false,
         }
     }
 
@@ -183,16 +329,15 @@ impl ProxyHttp for Gateway {
             Err(rejection) => return self.reject(session, ctx, rejection).await,
         }
         match target {
-            Target::Embedded => {
-                self.reject(
-                    session,
-                    ctx,
-                    Rejection::NotImplemented("the embedded state service"),
-                )
-                .await
-            }
+            Target::Embedded => self.embedded(session, ctx, policy).await,
             Target::Upstream(name) => match self.upstreams.get(&name) {
                 Some(u) => {
+                    if policy == Policy::SessionStore
+                        && session.req_header().method == http::Method::DELETE
+                    {
+                        let q = SessionQuery::parse(session.req_header().uri.query());
+                        ctx.quiet_delete = q.quiet;
+                    }
                     ctx.upstream = Some(u.clone());
                     Ok(false)
                 }
@@ -266,6 +411,43 @@ impl ProxyHttp for Gateway {
             }
         }
         Ok(())
+    }
+
+    async fn response_filter(
+        &self,
+        _session: &mut Session,
+        upstream_response: &mut pingora::http::ResponseHeader,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        // `quiet=true` is honoured even when the provider ignores it: a successful delete
+        // becomes 204 No Content and its body is dropped.
+        if ctx.quiet_delete && upstream_response.status.is_success() {
+            upstream_response.set_status(204)?;
+            for name in [
+                "content-length",
+                "content-type",
+                "transfer-encoding",
+                "content-encoding",
+            ] {
+                upstream_response.remove_header(name);
+            }
+        } else {
+            ctx.quiet_delete = false;
+        }
+        Ok(())
+    }
+
+    fn response_body_filter(
+        &self,
+        _session: &mut Session,
+        body: &mut Option<Bytes>,
+        _end_of_stream: bool,
+        ctx: &mut RequestCtx,
+    ) -> Result<Option<std::time::Duration>> {
+        if ctx.quiet_delete {
+            *body = None;
+        }
+        Ok(None)
     }
 
     fn fail_to_connect(

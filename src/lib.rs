@@ -13,4 +13,5 @@ pub mod metrics;
 pub mod rejection;
 pub mod routing;
 pub mod serve;
+pub mod state;
 pub mod tls;

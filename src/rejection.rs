@@ -30,6 +30,18 @@ pub enum Rejection {
     CertificateMismatch,
     /// RFC 6750 §3.1 `insufficient_scope`.
     InsufficientScope { scope: String },
+    /// RFC 7591 §3.2.2 `invalid_client_metadata`: the description names the field.
+    InvalidClientMetadata(String),
+    /// RFC 7591 §3.2.2 `invalid_redirect_uri`.
+    InvalidRedirectUri(String),
+    /// A request body or parameter of the embedded service that is not what the API takes.
+    InvalidInput(String),
+    /// The embedded service has no such resource.
+    NotFound(&'static str),
+    /// The resource exists but does not take this method.
+    MethodNotAllowed,
+    /// The embedded store failed (I/O): retry later.
+    StorageUnavailable,
 }
 
 impl Rejection {
@@ -45,6 +57,12 @@ impl Rejection {
             Rejection::InvalidToken(_) => 401,
             Rejection::CertificateMismatch => 401,
             Rejection::InsufficientScope { .. } => 403,
+            Rejection::InvalidClientMetadata(_)
+            | Rejection::InvalidRedirectUri(_)
+            | Rejection::InvalidInput(_) => 400,
+            Rejection::NotFound(_) => 404,
+            Rejection::MethodNotAllowed => 405,
+            Rejection::StorageUnavailable => 503,
         }
     }
 
@@ -60,6 +78,12 @@ impl Rejection {
             Rejection::InvalidRequest(_) => "invalid_request",
             Rejection::InvalidToken(_) | Rejection::CertificateMismatch => "invalid_token",
             Rejection::InsufficientScope { .. } => "insufficient_scope",
+            Rejection::InvalidClientMetadata(_) => "invalid_client_metadata",
+            Rejection::InvalidRedirectUri(_) => "invalid_redirect_uri",
+            Rejection::InvalidInput(_) => "invalid_request",
+            Rejection::NotFound(_) => "not_found",
+            Rejection::MethodNotAllowed => "method_not_allowed",
+            Rejection::StorageUnavailable => "temporarily_unavailable",
         }
     }
 
@@ -79,6 +103,12 @@ impl Rejection {
             Rejection::InsufficientScope { scope } => {
                 format!("The access token lacks the required scope {scope}")
             }
+            Rejection::InvalidClientMetadata(why)
+            | Rejection::InvalidRedirectUri(why)
+            | Rejection::InvalidInput(why) => why.clone(),
+            Rejection::NotFound(what) => format!("{what} not found"),
+            Rejection::MethodNotAllowed => "Method not allowed on this resource".into(),
+            Rejection::StorageUnavailable => "The store is temporarily unavailable".into(),
         }
     }
 
@@ -95,6 +125,12 @@ impl Rejection {
             Rejection::InvalidToken(_) => "invalid_token",
             Rejection::CertificateMismatch => "certificate_mismatch",
             Rejection::InsufficientScope { .. } => "insufficient_scope",
+            Rejection::InvalidClientMetadata(_) => "invalid_client_metadata",
+            Rejection::InvalidRedirectUri(_) => "invalid_redirect_uri",
+            Rejection::InvalidInput(_) => "invalid_input",
+            Rejection::NotFound(_) => "not_found",
+            Rejection::MethodNotAllowed => "method_not_allowed",
+            Rejection::StorageUnavailable => "storage_unavailable",
         }
     }
 
@@ -190,6 +226,24 @@ mod tests {
                 },
                 403,
                 "insufficient_scope",
+            ),
+            (
+                Rejection::InvalidClientMetadata("x".into()),
+                400,
+                "invalid_client_metadata",
+            ),
+            (
+                Rejection::InvalidRedirectUri("x".into()),
+                400,
+                "invalid_redirect_uri",
+            ),
+            (Rejection::InvalidInput("x".into()), 400, "invalid_request"),
+            (Rejection::NotFound("Session"), 404, "not_found"),
+            (Rejection::MethodNotAllowed, 405, "method_not_allowed"),
+            (
+                Rejection::StorageUnavailable,
+                503,
+                "temporarily_unavailable",
             ),
         ];
         for (r, status, code) in table {

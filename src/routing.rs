@@ -76,6 +76,18 @@ impl Router {
     }
 }
 
+impl Router {
+    /// What follows the policy's base path in `path` ("" for the base itself).
+    pub fn rest<'p>(&self, policy: Policy, path: &'p str) -> &'p str {
+        let base = match policy {
+            Policy::Registration => &self.registration_path,
+            Policy::SessionStore => &self.session_store_path,
+            Policy::Passthrough => return path,
+        };
+        path.strip_prefix(base.as_str()).unwrap_or(path)
+    }
+}
+
 /// `path` is `base` or below it (`/clients`, `/clients/abc`; not `/clientsfoo`).
 fn under(path: &str, base: &str) -> bool {
     match path.strip_prefix(base) {

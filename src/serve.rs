@@ -111,7 +111,14 @@ pub fn run(config: Config) -> Result<(), String> {
     let readiness = Arc::new(Readiness::new(config.jwks.is_some()));
 
     let (authoriser, key_store) = Authoriser::new(&config, metrics.clone(), readiness.clone())?;
-    let gateway = Gateway::new(&config, authoriser, metrics.clone())?;
+    let embedded = config.registration.target == crate::config::Target::Embedded
+        || config.session_store.target == crate::config::Target::Embedded;
+    let state = if embedded {
+        Some(crate::state::StateService::new(&config)?)
+    } else {
+        None
+    };
+    let gateway = Gateway::new(&config, authoriser, state.clone(), metrics.clone())?;
     let mut proxy =
         pingora::proxy::http_proxy_service_with_name(&server.configuration, gateway, "bindgate");
     let settings = tls::settings(&config.listen.tls)?;
@@ -137,6 +144,16 @@ pub fn run(config: Config) -> Result<(), String> {
         service.threads = Some(1);
         service.add_tcp(&admin.address.to_string());
         server.add_service(service);
+    }
+
+    if let Some(state) = state {
+        server.add_service(background_service(
+            "session purge",
+            crate::state::SessionPurger {
+                state,
+                interval: Duration::from_secs(60),
+            },
+        ));
     }
 
     if let Some(store) = key_store {

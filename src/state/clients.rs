@@ -1,0 +1,141 @@
+//! The client registry: RFC 7591 registration and RFC 7592 management.
+
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine;
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+use subtle::ConstantTimeEq;
+
+use super::metadata;
+use crate::rejection::Rejection;
+
+/// A client as stored. Only the SHA-256 of its registration access token is kept.
+#[derive(Serialize, Deserialize, Clone)]
+pub struct StoredClient {
+    pub client_id: String,
+    pub client_id_issued_at: i64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_secret: Option<String>,
+    /// Hex SHA-256 of the registration access token.
+    pub registration_access_token_sha256: String,
+    pub metadata: Map<String, Value>,
+}
+
+impl StoredClient {
+    /// Whether `digest` is the SHA-256 of this client's registration access token.
+    pub fn token_matches(&self, digest: &[u8; 32]) -> bool {
+        let stored = hex::decode(&self.registration_access_token_sha256).unwrap_or_default();
+        stored.len() == 32 && bool::from(stored.as_slice().ct_eq(digest))
+    }
+
+    /// The client as the API shows it (RFC 7591 §3.2.1).
+    pub fn view(&self, registration_client_uri: &str) -> Map<String, Value> {
+        let mut out = self.metadata.clone();
+        out.insert("client_id".into(), self.client_id.clone().into());
+        out.insert(
+            "client_id_issued_at".into(),
+            self.client_id_issued_at.into(),
+        );
+        if let Some(secret) = &self.client_secret {
+            out.insert("client_secret".into(), secret.clone().into());
+            out.insert("client_secret_expires_at".into(), 0.into());
+        }
+        out.insert(
+            "registration_client_uri".into(),
+            registration_client_uri.into(),
+        );
+        out
+    }
+}
+
+pub fn random(bytes: usize) -> Result<String, Rejection> {
+    let mut buf = vec![0u8; bytes];
+    openssl::rand::rand_bytes(&mut buf).map_err(|_| Rejection::StorageUnavailable)?;
+    Ok(URL_SAFE_NO_PAD.encode(buf))
+}
+
+fn parse_body(body: &[u8]) -> Result<Value, Rejection> {
+    serde_json::from_slice(body)
+        .map_err(|_| Rejection::InvalidClientMetadata("The request body is not valid JSON".into()))
+}
+
+/// A new client from a registration request; returns it and its registration access token.
+pub fn register(body: &[u8], now: i64) -> Result<(StoredClient, String), Rejection> {
+    let input = parse_body(body)?;
+    for field in ["client_id", "client_secret"] {
+        if input.get(field).is_some() {
+            return Err(Rejection::InvalidClientMetadata(format!(
+                "{field} is assigned by the server and must not be sent"
+            )));
+        }
+    }
+    let metadata = metadata::validate(input)?;
+    let token = random(32)?;
+    let client = StoredClient {
+        client_id: random(16)?,
+        client_id_issued_at: now,
+        client_secret: if metadata::is_confidential(&metadata) {
+            Some(random(32)?)
+        } else {
+            None
+        },
+        registration_access_token_sha256: hex::encode(openssl::sha::sha256(token.as_bytes())),
+        metadata,
+    };
+    Ok((client, token))
+}
+
+/// RFC 7592 §2.2: a full replacement of `current`'s metadata.
+pub fn update(current: &StoredClient, body: &[u8]) -> Result<StoredClient, Rejection> {
+    let mut input = parse_body(body)?;
+    let Some(fields) = input.as_object_mut() else {
+        return Err(Rejection::InvalidClientMetadata(
+            "The client metadata must be a JSON object".into(),
+        ));
+    };
+    match fields.remove("client_id") {
+        Some(Value::String(id)) if id == current.client_id => {}
+        Some(_) => {
+            return Err(Rejection::InvalidClientMetadata(
+                "client_id does not match the client being updated".into(),
+            ))
+        }
+        None => {
+            return Err(Rejection::InvalidClientMetadata(
+                "client_id is required in an update".into(),
+            ))
+        }
+    }
+    if let Some(sent) = fields.remove("client_secret") {
+        let matches = match (&sent, &current.client_secret) {
+            (Value::String(s), Some(c)) => bool::from(s.as_bytes().ct_eq(c.as_bytes())),
+            _ => false,
+        };
+        if !matches {
+            return Err(Rejection::InvalidClientMetadata(
+                "client_secret does not match the client's secret".into(),
+            ));
+        }
+    }
+    let metadata = metadata::validate(input)?;
+    let client_secret = match (metadata::is_confidential(&metadata), &current.client_secret) {
+        (true, Some(s)) => Some(s.clone()),
+        (true, None) => Some(random(32)?),
+        (false, _) => None,
+    };
+    Ok(StoredClient {
+        client_id: current.client_id.clone(),
+        client_id_issued_at: current.client_id_issued_at,
+        client_secret,
+        registration_access_token_sha256: current.registration_access_token_sha256.clone(),
+        metadata,
+    })
+}
+
+/// A client id as it may appear in a path: 1 to 128 base64url characters.
+pub fn valid_client_id(id: &str) -> bool {
+    (1..=128).contains(&id.len())
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+}

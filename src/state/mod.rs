@@ -1,0 +1,508 @@
+//! The embedded state service: a minimal client registry (RFC 7591/7592) and session store,
+//! so that bindgate runs with no provider behind it.
+
+pub mod clients;
+pub mod metadata;
+pub mod sessions;
+pub mod store;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use http::{HeaderMap, Method};
+use pingora::server::ShutdownWatch;
+use pingora::services::background::BackgroundService;
+use std::time::Duration;
+
+use crate::auth::Grant;
+use crate::config::{Config, SessionLimits};
+use crate::rejection::Rejection;
+use clients::StoredClient;
+use sessions::Record;
+pub use store::{SessionSnapshot, Store};
+
+/// How many sessions one streamed chunk holds.
+pub const STREAM_CHUNK: usize = 512;
+
+/// An answer of the embedded service.
+pub enum Reply {
+    Json {
+        status: u16,
+        body: Vec<u8>,
+        /// Registration answers carry credentials: `Cache-Control: no-store` and
+        /// `Pragma: no-cache` (RFC 7591 §3.2.1). Every JSON answer is `no-store` anyway.
+        pragma_no_cache: bool,
+    },
+    NoContent,
+    /// Every session deleted, to be streamed as one JSON object.
+    Stream(StreamingDelete),
+}
+
+/// The JSON map of a delete-all, produced chunk by chunk from the pre-delete snapshot.
+pub struct StreamingDelete {
+    snapshot: Option<SessionSnapshot>,
+    started: bool,
+    first_entry: bool,
+}
+
+impl StreamingDelete {
+    /// The next piece of the JSON body; None at the end. Blocking: call off the async threads.
+    pub fn next_piece(&mut self, now: i64) -> Result<Option<Vec<u8>>, Rejection> {
+        let Some(snapshot) = self.snapshot.as_mut() else {
+            return Ok(None);
+        };
+        let mut out = Vec::with_capacity(64 * 1024);
+        if !self.started {
+            self.started = true;
+            out.push(b'{');
+        }
+        match snapshot
+            .next_chunk(STREAM_CHUNK)
+            .map_err(|_| Rejection::StorageUnavailable)?
+        {
+            Some(entries) => {
+                for (sid, bytes) in entries {
+                    if Record::expired_bytes(&bytes, now) {
+                        continue;
+                    }
+                    let Some(json) = Record::json_of(&bytes) else {
+                        continue;
+                    };
+                    if !self.first_entry {
+                        out.push(b',');
+                    }
+                    self.first_entry = false;
+                    out.extend_from_slice(
+                        serde_json::to_string(&sid).unwrap_or_default().as_bytes(),
+                    );
+                    out.push(b':');
+                    out.extend_from_slice(json);
+                }
+            }
+            None => {
+                out.push(b'}');
+                self.snapshot = None;
+            }
+        }
+        Ok(Some(out))
+    }
+}
+
+fn now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}
+
+fn json(status: u16, value: &serde_json::Value) -> Reply {
+    Reply::Json {
+        status,
+        body: serde_json::to_vec(value).unwrap_or_default(),
+        pragma_no_cache: false,
+    }
+}
+
+fn storage(e: store::StoreError) -> Rejection {
+    tracing::error!(target: "bindgate::state", "{e}");
+    Rejection::StorageUnavailable
+}
+
+#[derive(Clone)]
+pub struct StateService {
+    store: Store,
+    limits: SessionLimits,
+    registration_uri: String,
+}
+
+/// The parameters of a session-store request.
+pub struct SessionQuery {
+    pub subject: Option<String>,
+    pub all: bool,
+    pub quiet: bool,
+}
+
+impl SessionQuery {
+    pub fn parse(query: Option<&str>) -> SessionQuery {
+        let mut q = SessionQuery {
+            subject: None,
+            all: false,
+            quiet: false,
+        };
+        for (k, v) in form_urlencoded::parse(query.unwrap_or_default().as_bytes()) {
+            match &*k {
+                "subject" => q.subject = Some(v.into_owned()),
+                "all" => q.all = v == "true",
+                "quiet" => q.quiet = v == "true",
+                _ => {}
+            }
+        }
+        q
+    }
+}
+
+impl StateService {
+    pub fn new(config: &Config) -> Result<Self, String> {
+        let registration_uri = config
+            .registration
+            .endpoint_uri
+            .clone()
+            .unwrap_or_else(|| config.registration.path.clone());
+        Ok(StateService {
+            store: Store::open(&config.state.path)?,
+            limits: config.state.sessions,
+            registration_uri,
+        })
+    }
+
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    async fn blocking<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&StateService) -> Result<T, Rejection> + Send + 'static,
+    ) -> Result<T, Rejection> {
+        let me = self.clone();
+        tokio::task::spawn_blocking(move || f(&me))
+            .await
+            .map_err(|_| Rejection::StorageUnavailable)?
+    }
+
+    fn client_uri(&self, id: &str) -> String {
+        format!("{}/{id}", self.registration_uri.trim_end_matches('/'))
+    }
+
+    fn load_client(&self, id: &str) -> Result<Option<StoredClient>, Rejection> {
+        match self.store.get_client(id).map_err(storage)? {
+            None => Ok(None),
+            Some(bytes) => serde_json::from_slice(&bytes)
+                .map(Some)
+                .map_err(|_| Rejection::StorageUnavailable),
+        }
+    }
+
+    fn save_client(&self, client: &StoredClient) -> Result<(), Rejection> {
+        let bytes = serde_json::to_vec(client).map_err(|_| Rejection::StorageUnavailable)?;
+        self.store
+            .put_client(&client.client_id, &bytes)
+            .map_err(storage)
+    }
+
+    /// The registration path: `rest` is what follows `registration.path` ("" or "/{id}").
+    pub async fn registration(
+        &self,
+        method: &Method,
+        rest: &str,
+        grant: &Grant,
+        body: Bytes,
+    ) -> Result<Reply, Rejection> {
+        let grant = grant.clone();
+        let method = method.clone();
+        let rest = rest.to_string();
+        self.blocking(move |me| me.registration_blocking(&method, &rest, &grant, &body))
+            .await
+    }
+
+    fn registration_blocking(
+        &self,
+        method: &Method,
+        rest: &str,
+        grant: &Grant,
+        body: &[u8],
+    ) -> Result<Reply, Rejection> {
+        if rest.is_empty() || rest == "/" {
+            return match *method {
+                Method::POST => {
+                    let (client, token) = clients::register(body, now())?;
+                    self.save_client(&client)?;
+                    let mut view = client.view(&self.client_uri(&client.client_id));
+                    view.insert("registration_access_token".into(), token.into());
+                    Ok(Reply::Json {
+                        status: 201,
+                        body: serde_json::to_vec(&view).unwrap_or_default(),
+                        pragma_no_cache: true,
+                    })
+                }
+                Method::GET if *grant == Grant::MasterToken => {
+                    let mut all = Vec::new();
+                    for bytes in self.store.clients().map_err(storage)? {
+                        if let Ok(c) = serde_json::from_slice::<StoredClient>(&bytes) {
+                            all.push(serde_json::Value::Object(
+                                c.view(&self.client_uri(&c.client_id)),
+                            ));
+                        }
+                    }
+                    Ok(Reply::Json {
+                        status: 200,
+                        body: serde_json::to_vec(&all).unwrap_or_default(),
+                        pragma_no_cache: true,
+                    })
+                }
+                Method::GET => Err(Rejection::InvalidToken(
+                    "Listing clients requires a master token".into(),
+                )),
+                _ => Err(Rejection::MethodNotAllowed),
+            };
+        }
+        let id = rest.strip_prefix('/').unwrap_or(rest);
+        let client = if clients::valid_client_id(id) {
+            self.load_client(id)?
+        } else {
+            None
+        };
+        // RFC 7592 §2: a registration access token for a client that does not exist, or of
+        // another client, is answered 401 alike; a master token learns that it does not exist.
+        let client = match (grant, client) {
+            (Grant::MasterToken, Some(c)) => c,
+            (Grant::MasterToken, None) => return Err(Rejection::NotFound("Client")),
+            (Grant::ClientToken { digest }, Some(c)) if c.token_matches(digest) => c,
+            _ => {
+                return Err(Rejection::InvalidToken(
+                    "The registration access token is not valid for this client".into(),
+                ))
+            }
+        };
+        match *method {
+            Method::GET => Ok(Reply::Json {
+                status: 200,
+                body: serde_json::to_vec(&client.view(&self.client_uri(&client.client_id)))
+                    .unwrap_or_default(),
+                pragma_no_cache: true,
+            }),
+            Method::PUT => {
+                let updated = clients::update(&client, body)?;
+                self.save_client(&updated)?;
+                Ok(Reply::Json {
+                    status: 200,
+                    body: serde_json::to_vec(&updated.view(&self.client_uri(&updated.client_id)))
+                        .unwrap_or_default(),
+                    pragma_no_cache: true,
+                })
+            }
+            Method::DELETE => {
+                self.store
+                    .delete_client(&client.client_id)
+                    .map_err(storage)?;
+                Ok(Reply::NoContent)
+            }
+            _ => Err(Rejection::MethodNotAllowed),
+        }
+    }
+
+    /// The session-store path: `rest` is what follows `session_store.path`.
+    pub async fn sessions(
+        &self,
+        method: &Method,
+        rest: &str,
+        query: Option<&str>,
+        headers: &HeaderMap,
+        body: Bytes,
+    ) -> Result<Reply, Rejection> {
+        if rest != "/sessions" {
+            return Err(Rejection::NotFound("Resource"));
+        }
+        let sid = match headers.get("sid") {
+            None => None,
+            Some(v) => match v.to_str() {
+                Ok(s) if sessions::valid_sid(s.trim()) => Some(s.trim().to_string()),
+                _ => return Err(Rejection::InvalidInput("Malformed SID header".into())),
+            },
+        };
+        let q = SessionQuery::parse(query);
+        let method = method.clone();
+        self.blocking(move |me| me.sessions_blocking(&method, sid, q, &body))
+            .await
+    }
+
+    fn live(&self, sid: &str, at: i64) -> Result<Option<Record>, Rejection> {
+        Ok(self
+            .store
+            .get_session(sid)
+            .map_err(storage)?
+            .and_then(|b| Record::decode(&b))
+            .filter(|r| !r.expired(at)))
+    }
+
+    fn map_of(entries: Vec<(String, Vec<u8>)>, at: i64) -> Vec<u8> {
+        let mut out = vec![b'{'];
+        let mut first = true;
+        for (sid, bytes) in entries {
+            if Record::expired_bytes(&bytes, at) {
+                continue;
+            }
+            let Some(json) = Record::json_of(&bytes) else {
+                continue;
+            };
+            if !first {
+                out.push(b',');
+            }
+            first = false;
+            out.extend_from_slice(serde_json::to_string(&sid).unwrap_or_default().as_bytes());
+            out.push(b':');
+            out.extend_from_slice(json);
+        }
+        out.push(b'}');
+        out
+    }
+
+    fn sessions_blocking(
+        &self,
+        method: &Method,
+        sid: Option<String>,
+        q: SessionQuery,
+        body: &[u8],
+    ) -> Result<Reply, Rejection> {
+        let at = now();
+        let need = || {
+            Rejection::InvalidInput(
+                "Give the SID header, or the subject (or all=true for delete) parameter".into(),
+            )
+        };
+        match *method {
+            Method::POST => {
+                let record = sessions::record_from_body(body, &self.limits, at, at)?;
+                let sid = sessions::new_sid()?;
+                self.store
+                    .put_session(
+                        &sid,
+                        &record.subject,
+                        &record.encode(),
+                        store::Commit::Durable,
+                    )
+                    .map_err(storage)?;
+                Ok(json(201, &serde_json::json!({ "sid": sid })))
+            }
+            Method::GET => match (sid, q.subject) {
+                (Some(sid), _) => {
+                    let mut record = self.live(&sid, at)?.ok_or(Rejection::NotFound("Session"))?;
+                    // A read is activity (max_idle); losing this in a crash only shortens it.
+                    record.last_access = at;
+                    self.store
+                        .put_session(&sid, &record.subject, &record.encode(), store::Commit::Lazy)
+                        .map_err(storage)?;
+                    Ok(Reply::Json {
+                        status: 200,
+                        body: record.json,
+                        pragma_no_cache: false,
+                    })
+                }
+                (None, Some(subject)) => {
+                    let entries = self.store.sessions_of(&subject).map_err(storage)?;
+                    Ok(Reply::Json {
+                        status: 200,
+                        body: Self::map_of(entries, at),
+                        pragma_no_cache: false,
+                    })
+                }
+                (None, None) => Err(need()),
+            },
+            Method::PUT => {
+                let sid = sid.ok_or_else(need)?;
+                let old = self.live(&sid, at)?.ok_or(Rejection::NotFound("Session"))?;
+                let record = sessions::record_from_body(body, &self.limits, at, old.creation_time)?;
+                let replaced = self
+                    .store
+                    .replace_session(&sid, &old.subject, &record.subject, &record.encode())
+                    .map_err(storage)?;
+                if !replaced {
+                    return Err(Rejection::NotFound("Session"));
+                }
+                Ok(Reply::NoContent)
+            }
+            Method::DELETE => match (sid, q.subject, q.all) {
+                (Some(sid), _, _) => {
+                    let removed = self
+                        .store
+                        .delete_session(&sid, Record::subject_of)
+                        .map_err(storage)?
+                        .filter(|b| !Record::expired_bytes(b, at))
+                        .ok_or(Rejection::NotFound("Session"))?;
+                    if q.quiet {
+                        return Ok(Reply::NoContent);
+                    }
+                    Ok(Reply::Json {
+                        status: 200,
+                        body: Record::json_of(&removed).unwrap_or(b"{}").to_vec(),
+                        pragma_no_cache: false,
+                    })
+                }
+                (None, Some(subject), _) => {
+                    let removed = self.store.delete_subject(&subject).map_err(storage)?;
+                    if q.quiet {
+                        return Ok(Reply::NoContent);
+                    }
+                    Ok(Reply::Json {
+                        status: 200,
+                        body: Self::map_of(removed, at),
+                        pragma_no_cache: false,
+                    })
+                }
+                (None, None, true) => {
+                    let snapshot = self.store.delete_all_sessions(!q.quiet).map_err(storage)?;
+                    match snapshot {
+                        None => Ok(Reply::NoContent),
+                        Some(s) => Ok(Reply::Stream(StreamingDelete {
+                            snapshot: Some(s),
+                            started: false,
+                            first_entry: true,
+                        })),
+                    }
+                }
+                (None, None, false) => Err(need()),
+            },
+            _ => Err(Rejection::MethodNotAllowed),
+        }
+    }
+
+    /// Removes expired sessions, a batch at a time; the number removed.
+    pub fn purge_expired(&self) -> Result<usize, String> {
+        let at = now();
+        let mut after: Option<String> = None;
+        let mut removed = 0;
+        loop {
+            let (n, last) = self
+                .store
+                .purge_batch(after.as_deref(), 1000, |bytes| {
+                    if Record::expired_bytes(bytes, at) {
+                        Some(Record::subject_of(bytes).unwrap_or_default())
+                    } else {
+                        None
+                    }
+                })
+                .map_err(|e| e.to_string())?;
+            removed += n;
+            match last {
+                Some(k) => after = Some(k),
+                None => return Ok(removed),
+            }
+        }
+    }
+}
+
+/// Purges expired sessions every `interval`.
+pub struct SessionPurger {
+    pub state: StateService,
+    pub interval: Duration,
+}
+
+#[async_trait]
+impl BackgroundService for SessionPurger {
+    async fn start(&self, mut shutdown: ShutdownWatch) {
+        loop {
+            tokio::select! {
+                _ = shutdown.changed() => return,
+                _ = tokio::time::sleep(self.interval) => {}
+            }
+            let state = self.state.clone();
+            match tokio::task::spawn_blocking(move || state.purge_expired()).await {
+                Ok(Ok(n)) if n > 0 => {
+                    tracing::info!(target: "bindgate::state", removed = n, "expired sessions purged")
+                }
+                Ok(Err(e)) => {
+                    tracing::warn!(target: "bindgate::state", "session purge failed: {e}")
+                }
+                _ => {}
+            }
+        }
+    }
+}

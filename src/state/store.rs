@@ -1,0 +1,366 @@
+//! Storage of the embedded state service on redb: a file (`fsync` on every commit that answers
+//! a write, so an acknowledged write survives `kill -9`) or memory (`:memory:`).
+
+use redb::backends::InMemoryBackend;
+use redb::{
+    Database, Durability, MultimapTableDefinition, ReadTransaction, ReadableDatabase,
+    ReadableTable, ReadableTableMetadata, TableDefinition,
+};
+use std::ops::Bound;
+use std::sync::Arc;
+
+use crate::config::StatePath;
+
+const CLIENTS: TableDefinition<&str, &[u8]> = TableDefinition::new("clients");
+const SESSIONS: TableDefinition<&str, &[u8]> = TableDefinition::new("sessions");
+const BY_SUBJECT: MultimapTableDefinition<&str, &str> =
+    MultimapTableDefinition::new("sessions_by_subject");
+
+/// The storage failed (disk full, I/O error, corruption).
+#[derive(Debug, thiserror::Error)]
+#[error("storage: {0}")]
+pub struct StoreError(String);
+
+fn fail(e: impl std::fmt::Display) -> StoreError {
+    StoreError(e.to_string())
+}
+
+type Result<T> = std::result::Result<T, StoreError>;
+
+/// Sessions as stored: (sid, encoded record).
+pub type Entries = Vec<(String, Vec<u8>)>;
+
+/// How much a commit must survive.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Commit {
+    /// On disk before the call returns (writes that are acknowledged to a client).
+    Durable,
+    /// May be lost in a crash (bookkeeping such as a session's last access).
+    Lazy,
+}
+
+#[derive(Clone)]
+pub struct Store {
+    db: Arc<Database>,
+}
+
+impl Store {
+    pub fn open(path: &StatePath) -> std::result::Result<Self, String> {
+        let mut builder = Database::builder();
+        // The page cache would otherwise grow to 1 GiB while a large store is read.
+        builder.set_cache_size(32 * 1024 * 1024);
+        let db = match path {
+            StatePath::Memory => builder
+                .create_with_backend(InMemoryBackend::new())
+                .map_err(|e| format!("state: in-memory store: {e}"))?,
+            StatePath::File(file) => {
+                if let Some(dir) = file.parent().filter(|d| !d.as_os_str().is_empty()) {
+                    std::fs::create_dir_all(dir)
+                        .map_err(|e| format!("state.path: cannot create {}: {e}", dir.display()))?;
+                }
+                builder
+                    .create(file)
+                    .map_err(|e| format!("state.path: {}: {e}", file.display()))?
+            }
+        };
+        // Create the tables once, so that readers never meet a missing table.
+        let store = Store { db: Arc::new(db) };
+        store
+            .write(Commit::Durable, |txn| {
+                txn.open_table(CLIENTS).map_err(fail)?;
+                txn.open_table(SESSIONS).map_err(fail)?;
+                txn.open_multimap_table(BY_SUBJECT).map_err(fail)?;
+                Ok(())
+            })
+            .map_err(|e| format!("state.path: {e}"))?;
+        Ok(store)
+    }
+
+    fn write<T>(
+        &self,
+        commit: Commit,
+        f: impl FnOnce(&redb::WriteTransaction) -> Result<T>,
+    ) -> Result<T> {
+        let mut txn = self.db.begin_write().map_err(fail)?;
+        if commit == Commit::Lazy {
+            txn.set_durability(Durability::None).map_err(fail)?;
+        }
+        let out = f(&txn)?;
+        txn.commit().map_err(fail)?;
+        Ok(out)
+    }
+
+    fn read(&self) -> Result<ReadTransaction> {
+        self.db.begin_read().map_err(fail)
+    }
+
+    // Clients
+
+    pub fn put_client(&self, id: &str, record: &[u8]) -> Result<()> {
+        self.write(Commit::Durable, |txn| {
+            txn.open_table(CLIENTS)
+                .map_err(fail)?
+                .insert(id, record)
+                .map_err(fail)?;
+            Ok(())
+        })
+    }
+
+    pub fn get_client(&self, id: &str) -> Result<Option<Vec<u8>>> {
+        let txn = self.read()?;
+        let table = txn.open_table(CLIENTS).map_err(fail)?;
+        Ok(table.get(id).map_err(fail)?.map(|v| v.value().to_vec()))
+    }
+
+    pub fn delete_client(&self, id: &str) -> Result<bool> {
+        self.write(Commit::Durable, |txn| {
+            let mut table = txn.open_table(CLIENTS).map_err(fail)?;
+            let removed = table.remove(id).map_err(fail)?.is_some();
+            Ok(removed)
+        })
+    }
+
+    pub fn clients(&self) -> Result<Vec<Vec<u8>>> {
+        let txn = self.read()?;
+        let table = txn.open_table(CLIENTS).map_err(fail)?;
+        let mut out = Vec::new();
+        for entry in table.iter().map_err(fail)? {
+            let (_, v) = entry.map_err(fail)?;
+            out.push(v.value().to_vec());
+        }
+        Ok(out)
+    }
+
+    // Sessions
+
+    pub fn put_session(
+        &self,
+        sid: &str,
+        subject: &str,
+        record: &[u8],
+        commit: Commit,
+    ) -> Result<()> {
+        self.write(commit, |txn| {
+            txn.open_table(SESSIONS)
+                .map_err(fail)?
+                .insert(sid, record)
+                .map_err(fail)?;
+            txn.open_multimap_table(BY_SUBJECT)
+                .map_err(fail)?
+                .insert(subject, sid)
+                .map_err(fail)?;
+            Ok(())
+        })
+    }
+
+    /// Replaces a session that exists; false when it does not.
+    pub fn replace_session(
+        &self,
+        sid: &str,
+        old_subject: &str,
+        subject: &str,
+        record: &[u8],
+    ) -> Result<bool> {
+        self.write(Commit::Durable, |txn| {
+            let mut sessions = txn.open_table(SESSIONS).map_err(fail)?;
+            if sessions.get(sid).map_err(fail)?.is_none() {
+                return Ok(false);
+            }
+            sessions.insert(sid, record).map_err(fail)?;
+            if old_subject != subject {
+                let mut index = txn.open_multimap_table(BY_SUBJECT).map_err(fail)?;
+                index.remove(old_subject, sid).map_err(fail)?;
+                index.insert(subject, sid).map_err(fail)?;
+            }
+            Ok(true)
+        })
+    }
+
+    pub fn get_session(&self, sid: &str) -> Result<Option<Vec<u8>>> {
+        let txn = self.read()?;
+        let table = txn.open_table(SESSIONS).map_err(fail)?;
+        Ok(table.get(sid).map_err(fail)?.map(|v| v.value().to_vec()))
+    }
+
+    pub fn sessions_of(&self, subject: &str) -> Result<Entries> {
+        let txn = self.read()?;
+        let index = txn.open_multimap_table(BY_SUBJECT).map_err(fail)?;
+        let sessions = txn.open_table(SESSIONS).map_err(fail)?;
+        let mut out = Vec::new();
+        for sid in index.get(subject).map_err(fail)? {
+            let sid = sid.map_err(fail)?;
+            if let Some(v) = sessions.get(sid.value()).map_err(fail)? {
+                out.push((sid.value().to_string(), v.value().to_vec()));
+            }
+        }
+        Ok(out)
+    }
+
+    /// Removes one session; its record, if it existed.
+    pub fn delete_session(
+        &self,
+        sid: &str,
+        subject_of: impl Fn(&[u8]) -> Option<String>,
+    ) -> Result<Option<Vec<u8>>> {
+        self.write(Commit::Durable, |txn| {
+            let mut sessions = txn.open_table(SESSIONS).map_err(fail)?;
+            let removed = sessions
+                .remove(sid)
+                .map_err(fail)?
+                .map(|v| v.value().to_vec());
+            if let Some(record) = &removed {
+                if let Some(subject) = subject_of(record) {
+                    txn.open_multimap_table(BY_SUBJECT)
+                        .map_err(fail)?
+                        .remove(subject.as_str(), sid)
+                        .map_err(fail)?;
+                }
+            }
+            Ok(removed)
+        })
+    }
+
+    /// Removes every session of `subject`; their records.
+    pub fn delete_subject(&self, subject: &str) -> Result<Entries> {
+        self.write(Commit::Durable, |txn| {
+            let mut index = txn.open_multimap_table(BY_SUBJECT).map_err(fail)?;
+            let mut sessions = txn.open_table(SESSIONS).map_err(fail)?;
+            let mut out = Vec::new();
+            let sids: Vec<String> = index
+                .remove_all(subject)
+                .map_err(fail)?
+                .map(|s| s.map(|s| s.value().to_string()))
+                .collect::<std::result::Result<_, _>>()
+                .map_err(fail)?;
+            for sid in sids {
+                if let Some(v) = sessions.remove(sid.as_str()).map_err(fail)? {
+                    let record = v.value().to_vec();
+                    drop(v);
+                    out.push((sid, record));
+                }
+            }
+            Ok(out)
+        })
+    }
+
+    /// Removes every session at once. With `keep_snapshot`, the deleted sessions stay readable
+    /// from the returned snapshot (MVCC: nothing is copied) until it is dropped.
+    pub fn delete_all_sessions(&self, keep_snapshot: bool) -> Result<Option<SessionSnapshot>> {
+        let snapshot = if keep_snapshot {
+            Some(self.read()?)
+        } else {
+            None
+        };
+        self.write(Commit::Durable, |txn| {
+            txn.delete_table(SESSIONS).map_err(fail)?;
+            txn.delete_multimap_table(BY_SUBJECT).map_err(fail)?;
+            txn.open_table(SESSIONS).map_err(fail)?;
+            txn.open_multimap_table(BY_SUBJECT).map_err(fail)?;
+            Ok(())
+        })?;
+        Ok(snapshot.map(|txn| SessionSnapshot {
+            txn,
+            after: None,
+            done: false,
+        }))
+    }
+
+    /// Calls `expired` on up to `batch` sessions after `after` and removes those it says are;
+    /// the last key seen (to resume from), or None at the end.
+    pub fn purge_batch(
+        &self,
+        after: Option<&str>,
+        batch: usize,
+        expired: impl Fn(&[u8]) -> Option<String>,
+    ) -> Result<(usize, Option<String>)> {
+        let (doomed, last) = {
+            let txn = self.read()?;
+            let table = txn.open_table(SESSIONS).map_err(fail)?;
+            let range = match after {
+                Some(k) => table.range::<&str>((Bound::Excluded(k), Bound::Unbounded)),
+                None => table.range::<&str>(..),
+            }
+            .map_err(fail)?;
+            let mut doomed = Vec::new();
+            let mut last = None;
+            for entry in range.take(batch) {
+                let (k, v) = entry.map_err(fail)?;
+                if let Some(subject) = expired(v.value()) {
+                    doomed.push((k.value().to_string(), subject));
+                }
+                last = Some(k.value().to_string());
+            }
+            (doomed, last)
+        };
+        if !doomed.is_empty() {
+            self.write(Commit::Lazy, |txn| {
+                let mut sessions = txn.open_table(SESSIONS).map_err(fail)?;
+                let mut index = txn.open_multimap_table(BY_SUBJECT).map_err(fail)?;
+                for (sid, subject) in &doomed {
+                    sessions.remove(sid.as_str()).map_err(fail)?;
+                    index.remove(subject.as_str(), sid.as_str()).map_err(fail)?;
+                }
+                Ok(())
+            })?;
+        }
+        Ok((doomed.len(), last))
+    }
+
+    pub fn session_count(&self) -> Result<u64> {
+        let txn = self.read()?;
+        txn.open_table(SESSIONS).map_err(fail)?.len().map_err(fail)
+    }
+
+    /// Inserts many sessions in one transaction (benchmarks and imports).
+    pub fn insert_sessions(
+        &self,
+        items: impl Iterator<Item = (String, String, Vec<u8>)>,
+    ) -> Result<()> {
+        self.write(Commit::Durable, |txn| {
+            let mut sessions = txn.open_table(SESSIONS).map_err(fail)?;
+            let mut index = txn.open_multimap_table(BY_SUBJECT).map_err(fail)?;
+            for (sid, subject, record) in items {
+                sessions
+                    .insert(sid.as_str(), record.as_slice())
+                    .map_err(fail)?;
+                index.insert(subject.as_str(), sid.as_str()).map_err(fail)?;
+            }
+            Ok(())
+        })
+    }
+}
+
+/// The sessions as they were just before a delete-all, read in chunks.
+pub struct SessionSnapshot {
+    txn: ReadTransaction,
+    after: Option<String>,
+    done: bool,
+}
+
+impl SessionSnapshot {
+    /// The next up to `max` sessions, or None when all were read.
+    pub fn next_chunk(&mut self, max: usize) -> Result<Option<Entries>> {
+        if self.done {
+            return Ok(None);
+        }
+        let table = self.txn.open_table(SESSIONS).map_err(fail)?;
+        let range = match &self.after {
+            Some(k) => table.range::<&str>((Bound::Excluded(k.as_str()), Bound::Unbounded)),
+            None => table.range::<&str>(..),
+        }
+        .map_err(fail)?;
+        let mut out = Vec::with_capacity(max);
+        for entry in range.take(max) {
+            let (k, v) = entry.map_err(fail)?;
+            out.push((k.value().to_string(), v.value().to_vec()));
+        }
+        if out.len() < max {
+            self.done = true;
+        }
+        self.after = out.last().map(|(k, _)| k.clone());
+        if out.is_empty() {
+            return Ok(None);
+        }
+        Ok(Some(out))
+    }
+}
