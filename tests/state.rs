@@ -254,7 +254,7 @@ fn register_read_update_delete_a_client() {
     assert_eq!(
         api.client_op(
             reqwest::Method::POST,
-            &other.body["client_id"].as_str().unwrap().to_string(),
+            other.body["client_id"].as_str().unwrap(),
             &other_rat,
             None
         )
