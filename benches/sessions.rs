@@ -1,0 +1,252 @@
+//! The session store at scale, through the real server over TLS:
+//!
+//! - with N sessions stored (default 1 000 000): `DELETE ?all=true&quiet=true` time;
+//!   `DELETE ?all=true` time to first byte, total time, and the server's RSS growth while the
+//!   map streams (sampled from /proc every 5 ms);
+//! - session create throughput (POST over TLS, keep-alive) with `:memory:` and a durable file.
+//!
+//!     cargo bench --bench sessions                       # N = 1 000 000, 5 s of creates
+//!     cargo bench --bench sessions -- --sessions 100000 --seconds 2
+//!
+//! Under `cargo test` (no `--bench` argument) it runs a small smoke version. Results:
+//! BENCHMARKS.md.
+
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bindgate::config::{SessionLimits, StatePath};
+use bindgate::state::{sessions, Store};
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+struct Server {
+    child: Child,
+    port: u16,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn start(pki: &Path, state: &str, threads: usize) -> Server {
+    let port = free_port();
+    let admin = free_port();
+    let dir = pki.join(format!("run-{port}"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let config = dir.join("proxy.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            r#"
+listen:
+  address: "127.0.0.1:{port}"
+  tls: {{cert: "{pki}/server.crt", key: "{pki}/server.key"}}
+admin: {{address: "127.0.0.1:{admin}"}}
+session_store:
+  api_tokens:
+    - file: "{pki}/session-store.token"
+state:
+  path: "{state}"
+server: {{threads: {threads}, max_body: 64KiB}}
+"#,
+            pki = pki.display()
+        ),
+    )
+    .unwrap();
+    let child = Command::new(env!("CARGO_BIN_EXE_bindgate"))
+        .args(["run", "-c"])
+        .arg(&config)
+        .env("BINDGATE_LOG", "warn")
+        .stdout(std::fs::File::create(dir.join("bindgate.log")).unwrap())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        if reqwest::blocking::get(format!("http://127.0.0.1:{admin}/readyz")).is_ok_and(|r| r.status() == 200) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "bindgate did not become ready: {}",
+            std::fs::read_to_string(dir.join("bindgate.log")).unwrap_or_default()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Server { child, port }
+}
+
+fn client(pki: &Path, port: u16) -> reqwest::blocking::Client {
+    let ca = reqwest::Certificate::from_pem(&std::fs::read(pki.join("ca.crt")).unwrap()).unwrap();
+    reqwest::blocking::Client::builder()
+        .use_native_tls()
+        .add_root_certificate(ca)
+        .resolve("localhost", ([127, 0, 0, 1], port).into())
+        .http1_only()
+        .timeout(Duration::from_secs(600))
+        .build()
+        .unwrap()
+}
+
+fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+fn populate(db: &Path, n: usize) -> Duration {
+    let _ = std::fs::remove_file(db);
+    let started = Instant::now();
+    let store = Store::open(&StatePath::File(db.to_path_buf())).unwrap();
+    let limits = SessionLimits { max_life: 20160, auth_life: 10080, max_idle: 15 };
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() as i64;
+    // In batches, so the importing process's memory stays bounded too.
+    for start in (0..n).step_by(100_000) {
+        let end = (start + 100_000).min(n);
+        store
+            .insert_sessions((start..end).map(|i| {
+                let body = format!(
+                    r#"{{"sub":"user-{}","acr":"urn:acr:1","amr":["pwd"],"claims":{{"email":"user{}@example.com"}}}}"#,
+                    i % 100_000,
+                    i
+                );
+                let r = sessions::record_from_body(body.as_bytes(), &limits, now, now).unwrap();
+                (format!("{:043}", i), r.subject.clone(), r.encode())
+            }))
+            .unwrap();
+    }
+    started.elapsed()
+}
+
+fn delete_all(pki: &Path, db: &Path, n: usize) {
+    let token = std::fs::read_to_string(pki.join("session-store.token")).unwrap().trim().to_string();
+
+    let fill = populate(db, n);
+    println!("populated {n} sessions in {:.1} s (file {:.0} MiB)", fill.as_secs_f64(), std::fs::metadata(db).unwrap().len() as f64 / 1048576.0);
+    let server = start(pki, &db.display().to_string(), 1);
+    let c = client(pki, server.port);
+    let url = format!("https://localhost:{}/session-store/rest/v2/sessions", server.port);
+    let t = Instant::now();
+    let r = c.delete(format!("{url}?all=true&quiet=true")).bearer_auth(&token).send().unwrap();
+    let quiet = t.elapsed();
+    assert_eq!(r.status(), 204);
+    println!("DELETE ?all=true&quiet=true with {n} sessions: {:.1} ms (status 204)", quiet.as_secs_f64() * 1e3);
+    drop(server);
+
+    populate(db, n);
+    let server = start(pki, &db.display().to_string(), 1);
+    let pid = server.child.id();
+    let c = client(pki, server.port);
+    let url = format!("https://localhost:{}/session-store/rest/v2/sessions", server.port);
+    // Warm the connection so that the first byte measures the delete, not the handshake.
+    let _ = c.get(format!("{url}?subject=nobody")).bearer_auth(&token).send().unwrap().bytes();
+    let before = rss_kib(pid);
+    let peak = Arc::new(AtomicU64::new(before));
+    let done = Arc::new(AtomicBool::new(false));
+    let sampler = {
+        let (peak, done) = (peak.clone(), done.clone());
+        std::thread::spawn(move || {
+            while !done.load(Ordering::Relaxed) {
+                peak.fetch_max(rss_kib(pid), Ordering::Relaxed);
+                std::thread::sleep(Duration::from_millis(5));
+            }
+        })
+    };
+    let t = Instant::now();
+    let mut r = c.delete(format!("{url}?all=true")).bearer_auth(&token).send().unwrap();
+    let mut buf = vec![0u8; 64 * 1024];
+    let first = r.read(&mut buf).unwrap();
+    let first_byte = t.elapsed();
+    assert!(first > 0 && buf[0] == b'{');
+    let mut total = first as u64;
+    let mut entries = buf[..first].iter().filter(|b| **b == b'{').count() as u64;
+    loop {
+        let n = r.read(&mut buf).unwrap();
+        if n == 0 {
+            break;
+        }
+        total += n as u64;
+        // Each session object holds two objects ({session}, {claims}); the map adds one.
+        entries += buf[..n].iter().filter(|b| **b == b'{').count() as u64;
+    }
+    let all = t.elapsed();
+    done.store(true, Ordering::Relaxed);
+    sampler.join().unwrap();
+    let growth = peak.load(Ordering::Relaxed).saturating_sub(before);
+    println!(
+        "DELETE ?all=true with {n} sessions: first byte {:.1} ms, whole map {:.2} s ({:.0} MiB, {} sessions), RSS before {:.1} MiB, peak growth while streaming {:.1} MiB",
+        first_byte.as_secs_f64() * 1e3,
+        all.as_secs_f64(),
+        total as f64 / 1048576.0,
+        (entries - 1) / 2,
+        before as f64 / 1024.0,
+        growth as f64 / 1024.0
+    );
+}
+
+fn creates(pki: &Path, state: &str, label: &str, seconds: u64, clients: usize) {
+    let token = std::fs::read_to_string(pki.join("session-store.token")).unwrap().trim().to_string();
+    let server = start(pki, state, 1);
+    let url = format!("https://localhost:{}/session-store/rest/v2/sessions", server.port);
+    let count = Arc::new(AtomicU64::new(0));
+    let deadline = Instant::now() + Duration::from_secs(seconds);
+    let handles: Vec<_> = (0..clients)
+        .map(|i| {
+            let (c, url, token, count) = (client(pki, server.port), url.clone(), token.clone(), count.clone());
+            std::thread::spawn(move || {
+                let mut n = 0u64;
+                while Instant::now() < deadline {
+                    let r = c
+                        .post(&url)
+                        .bearer_auth(&token)
+                        .body(format!(r#"{{"sub":"load-{i}-{n}","acr":"1"}}"#))
+                        .send()
+                        .unwrap();
+                    assert_eq!(r.status(), 201);
+                    n += 1;
+                }
+                count.fetch_add(n, Ordering::Relaxed);
+            })
+        })
+        .collect();
+    for h in handles {
+        h.join().unwrap();
+    }
+    let n = count.load(Ordering::Relaxed);
+    println!(
+        "session create over TLS, {label}, {clients} keep-alive clients, 1 server thread: {n} in {seconds} s = {:.0}/s",
+        n as f64 / seconds as f64
+    );
+}
+
+fn arg(name: &str) -> Option<String> {
+    let args: Vec<String> = std::env::args().collect();
+    args.iter().position(|a| a == name).and_then(|i| args.get(i + 1).cloned())
+}
+
+fn main() {
+    let benching = std::env::args().any(|a| a == "--bench");
+    let n: usize = arg("--sessions").and_then(|s| s.parse().ok()).unwrap_or(if benching { 1_000_000 } else { 2_000 });
+    let seconds: u64 = arg("--seconds").and_then(|s| s.parse().ok()).unwrap_or(if benching { 5 } else { 1 });
+    let dir = tempfile::tempdir().unwrap();
+    let pki: PathBuf = dir.path().join("pki");
+    let ok = Command::new(env!("CARGO_BIN_EXE_bindgate")).arg("dev-certs").arg(&pki).output().unwrap().status.success();
+    assert!(ok);
+    delete_all(&pki, &dir.path().join("sessions.db"), n);
+    creates(&pki, ":memory:", ":memory:", seconds, 8);
+    creates(&pki, &dir.path().join("create.db").display().to_string(), "durable file", seconds, 8);
+}
