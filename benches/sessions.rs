@@ -5,8 +5,10 @@
 //!   map streams (sampled from /proc every 5 ms);
 //! - session create throughput (POST over TLS, keep-alive) with `:memory:` and a durable file.
 //!
-//!     cargo bench --bench sessions                       # N = 1 000 000, 5 s of creates
-//!     cargo bench --bench sessions -- --sessions 100000 --seconds 2
+//! ```sh
+//! cargo bench --bench sessions                       # N = 1 000 000, 5 s of creates
+//! cargo bench --bench sessions -- --sessions 100000 --seconds 2
+//! ```
 //!
 //! Under `cargo test` (no `--bench` argument) it runs a small smoke version. Results:
 //! BENCHMARKS.md.
@@ -22,7 +24,11 @@ use bindgate::config::{SessionLimits, StatePath};
 use bindgate::state::{sessions, Store};
 
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 struct Server {
@@ -72,7 +78,9 @@ server: {{threads: {threads}, max_body: 64KiB}}
         .unwrap();
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
-        if reqwest::blocking::get(format!("http://127.0.0.1:{admin}/readyz")).is_ok_and(|r| r.status() == 200) {
+        if reqwest::blocking::get(format!("http://127.0.0.1:{admin}/readyz"))
+            .is_ok_and(|r| r.status() == 200)
+        {
             break;
         }
         assert!(
@@ -112,8 +120,15 @@ fn populate(db: &Path, n: usize) -> Duration {
     let _ = std::fs::remove_file(db);
     let started = Instant::now();
     let store = Store::open(&StatePath::File(db.to_path_buf())).unwrap();
-    let limits = SessionLimits { max_life: 20160, auth_life: 10080, max_idle: 15 };
-    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() as i64;
+    let limits = SessionLimits {
+        max_life: 20160,
+        auth_life: 10080,
+        max_idle: 15,
+    };
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
     // In batches, so the importing process's memory stays bounded too.
     for start in (0..n).step_by(100_000) {
         let end = (start + 100_000).min(n);
@@ -133,27 +148,52 @@ fn populate(db: &Path, n: usize) -> Duration {
 }
 
 fn delete_all(pki: &Path, db: &Path, n: usize) {
-    let token = std::fs::read_to_string(pki.join("session-store.token")).unwrap().trim().to_string();
+    let token = std::fs::read_to_string(pki.join("session-store.token"))
+        .unwrap()
+        .trim()
+        .to_string();
 
     let fill = populate(db, n);
-    println!("populated {n} sessions in {:.1} s (file {:.0} MiB)", fill.as_secs_f64(), std::fs::metadata(db).unwrap().len() as f64 / 1048576.0);
+    println!(
+        "populated {n} sessions in {:.1} s (file {:.0} MiB)",
+        fill.as_secs_f64(),
+        std::fs::metadata(db).unwrap().len() as f64 / 1048576.0
+    );
     let server = start(pki, &db.display().to_string(), 1);
     let c = client(pki, server.port);
-    let url = format!("https://localhost:{}/session-store/rest/v2/sessions", server.port);
+    let url = format!(
+        "https://localhost:{}/session-store/rest/v2/sessions",
+        server.port
+    );
     let t = Instant::now();
-    let r = c.delete(format!("{url}?all=true&quiet=true")).bearer_auth(&token).send().unwrap();
+    let r = c
+        .delete(format!("{url}?all=true&quiet=true"))
+        .bearer_auth(&token)
+        .send()
+        .unwrap();
     let quiet = t.elapsed();
     assert_eq!(r.status(), 204);
-    println!("DELETE ?all=true&quiet=true with {n} sessions: {:.1} ms (status 204)", quiet.as_secs_f64() * 1e3);
+    println!(
+        "DELETE ?all=true&quiet=true with {n} sessions: {:.1} ms (status 204)",
+        quiet.as_secs_f64() * 1e3
+    );
     drop(server);
 
     populate(db, n);
     let server = start(pki, &db.display().to_string(), 1);
     let pid = server.child.id();
     let c = client(pki, server.port);
-    let url = format!("https://localhost:{}/session-store/rest/v2/sessions", server.port);
+    let url = format!(
+        "https://localhost:{}/session-store/rest/v2/sessions",
+        server.port
+    );
     // Warm the connection so that the first byte measures the delete, not the handshake.
-    let _ = c.get(format!("{url}?subject=nobody")).bearer_auth(&token).send().unwrap().bytes();
+    let _ = c
+        .get(format!("{url}?subject=nobody"))
+        .bearer_auth(&token)
+        .send()
+        .unwrap()
+        .bytes();
     let before = rss_kib(pid);
     let peak = Arc::new(AtomicU64::new(before));
     let done = Arc::new(AtomicBool::new(false));
@@ -167,7 +207,11 @@ fn delete_all(pki: &Path, db: &Path, n: usize) {
         })
     };
     let t = Instant::now();
-    let mut r = c.delete(format!("{url}?all=true")).bearer_auth(&token).send().unwrap();
+    let mut r = c
+        .delete(format!("{url}?all=true"))
+        .bearer_auth(&token)
+        .send()
+        .unwrap();
     let mut buf = vec![0u8; 64 * 1024];
     let first = r.read(&mut buf).unwrap();
     let first_byte = t.elapsed();
@@ -199,14 +243,25 @@ fn delete_all(pki: &Path, db: &Path, n: usize) {
 }
 
 fn creates(pki: &Path, state: &str, label: &str, seconds: u64, clients: usize) {
-    let token = std::fs::read_to_string(pki.join("session-store.token")).unwrap().trim().to_string();
+    let token = std::fs::read_to_string(pki.join("session-store.token"))
+        .unwrap()
+        .trim()
+        .to_string();
     let server = start(pki, state, 1);
-    let url = format!("https://localhost:{}/session-store/rest/v2/sessions", server.port);
+    let url = format!(
+        "https://localhost:{}/session-store/rest/v2/sessions",
+        server.port
+    );
     let count = Arc::new(AtomicU64::new(0));
     let deadline = Instant::now() + Duration::from_secs(seconds);
     let handles: Vec<_> = (0..clients)
         .map(|i| {
-            let (c, url, token, count) = (client(pki, server.port), url.clone(), token.clone(), count.clone());
+            let (c, url, token, count) = (
+                client(pki, server.port),
+                url.clone(),
+                token.clone(),
+                count.clone(),
+            );
             std::thread::spawn(move || {
                 let mut n = 0u64;
                 while Instant::now() < deadline {
@@ -235,18 +290,36 @@ fn creates(pki: &Path, state: &str, label: &str, seconds: u64, clients: usize) {
 
 fn arg(name: &str) -> Option<String> {
     let args: Vec<String> = std::env::args().collect();
-    args.iter().position(|a| a == name).and_then(|i| args.get(i + 1).cloned())
+    args.iter()
+        .position(|a| a == name)
+        .and_then(|i| args.get(i + 1).cloned())
 }
 
 fn main() {
     let benching = std::env::args().any(|a| a == "--bench");
-    let n: usize = arg("--sessions").and_then(|s| s.parse().ok()).unwrap_or(if benching { 1_000_000 } else { 2_000 });
-    let seconds: u64 = arg("--seconds").and_then(|s| s.parse().ok()).unwrap_or(if benching { 5 } else { 1 });
+    let n: usize = arg("--sessions")
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(if benching { 1_000_000 } else { 2_000 });
+    let seconds: u64 = arg("--seconds")
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(if benching { 5 } else { 1 });
     let dir = tempfile::tempdir().unwrap();
     let pki: PathBuf = dir.path().join("pki");
-    let ok = Command::new(env!("CARGO_BIN_EXE_bindgate")).arg("dev-certs").arg(&pki).output().unwrap().status.success();
+    let ok = Command::new(env!("CARGO_BIN_EXE_bindgate"))
+        .arg("dev-certs")
+        .arg(&pki)
+        .output()
+        .unwrap()
+        .status
+        .success();
     assert!(ok);
     delete_all(&pki, &dir.path().join("sessions.db"), n);
     creates(&pki, ":memory:", ":memory:", seconds, 8);
-    creates(&pki, &dir.path().join("create.db").display().to_string(), "durable file", seconds, 8);
+    creates(
+        &pki,
+        &dir.path().join("create.db").display().to_string(),
+        "durable file",
+        seconds,
+        8,
+    );
 }

@@ -219,7 +219,7 @@ impl Gateway {
     }
 
     /// Streams a delete-all map chunk by chunk: memory stays flat whatever the store holds.
-    async fn stream(&self, session: &mut Session, mut stream: StreamingDelete) -> Result<()> {
+    async fn stream(&self, session: &mut Session, mut stream: Box<StreamingDelete>) -> Result<()> {
         let mut header = pingora::http::ResponseHeader::build(200, Some(4))?;
         header.insert_header("content-type", "application/json")?;
         header.insert_header("cache-control", "no-store")?;

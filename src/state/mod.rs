@@ -34,7 +34,7 @@ pub enum Reply {
     },
     NoContent,
     /// Every session deleted, to be streamed as one JSON object.
-    Stream(StreamingDelete),
+    Stream(Box<StreamingDelete>),
 }
 
 /// The JSON map of a delete-all, produced chunk by chunk from the pre-delete snapshot.
@@ -441,11 +441,11 @@ impl StateService {
                     let snapshot = self.store.delete_all_sessions(!q.quiet).map_err(storage)?;
                     match snapshot {
                         None => Ok(Reply::NoContent),
-                        Some(s) => Ok(Reply::Stream(StreamingDelete {
+                        Some(s) => Ok(Reply::Stream(Box::new(StreamingDelete {
                             snapshot: Some(s),
                             started: false,
                             first_entry: true,
-                        })),
+                        }))),
                     }
                 }
                 (None, None, false) => Err(need()),

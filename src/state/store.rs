@@ -3,8 +3,8 @@
 
 use redb::backends::InMemoryBackend;
 use redb::{
-    Database, Durability, MultimapTableDefinition, ReadTransaction, ReadableDatabase,
-    ReadableTable, ReadableTableMetadata, TableDefinition,
+    Database, Durability, MultimapTableDefinition, MultimapTableHandle, ReadTransaction,
+    ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition, TableHandle,
 };
 use std::ops::Bound;
 use std::sync::Arc;
@@ -12,9 +12,58 @@ use std::sync::Arc;
 use crate::config::StatePath;
 
 const CLIENTS: TableDefinition<&str, &[u8]> = TableDefinition::new("clients");
-const SESSIONS: TableDefinition<&str, &[u8]> = TableDefinition::new("sessions");
-const BY_SUBJECT: MultimapTableDefinition<&str, &str> =
-    MultimapTableDefinition::new("sessions_by_subject");
+const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
+const GENERATION: &str = "sessions_generation";
+
+/// The session tables of one generation. A delete-all switches to a new, empty generation in
+/// one small commit (so its answer starts at once, whatever the store holds) and drops the old
+/// tables afterwards, off the request path.
+#[derive(Clone, Debug)]
+struct Generation {
+    n: u64,
+    sessions: String,
+    by_subject: String,
+}
+
+impl Generation {
+    fn of(n: u64) -> Self {
+        Generation {
+            n,
+            sessions: format!("sessions.{n}"),
+            by_subject: format!("sessions_by_subject.{n}"),
+        }
+    }
+
+    fn sessions(&self) -> TableDefinition<'_, &'static str, &'static [u8]> {
+        TableDefinition::new(&self.sessions)
+    }
+
+    fn by_subject(&self) -> MultimapTableDefinition<'_, &'static str, &'static str> {
+        MultimapTableDefinition::new(&self.by_subject)
+    }
+}
+
+/// The current generation, as this write transaction sees it.
+fn gen_w(txn: &redb::WriteTransaction) -> Result<Generation> {
+    let meta = txn.open_table(META).map_err(fail)?;
+    let n = meta
+        .get(GENERATION)
+        .map_err(fail)?
+        .map(|v| v.value())
+        .unwrap_or(0);
+    Ok(Generation::of(n))
+}
+
+/// The current generation, as this snapshot sees it.
+fn gen_r(txn: &ReadTransaction) -> Result<Generation> {
+    let meta = txn.open_table(META).map_err(fail)?;
+    let n = meta
+        .get(GENERATION)
+        .map_err(fail)?
+        .map(|v| v.value())
+        .unwrap_or(0);
+    Ok(Generation::of(n))
+}
 
 /// The storage failed (disk full, I/O error, corruption).
 #[derive(Debug, thiserror::Error)]
@@ -48,7 +97,7 @@ impl Store {
     pub fn open(path: &StatePath) -> std::result::Result<Self, String> {
         let mut builder = Database::builder();
         // The page cache would otherwise grow to 1 GiB while a large store is read.
-        builder.set_cache_size(32 * 1024 * 1024);
+        builder.set_cache_size(16 * 1024 * 1024);
         let db = match path {
             StatePath::Memory => builder
                 .create_with_backend(InMemoryBackend::new())
@@ -63,13 +112,36 @@ impl Store {
                     .map_err(|e| format!("state.path: {}: {e}", file.display()))?
             }
         };
-        // Create the tables once, so that readers never meet a missing table.
+        // Create the tables once, so that readers never meet a missing table, and drop session
+        // generations a crash left behind after a delete-all.
         let store = Store { db: Arc::new(db) };
         store
             .write(Commit::Durable, |txn| {
                 txn.open_table(CLIENTS).map_err(fail)?;
-                txn.open_table(SESSIONS).map_err(fail)?;
-                txn.open_multimap_table(BY_SUBJECT).map_err(fail)?;
+                let current = gen_w(txn)?;
+                txn.open_table(current.sessions()).map_err(fail)?;
+                txn.open_multimap_table(current.by_subject())
+                    .map_err(fail)?;
+                let stale: Vec<String> = txn
+                    .list_tables()
+                    .map_err(fail)?
+                    .map(|t| t.name().to_string())
+                    .filter(|n| n.starts_with("sessions.") && *n != current.sessions)
+                    .collect();
+                for name in stale {
+                    txn.delete_table(TableDefinition::<&str, &[u8]>::new(&name))
+                        .map_err(fail)?;
+                }
+                let stale: Vec<String> = txn
+                    .list_multimap_tables()
+                    .map_err(fail)?
+                    .map(|t| t.name().to_string())
+                    .filter(|n| n.starts_with("sessions_by_subject.") && *n != current.by_subject)
+                    .collect();
+                for name in stale {
+                    txn.delete_multimap_table(MultimapTableDefinition::<&str, &str>::new(&name))
+                        .map_err(fail)?;
+                }
                 Ok(())
             })
             .map_err(|e| format!("state.path: {e}"))?;
@@ -141,11 +213,12 @@ impl Store {
         commit: Commit,
     ) -> Result<()> {
         self.write(commit, |txn| {
-            txn.open_table(SESSIONS)
+            let g = gen_w(txn)?;
+            txn.open_table(g.sessions())
                 .map_err(fail)?
                 .insert(sid, record)
                 .map_err(fail)?;
-            txn.open_multimap_table(BY_SUBJECT)
+            txn.open_multimap_table(g.by_subject())
                 .map_err(fail)?
                 .insert(subject, sid)
                 .map_err(fail)?;
@@ -162,13 +235,14 @@ impl Store {
         record: &[u8],
     ) -> Result<bool> {
         self.write(Commit::Durable, |txn| {
-            let mut sessions = txn.open_table(SESSIONS).map_err(fail)?;
+            let g = gen_w(txn)?;
+            let mut sessions = txn.open_table(g.sessions()).map_err(fail)?;
             if sessions.get(sid).map_err(fail)?.is_none() {
                 return Ok(false);
             }
             sessions.insert(sid, record).map_err(fail)?;
             if old_subject != subject {
-                let mut index = txn.open_multimap_table(BY_SUBJECT).map_err(fail)?;
+                let mut index = txn.open_multimap_table(g.by_subject()).map_err(fail)?;
                 index.remove(old_subject, sid).map_err(fail)?;
                 index.insert(subject, sid).map_err(fail)?;
             }
@@ -178,14 +252,16 @@ impl Store {
 
     pub fn get_session(&self, sid: &str) -> Result<Option<Vec<u8>>> {
         let txn = self.read()?;
-        let table = txn.open_table(SESSIONS).map_err(fail)?;
+        let g = gen_r(&txn)?;
+        let table = txn.open_table(g.sessions()).map_err(fail)?;
         Ok(table.get(sid).map_err(fail)?.map(|v| v.value().to_vec()))
     }
 
     pub fn sessions_of(&self, subject: &str) -> Result<Entries> {
         let txn = self.read()?;
-        let index = txn.open_multimap_table(BY_SUBJECT).map_err(fail)?;
-        let sessions = txn.open_table(SESSIONS).map_err(fail)?;
+        let g = gen_r(&txn)?;
+        let index = txn.open_multimap_table(g.by_subject()).map_err(fail)?;
+        let sessions = txn.open_table(g.sessions()).map_err(fail)?;
         let mut out = Vec::new();
         for sid in index.get(subject).map_err(fail)? {
             let sid = sid.map_err(fail)?;
@@ -203,14 +279,15 @@ impl Store {
         subject_of: impl Fn(&[u8]) -> Option<String>,
     ) -> Result<Option<Vec<u8>>> {
         self.write(Commit::Durable, |txn| {
-            let mut sessions = txn.open_table(SESSIONS).map_err(fail)?;
+            let g = gen_w(txn)?;
+            let mut sessions = txn.open_table(g.sessions()).map_err(fail)?;
             let removed = sessions
                 .remove(sid)
                 .map_err(fail)?
                 .map(|v| v.value().to_vec());
             if let Some(record) = &removed {
                 if let Some(subject) = subject_of(record) {
-                    txn.open_multimap_table(BY_SUBJECT)
+                    txn.open_multimap_table(g.by_subject())
                         .map_err(fail)?
                         .remove(subject.as_str(), sid)
                         .map_err(fail)?;
@@ -223,8 +300,9 @@ impl Store {
     /// Removes every session of `subject`; their records.
     pub fn delete_subject(&self, subject: &str) -> Result<Entries> {
         self.write(Commit::Durable, |txn| {
-            let mut index = txn.open_multimap_table(BY_SUBJECT).map_err(fail)?;
-            let mut sessions = txn.open_table(SESSIONS).map_err(fail)?;
+            let g = gen_w(txn)?;
+            let mut index = txn.open_multimap_table(g.by_subject()).map_err(fail)?;
+            let mut sessions = txn.open_table(g.sessions()).map_err(fail)?;
             let mut out = Vec::new();
             let sids: Vec<String> = index
                 .remove_all(subject)
@@ -243,23 +321,42 @@ impl Store {
         })
     }
 
-    /// Removes every session at once. With `keep_snapshot`, the deleted sessions stay readable
-    /// from the returned snapshot (MVCC: nothing is copied) until it is dropped.
+    /// Removes every session at once: one small commit switches to an empty generation. With
+    /// `keep_snapshot`, the deleted sessions stay readable from the returned snapshot (MVCC:
+    /// nothing is copied) until it is dropped. The old tables are dropped on another thread.
     pub fn delete_all_sessions(&self, keep_snapshot: bool) -> Result<Option<SessionSnapshot>> {
+        let txn = self.db.begin_write().map_err(fail)?;
+        // Begun while this transaction holds the writer lock: exactly the state being deleted.
         let snapshot = if keep_snapshot {
             Some(self.read()?)
         } else {
             None
         };
-        self.write(Commit::Durable, |txn| {
-            txn.delete_table(SESSIONS).map_err(fail)?;
-            txn.delete_multimap_table(BY_SUBJECT).map_err(fail)?;
-            txn.open_table(SESSIONS).map_err(fail)?;
-            txn.open_multimap_table(BY_SUBJECT).map_err(fail)?;
-            Ok(())
-        })?;
+        let old = gen_w(&txn)?;
+        let next = Generation::of(old.n + 1);
+        txn.open_table(META)
+            .map_err(fail)?
+            .insert(GENERATION, next.n)
+            .map_err(fail)?;
+        txn.open_table(next.sessions()).map_err(fail)?;
+        txn.open_multimap_table(next.by_subject()).map_err(fail)?;
+        txn.commit().map_err(fail)?;
+        let store = self.clone();
+        let doomed = old.clone();
+        std::thread::spawn(move || {
+            let dropped = store.write(Commit::Durable, |txn| {
+                txn.delete_table(doomed.sessions()).map_err(fail)?;
+                txn.delete_multimap_table(doomed.by_subject())
+                    .map_err(fail)?;
+                Ok(())
+            });
+            if let Err(e) = dropped {
+                tracing::warn!(target: "bindgate::state", "dropping deleted sessions failed (retried at next start): {e}");
+            }
+        });
         Ok(snapshot.map(|txn| SessionSnapshot {
             txn,
+            generation: old,
             after: None,
             done: false,
         }))
@@ -275,7 +372,8 @@ impl Store {
     ) -> Result<(usize, Option<String>)> {
         let (doomed, last) = {
             let txn = self.read()?;
-            let table = txn.open_table(SESSIONS).map_err(fail)?;
+            let g = gen_r(&txn)?;
+            let table = txn.open_table(g.sessions()).map_err(fail)?;
             let range = match after {
                 Some(k) => table.range::<&str>((Bound::Excluded(k), Bound::Unbounded)),
                 None => table.range::<&str>(..),
@@ -294,8 +392,9 @@ impl Store {
         };
         if !doomed.is_empty() {
             self.write(Commit::Lazy, |txn| {
-                let mut sessions = txn.open_table(SESSIONS).map_err(fail)?;
-                let mut index = txn.open_multimap_table(BY_SUBJECT).map_err(fail)?;
+                let g = gen_w(txn)?;
+                let mut sessions = txn.open_table(g.sessions()).map_err(fail)?;
+                let mut index = txn.open_multimap_table(g.by_subject()).map_err(fail)?;
                 for (sid, subject) in &doomed {
                     sessions.remove(sid.as_str()).map_err(fail)?;
                     index.remove(subject.as_str(), sid.as_str()).map_err(fail)?;
@@ -308,7 +407,11 @@ impl Store {
 
     pub fn session_count(&self) -> Result<u64> {
         let txn = self.read()?;
-        txn.open_table(SESSIONS).map_err(fail)?.len().map_err(fail)
+        let g = gen_r(&txn)?;
+        txn.open_table(g.sessions())
+            .map_err(fail)?
+            .len()
+            .map_err(fail)
     }
 
     /// Inserts many sessions in one transaction (benchmarks and imports).
@@ -317,8 +420,9 @@ impl Store {
         items: impl Iterator<Item = (String, String, Vec<u8>)>,
     ) -> Result<()> {
         self.write(Commit::Durable, |txn| {
-            let mut sessions = txn.open_table(SESSIONS).map_err(fail)?;
-            let mut index = txn.open_multimap_table(BY_SUBJECT).map_err(fail)?;
+            let g = gen_w(txn)?;
+            let mut sessions = txn.open_table(g.sessions()).map_err(fail)?;
+            let mut index = txn.open_multimap_table(g.by_subject()).map_err(fail)?;
             for (sid, subject, record) in items {
                 sessions
                     .insert(sid.as_str(), record.as_slice())
@@ -333,6 +437,7 @@ impl Store {
 /// The sessions as they were just before a delete-all, read in chunks.
 pub struct SessionSnapshot {
     txn: ReadTransaction,
+    generation: Generation,
     after: Option<String>,
     done: bool,
 }
@@ -343,7 +448,10 @@ impl SessionSnapshot {
         if self.done {
             return Ok(None);
         }
-        let table = self.txn.open_table(SESSIONS).map_err(fail)?;
+        let table = self
+            .txn
+            .open_table(self.generation.sessions())
+            .map_err(fail)?;
         let range = match &self.after {
             Some(k) => table.range::<&str>((Bound::Excluded(k.as_str()), Bound::Unbounded)),
             None => table.range::<&str>(..),
