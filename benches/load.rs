@@ -1,0 +1,748 @@
+//! The load harness: many keep-alive HTTPS connections, each presenting a client certificate,
+//! against bindgate (and HAProxy doing the same job), on loopback only.
+//!
+//! ```sh
+//! cargo bench --bench load                                   # every scenario, bindgate only
+//! cargo bench --bench load -- --proxy both --pin             # a, b, e side by side with HAProxy
+//! cargo bench --bench load -- --scenario a-es256 --connections 64 --duration 10 --json out.json
+//! ```
+//!
+//! Scenarios: `a-es256` / `a-rs256` (a bound token, repeated, with the matching certificate, on
+//! the registration path forwarded to a static upstream), `b` (a fresh ES256 token on every
+//! request), `c` (`POST /clients` into the embedded registry), `d` (session create + read on the
+//! embedded store), `e` (passthrough: a route with no authorisation). Tokens are minted before
+//! timing starts. `--pin` runs the proxies on CPU 1 and the harness (load and upstream) on
+//! CPU 0. Under `cargo test` (no `--bench` argument) a short smoke of every scenario runs and
+//! checks that every answer was a success; no timing is asserted.
+
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine;
+use openssl::pkey::PKey;
+use serde_json::json;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+const ISSUER: &str = "https://idp.example.com";
+const ENDPOINT: &str = "https://idp.example.com/clients";
+
+#[derive(Clone)]
+struct Options {
+    scenarios: Vec<String>,
+    proxies: Vec<String>,
+    connections: usize,
+    duration: Duration,
+    requests: u64,
+    threads: usize,
+    pin: bool,
+    tokens: usize,
+    json: Option<PathBuf>,
+    smoke: bool,
+}
+
+fn options() -> Options {
+    let args: Vec<String> = std::env::args().collect();
+    let get = |name: &str| {
+        args.iter()
+            .position(|a| a == name)
+            .and_then(|i| args.get(i + 1).cloned())
+    };
+    let smoke = !args.iter().any(|a| a == "--bench");
+    let scenario = get("--scenario").unwrap_or_else(|| "all".into());
+    let scenarios = if scenario == "all" {
+        ["a-es256", "a-rs256", "b", "c", "d", "e"]
+            .map(String::from)
+            .to_vec()
+    } else {
+        scenario.split(',').map(String::from).collect()
+    };
+    let proxy = get("--proxy").unwrap_or_else(|| "bindgate".into());
+    let proxies = if proxy == "both" {
+        vec!["bindgate".to_string(), "haproxy".to_string()]
+    } else {
+        vec![proxy]
+    };
+    let duration = get("--duration")
+        .and_then(|d| d.parse::<f64>().ok())
+        .unwrap_or(if smoke { 0.3 } else { 10.0 });
+    Options {
+        scenarios,
+        proxies,
+        connections: get("--connections")
+            .and_then(|c| c.parse().ok())
+            .unwrap_or(if smoke { 4 } else { 32 }),
+        duration: Duration::from_secs_f64(duration.clamp(0.1, 600.0)),
+        requests: get("--requests").and_then(|c| c.parse().ok()).unwrap_or(0),
+        threads: get("--threads").and_then(|c| c.parse().ok()).unwrap_or(1),
+        pin: args.iter().any(|a| a == "--pin"),
+        tokens: get("--tokens")
+            .and_then(|c| c.parse().ok())
+            .unwrap_or(if smoke { 2_000 } else { 150_000 }),
+        json: get("--json").map(PathBuf::from),
+        smoke,
+    }
+}
+
+fn b64(b: &[u8]) -> String {
+    URL_SAFE_NO_PAD.encode(b)
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Keys, certificates and tokens, made before any timing.
+struct Material {
+    dir: PathBuf,
+    es_key: PKey<openssl::pkey::Private>,
+    es_kid: String,
+    rs_key: jsonwebtoken::EncodingKey,
+    x5t: String,
+}
+
+fn material(dir: &Path) -> Material {
+    let ok = Command::new(env!("CARGO_BIN_EXE_bindgate"))
+        .arg("dev-certs")
+        .arg(dir)
+        .output()
+        .unwrap()
+        .status
+        .success();
+    assert!(ok, "dev-certs");
+    let es_key =
+        bindgate::devtoken::load_key(&std::fs::read(dir.join("signing.key")).unwrap()).unwrap();
+    let es_jwk = bindgate::devtoken::public_jwk(&es_key).unwrap();
+    let rsa = openssl::rsa::Rsa::generate(2048).unwrap();
+    let rs_jwk = json!({"kty": "RSA", "kid": "rs1", "use": "sig", "n": b64(&rsa.n().to_vec()), "e": b64(&rsa.e().to_vec())});
+    std::fs::write(
+        dir.join("bench-jwks.json"),
+        json!({"keys": [es_jwk, rs_jwk]}).to_string(),
+    )
+    .unwrap();
+    // HAProxy's jwt_verify takes PEM public keys, not certificates.
+    std::fs::write(
+        dir.join("es256.pub.pem"),
+        es_key.public_key_to_pem().unwrap(),
+    )
+    .unwrap();
+    let rs_pkey = PKey::from_rsa(rsa.clone()).unwrap();
+    std::fs::write(
+        dir.join("rs256.pub.pem"),
+        rs_pkey.public_key_to_pem().unwrap(),
+    )
+    .unwrap();
+    // HAProxy wants certificate and key in one file.
+    let mut pem = std::fs::read(dir.join("server.crt")).unwrap();
+    pem.extend(std::fs::read(dir.join("server.key")).unwrap());
+    std::fs::write(dir.join("server.pem"), pem).unwrap();
+    let x5t =
+        bindgate::certificate::thumbprint_of_pem(&std::fs::read(dir.join("client1.crt")).unwrap())
+            .unwrap();
+    Material {
+        dir: dir.to_path_buf(),
+        es_kid: es_jwk["kid"].as_str().unwrap().to_string(),
+        es_key,
+        rs_key: jsonwebtoken::EncodingKey::from_rsa_pem(&rsa.private_key_to_pem().unwrap())
+            .unwrap(),
+        x5t,
+    }
+}
+
+impl Material {
+    fn claims(&self, jti: usize) -> serde_json::Value {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs();
+        // Connect2id's `scp` array for bindgate, the RFC 9068 `scope` string for HAProxy
+        // (its JSON queries cannot read arrays).
+        json!({"iss": ISSUER, "aud": ENDPOINT, "sub": "load", "scp": ["client-reg"], "scope": "client-reg",
+               "iat": now, "exp": now + 3600, "jti": jti.to_string(), "cnf": {"x5t#S256": self.x5t}})
+    }
+
+    fn es256(&self, jti: usize) -> String {
+        bindgate::devtoken::sign_es256(&self.es_key, &self.es_kid, &self.claims(jti)).unwrap()
+    }
+
+    fn rs256(&self, jti: usize) -> String {
+        let mut h = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::RS256);
+        h.kid = Some("rs1".into());
+        jsonwebtoken::encode(&h, &self.claims(jti), &self.rs_key).unwrap()
+    }
+}
+
+/// A small static upstream: every request gets `200 ok`, keep-alive.
+fn static_upstream() -> u16 {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.set_nonblocking(true).unwrap();
+    let port = listener.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async move {
+            let listener = tokio::net::TcpListener::from_std(listener).unwrap();
+            loop {
+                let Ok((mut tcp, _)) = listener.accept().await else { continue };
+                tokio::spawn(async move {
+                    let _ = tcp.set_nodelay(true);
+                    let mut buf = Vec::with_capacity(8192);
+                    let mut chunk = [0u8; 8192];
+                    loop {
+                        let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") else {
+                            match tcp.read(&mut chunk).await {
+                                Ok(0) | Err(_) => return,
+                                Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                            }
+                            continue;
+                        };
+                        let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
+                        let len: usize = head
+                            .lines()
+                            .find_map(|l| l.strip_prefix("content-length:"))
+                            .and_then(|v| v.trim().parse().ok())
+                            .unwrap_or(0);
+                        while buf.len() < end + 4 + len {
+                            match tcp.read(&mut chunk).await {
+                                Ok(0) | Err(_) => return,
+                                Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                            }
+                        }
+                        buf.drain(..end + 4 + len);
+                        if tcp
+                            .write_all(b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 11\r\n\r\n{\"ok\":true}")
+                            .await
+                            .is_err()
+                        {
+                            return;
+                        }
+                    }
+                });
+            }
+        });
+    });
+    port
+}
+
+struct Proxy {
+    child: Child,
+    port: u16,
+    admin: Option<u16>,
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn spawn(o: &Options, program: &str, args: &[&str], log: &Path) -> Child {
+    let mut cmd = if o.pin {
+        let mut c = Command::new("taskset");
+        c.args(["-c", "1", program]);
+        c
+    } else {
+        Command::new(program)
+    };
+    cmd.args(args)
+        .env("BINDGATE_LOG", "warn")
+        .stdin(Stdio::null())
+        .stdout(std::fs::File::create(log).unwrap())
+        .stderr(std::fs::File::create(log.with_extension("err")).unwrap())
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot start {program}: {e}"))
+}
+
+fn wait_port(port: u16, what: &str, log: &Path) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(
+            Instant::now() < deadline,
+            "{what} did not start: {}{}",
+            std::fs::read_to_string(log).unwrap_or_default(),
+            std::fs::read_to_string(log.with_extension("err")).unwrap_or_default()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn start_bindgate(o: &Options, m: &Material, upstream: u16, embedded: bool) -> Proxy {
+    let port = free_port();
+    let admin = free_port();
+    let dir = &m.dir;
+    let target = if embedded { "embedded" } else { "static" };
+    let config = dir.join(format!("bindgate-{port}.yaml"));
+    std::fs::write(
+        &config,
+        format!(
+            r#"
+listen:
+  address: "127.0.0.1:{port}"
+  tls: {{cert: "{d}/server.crt", key: "{d}/server.key", client_auth: optional, client_ca: "{d}/ca.crt"}}
+admin: {{address: "127.0.0.1:{admin}"}}
+issuer: "{ISSUER}"
+jwks: {{file: "{d}/bench-jwks.json"}}
+tokens: {{algorithms: [RS256, ES256], verified_cache_entries: 100000}}
+registration:
+  endpoint_uri: "{ENDPOINT}"
+  target: {target}
+  master_tokens: [{{file: "{d}/master.token"}}]
+session_store:
+  target: embedded
+  api_tokens: [{{file: "{d}/session-store.token"}}]
+upstreams:
+  static: {{address: "127.0.0.1:{upstream}"}}
+routes:
+  - {{prefix: /passthrough, upstream: static}}
+state: {{path: ":memory:"}}
+server: {{threads: {threads}, grace_period: 1s}}
+"#,
+            d = dir.display(),
+            threads = o.threads
+        ),
+    )
+    .unwrap();
+    let log = dir.join(format!("bindgate-{port}.log"));
+    let child = spawn(
+        o,
+        env!("CARGO_BIN_EXE_bindgate"),
+        &["run", "-c", config.to_str().unwrap()],
+        &log,
+    );
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        if reqwest::blocking::get(format!("http://127.0.0.1:{admin}/readyz"))
+            .is_ok_and(|r| r.status() == 200)
+        {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "bindgate not ready: {}",
+            std::fs::read_to_string(&log).unwrap_or_default()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Proxy {
+        child,
+        port,
+        admin: Some(admin),
+    }
+}
+
+fn start_haproxy(o: &Options, m: &Material, upstream: u16) -> Proxy {
+    let port = free_port();
+    let d = m.dir.display();
+    let config = m.dir.join(format!("haproxy-{port}.cfg"));
+    // The same job as far as HAProxy 2.6 can: TLS with the client certificate verified against
+    // the CA, jwt_verify with the same keys, exp/iss/aud/scope checks, and the RFC 8705 binding.
+    std::fs::write(
+        &config,
+        format!(
+            r#"global
+    nbthread {threads}
+    maxconn 4096
+    tune.ssl.default-dh-param 2048
+defaults
+    mode http
+    timeout connect 5s
+    timeout client 30s
+    timeout server 30s
+    option http-keep-alive
+frontend fe
+    bind 127.0.0.1:{port} ssl crt {d}/server.pem ca-file {d}/ca.crt verify optional alpn http/1.1
+    http-request allow if {{ path_beg /passthrough }}
+    http-request deny deny_status 401 unless {{ req.hdr(authorization) -m beg "Bearer " }}
+    http-request set-var(txn.bearer) http_auth_bearer
+    http-request set-var(txn.alg) var(txn.bearer),jwt_header_query('$.alg')
+    http-request set-var(txn.ok) var(txn.bearer),jwt_verify(txn.alg,"{d}/es256.pub.pem") if {{ var(txn.alg) -m str ES256 }}
+    http-request set-var(txn.ok) var(txn.bearer),jwt_verify(txn.alg,"{d}/rs256.pub.pem") if {{ var(txn.alg) -m str RS256 }}
+    http-request deny deny_status 401 unless {{ var(txn.ok) -m int 1 }}
+    http-request set-var(txn.exp) var(txn.bearer),jwt_payload_query('$.exp','int')
+    http-request set-var(txn.now) date()
+    http-request deny deny_status 401 unless {{ var(txn.exp),sub(txn.now) -m int gt 0 }}
+    http-request deny deny_status 401 unless {{ var(txn.bearer),jwt_payload_query('$.iss') -m str {ISSUER} }}
+    http-request deny deny_status 401 unless {{ var(txn.bearer),jwt_payload_query('$.aud') -m str {ENDPOINT} }}
+    http-request deny deny_status 403 unless {{ var(txn.bearer),jwt_payload_query('$.scope') -m sub client-reg }}
+    http-request set-var(txn.cnf) var(txn.bearer),jwt_payload_query('$.cnf.x5t\\#S256')
+    http-request set-var(txn.x5t) ssl_c_der,sha2(256),ub64enc
+    http-request deny deny_status 401 unless {{ var(txn.cnf),strcmp(txn.x5t) eq 0 }}
+    default_backend static
+backend static
+    http-reuse always
+    server s1 127.0.0.1:{upstream}
+"#,
+            threads = o.threads
+        ),
+    )
+    .unwrap();
+    let log = m.dir.join(format!("haproxy-{port}.log"));
+    let child = spawn(o, "haproxy", &["-db", "-f", config.to_str().unwrap()], &log);
+    wait_port(port, "haproxy", &log);
+    Proxy {
+        child,
+        port,
+        admin: None,
+    }
+}
+
+#[derive(Default, serde::Serialize, Clone)]
+struct Report {
+    scenario: String,
+    proxy: String,
+    connections: usize,
+    seconds: f64,
+    requests: u64,
+    rps: f64,
+    p50_ms: f64,
+    p90_ms: f64,
+    p99_ms: f64,
+    max_ms: f64,
+    statuses: BTreeMap<String, u64>,
+    errors: u64,
+    proxy_peak_rss_mib: f64,
+}
+
+fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+#[derive(Clone, Copy, PartialEq)]
+enum Work {
+    Registration,
+    RegisterEmbedded,
+    Sessions,
+    Passthrough,
+}
+
+fn build(
+    work: Work,
+    base: &str,
+    st: &str,
+    c: &reqwest::Client,
+    token: &str,
+    i: u64,
+) -> Vec<reqwest::RequestBuilder> {
+    match work {
+        Work::Registration => vec![c
+            .post(format!("{base}/clients"))
+            .bearer_auth(token)
+            .header("content-type", "application/json")
+            .body(r#"{"redirect_uris":["https://app.example.com/cb"]}"#)],
+        Work::RegisterEmbedded => vec![c
+            .post(format!("{base}/clients"))
+            .bearer_auth(token)
+            .header("content-type", "application/json")
+            .body(r#"{"redirect_uris":["https://app.example.com/cb"],"client_name":"load"}"#)],
+        Work::Sessions => vec![c
+            .post(format!("{base}/session-store/rest/v2/sessions"))
+            .bearer_auth(st)
+            .body(format!(r#"{{"sub":"load-{i}","acr":"1"}}"#))],
+        Work::Passthrough => vec![c
+            .post(format!("{base}/passthrough/api"))
+            .header("content-type", "application/json")
+            .body(r#"{"redirect_uris":["https://app.example.com/cb"]}"#)],
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn run_load(
+    o: &Options,
+    m: &Material,
+    port: u16,
+    work: Work,
+    tokens: Arc<Vec<String>>,
+    pid: u32,
+    scenario: &str,
+    proxy: &str,
+) -> Report {
+    let identity = reqwest::Identity::from_pkcs8_pem(
+        &std::fs::read(m.dir.join("client1.crt")).unwrap(),
+        &std::fs::read(m.dir.join("client1.key")).unwrap(),
+    )
+    .unwrap();
+    let ca = reqwest::Certificate::from_pem(&std::fs::read(m.dir.join("ca.crt")).unwrap()).unwrap();
+    let st = std::fs::read_to_string(m.dir.join("session-store.token"))
+        .unwrap()
+        .trim()
+        .to_string();
+    let next_token = Arc::new(AtomicUsize::new(0));
+    let sent = Arc::new(AtomicU64::new(0));
+    let stop = Arc::new(AtomicBool::new(false));
+    let peak = Arc::new(AtomicU64::new(0));
+    let sampler = {
+        let (peak, stop) = (peak.clone(), stop.clone());
+        std::thread::spawn(move || {
+            while !stop.load(Ordering::Relaxed) {
+                peak.fetch_max(rss_kib(pid), Ordering::Relaxed);
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        })
+    };
+    let base = format!("https://localhost:{port}");
+    let mut clients = Vec::new();
+    for _ in 0..o.connections {
+        clients.push(
+            reqwest::Client::builder()
+                .use_native_tls()
+                .add_root_certificate(ca.clone())
+                .identity(identity.clone())
+                .resolve("localhost", ([127, 0, 0, 1], port).into())
+                .http1_only()
+                .pool_max_idle_per_host(1)
+                .timeout(Duration::from_secs(30))
+                .build()
+                .unwrap(),
+        );
+    }
+    // Warm-up: one request per connection (the TLS handshake is not part of the timing).
+    for c in &clients {
+        let t = tokens[0].clone();
+        for r in build(work, &base, &st, c, &t, 0) {
+            let _ = r.send().await.map(|r| r.bytes());
+        }
+    }
+    let started = Instant::now();
+    let deadline = started + o.duration;
+    let mut tasks = Vec::new();
+    for c in clients {
+        let (tokens, next_token, sent, o2, st) = (
+            tokens.clone(),
+            next_token.clone(),
+            sent.clone(),
+            o.clone(),
+            st.clone(),
+        );
+        let base = base.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut lat: Vec<u32> = Vec::with_capacity(1 << 16);
+            let mut statuses: BTreeMap<u16, u64> = BTreeMap::new();
+            let mut errors = 0u64;
+            let mut i = 0u64;
+            while Instant::now() < deadline
+                && (o2.requests == 0 || sent.load(Ordering::Relaxed) < o2.requests)
+            {
+                let token = &tokens[next_token.fetch_add(1, Ordering::Relaxed) % tokens.len()];
+                i += 1;
+                for r in build(work, &base, &st, &c, token, i) {
+                    let t = Instant::now();
+                    match r.send().await {
+                        Ok(resp) => {
+                            let status = resp.status().as_u16();
+                            let sid = if work == Work::Sessions && status == 201 {
+                                resp.json::<serde_json::Value>()
+                                    .await
+                                    .ok()
+                                    .and_then(|v| v["sid"].as_str().map(String::from))
+                            } else {
+                                let _ = resp.bytes().await;
+                                None
+                            };
+                            lat.push(t.elapsed().as_micros() as u32);
+                            *statuses.entry(status).or_default() += 1;
+                            sent.fetch_add(1, Ordering::Relaxed);
+                            // Scenario d: read the session back.
+                            if let Some(sid) = sid {
+                                let t = Instant::now();
+                                match c
+                                    .get(format!("{base}/session-store/rest/v2/sessions"))
+                                    .bearer_auth(&st)
+                                    .header("SID", sid)
+                                    .send()
+                                    .await
+                                {
+                                    Ok(resp) => {
+                                        let status = resp.status().as_u16();
+                                        let _ = resp.bytes().await;
+                                        lat.push(t.elapsed().as_micros() as u32);
+                                        *statuses.entry(status).or_default() += 1;
+                                        sent.fetch_add(1, Ordering::Relaxed);
+                                    }
+                                    Err(_) => errors += 1,
+                                }
+                            }
+                        }
+                        Err(_) => errors += 1,
+                    }
+                }
+            }
+            (lat, statuses, errors)
+        }));
+    }
+    let mut lat: Vec<u32> = Vec::new();
+    let mut statuses: BTreeMap<String, u64> = BTreeMap::new();
+    let mut errors = 0;
+    for t in tasks {
+        let (l, s, e) = t.await.unwrap();
+        lat.extend(l);
+        for (k, v) in s {
+            *statuses.entry(k.to_string()).or_default() += v;
+        }
+        errors += e;
+    }
+    let seconds = started.elapsed().as_secs_f64();
+    stop.store(true, Ordering::Relaxed);
+    sampler.join().unwrap();
+    lat.sort_unstable();
+    let pct = |p: f64| {
+        lat.get(((lat.len() as f64 * p) as usize).min(lat.len().saturating_sub(1)))
+            .copied()
+            .unwrap_or(0) as f64
+            / 1000.0
+    };
+    Report {
+        scenario: scenario.into(),
+        proxy: proxy.into(),
+        connections: o.connections,
+        seconds,
+        requests: lat.len() as u64,
+        rps: lat.len() as f64 / seconds,
+        p50_ms: pct(0.50),
+        p90_ms: pct(0.90),
+        p99_ms: pct(0.99),
+        max_ms: lat.last().copied().unwrap_or(0) as f64 / 1000.0,
+        statuses,
+        errors,
+        proxy_peak_rss_mib: peak.load(Ordering::Relaxed) as f64 / 1024.0,
+    }
+}
+
+fn main() {
+    let o = options();
+    if o.pin {
+        // The harness (load generator and static upstream) on CPU 0, the proxy on CPU 1.
+        let me = std::process::id().to_string();
+        let _ = Command::new("taskset")
+            .args(["-a", "-cp", "0", &me])
+            .stdout(Stdio::null())
+            .status();
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let m = material(&dir.path().join("pki"));
+    let upstream = static_upstream();
+    let minted = Instant::now();
+    let es_repeat = Arc::new(vec![m.es256(0)]);
+    let rs_repeat = Arc::new(vec![m.rs256(0)]);
+    let fresh = if o.scenarios.iter().any(|s| s == "b") {
+        Arc::new((1..=o.tokens).map(|i| m.es256(i)).collect::<Vec<_>>())
+    } else {
+        es_repeat.clone()
+    };
+    eprintln!(
+        "tokens minted in {:.1} s ({} fresh ES256)",
+        minted.elapsed().as_secs_f64(),
+        fresh.len()
+    );
+    let master = Arc::new(vec![std::fs::read_to_string(m.dir.join("master.token"))
+        .unwrap()
+        .trim()
+        .to_string()]);
+    let _ = master;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    let mut reports = Vec::new();
+    for scenario in &o.scenarios {
+        for proxy in &o.proxies {
+            let (work, tokens, embedded) = match scenario.as_str() {
+                "a-es256" => (Work::Registration, es_repeat.clone(), false),
+                "a-rs256" => (Work::Registration, rs_repeat.clone(), false),
+                "b" => (Work::Registration, fresh.clone(), false),
+                "c" => (Work::RegisterEmbedded, es_repeat.clone(), true),
+                "d" => (Work::Sessions, es_repeat.clone(), true),
+                "e" => (Work::Passthrough, es_repeat.clone(), false),
+                other => panic!("unknown scenario {other} (a-es256, a-rs256, b, c, d, e)"),
+            };
+            if proxy == "haproxy" && !matches!(scenario.as_str(), "a-es256" | "a-rs256" | "b" | "e")
+            {
+                continue;
+            }
+            let p = match proxy.as_str() {
+                "bindgate" => start_bindgate(&o, &m, upstream, embedded),
+                "haproxy" => start_haproxy(&o, &m, upstream),
+                other => panic!("unknown proxy {other} (bindgate, haproxy, both)"),
+            };
+            let pid = p.child.id();
+            let report = rt.block_on(run_load(&o, &m, p.port, work, tokens, pid, scenario, proxy));
+            let _ = p.admin;
+            drop(p);
+            eprintln!(
+                "{:<8} {:<9} {:>9.0} req/s  p50 {:>6.2} ms  p90 {:>6.2} ms  p99 {:>6.2} ms  max {:>7.2} ms  rss {:>5.1} MiB  statuses {:?}  errors {}",
+                report.scenario, report.proxy, report.rps, report.p50_ms, report.p90_ms, report.p99_ms, report.max_ms,
+                report.proxy_peak_rss_mib, report.statuses, report.errors
+            );
+            if o.smoke {
+                assert_eq!(report.errors, 0, "{scenario} on {proxy}: transport errors");
+                assert!(
+                    report.requests > 0,
+                    "{scenario} on {proxy}: no request completed"
+                );
+                assert!(
+                    report.statuses.keys().all(|s| s.starts_with('2')),
+                    "{scenario} on {proxy}: non-2xx answers {:?}",
+                    report.statuses
+                );
+            }
+            reports.push(report);
+        }
+    }
+    println!("\n| scenario | proxy | req/s | p50 ms | p90 ms | p99 ms | max ms | proxy RSS MiB | statuses | errors |");
+    println!("|---|---|---|---|---|---|---|---|---|---|");
+    for r in &reports {
+        println!(
+            "| {} | {} | {:.0} | {:.2} | {:.2} | {:.2} | {:.2} | {:.1} | {:?} | {} |",
+            r.scenario,
+            r.proxy,
+            r.rps,
+            r.p50_ms,
+            r.p90_ms,
+            r.p99_ms,
+            r.max_ms,
+            r.proxy_peak_rss_mib,
+            r.statuses,
+            r.errors
+        );
+    }
+    let rps = |s: &str, p: &str| {
+        reports
+            .iter()
+            .find(|r| r.scenario == s && r.proxy == p)
+            .map(|r| r.rps)
+    };
+    let mut ratios = serde_json::Map::new();
+    for s in ["a-es256", "a-rs256", "b", "e"] {
+        if let (Some(b), Some(h)) = (rps(s, "bindgate"), rps(s, "haproxy")) {
+            println!("{s}: bindgate / HAProxy = {:.2}", b / h);
+            ratios.insert(format!("{s}_bindgate_over_haproxy"), json!(b / h));
+        }
+    }
+    if let (Some(a), Some(e)) = (rps("a-es256", "bindgate"), rps("e", "bindgate")) {
+        println!("a-es256 / bindgate passthrough (e) = {:.2}", a / e);
+        ratios.insert("a_es256_over_passthrough".into(), json!(a / e));
+    }
+    if let Some(path) = &o.json {
+        let out = json!({"options": {"connections": o.connections, "duration_s": o.duration.as_secs_f64(), "threads": o.threads, "pinned": o.pin},
+                         "results": reports, "ratios": ratios});
+        std::fs::write(path, serde_json::to_string_pretty(&out).unwrap()).unwrap();
+        println!("JSON written to {}", path.display());
+    }
+}
