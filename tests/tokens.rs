@@ -726,3 +726,42 @@ fn client_uris_pass_any_bearer_token_to_the_target_and_listing_needs_the_master(
     assert_eq!(resp.status(), 200);
     assert_eq!(s.idp.wait_for(2).len(), 2);
 }
+
+#[test]
+fn jwks_over_https_with_a_private_ca() {
+    let es = Signer::new(Algorithm::ES256, "es-tls");
+    let pki = Pki::new();
+    let jwks_server = Upstream::start_tls(&pki.path("server.crt"), &pki.path("server.key"));
+    jwks_server.set_reply(200, &jwks(&[&es]));
+    let idp = Upstream::start();
+    let yaml = format!(
+        r#"
+listen:
+  address: "{{LISTEN}}"
+  tls: {{cert: "{{PKI}}/server.crt", key: "{{PKI}}/server.key"}}
+admin: {{address: "{{ADMIN}}"}}
+issuer: "{ISSUER}"
+jwks:
+  uri: "https://localhost:{port}/jwks.json"
+  ca: "{{PKI}}/ca.crt"
+registration:
+  endpoint_uri: "{ENDPOINT}"
+  target: idp
+upstreams:
+  idp: {{address: "{idp}"}}
+server: {{threads: 1}}
+"#,
+        port = jwks_server.addr.port(),
+        idp = idp.addr
+    );
+    let bg = Bindgate::start(&pki, &yaml);
+    let client = bg.client(&pki, None, Http::One);
+    let resp = client
+        .post(bg.url("/clients"))
+        .bearer_auth(es.sign(&claims()))
+        .body("{}")
+        .send()
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(jwks_server.requests()[0].target, "/jwks.json");
+}

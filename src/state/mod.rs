@@ -506,3 +506,41 @@ impl BackgroundService for SessionPurger {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::StatePath;
+
+    #[test]
+    fn purge_removes_expired_sessions_only() {
+        let limits = SessionLimits {
+            max_life: 60,
+            auth_life: 30,
+            max_idle: 15,
+        };
+        let state = StateService {
+            store: Store::open(&StatePath::Memory).unwrap(),
+            limits,
+            registration_uri: "https://idp.example.com/clients".into(),
+        };
+        let at = now();
+        let mut items = Vec::new();
+        for i in 0..2500 {
+            // Every third session authenticated two hours ago: past its 30-minute auth_life.
+            let auth_time = if i % 3 == 0 { at - 7200 } else { at };
+            let body = format!(r#"{{"sub":"user-{}","auth_time":{auth_time}}}"#, i % 7);
+            let r = sessions::record_from_body(body.as_bytes(), &limits, at, at).unwrap();
+            items.push((format!("sid-{i:05}"), r.subject.clone(), r.encode()));
+        }
+        state.store.insert_sessions(items.into_iter()).unwrap();
+        assert_eq!(state.purge_expired().unwrap(), 834);
+        assert_eq!(state.store.session_count().unwrap(), 2500 - 834);
+        assert!(state.store.get_session("sid-00000").unwrap().is_none());
+        assert!(state.store.get_session("sid-00001").unwrap().is_some());
+        // The subject index no longer lists purged sessions.
+        let listed = state.store.sessions_of("user-0").unwrap();
+        assert!(listed.iter().all(|(sid, _)| sid != "sid-00000"));
+        assert_eq!(state.purge_expired().unwrap(), 0);
+    }
+}
