@@ -101,6 +101,9 @@ pub fn run(config: Config) -> Result<(), String> {
         // On SIGTERM the listeners close and requests in flight have the grace period to finish.
         grace_period_seconds: Some(config.server.grace_period.as_secs_f64().ceil() as u64),
         graceful_shutdown_timeout_seconds: Some(1),
+        // One current-thread runtime per thread (Pingora's "no steal" mode): no cross-thread
+        // wake-ups for a proxy whose connections are independent.
+        work_stealing: false,
         ..ServerConf::default()
     };
     conf.upstream_keepalive_pool_size = 128;
