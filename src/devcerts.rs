@@ -111,56 +111,39 @@ fn certificate(
             )
             .map_err(err("ext"))?;
         }
-        Kind::Server(names) => {
+        Kind::Server(_) | Kind::Client => {
+            let server = matches!(kind, Kind::Server(_));
             b.append_extension(BasicConstraints::new().build().map_err(err("ext"))?)
                 .map_err(err("ext"))?;
-            b.append_extension(
-                KeyUsage::new()
-                    .critical()
-                    .digital_signature()
-                    .key_agreement()
-                    .build()
-                    .map_err(err("ext"))?,
-            )
-            .map_err(err("ext"))?;
-            b.append_extension(
-                ExtendedKeyUsage::new()
-                    .server_auth()
-                    .build()
-                    .map_err(err("ext"))?,
-            )
-            .map_err(err("ext"))?;
-            let mut san = SubjectAlternativeName::new();
-            for n in names {
-                if n.parse::<std::net::IpAddr>().is_ok() {
-                    san.ip(n);
-                } else {
-                    san.dns(n);
-                }
+            let mut usage = KeyUsage::new();
+            usage.critical().digital_signature();
+            if server {
+                usage.key_agreement();
             }
-            let ext = san
-                .build(&b.x509v3_context(ctx_issuer, None))
-                .map_err(err("SAN"))?;
-            b.append_extension(ext).map_err(err("ext"))?;
-        }
-        Kind::Client => {
-            b.append_extension(BasicConstraints::new().build().map_err(err("ext"))?)
+            b.append_extension(usage.build().map_err(err("ext"))?)
                 .map_err(err("ext"))?;
-            b.append_extension(
-                KeyUsage::new()
-                    .critical()
-                    .digital_signature()
-                    .build()
-                    .map_err(err("ext"))?,
-            )
-            .map_err(err("ext"))?;
-            b.append_extension(
-                ExtendedKeyUsage::new()
-                    .client_auth()
-                    .build()
-                    .map_err(err("ext"))?,
-            )
-            .map_err(err("ext"))?;
+            let mut extended = ExtendedKeyUsage::new();
+            if server {
+                extended.server_auth();
+            } else {
+                extended.client_auth();
+            }
+            b.append_extension(extended.build().map_err(err("ext"))?)
+                .map_err(err("ext"))?;
+            if let Kind::Server(names) = kind {
+                let mut san = SubjectAlternativeName::new();
+                for n in names {
+                    if n.parse::<std::net::IpAddr>().is_ok() {
+                        san.ip(n);
+                    } else {
+                        san.dns(n);
+                    }
+                }
+                let ext = san
+                    .build(&b.x509v3_context(ctx_issuer, None))
+                    .map_err(err("SAN"))?;
+                b.append_extension(ext).map_err(err("ext"))?;
+            }
         }
     }
     let ski = SubjectKeyIdentifier::new()

@@ -37,34 +37,7 @@ enum Command {
         force: bool,
     },
     /// Mint a development initial access token (ES256) with the development signing key.
-    DevToken {
-        /// Configuration to take the issuer, audience, scope and key set from.
-        #[arg(short, long, default_value = "proxy.yaml")]
-        config: PathBuf,
-        /// Signing key (PEM). Default: signing.key next to the configured jwks.file.
-        #[arg(long)]
-        key: Option<PathBuf>,
-        /// Scope claim (space-separated). Default: registration.scope. Empty for none.
-        #[arg(long)]
-        scope: Option<String>,
-        /// Audience; repeat for several. Default: registration.endpoint_uri.
-        #[arg(long = "aud")]
-        audiences: Vec<String>,
-        /// Issuer. Default: the configured issuer.
-        #[arg(long)]
-        iss: Option<String>,
-        /// Lifetime, e.g. 10m, 1h. Negative lifetimes are not accepted: use --expired.
-        #[arg(long, default_value = "10m")]
-        lifetime: String,
-        /// Mint a token that expired an hour ago.
-        #[arg(long)]
-        expired: bool,
-        /// Bind the token to this client certificate (cnf x5t#S256, RFC 8705).
-        #[arg(long)]
-        cert: Option<PathBuf>,
-        #[arg(long, default_value = "bindgate-dev")]
-        sub: String,
-    },
+    DevToken(DevTokenArgs),
 }
 
 fn init_logging() {
@@ -77,15 +50,33 @@ fn init_logging() {
         .init();
 }
 
+#[derive(clap::Args)]
 struct DevTokenArgs {
+    /// Configuration to take the issuer, audience, scope and key set from.
+    #[arg(short, long, default_value = "proxy.yaml")]
     config: PathBuf,
+    /// Signing key (PEM). Default: signing.key next to the configured jwks.file.
+    #[arg(long)]
     key: Option<PathBuf>,
+    /// Scope claim (space-separated). Default: registration.scope. Empty for none.
+    #[arg(long)]
     scope: Option<String>,
+    /// Audience; repeat for several. Default: registration.endpoint_uri.
+    #[arg(long = "aud")]
     audiences: Vec<String>,
+    /// Issuer. Default: the configured issuer.
+    #[arg(long)]
     iss: Option<String>,
+    /// Lifetime, e.g. 10m, 1h.
+    #[arg(long, default_value = "10m")]
     lifetime: String,
+    /// Mint a token that expired an hour ago.
+    #[arg(long)]
     expired: bool,
+    /// Bind the token to this client certificate (cnf x5t#S256, RFC 8705).
+    #[arg(long)]
     cert: Option<PathBuf>,
+    #[arg(long, default_value = "bindgate-dev")]
     sub: String,
 }
 
@@ -217,27 +208,7 @@ fn main() -> ExitCode {
                 }
             }
         }
-        Command::DevToken {
-            config,
-            key,
-            scope,
-            audiences,
-            iss,
-            lifetime,
-            expired,
-            cert,
-            sub,
-        } => match dev_token(DevTokenArgs {
-            config,
-            key,
-            scope,
-            audiences,
-            iss,
-            lifetime,
-            expired,
-            cert,
-            sub,
-        }) {
+        Command::DevToken(args) => match dev_token(args) {
             Ok(token) => {
                 println!("{token}");
                 ExitCode::SUCCESS

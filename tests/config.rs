@@ -258,3 +258,74 @@ fn dev_certs_chain_to_the_ca_and_are_kept_on_rerun() {
     assert!(again.status.success());
     assert_eq!(pki.read("ca.crt"), before, "an existing set is kept");
 }
+
+/// The README tour on the shipped proxy.yaml: a development token bound to client1's
+/// certificate registers a client with that certificate and is refused without it.
+#[test]
+fn shipped_config_and_dev_token_tour() {
+    let pki = Pki::new();
+    let shipped = std::fs::read_to_string(repo_path("proxy.yaml")).unwrap();
+    let yaml = shipped
+        .replace("certs/dev", "{PKI}")
+        .replace("127.0.0.1:8443", "{LISTEN}")
+        .replace("127.0.0.1:9901", "{ADMIN}");
+    let bg = Bindgate::start(&pki, &yaml);
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("proxy.yaml");
+    std::fs::write(
+        &config,
+        yaml.replace("{PKI}", &pki.dir.path().display().to_string())
+            .replace("{LISTEN}", &bg.listen.to_string())
+            .replace("{ADMIN}", &format!("127.0.0.1:{}", bg.admin_port)),
+    )
+    .unwrap();
+    let dev_token = |args: &[&str]| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_bindgate"))
+            .args(["dev-token", "-c"])
+            .arg(&config)
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap().trim().to_string()
+    };
+    let cert = pki.path("client1.crt").display().to_string();
+    let bound = dev_token(&["--cert", &cert]);
+    let register = |token: &str, identity: Option<&str>| {
+        bg.client(&pki, identity, Http::One)
+            .post(bg.url("/clients"))
+            .bearer_auth(token)
+            .header("content-type", "application/json")
+            .body(r#"{"redirect_uris":["https://app.example.com/cb"]}"#)
+            .send()
+            .unwrap()
+    };
+    let resp = register(&bound, Some("client1"));
+    assert_eq!(resp.status(), 201);
+    let client: serde_json::Value = resp.json().unwrap();
+    assert!(client["registration_access_token"].is_string());
+    let resp = register(&bound, None);
+    assert_eq!(resp.status(), 401);
+    assert_eq!(
+        resp.headers()["www-authenticate"],
+        "Bearer error=\"invalid_token\", error_description=\"Missing / invalid client X.509 certificate for x5t#S256 bound access token\""
+    );
+    assert_eq!(register(&dev_token(&["--expired"]), None).status(), 401);
+    assert_eq!(
+        register(&dev_token(&["--scope", "openid"]), None).status(),
+        403
+    );
+    assert_eq!(
+        register(
+            &dev_token(&["--aud", "https://elsewhere.example.com"]),
+            None
+        )
+        .status(),
+        401
+    );
+    assert_eq!(register(&dev_token(&[]), None).status(), 201);
+}
