@@ -545,3 +545,54 @@ fn curl_with_and_without_client_certificate() {
         Some(rfc9440(&pki.der("client1")).as_str())
     );
 }
+
+#[test]
+fn sigterm_lets_a_request_in_flight_finish() {
+    let pki = Pki::new();
+    let upstream = Upstream::start();
+    upstream.set_delay(Duration::from_millis(700));
+    let mut bg = Bindgate::start(&pki, &passthrough_config(upstream.addr));
+    let client = bg.client(&pki, None, Http::One);
+    let url = bg.url("/slow");
+    let in_flight = std::thread::spawn(move || client.get(url).send().map(|r| r.status().as_u16()));
+    // The request has reached the upstream (which holds it 700 ms) before the signal.
+    assert_eq!(upstream.wait_for(1).len(), 1);
+    bg.signal("TERM");
+    assert_eq!(
+        in_flight.join().unwrap().expect("an answer"),
+        200,
+        "drained, not cut"
+    );
+    assert!(
+        bg.wait_exit(Duration::from_secs(15)).is_some(),
+        "exits after the grace period"
+    );
+}
+
+#[test]
+fn an_upstream_that_never_answers_is_a_502_after_read_timeout() {
+    let pki = Pki::new();
+    // Accepts connections and never answers.
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = silent.local_addr().unwrap();
+    let _holder = std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for s in silent.incoming().take(4).flatten() {
+            held.push(s);
+        }
+        std::thread::sleep(Duration::from_secs(30));
+    });
+    let yaml = passthrough_config(addr).replace(
+        "client_cert_header: Client-Cert",
+        "client_cert_header: Client-Cert\n    read_timeout: 1s",
+    );
+    let bg = Bindgate::start(&pki, &yaml);
+    let resp = bg
+        .client(&pki, None, Http::One)
+        .get(bg.url("/hang"))
+        .send()
+        .expect("an answer, not a hang");
+    assert_eq!(resp.status(), 502);
+    let body: serde_json::Value = resp.json().unwrap();
+    assert_eq!(body["error"], "bad_gateway");
+}

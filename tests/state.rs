@@ -798,3 +798,23 @@ server: {{threads: 1}}
         "/session-store/rest/v2/sessions?all=true&quiet=true"
     );
 }
+
+#[test]
+fn delete_all_streams_over_http2_too() {
+    let pki = Pki::new();
+    let bg = start(&pki, ":memory:");
+    let api = Api::new(&bg, &pki);
+    for i in 0..1200 {
+        api.create_session(&format!(r#"{{"sub":"h2-{}"}}"#, i % 10));
+    }
+    let resp = bg
+        .client(&pki, None, Http::Alpn)
+        .delete(bg.url("/session-store/rest/v2/sessions?all=true"))
+        .bearer_auth(&api.sessions_token)
+        .send()
+        .unwrap();
+    assert_eq!(resp.version(), reqwest::Version::HTTP_2);
+    assert_eq!(resp.status(), 200);
+    let map: serde_json::Map<String, Value> = resp.json().unwrap();
+    assert_eq!(map.len(), 1200, "three chunks of 512 and the rest");
+}

@@ -31,8 +31,9 @@ impl Recorded {
     }
 }
 
-/// What the upstream answers: status and JSON body (`None`: the default echo).
-type Reply = Arc<Mutex<Option<(u16, String)>>>;
+/// What the upstream answers: status and JSON body (`None`: the default echo), and how long it
+/// waits before answering.
+type Reply = Arc<Mutex<(Option<(u16, String)>, Duration)>>;
 
 pub struct Upstream {
     pub addr: SocketAddr,
@@ -62,7 +63,7 @@ impl Upstream {
         let requests = Arc::new(Mutex::new(Vec::new()));
         let (tx, mut rx) = tokio::sync::oneshot::channel::<()>();
         let recorded = requests.clone();
-        let reply: Reply = Arc::new(Mutex::new(None));
+        let reply: Reply = Arc::new(Mutex::new((None, Duration::ZERO)));
         let answer = reply.clone();
         std::thread::spawn(move || {
             let rt = tokio::runtime::Builder::new_current_thread()
@@ -107,7 +108,12 @@ impl Upstream {
 
     /// From now on, answer every request with `status` and `body` (JSON).
     pub fn set_reply(&self, status: u16, body: &str) {
-        *self.reply.lock().expect("lock") = Some((status, body.to_string()));
+        self.reply.lock().expect("lock").0 = Some((status, body.to_string()));
+    }
+
+    /// From now on, wait `delay` before answering each request.
+    pub fn set_delay(&self, delay: Duration) {
+        self.reply.lock().expect("lock").1 = delay;
     }
 
     pub fn requests(&self) -> Vec<Recorded> {
@@ -183,7 +189,11 @@ async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
             headers,
             body,
         });
-        let (status, reply) = answer.lock().expect("lock").clone().unwrap_or_else(|| {
+        let (configured, delay) = answer.lock().expect("lock").clone();
+        if !delay.is_zero() {
+            tokio::time::sleep(delay).await;
+        }
+        let (status, reply) = configured.unwrap_or_else(|| {
             (
                 200,
                 serde_json::json!({"upstream": "ok", "target": target}).to_string(),
