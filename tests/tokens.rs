@@ -765,3 +765,50 @@ server: {{threads: 1}}
     assert_eq!(resp.status(), 200);
     assert_eq!(jwks_server.requests()[0].target, "/jwks.json");
 }
+
+#[test]
+fn a_hanging_key_server_never_hangs_requests() {
+    let es = Signer::new(Algorithm::ES256, "es-1");
+    let s = setup(&[&es], Options::default());
+    // From now on the key server takes 30 s to answer; fetch_timeout is 2 s.
+    s.jwks.set_delay(Duration::from_secs(30));
+    let stranger = Signer::new(Algorithm::ES256, "unknown-kid");
+    let unknown = stranger.sign(&claims());
+    let known = es.sign(&claims());
+    let client = s.bg.client(&s.pki, None, Http::One);
+    let url = s.bg.url("/clients");
+    let waiting = {
+        let client = client.clone();
+        let url = url.clone();
+        std::thread::spawn(move || {
+            let started = Instant::now();
+            let status = client
+                .post(url)
+                .bearer_auth(unknown)
+                .body("{}")
+                .send()
+                .map(|r| r.status().as_u16());
+            (status, started.elapsed())
+        })
+    };
+    // While the refetch for the unknown kid waits on the key server, a known key still works.
+    std::thread::sleep(Duration::from_millis(200));
+    let resp = client
+        .post(&url)
+        .bearer_auth(&known)
+        .body("{}")
+        .send()
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let (status, took) = waiting.join().unwrap();
+    assert_eq!(
+        status.unwrap(),
+        401,
+        "the unknown kid is refused once the fetch gives up"
+    );
+    assert!(
+        took < Duration::from_secs(20),
+        "bounded by fetch_timeout, took {took:?}"
+    );
+    assert!(s.metric("bindgate_jwks_fetches_total{outcome=\"failed\"}") >= 1.0);
+}
