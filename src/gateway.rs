@@ -450,6 +450,19 @@ impl ProxyHttp for Gateway {
         Ok(None)
     }
 
+    /// What Pingora's own error log lines name the request by: never the query, which may hold
+    /// a token (RFC 6750 §2.3).
+    fn request_summary(&self, session: &Session, _ctx: &RequestCtx) -> String {
+        let req = session.req_header();
+        let host = req
+            .headers
+            .get(http::header::HOST)
+            .and_then(|h| h.to_str().ok())
+            .or_else(|| req.uri.host())
+            .unwrap_or("-");
+        format!("{} {}, Host: {host}", req.method, req.uri.path())
+    }
+
     fn fail_to_connect(
         &self,
         _session: &mut Session,

@@ -596,3 +596,23 @@ fn an_upstream_that_never_answers_is_a_502_after_read_timeout() {
     let body: serde_json::Value = resp.json().unwrap();
     assert_eq!(body["error"], "bad_gateway");
 }
+
+#[test]
+fn error_logs_never_hold_a_query_token() {
+    let pki = Pki::new();
+    let dead = std::net::SocketAddr::from(([127, 0, 0, 1], free_port()));
+    let bg = Bindgate::start(&pki, &passthrough_config(dead));
+    let resp = bg
+        .client(&pki, None, Http::One)
+        .get(bg.url("/upstream-down?access_token=query-secret-789"))
+        .header("authorization", "Bearer header-secret-012")
+        .send()
+        .unwrap();
+    assert_eq!(resp.status(), 502);
+    let log = bg.wait_log("path=/upstream-down");
+    // Pingora's own error line names the request, without its query.
+    assert!(log.contains("Fail to proxy"), "{log}");
+    assert!(log.contains("GET /upstream-down, Host:"), "{log}");
+    assert!(!log.contains("query-secret-789"), "{log}");
+    assert!(!log.contains("header-secret-012"), "{log}");
+}
