@@ -73,7 +73,7 @@ fn spoofed_client_cert_header_never_arrives_and_the_real_one_does() {
         got[1].all("client-cert"),
         vec![rfc9440(&pki.der("client1")).as_str()]
     );
-    let log = bg.logs();
+    let log = bg.wait_log(&pki.thumbprint("client1"));
     assert!(
         log.contains(&pki.thumbprint("client1")),
         "access log names the thumbprint:\n{log}"
@@ -410,9 +410,17 @@ fn admin_endpoints() {
     assert_eq!(health.status(), 200);
     let client = bg.client(&pki, None, Http::One);
     client.get(bg.url("/counted")).send().unwrap();
-    let metrics = bg.metrics();
+    // The request is counted once its answer is out: wait for it (bounded).
+    let wanted = r#"bindgate_requests_total{route="route:/",status="200",target="idp"} 1"#;
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let mut metrics = bg.metrics();
+    while !metrics.contains(wanted) && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+        metrics = bg.metrics();
+    }
+    assert!(metrics.contains(wanted), "{metrics}");
     assert!(
-        metrics.contains(r#"bindgate_requests_total{route="route:/",status="200",target="idp"} 1"#),
+        metrics.contains("bindgate_request_duration_seconds_bucket"),
         "{metrics}"
     );
     assert_eq!(
