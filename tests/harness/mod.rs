@@ -92,9 +92,17 @@ impl Bindgate {
     /// Starts bindgate on `yaml`, where `{LISTEN}`, `{ADMIN}` and `{PKI}` are replaced by a free
     /// listen address, a free admin address and the PKI directory; waits until `/readyz` is 200.
     pub fn start(pki: &Pki, yaml: &str) -> Bindgate {
-        let b = Self::spawn(pki, yaml, &[]);
-        b.wait_ready();
-        b
+        // A free port can be taken by a parallel test between our probe and bindgate's bind:
+        // then bindgate exits at once saying so, and another pair of ports is tried.
+        for _ in 0..3 {
+            let mut b = Self::spawn(pki, yaml, &[]);
+            match b.ready_or_exit() {
+                Ok(()) => return b,
+                Err(log) if log.contains("cannot listen on") => continue,
+                Err(log) => panic!("bindgate exited:\n{log}"),
+            }
+        }
+        panic!("no free ports after three tries");
     }
 
     pub fn spawn(pki: &Pki, yaml: &str, env: &[(&str, &str)]) -> Bindgate {
@@ -128,6 +136,31 @@ impl Bindgate {
             listen: SocketAddr::from(([127, 0, 0, 1], port)),
             dir,
             log,
+        }
+    }
+
+    /// Waits until `/readyz` is 200 (Ok), or the process exits (Err with its log).
+    fn ready_or_exit(&mut self) -> Result<(), String> {
+        let client = reqwest::blocking::Client::builder()
+            .timeout(Duration::from_secs(2))
+            .build()
+            .expect("client");
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Ok(r) = client.get(self.admin_url("/readyz")).send() {
+                if r.status() == 200 {
+                    return Ok(());
+                }
+            }
+            if !self.is_running() {
+                return Err(self.logs());
+            }
+            assert!(
+                Instant::now() < deadline,
+                "bindgate not ready within 60s; log:\n{}",
+                self.logs()
+            );
+            std::thread::sleep(Duration::from_millis(25));
         }
     }
 
