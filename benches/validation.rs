@@ -44,6 +44,7 @@ struct Fixture {
     rs_decoding: jsonwebtoken::DecodingKey,
     es_public_der: Vec<u8>,
     es_decoding: jsonwebtoken::DecodingKey,
+    es_encoding: jsonwebtoken::EncodingKey,
     _dir: tempfile::TempDir,
 }
 
@@ -147,7 +148,19 @@ fn fixture() -> Fixture {
         rs_decoding,
         es_public_der,
         es_decoding,
+        es_encoding,
         _dir: dir,
+    }
+}
+
+fn bench_rules() -> Rules {
+    Rules {
+        issuer: ISSUER.into(),
+        audiences: vec![ENDPOINT.into(), ISSUER.into()],
+        check_audience: true,
+        scope: "client-reg".into(),
+        leeway_secs: 60.0,
+        require_binding: false,
     }
 }
 
@@ -180,6 +193,52 @@ fn bench(c: &mut Criterion) {
             b.iter(|| full_path(&f.validator_cached, &master, black_box(token), &f.peer))
         });
     }
+    g.finish();
+
+    // A fresh token per request (scenario b): a cache miss, then an insert, on every call.
+    let mut g = c.benchmark_group("fresh");
+    let pool: Vec<String> = (0..20_000)
+        .map(|i| {
+            let mut claims: serde_json::Value =
+                serde_json::from_slice(&split(&f.es256).unwrap().payload).unwrap();
+            claims["jti"] = json!(format!("fresh-{i}"));
+            let mut h = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::ES256);
+            h.kid = Some("es".into());
+            jsonwebtoken::encode(&h, &claims, &f.es_encoding).unwrap()
+        })
+        .collect();
+    g.bench_function("es256_cache_miss_and_insert", |b| {
+        b.iter_custom(|iters| {
+            let mut total = Duration::ZERO;
+            let mut done = 0u64;
+            while done < iters {
+                // A fresh, empty cache for each pass over the pool: every call is a miss.
+                let cache = Arc::new(VerifiedCache::new(100_000, Duration::from_secs(60)));
+                let v = TokenValidator::new(
+                    f.store.clone(),
+                    Some(cache),
+                    bench_rules(),
+                    vec![JwsAlgorithm::RS256, JwsAlgorithm::ES256],
+                    Arc::new(Metrics::new()),
+                );
+                let n = (iters - done).min(pool.len() as u64) as usize;
+                let t = std::time::Instant::now();
+                for token in &pool[..n] {
+                    full_path(&v, &master, black_box(token), &f.peer);
+                }
+                total += t.elapsed();
+                done += n as u64;
+            }
+            total
+        })
+    });
+    let mut next = 0usize;
+    g.bench_function("es256_no_cache", |b| {
+        b.iter(|| {
+            next = (next + 1) % pool.len();
+            full_path(&f.validator_cold, &master, black_box(&pool[next]), &f.peer)
+        })
+    });
     g.finish();
 
     let mut g = c.benchmark_group("cold");
