@@ -174,10 +174,9 @@ impl Gateway {
                 state.registration(&method, &rest, &grant, body).await
             }
             Policy::SessionStore => {
-                let query = req.uri.query().map(str::to_string);
-                let headers = req.headers.clone();
+                let sid = req.headers.get("sid");
                 state
-                    .sessions(&method, &rest, query.as_deref(), &headers, body)
+                    .sessions(&method, &rest, req.uri.query(), sid, body)
                     .await
             }
             Policy::Passthrough => Err(Rejection::NoRoute),

@@ -212,18 +212,21 @@ impl KeyStore {
         let stale = self
             .status
             .read()
-            .map(|s| {
-                s.last_success
-                    .is_some_and(|t| t.elapsed() > self.config.max_stale)
-            })
+            .map(|s| self.is_stale(&s))
             .unwrap_or(false);
-        if !stale {
-            return;
+        if stale {
+            self.drop_stale_keys();
         }
+    }
+
+    fn is_stale(&self, s: &Status) -> bool {
+        s.last_success
+            .is_some_and(|t| t.elapsed() > self.config.max_stale)
+    }
+
+    fn drop_stale_keys(&self) {
         if let Ok(mut s) = self.status.write() {
-            if s.last_success
-                .is_some_and(|t| t.elapsed() > self.config.max_stale)
-            {
+            if self.is_stale(&s) {
                 tracing::error!(target: "bindgate::jwks", "no successful key fetch within max_stale: signing keys dropped, tokens are refused");
                 s.kids.clear();
                 s.without_kid.clear();
@@ -237,12 +240,16 @@ impl KeyStore {
 
     /// The key for `kid` and `alg` among the keys held now.
     pub fn lookup(&self, kid: Option<&str>, alg: JwsAlgorithm) -> Result<Lookup, Rejection> {
-        self.expire_if_stale();
-        let (failing, loaded) = self
+        // One read of the status per lookup: staleness, failure and whether keys are loaded.
+        let (stale, failing, loaded) = self
             .status
             .read()
-            .map(|s| (s.failing, s.last_success.is_some()))
-            .unwrap_or((false, false));
+            .map(|s| (self.is_stale(&s), s.failing, s.last_success.is_some()))
+            .unwrap_or((false, false, false));
+        if stale {
+            self.drop_stale_keys();
+            return Err(invalid("No signing keys are available"));
+        }
         if !loaded {
             return Err(invalid("No signing keys are available"));
         }

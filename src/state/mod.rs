@@ -8,7 +8,7 @@ pub mod store;
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use http::{HeaderMap, Method};
+use http::{HeaderValue, Method};
 use pingora::server::ShutdownWatch;
 use pingora::services::background::BackgroundService;
 use std::time::Duration;
@@ -289,19 +289,20 @@ impl StateService {
         }
     }
 
-    /// The session-store path: `rest` is what follows `session_store.path`.
+    /// The session-store path: `rest` is what follows `session_store.path`; `sid_header` is the
+    /// request's `SID` header.
     pub async fn sessions(
         &self,
         method: &Method,
         rest: &str,
         query: Option<&str>,
-        headers: &HeaderMap,
+        sid_header: Option<&HeaderValue>,
         body: Bytes,
     ) -> Result<Reply, Rejection> {
         if rest != "/sessions" {
             return Err(Rejection::NotFound("Resource"));
         }
-        let sid = match headers.get("sid") {
+        let sid = match sid_header {
             None => None,
             Some(v) => match v.to_str() {
                 Ok(s) if sessions::valid_sid(s.trim()) => Some(s.trim().to_string()),
