@@ -15,6 +15,9 @@
 //! CPU 0. Under `cargo test` (no `--bench` argument) a short smoke of every scenario runs and
 //! checks that every answer was a success; no timing is asserted.
 
+mod common;
+use common::{free_port, rss_kib};
+
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
 use openssl::pkey::PKey;
@@ -89,14 +92,6 @@ fn options() -> Options {
 
 fn b64(b: &[u8]) -> String {
     URL_SAFE_NO_PAD.encode(b)
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 /// Keys, certificates and tokens, made before any timing.
@@ -411,17 +406,6 @@ struct Report {
     statuses: BTreeMap<String, u64>,
     errors: u64,
     proxy_peak_rss_mib: f64,
-}
-
-fn rss_kib(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmRSS:"))
-                .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
-        })
-        .unwrap_or(0)
 }
 
 #[derive(Clone, Copy, PartialEq)]

@@ -13,6 +13,9 @@
 //! Under `cargo test` (no `--bench` argument) it runs a small smoke version. Results:
 //! BENCHMARKS.md.
 
+mod common;
+use common::{free_port, rss_kib};
+
 use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -22,14 +25,6 @@ use std::time::{Duration, Instant};
 
 use bindgate::config::{SessionLimits, StatePath};
 use bindgate::state::{sessions, Store};
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 struct Server {
     child: Child,
@@ -103,17 +98,6 @@ fn client(pki: &Path, port: u16) -> reqwest::blocking::Client {
         .timeout(Duration::from_secs(600))
         .build()
         .unwrap()
-}
-
-fn rss_kib(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmRSS:"))
-                .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
-        })
-        .unwrap_or(0)
 }
 
 fn populate(db: &Path, n: usize) -> Duration {

@@ -122,14 +122,7 @@ fn fixture() -> Fixture {
         .build()
         .unwrap();
     assert!(rt.block_on(store.refresh(false)));
-    let rules = Rules {
-        issuer: ISSUER.into(),
-        audiences: vec![ENDPOINT.into(), ISSUER.into()],
-        check_audience: true,
-        scope: "client-reg".into(),
-        leeway_secs: 60.0,
-        require_binding: false,
-    };
+    let rules = bench_rules();
     let algs = vec![JwsAlgorithm::RS256, JwsAlgorithm::ES256];
     let cache = Arc::new(VerifiedCache::new(100_000, Duration::from_secs(60)));
     Fixture {
@@ -284,14 +277,7 @@ fn bench(c: &mut Criterion) {
             })
         });
         // Everything but the signature: what bindgate adds to the bare verification.
-        let rules = Rules {
-            issuer: ISSUER.into(),
-            audiences: vec![ENDPOINT.into(), ISSUER.into()],
-            check_audience: true,
-            scope: "client-reg".into(),
-            leeway_secs: 60.0,
-            require_binding: false,
-        };
+        let rules = bench_rules();
         g.bench_function(format!("{name}_everything_but_the_signature"), |b| {
             b.iter(|| {
                 let digest = SecretDigest::of(black_box(token).as_bytes());
