@@ -17,8 +17,9 @@ use crate::certificate::PeerCertificate;
 use crate::config::{Config, Target, Upstream};
 use crate::metrics::Metrics;
 use crate::rejection::Rejection;
-use crate::routing::{normalise, Decision, Policy, Router};
+use crate::routing::{Operation, Router, SessionOp};
 use crate::state::{Reply, SessionQuery, StateService, StreamingDelete};
+use crate::target::{self, RequestTarget};
 use crate::tls;
 
 /// An upstream with its connection settings made once.
@@ -66,14 +67,17 @@ pub struct Gateway {
 /// What one request learnt on its way through the filters.
 pub struct RequestCtx {
     started: Instant,
-    decision: Option<Decision>,
+    /// The one reading of the request target: what is routed, authorised and forwarded.
+    target: Option<RequestTarget>,
+    /// The one decision: what the request asks for.
+    operation: Option<Operation>,
+    /// The host the request addressed (absolute-form authority, `:authority` or `Host`).
+    served_host: Option<String>,
     peer_certificate: Option<PeerCertificate>,
     upstream: Option<Arc<UpstreamTarget>>,
     rejection: Option<Rejection>,
     grant: Option<Grant>,
     body_bytes: u64,
-    /// The normalised path, when it differs from the one received.
-    rewritten_path: Option<String>,
     /// A quiet delete on an upstream session store: the answer becomes a bodiless 204.
     quiet_delete: bool,
 }
@@ -141,13 +145,8 @@ impl Gateway {
         }
     }
 
-    /// Serves a request from the embedded state service.
-    async fn embedded(
-        &self,
-        session: &mut Session,
-        ctx: &mut RequestCtx,
-        policy: Policy,
-    ) -> Result<bool> {
+    /// Serves an operation from the embedded state service.
+    async fn embedded(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
         let Some(state) = &self.state else {
             return self
                 .reject(
@@ -161,36 +160,31 @@ impl Gateway {
             Ok(b) => b,
             Err(r) => return self.reject(session, ctx, r).await,
         };
-        let path = ctx
-            .rewritten_path
-            .clone()
-            .unwrap_or_else(|| session.req_header().uri.path().to_string());
-        let rest = self.router.rest(policy, &path).to_string();
-        let req = session.req_header();
-        let method = req.method.clone();
-        let reply = match policy {
-            Policy::Registration => {
+        let query = ctx.target.as_ref().and_then(|t| t.query.as_deref());
+        let reply = match &ctx.operation {
+            Some(Operation::Registry(op)) => {
                 let grant = ctx.grant.clone().unwrap_or(Grant::Open);
-                state.registration(&method, &rest, &grant, body).await
+                state.registration(op, &grant, body).await
             }
-            Policy::SessionStore => {
-                let sid = req.headers.get("sid");
-                state
-                    .sessions(&method, &rest, req.uri.query(), sid, body)
-                    .await
+            Some(Operation::Sessions(op)) => {
+                let sid = session.req_header().headers.get("sid");
+                state.sessions(*op, query, sid, body).await
             }
-            Policy::Passthrough => Err(Rejection::NoRoute),
+            // Routes always name an upstream.
+            Some(Operation::Forward { .. }) | None => Err(Rejection::NoRoute),
         };
         match reply {
             Ok(reply) => {
-                self.send_reply(session, reply).await?;
+                let head = session.req_header().method == http::Method::HEAD;
+                self.send_reply(session, reply, head).await?;
                 Ok(true)
             }
             Err(r) => self.reject(session, ctx, r).await,
         }
     }
 
-    async fn send_reply(&self, session: &mut Session, reply: Reply) -> Result<()> {
+    /// Writes an embedded answer; for `HEAD`, its header only (RFC 9110 §9.3.2).
+    async fn send_reply(&self, session: &mut Session, reply: Reply, head: bool) -> Result<()> {
         match reply {
             Reply::Json {
                 status,
@@ -200,6 +194,9 @@ impl Gateway {
                 let mut header = crate::rejection::json_header(status, body.len());
                 if pragma_no_cache {
                     header.insert_header("pragma", "no-cache")?;
+                }
+                if head {
+                    return session.write_response_header(Box::new(header), true).await;
                 }
                 session
                     .write_response_header(Box::new(header), false)
@@ -256,22 +253,15 @@ impl Gateway {
         session.write_response_body(None, true).await
     }
 
+    /// The one reading of the request: its target, the host it addressed, its operation.
     fn decide(
         &self,
         session: &Session,
-        ctx: &mut RequestCtx,
-    ) -> std::result::Result<Decision, Rejection> {
-        let raw = session.req_header().uri.path();
-        let path = normalise(raw)?;
-        let decision = self.router.route(&path)?;
-        if path != raw {
-            ctx.rewritten_path = Some(path);
-        }
-        if let Some(len) = session
-            .req_header()
-            .headers
-            .get(http::header::CONTENT_LENGTH)
-        {
+    ) -> std::result::Result<(RequestTarget, String, Operation), Rejection> {
+        let req = session.req_header();
+        let target = target::parse(req.raw_path())?;
+        let served_host = served_host(req, &target)?;
+        if let Some(len) = req.headers.get(http::header::CONTENT_LENGTH) {
             let len: u64 = len
                 .to_str()
                 .ok()
@@ -283,8 +273,32 @@ impl Gateway {
                 });
             }
         }
-        Ok(decision)
+        let operation = self.router.route(&req.method, &target.path)?;
+        Ok((target, served_host, operation))
     }
+}
+
+/// The host the request addressed: an absolute-form target's authority (RFC 9112 §3.2.2),
+/// else HTTP/2's `:authority`, else the one `Host` header; "" when there is none (HTTP/1.0).
+fn served_host(
+    req: &RequestHeader,
+    target: &RequestTarget,
+) -> std::result::Result<String, Rejection> {
+    let mut hosts = req.headers.get_all(http::header::HOST).iter();
+    let host = hosts.next();
+    if hosts.next().is_some() {
+        return Err(Rejection::InvalidRequest("More than one Host header"));
+    }
+    let host = match (&target.authority, req.uri.authority(), host) {
+        (Some(a), _, _) => a.as_bytes(),
+        (None, Some(a), _) => a.as_str().as_bytes(),
+        (None, None, Some(h)) => h.as_bytes(),
+        (None, None, None) => b"",
+    };
+    if !host.is_empty() && !target::valid_authority(host) {
+        return Err(Rejection::InvalidRequest("Invalid Host header"));
+    }
+    Ok(String::from_utf8_lossy(host).into_owned())
 }
 
 #[async_trait]
@@ -294,49 +308,55 @@ impl ProxyHttp for Gateway {
     fn new_ctx(&self) -> RequestCtx {
         RequestCtx {
             started: Instant::now(),
-            decision: None,
+            target: None,
+            operation: None,
+            served_host: None,
             peer_certificate: None,
             upstream: None,
             rejection: None,
             grant: None,
             body_bytes: 0,
-            rewritten_path: None,
             quiet_delete: false,
         }
     }
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
         ctx.peer_certificate = tls::peer_certificate(session.digest());
-        let decision = match self.decide(session, ctx) {
+        let (target, served_host, operation) = match self.decide(session) {
             Ok(d) => d,
             Err(rejection) => return self.reject(session, ctx, rejection).await,
         };
-        let target = decision.target.clone();
-        let policy = decision.policy;
-        ctx.decision = Some(decision);
-        let path = ctx.rewritten_path.clone();
         let req = session.req_header();
         let facts = Facts {
-            method: &req.method,
-            path: path.as_deref().unwrap_or(req.uri.path()),
             headers: &req.headers,
-            query: req.uri.query(),
+            query: target.query.as_deref(),
             peer: ctx.peer_certificate.as_ref(),
         };
-        match self.authoriser.authorise(policy, &facts).await {
-            Ok(grant) => ctx.grant = Some(grant),
+        let grant = self.authoriser.authorise(&operation, &facts).await;
+        let quiet = match operation {
+            Operation::Sessions(SessionOp::Delete) => {
+                SessionQuery::parse(target.query.as_deref()).map(|q| q.quiet)
+            }
+            _ => Ok(false),
+        };
+        ctx.target = Some(target);
+        ctx.served_host = Some(served_host);
+        let target = self.router.target(&operation).clone();
+        ctx.operation = Some(operation);
+        match grant.and_then(|g| quiet.map(|q| (g, q))) {
+            Ok((grant, quiet)) => {
+                ctx.grant = Some(grant);
+                ctx.quiet_delete = quiet;
+            }
             Err(rejection) => return self.reject(session, ctx, rejection).await,
         }
         match target {
-            Target::Embedded => self.embedded(session, ctx, policy).await,
+            Target::Embedded => {
+                ctx.quiet_delete = false;
+                self.embedded(session, ctx).await
+            }
             Target::Upstream(name) => match self.upstreams.get(&name) {
                 Some(u) => {
-                    if policy == Policy::SessionStore
-                        && session.req_header().method == http::Method::DELETE
-                    {
-                        let q = SessionQuery::parse(session.req_header().uri.query());
-                        ctx.quiet_delete = q.quiet;
-                    }
                     ctx.upstream = Some(u.clone());
                     Ok(false)
                 }
@@ -390,24 +410,49 @@ impl ProxyHttp for Gateway {
         upstream_request: &mut RequestHeader,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
-        if let Some(path) = &ctx.rewritten_path {
-            let path_and_query = match upstream_request.uri.query() {
-                Some(q) => format!("{path}?{q}"),
-                None => path.clone(),
-            };
-            if let Ok(uri) = path_and_query.parse::<http::Uri>() {
-                upstream_request.set_uri(uri);
-            }
+        // What travels is the target that was authorised, never the bytes as received.
+        let Some(target) = &ctx.target else {
+            return Error::e_explain(ErrorType::InternalError, "no authorised target");
+        };
+        let uri = target
+            .path_and_query()
+            .parse::<http::Uri>()
+            .or_err(ErrorType::InternalError, "normalised target is not a URI")?;
+        upstream_request.set_uri(uri);
+        if let Some(authority) = &target.authority {
+            upstream_request.insert_header(http::header::HOST, authority.as_str())?;
         }
         strip_hop_by_hop(upstream_request, session.is_upgrade_req());
-        if let Some(upstream) = &ctx.upstream {
-            if let Some(name) = &upstream.config.client_cert_header {
-                // Whatever the client sent under this name is not to be trusted (RFC 9440 §3).
-                while upstream_request.remove_header(name).is_some() {}
-                if let Some(cert) = &ctx.peer_certificate {
-                    upstream_request.insert_header(name.clone(), cert.header_value())?;
-                }
+        let Some(upstream) = &ctx.upstream else {
+            return Error::e_explain(ErrorType::InternalError, "no upstream chosen");
+        };
+        // RFC 9440 §3: whatever the client sent under these names is not to be trusted.
+        for name in ["client-cert", "client-cert-chain"] {
+            while upstream_request.remove_header(name).is_some() {}
+        }
+        if let Some(name) = &upstream.config.client_cert_header {
+            while upstream_request.remove_header(name).is_some() {}
+            if let Some(cert) = &ctx.peer_certificate {
+                upstream_request.insert_header(name.clone(), cert.header_value())?;
             }
+        }
+        for name in FORWARDING_HEADERS {
+            while upstream_request.remove_header(*name).is_some() {}
+        }
+        if upstream.config.forwarded_headers {
+            let peer = session
+                .client_addr()
+                .and_then(|a| a.as_inet())
+                .map(|a| a.ip());
+            let host = ctx.served_host.as_deref().unwrap_or_default();
+            if let Some(ip) = peer {
+                upstream_request.insert_header("x-forwarded-for", ip.to_string())?;
+            }
+            upstream_request.insert_header("x-forwarded-proto", "https")?;
+            if !host.is_empty() {
+                upstream_request.insert_header("x-forwarded-host", host)?;
+            }
+            upstream_request.insert_header("forwarded", forwarded(peer, host))?;
         }
         Ok(())
     }
@@ -527,8 +572,8 @@ impl ProxyHttp for Gateway {
             .response_written()
             .map(|r| r.status.as_u16())
             .unwrap_or(0);
-        let (route, target) = match &ctx.decision {
-            Some(d) => (d.label.as_str(), d.target.label()),
+        let (route, target) = match &ctx.operation {
+            Some(op) => (self.router.label(op), self.router.target(op).label()),
             None => ("none", "none"),
         };
         let elapsed = ctx.started.elapsed();
@@ -547,10 +592,14 @@ impl ProxyHttp for Gateway {
         }
         let req = session.req_header();
         // The path only: a query may carry a token (RFC 6750 §2.3) and is never logged.
+        let path = match &ctx.target {
+            Some(t) => t.path.as_str(),
+            None => req.uri.path(),
+        };
         tracing::info!(
             target: "bindgate::access",
             method = %req.method,
-            path = %req.uri.path(),
+            path = %path,
             status,
             route,
             target,
@@ -560,6 +609,33 @@ impl ProxyHttp for Gateway {
             client = %session.client_addr().map(|a| a.to_string()).unwrap_or_default(),
             error = %e.map(|e| e.etype().as_str()).unwrap_or("-"),
         );
+    }
+}
+
+/// Headers an upstream may trust for the client's address, scheme or host: removed from every
+/// forwarded request; bindgate sets its own X-Forwarded-For/-Proto/-Host and Forwarded.
+const FORWARDING_HEADERS: &[&str] = &[
+    "forwarded",
+    "x-forwarded-for",
+    "x-forwarded-proto",
+    "x-forwarded-host",
+    "x-forwarded-port",
+    "x-forwarded-prefix",
+    "x-real-ip",
+];
+
+/// RFC 7239 `Forwarded`: `for` (an IPv6 address quoted in brackets), `proto`, `host` (quoted:
+/// `served_host` holds only authority characters, never `"` or `\`).
+fn forwarded(peer: Option<std::net::IpAddr>, host: &str) -> String {
+    let node = match peer {
+        Some(std::net::IpAddr::V4(ip)) => ip.to_string(),
+        Some(std::net::IpAddr::V6(ip)) => format!("\"[{ip}]\""),
+        None => "unknown".to_string(),
+    };
+    if host.is_empty() {
+        format!("for={node};proto=https")
+    } else {
+        format!("for={node};proto=https;host=\"{host}\"")
     }
 }
 

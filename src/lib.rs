@@ -14,4 +14,5 @@ pub mod rejection;
 pub mod routing;
 pub mod serve;
 pub mod state;
+pub mod target;
 pub mod tls;

@@ -38,8 +38,8 @@ pub enum Rejection {
     InvalidInput(String),
     /// The embedded service has no such resource.
     NotFound(&'static str),
-    /// The resource exists but does not take this method.
-    MethodNotAllowed,
+    /// The resource exists but does not take this method; `allow` is its `Allow` header.
+    MethodNotAllowed { allow: &'static str },
     /// The embedded store failed (I/O): retry later.
     StorageUnavailable,
 }
@@ -61,7 +61,7 @@ impl Rejection {
             | Rejection::InvalidRedirectUri(_)
             | Rejection::InvalidInput(_) => 400,
             Rejection::NotFound(_) => 404,
-            Rejection::MethodNotAllowed => 405,
+            Rejection::MethodNotAllowed { .. } => 405,
             Rejection::StorageUnavailable => 503,
         }
     }
@@ -82,7 +82,7 @@ impl Rejection {
             Rejection::InvalidRedirectUri(_) => "invalid_redirect_uri",
             Rejection::InvalidInput(_) => "invalid_request",
             Rejection::NotFound(_) => "not_found",
-            Rejection::MethodNotAllowed => "method_not_allowed",
+            Rejection::MethodNotAllowed { .. } => "method_not_allowed",
             Rejection::StorageUnavailable => "temporarily_unavailable",
         }
     }
@@ -107,7 +107,7 @@ impl Rejection {
             | Rejection::InvalidRedirectUri(why)
             | Rejection::InvalidInput(why) => why.clone(),
             Rejection::NotFound(what) => format!("{what} not found"),
-            Rejection::MethodNotAllowed => "Method not allowed on this resource".into(),
+            Rejection::MethodNotAllowed { .. } => "Method not allowed on this resource".into(),
             Rejection::StorageUnavailable => "The store is temporarily unavailable".into(),
         }
     }
@@ -129,7 +129,7 @@ impl Rejection {
             Rejection::InvalidRedirectUri(_) => "invalid_redirect_uri",
             Rejection::InvalidInput(_) => "invalid_input",
             Rejection::NotFound(_) => "not_found",
-            Rejection::MethodNotAllowed => "method_not_allowed",
+            Rejection::MethodNotAllowed { .. } => "method_not_allowed",
             Rejection::StorageUnavailable => "storage_unavailable",
         }
     }
@@ -176,6 +176,9 @@ impl Rejection {
         if let Some(challenge) = self.www_authenticate() {
             // Cannot fail: the challenge is built from ASCII without control characters.
             let _ = header.insert_header("www-authenticate", challenge);
+        }
+        if let Rejection::MethodNotAllowed { allow } = self {
+            let _ = header.insert_header("allow", *allow);
         }
         if self.closes_connection() {
             let _ = header.insert_header("connection", "close");
@@ -239,7 +242,11 @@ mod tests {
             ),
             (Rejection::InvalidInput("x".into()), 400, "invalid_request"),
             (Rejection::NotFound("Session"), 404, "not_found"),
-            (Rejection::MethodNotAllowed, 405, "method_not_allowed"),
+            (
+                Rejection::MethodNotAllowed { allow: "GET" },
+                405,
+                "method_not_allowed",
+            ),
             (
                 Rejection::StorageUnavailable,
                 503,

@@ -1,27 +1,91 @@
-//! Which policy and target a request path gets. Paths are normalised before matching, so that
-//! `/./clients`, `//clients` or `/%63lients` cannot slip past the registration policy to an
-//! upstream that would normalise them itself.
+//! The one decision of each request: (method, normalised path) → an [`Operation`]. The
+//! authoriser, the embedded services and the forwarder all act on that value; nothing further
+//! down compares paths again. A path under a policy's prefix that is none of its operations is
+//! answered here (404 / 405), never handed on under a weaker check.
 
-use crate::config::{Config, Target};
+use http::Method;
+
+use crate::config::{Config, Route as RouteConfig, Target};
 use crate::rejection::Rejection;
 
-/// The policy a path falls under.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Policy {
-    /// `registration.path`: initial access tokens (RFC 7591) or registration access tokens.
-    Registration,
-    /// `session_store.path`: the session store API tokens.
-    SessionStore,
-    /// A `routes` entry: forwarded without authorisation.
-    Passthrough,
+/// What a request asks for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Operation {
+    /// Under `registration.path`.
+    Registry(RegistryOp),
+    /// `{session_store.path}/sessions`.
+    Sessions(SessionOp),
+    /// A `routes` entry (index into the configured routes): forwarded without a token check.
+    Forward { route: usize },
 }
 
+/// The client registration endpoint (RFC 7591 / RFC 7592).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Decision {
-    pub policy: Policy,
-    /// A label for logs and metrics: `registration`, `session_store` or `route:<prefix>`.
-    pub label: String,
-    pub target: Target,
+pub enum RegistryOp {
+    /// `POST {path}`.
+    Register,
+    /// `GET` / `HEAD {path}`: every client.
+    List,
+    /// `GET` / `HEAD {path}/{id}`.
+    Read { id: String },
+    /// `PUT {path}/{id}`.
+    Update { id: String },
+    /// `DELETE {path}/{id}`.
+    Delete { id: String },
+}
+
+/// The session store (Connect2id session store API v2).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SessionOp {
+    /// `POST`.
+    Create,
+    /// `GET` / `HEAD`, by `SID` header or `?subject=`.
+    Read,
+    /// `PUT` with `SID`.
+    Replace,
+    /// `DELETE` by `SID`, `?subject=` or `?all=true`.
+    Delete,
+}
+
+/// The credential an operation needs: the authoriser's whole policy table is this function.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Credential {
+    /// A `routes` entry: none.
+    None,
+    /// An initial access token (JWT, RFC 7591 §3) or a master token.
+    InitialAccessOrMaster,
+    /// A master token only.
+    Master,
+    /// That client's registration access token (RFC 7592 §3, checked by the target) or a
+    /// master token.
+    RegistrationAccessOrMaster,
+    /// A `session_store.api_tokens` entry.
+    SessionStoreToken,
+}
+
+impl Operation {
+    pub fn credential(&self) -> Credential {
+        match self {
+            Operation::Registry(RegistryOp::Register) => Credential::InitialAccessOrMaster,
+            Operation::Registry(RegistryOp::List) => Credential::Master,
+            Operation::Registry(
+                RegistryOp::Read { .. } | RegistryOp::Update { .. } | RegistryOp::Delete { .. },
+            ) => Credential::RegistrationAccessOrMaster,
+            Operation::Sessions(_) => Credential::SessionStoreToken,
+            Operation::Forward { .. } => Credential::None,
+        }
+    }
+}
+
+/// `Allow` of the registration collection, a client, the sessions resource (RFC 9110 §15.5.6).
+pub const ALLOW_COLLECTION: &str = "GET, HEAD, POST";
+pub const ALLOW_CLIENT: &str = "GET, HEAD, PUT, DELETE";
+pub const ALLOW_SESSIONS: &str = "GET, HEAD, POST, PUT, DELETE";
+
+struct Route {
+    prefix: String,
+    target: Target,
+    label: String,
 }
 
 pub struct Router {
@@ -29,172 +93,259 @@ pub struct Router {
     registration_target: Target,
     session_store_path: String,
     session_store_target: Target,
-    routes: Vec<(String, String)>,
+    routes: Vec<Route>,
 }
 
 impl Router {
     pub fn new(config: &Config) -> Self {
+        Self::from_parts(
+            (&config.registration.path, &config.registration.target),
+            (&config.session_store.path, &config.session_store.target),
+            &config.routes,
+        )
+    }
+
+    /// A router from the registration and session-store (path, target) and the routes.
+    pub fn from_parts(
+        registration: (&str, &Target),
+        session_store: (&str, &Target),
+        routes: &[RouteConfig],
+    ) -> Self {
         Router {
-            registration_path: config.registration.path.clone(),
-            registration_target: config.registration.target.clone(),
-            session_store_path: config.session_store.path.clone(),
-            session_store_target: config.session_store.target.clone(),
-            routes: config
-                .routes
+            registration_path: registration.0.to_string(),
+            registration_target: registration.1.clone(),
+            session_store_path: session_store.0.to_string(),
+            session_store_target: session_store.1.clone(),
+            routes: routes
                 .iter()
-                .map(|r| (r.prefix.clone(), r.upstream.clone()))
+                .map(|r| Route {
+                    prefix: r.prefix.clone(),
+                    target: Target::Upstream(r.upstream.clone()),
+                    label: format!("route:{}", r.prefix),
+                })
                 .collect(),
         }
     }
 
-    /// Routes a normalised path: the registration path, the session-store path, then the
-    /// routes in order (first match wins).
-    pub fn route(&self, path: &str) -> Result<Decision, Rejection> {
-        if under(path, &self.registration_path) {
-            return Ok(Decision {
-                policy: Policy::Registration,
-                label: "registration".into(),
-                target: self.registration_target.clone(),
-            });
+    /// The operation `method` on the normalised `path` asks for: the registration path, the
+    /// session-store path, then the routes in order (first match wins).
+    pub fn route(&self, method: &Method, path: &str) -> Result<Operation, Rejection> {
+        if let Some(rest) = below(path, &self.registration_path) {
+            return registry(method, rest).map(Operation::Registry);
         }
-        if under(path, &self.session_store_path) {
-            return Ok(Decision {
-                policy: Policy::SessionStore,
-                label: "session_store".into(),
-                target: self.session_store_target.clone(),
-            });
+        if let Some(rest) = below(path, &self.session_store_path) {
+            return sessions(method, rest).map(Operation::Sessions);
         }
         self.routes
             .iter()
-            .find(|(prefix, _)| path.starts_with(prefix.as_str()))
-            .map(|(prefix, upstream)| Decision {
-                policy: Policy::Passthrough,
-                label: format!("route:{prefix}"),
-                target: Target::Upstream(upstream.clone()),
-            })
+            .position(|r| path.starts_with(r.prefix.as_str()))
+            .map(|route| Operation::Forward { route })
             .ok_or(Rejection::NoRoute)
     }
+
+    /// Where the operation is served.
+    pub fn target(&self, op: &Operation) -> &Target {
+        match op {
+            Operation::Registry(_) => &self.registration_target,
+            Operation::Sessions(_) => &self.session_store_target,
+            Operation::Forward { route } => &self.routes[*route].target,
+        }
+    }
+
+    /// A label for logs and metrics: `registration`, `session_store` or `route:<prefix>`.
+    pub fn label(&self, op: &Operation) -> &str {
+        match op {
+            Operation::Registry(_) => "registration",
+            Operation::Sessions(_) => "session_store",
+            Operation::Forward { route } => &self.routes[*route].label,
+        }
+    }
 }
 
-impl Router {
-    /// What follows the policy's base path in `path` ("" for the base itself).
-    pub fn rest<'p>(&self, policy: Policy, path: &'p str) -> &'p str {
-        let base = match policy {
-            Policy::Registration => &self.registration_path,
-            Policy::SessionStore => &self.session_store_path,
-            Policy::Passthrough => return path,
+/// What follows `base` in `path` when `path` is `base` or below it (`""`, `/abc`); None for
+/// `/clientsfoo`.
+fn below<'p>(path: &'p str, base: &str) -> Option<&'p str> {
+    path.strip_prefix(base)
+        .filter(|rest| rest.is_empty() || rest.starts_with('/'))
+}
+
+fn registry(method: &Method, rest: &str) -> Result<RegistryOp, Rejection> {
+    if rest.is_empty() {
+        return match *method {
+            Method::POST => Ok(RegistryOp::Register),
+            Method::GET | Method::HEAD => Ok(RegistryOp::List),
+            _ => Err(Rejection::MethodNotAllowed {
+                allow: ALLOW_COLLECTION,
+            }),
         };
-        path.strip_prefix(base.as_str()).unwrap_or(path)
+    }
+    // `/{id}`: one non-empty segment. `/` (the trailing slash), `/{id}/` and deeper paths are
+    // no resource of the registration endpoint.
+    let id = rest
+        .strip_prefix('/')
+        .filter(|id| !id.is_empty() && !id.contains('/'))
+        .ok_or(Rejection::NotFound("Resource"))?;
+    let id = id.to_string();
+    match *method {
+        Method::GET | Method::HEAD => Ok(RegistryOp::Read { id }),
+        Method::PUT => Ok(RegistryOp::Update { id }),
+        Method::DELETE => Ok(RegistryOp::Delete { id }),
+        _ => Err(Rejection::MethodNotAllowed {
+            allow: ALLOW_CLIENT,
+        }),
     }
 }
 
-/// `path` is `base` or below it (`/clients`, `/clients/abc`; not `/clientsfoo`).
-fn under(path: &str, base: &str) -> bool {
-    match path.strip_prefix(base) {
-        Some(rest) => rest.is_empty() || rest.starts_with('/'),
-        None => false,
+fn sessions(method: &Method, rest: &str) -> Result<SessionOp, Rejection> {
+    if rest != "/sessions" {
+        return Err(Rejection::NotFound("Resource"));
     }
-}
-
-/// The canonical form of a request path: percent-encoded unreserved characters decoded
-/// (RFC 3986 §6.2.2.2), `.` and `..` segments removed (§5.2.4), repeated slashes merged.
-/// Other percent-escapes stay as they are (`%2F` is not a separator).
-pub fn normalise(path: &str) -> Result<String, Rejection> {
-    if !path.starts_with('/') {
-        return Err(Rejection::BadPath("it must start with /"));
+    match *method {
+        Method::POST => Ok(SessionOp::Create),
+        Method::GET | Method::HEAD => Ok(SessionOp::Read),
+        Method::PUT => Ok(SessionOp::Replace),
+        Method::DELETE => Ok(SessionOp::Delete),
+        _ => Err(Rejection::MethodNotAllowed {
+            allow: ALLOW_SESSIONS,
+        }),
     }
-    let decoded = decode_unreserved(path)?;
-    let mut segments: Vec<&str> = Vec::new();
-    let trailing_slash =
-        decoded.ends_with('/') || decoded.ends_with("/.") || decoded.ends_with("/..");
-    for seg in decoded.split('/') {
-        match seg {
-            "" | "." => {}
-            ".." => {
-                if segments.pop().is_none() {
-                    return Err(Rejection::BadPath("it climbs above the root"));
-                }
-            }
-            s => segments.push(s),
-        }
-    }
-    let mut out = String::with_capacity(decoded.len());
-    for s in &segments {
-        out.push('/');
-        out.push_str(s);
-    }
-    if out.is_empty() || (trailing_slash && !segments.is_empty()) {
-        out.push('/');
-    }
-    Ok(out)
-}
-
-fn decode_unreserved(path: &str) -> Result<String, Rejection> {
-    let bytes = path.as_bytes();
-    let mut out = String::with_capacity(path.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        let b = bytes[i];
-        if b == b'%' {
-            let hex = bytes
-                .get(i + 1..i + 3)
-                .and_then(|h| std::str::from_utf8(h).ok())
-                .and_then(|h| u8::from_str_radix(h, 16).ok())
-                .ok_or(Rejection::BadPath("malformed percent-encoding"))?;
-            if hex == 0 {
-                return Err(Rejection::BadPath("it contains NUL"));
-            }
-            if hex.is_ascii_alphanumeric() || matches!(hex, b'-' | b'.' | b'_' | b'~') {
-                out.push(hex as char);
-            } else {
-                // Keep the escape, upper-cased (RFC 3986 §6.2.2.1).
-                out.push('%');
-                out.push_str(&format!("{hex:02X}"));
-            }
-            i += 3;
-        } else {
-            if b < 0x21 || b == 0x7f {
-                return Err(Rejection::BadPath(
-                    "it contains control characters or spaces",
-                ));
-            }
-            out.push(b as char);
-            i += 1;
-        }
-    }
-    Ok(out)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    #[test]
-    fn normalisation() {
-        assert_eq!(normalise("/clients").unwrap(), "/clients");
-        assert_eq!(normalise("/").unwrap(), "/");
-        assert_eq!(normalise("//clients").unwrap(), "/clients");
-        assert_eq!(normalise("/./clients").unwrap(), "/clients");
-        assert_eq!(normalise("/x/../clients").unwrap(), "/clients");
-        assert_eq!(normalise("/%63lients").unwrap(), "/clients");
-        assert_eq!(
-            normalise("/%2e%2e/clients").unwrap_err(),
-            Rejection::BadPath("it climbs above the root")
-        );
-        assert_eq!(normalise("/a%2fb").unwrap(), "/a%2Fb");
-        assert_eq!(normalise("/a/").unwrap(), "/a/");
-        assert_eq!(normalise("/a/b/..").unwrap(), "/a/");
-        assert!(normalise("/a%zz").is_err());
-        assert!(normalise("/a%00").is_err());
-        assert!(normalise("/a%").is_err());
-        assert!(normalise("*").is_err());
+    fn router() -> Router {
+        Router::from_parts(
+            ("/clients", &Target::Embedded),
+            ("/session-store/rest/v2", &Target::Upstream("idp".into())),
+            &[RouteConfig {
+                prefix: "/".into(),
+                upstream: "idp".into(),
+            }],
+        )
+    }
+
+    fn op(method: Method, path: &str) -> Result<Operation, Rejection> {
+        router().route(&method, path)
     }
 
     #[test]
-    fn under_is_segment_aware() {
-        assert!(under("/clients", "/clients"));
-        assert!(under("/clients/abc", "/clients"));
-        assert!(!under("/clientsfoo", "/clients"));
-        assert!(!under("/client", "/clients"));
+    fn each_operation_needs_its_credential() {
+        use Credential::*;
+        let id = || "abc".to_string();
+        let table = [
+            (
+                Operation::Registry(RegistryOp::Register),
+                InitialAccessOrMaster,
+            ),
+            (Operation::Registry(RegistryOp::List), Master),
+            (
+                Operation::Registry(RegistryOp::Read { id: id() }),
+                RegistrationAccessOrMaster,
+            ),
+            (
+                Operation::Registry(RegistryOp::Update { id: id() }),
+                RegistrationAccessOrMaster,
+            ),
+            (
+                Operation::Registry(RegistryOp::Delete { id: id() }),
+                RegistrationAccessOrMaster,
+            ),
+            (Operation::Sessions(SessionOp::Create), SessionStoreToken),
+            (Operation::Sessions(SessionOp::Read), SessionStoreToken),
+            (Operation::Sessions(SessionOp::Replace), SessionStoreToken),
+            (Operation::Sessions(SessionOp::Delete), SessionStoreToken),
+            (Operation::Forward { route: 0 }, None),
+        ];
+        for (op, credential) in table {
+            assert_eq!(op.credential(), credential, "{op:?}");
+        }
+    }
+
+    #[test]
+    fn registration_methods() {
+        use RegistryOp::*;
+        let reg = |m: Method, p: &str| {
+            op(m, p).map(|o| match o {
+                Operation::Registry(r) => r,
+                other => panic!("{other:?}"),
+            })
+        };
+        assert_eq!(reg(Method::POST, "/clients"), Ok(Register));
+        assert_eq!(reg(Method::GET, "/clients"), Ok(List));
+        // Servlet containers serve HEAD through GET: HEAD is the list, master token only.
+        assert_eq!(reg(Method::HEAD, "/clients"), Ok(List));
+        for m in [Method::PUT, Method::DELETE, Method::PATCH, Method::OPTIONS] {
+            assert_eq!(
+                reg(m, "/clients"),
+                Err(Rejection::MethodNotAllowed {
+                    allow: ALLOW_COLLECTION
+                })
+            );
+        }
+        let id = || "abc".to_string();
+        assert_eq!(reg(Method::GET, "/clients/abc"), Ok(Read { id: id() }));
+        assert_eq!(reg(Method::HEAD, "/clients/abc"), Ok(Read { id: id() }));
+        assert_eq!(reg(Method::PUT, "/clients/abc"), Ok(Update { id: id() }));
+        assert_eq!(reg(Method::DELETE, "/clients/abc"), Ok(Delete { id: id() }));
+        assert_eq!(
+            reg(Method::POST, "/clients/abc"),
+            Err(Rejection::MethodNotAllowed {
+                allow: ALLOW_CLIENT
+            })
+        );
+        // The trailing slash and deeper paths are no resource: 404 whatever the method.
+        for p in ["/clients/", "/clients/abc/", "/clients/abc/def"] {
+            for m in [Method::POST, Method::GET, Method::DELETE] {
+                assert_eq!(reg(m, p), Err(Rejection::NotFound("Resource")), "{p}");
+            }
+        }
+    }
+
+    #[test]
+    fn session_store_and_routes() {
+        let ss = "/session-store/rest/v2/sessions";
+        assert_eq!(
+            op(Method::DELETE, ss),
+            Ok(Operation::Sessions(SessionOp::Delete))
+        );
+        assert_eq!(
+            op(Method::HEAD, ss),
+            Ok(Operation::Sessions(SessionOp::Read))
+        );
+        assert_eq!(
+            op(Method::PATCH, ss),
+            Err(Rejection::MethodNotAllowed {
+                allow: ALLOW_SESSIONS
+            })
+        );
+        for p in [
+            "/session-store/rest/v2",
+            "/session-store/rest/v2/",
+            "/session-store/rest/v2/sessions/",
+            "/session-store/rest/v2/sessions/x",
+            "/session-store/rest/v2/other",
+        ] {
+            assert_eq!(
+                op(Method::GET, p),
+                Err(Rejection::NotFound("Resource")),
+                "{p}"
+            );
+        }
+        assert_eq!(
+            op(Method::GET, "/clientsfoo"),
+            Ok(Operation::Forward { route: 0 })
+        );
+        assert_eq!(
+            op(Method::GET, "/session-store"),
+            Ok(Operation::Forward { route: 0 })
+        );
+        let r = router();
+        assert_eq!(r.label(&Operation::Forward { route: 0 }), "route:/");
+        assert_eq!(
+            r.target(&Operation::Sessions(SessionOp::Read)),
+            &Target::Upstream("idp".into())
+        );
     }
 }

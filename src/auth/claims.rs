@@ -29,8 +29,18 @@ pub struct Verified {
     pub nbf: Option<f64>,
     pub iat: Option<f64>,
     pub has_scope: bool,
-    /// SHA-256 of the certificate the token is bound to (RFC 8705 §3.1).
-    pub x5t_s256: Option<[u8; 32]>,
+    /// The certificate the token is bound to (RFC 8705 §3.1), when it is bound.
+    pub x5t_s256: Option<CertificateBinding>,
+}
+
+/// A `cnf.x5t#S256` string.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CertificateBinding {
+    /// base64url of a SHA-256: matches the certificate with that thumbprint.
+    Thumbprint([u8; 32]),
+    /// Any other string (hex, padded, the wrong length): a bound token that no certificate
+    /// matches, answered like every other mismatch.
+    Unmatchable,
 }
 
 /// Every claim is taken as raw JSON text borrowed from the payload, so that a wrong type is a
@@ -144,13 +154,16 @@ pub fn verify_claims(payload: &[u8], rules: &Rules) -> Result<Verified, Rejectio
                 None => None,
                 Some(t) => {
                     let t = string(t).ok_or_else(|| invalid("The cnf x5t#S256 is not a string"))?;
-                    let bytes = URL_SAFE_NO_PAD
+                    // DESIGN.md: any string that is not the presented certificate's thumbprint
+                    // gets the one mismatch answer, however it is malformed.
+                    let digest = URL_SAFE_NO_PAD
                         .decode(t.as_bytes())
-                        .map_err(|_| invalid("The cnf x5t#S256 is not base64url"))?;
-                    let digest: [u8; 32] = bytes
-                        .try_into()
-                        .map_err(|_| invalid("The cnf x5t#S256 is not a SHA-256 thumbprint"))?;
-                    Some(digest)
+                        .ok()
+                        .and_then(|b| <[u8; 32]>::try_from(b).ok());
+                    Some(match digest {
+                        Some(d) => CertificateBinding::Thumbprint(d),
+                        None => CertificateBinding::Unmatchable,
+                    })
                 }
             }
         }
@@ -277,8 +290,17 @@ mod tests {
         assert!(err(&with("scope", json!(["client-reg"]))).contains("scope"));
         assert!(err(&with("cnf", json!("x"))).contains("cnf"));
         assert!(err(&with("cnf", json!({"x5t#S256": 5}))).contains("x5t#S256"));
-        assert!(err(&with("cnf", json!({"x5t#S256": "!!"}))).contains("x5t#S256"));
-        assert!(err(&with("cnf", json!({"x5t#S256": "AAAA"}))).contains("x5t#S256"));
+        // A string that is no thumbprint is a binding no certificate matches (the mismatch
+        // answer comes from the per-request check), not a malformed token.
+        for t in [
+            "!!",
+            "AAAA",
+            &"ab".repeat(32),
+            "BwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwc=",
+        ] {
+            let v = verify_claims(&with("cnf", json!({ "x5t#S256": t })), &rules()).unwrap();
+            assert_eq!(v.x5t_s256, Some(CertificateBinding::Unmatchable), "{t}");
+        }
         assert!(err(b"[1,2,3]").contains("JSON object"));
         assert!(err(b"not json").contains("JSON object"));
         assert!(err(b"").contains("JSON object"));
@@ -333,7 +355,7 @@ mod tests {
     fn binding_claim_and_requirement() {
         let t = URL_SAFE_NO_PAD.encode([7u8; 32]);
         let v = verify_claims(&with("cnf", json!({"x5t#S256": t})), &rules()).unwrap();
-        assert_eq!(v.x5t_s256, Some([7u8; 32]));
+        assert_eq!(v.x5t_s256, Some(CertificateBinding::Thumbprint([7u8; 32])));
         let strict = Rules {
             require_binding: true,
             ..rules()

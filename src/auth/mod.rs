@@ -9,7 +9,7 @@ pub mod jwks;
 pub mod jws;
 pub mod token;
 
-use http::{HeaderMap, Method};
+use http::HeaderMap;
 use std::sync::Arc;
 
 use crate::admin::Readiness;
@@ -17,7 +17,7 @@ use crate::certificate::PeerCertificate;
 use crate::config::{Config, SecretDigest, SecretSet};
 use crate::metrics::Metrics;
 use crate::rejection::Rejection;
-use crate::routing::Policy;
+use crate::routing::{Credential, Operation};
 use cache::VerifiedCache;
 use jwks::KeyStore;
 use token::TokenValidator;
@@ -38,18 +38,14 @@ pub enum Grant {
     SessionStoreToken,
 }
 
-/// What the authoriser reads of a request.
+/// What the authoriser reads of a request besides its operation.
 pub struct Facts<'a> {
-    pub method: &'a Method,
-    /// The normalised path.
-    pub path: &'a str,
     pub headers: &'a HeaderMap,
     pub query: Option<&'a str>,
     pub peer: Option<&'a PeerCertificate>,
 }
 
 pub struct Authoriser {
-    registration_path: String,
     master_tokens: SecretSet,
     session_tokens: SecretSet,
     validator: Option<TokenValidator>,
@@ -106,7 +102,6 @@ impl Authoriser {
         };
         Ok((
             Authoriser {
-                registration_path: config.registration.path.clone(),
                 master_tokens: config.registration.master_tokens.clone(),
                 session_tokens: config.session_store.api_tokens.clone(),
                 validator,
@@ -116,15 +111,21 @@ impl Authoriser {
         ))
     }
 
-    pub async fn authorise(&self, policy: Policy, facts: &Facts<'_>) -> Result<Grant, Rejection> {
-        let outcome = match policy {
-            Policy::Passthrough => return Ok(Grant::Open),
-            Policy::Registration => self.registration(facts).await,
-            Policy::SessionStore => self.session_store(facts),
+    /// The grant for `op`, or the rejection: what each operation needs is
+    /// [`Operation::credential`], in one place.
+    pub async fn authorise(&self, op: &Operation, facts: &Facts<'_>) -> Result<Grant, Rejection> {
+        let credential = op.credential();
+        let label = match credential {
+            Credential::None => return Ok(Grant::Open),
+            Credential::SessionStoreToken => "session_store",
+            _ => "registration",
         };
-        let label = match policy {
-            Policy::Registration => "registration",
-            _ => "session_store",
+        let outcome = match credential {
+            Credential::None => Ok(Grant::Open),
+            Credential::InitialAccessOrMaster => self.initial_access(facts).await,
+            Credential::Master => self.master(facts),
+            Credential::RegistrationAccessOrMaster => self.registration_access(facts),
+            Credential::SessionStoreToken => self.session_store(facts),
         };
         match &outcome {
             Ok(_) => self
@@ -141,22 +142,13 @@ impl Authoriser {
         outcome
     }
 
-    async fn registration(&self, facts: &Facts<'_>) -> Result<Grant, Rejection> {
+    /// `POST` on the registration collection: a master token or an initial access token.
+    async fn initial_access(&self, facts: &Facts<'_>) -> Result<Grant, Rejection> {
         let token = bearer::bearer_token(facts.headers, facts.query)?
             .ok_or(Rejection::MissingCredentials)?;
         let digest = SecretDigest::of(token.as_bytes());
         if self.master_tokens.contains_digest(&digest) {
             return Ok(Grant::MasterToken);
-        }
-        if facts.path != self.registration_path {
-            return Ok(Grant::ClientToken {
-                digest: *digest.bytes(),
-            });
-        }
-        if facts.method == Method::GET {
-            return Err(Rejection::InvalidToken(
-                "Listing clients requires a master token".into(),
-            ));
         }
         let validator = self
             .validator
@@ -166,6 +158,33 @@ impl Authoriser {
             .validate(token, digest.bytes(), facts.peer)
             .await
             .map(|()| Grant::InitialAccessToken)
+    }
+
+    /// Listing every client: a master token only.
+    fn master(&self, facts: &Facts<'_>) -> Result<Grant, Rejection> {
+        let token = bearer::bearer_token(facts.headers, facts.query)?
+            .ok_or(Rejection::MissingCredentials)?;
+        if self.master_tokens.contains(token.as_bytes()) {
+            Ok(Grant::MasterToken)
+        } else {
+            Err(Rejection::InvalidToken(
+                "Listing clients requires a master token".into(),
+            ))
+        }
+    }
+
+    /// A client's own URI: a master token, or a bearer token that the target checks as that
+    /// client's registration access token.
+    fn registration_access(&self, facts: &Facts<'_>) -> Result<Grant, Rejection> {
+        let token = bearer::bearer_token(facts.headers, facts.query)?
+            .ok_or(Rejection::MissingCredentials)?;
+        let digest = SecretDigest::of(token.as_bytes());
+        if self.master_tokens.contains_digest(&digest) {
+            return Ok(Grant::MasterToken);
+        }
+        Ok(Grant::ClientToken {
+            digest: *digest.bytes(),
+        })
     }
 
     fn session_store(&self, facts: &Facts<'_>) -> Result<Grant, Rejection> {

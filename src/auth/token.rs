@@ -6,7 +6,7 @@ use std::sync::Arc;
 use subtle::ConstantTimeEq;
 
 use super::cache::{now_secs, VerifiedCache};
-use super::claims::{check_time, verify_claims, Rules, Verified};
+use super::claims::{check_time, verify_claims, CertificateBinding, Rules, Verified};
 use super::jwks::{KeyStore, Lookup};
 use super::jws::{split, typ_accepted, verify_signature, Header};
 use crate::certificate::PeerCertificate;
@@ -118,7 +118,12 @@ impl TokenValidator {
         check_time(v, now, self.rules.leeway_secs)?;
         if let Some(bound) = &v.x5t_s256 {
             // RFC 8705 §3: the connection's certificate must be the one the token is bound to.
-            let matches = peer.is_some_and(|p| bool::from(p.sha256().ct_eq(bound)));
+            let matches = match bound {
+                CertificateBinding::Thumbprint(t) => {
+                    peer.is_some_and(|p| bool::from(p.sha256().ct_eq(t)))
+                }
+                CertificateBinding::Unmatchable => false,
+            };
             if !matches {
                 return Err(Rejection::CertificateMismatch);
             }

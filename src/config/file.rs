@@ -105,6 +105,9 @@ pub struct UpstreamFile {
     pub tls: Option<bool>,
     pub sni: Option<String>,
     pub client_cert_header: Option<String>,
+    /// Set X-Forwarded-For/-Proto/-Host and Forwarded (default true); client-sent ones are
+    /// removed either way.
+    pub forwarded_headers: Option<bool>,
     /// Extension: CA bundle that signs the upstream's certificate (default: system roots).
     pub ca: Option<String>,
     /// Extension: time allowed to open a connection (default 5s).

@@ -215,7 +215,10 @@ pub struct Upstream {
     pub address: SocketAddr,
     pub tls: bool,
     pub sni: String,
+    /// RFC 9440 header set from the client's certificate; None: not passed on.
     pub client_cert_header: Option<http::HeaderName>,
+    /// Whether bindgate sets X-Forwarded-For/-Proto/-Host and Forwarded.
+    pub forwarded_headers: bool,
     pub ca: Option<PathBuf>,
     pub connect_timeout: Duration,
     pub read_timeout: Duration,

@@ -34,6 +34,11 @@ impl Problems {
 /// Headers bindgate or HTTP itself owns; an upstream's `client_cert_header` may not be one.
 const RESERVED_HEADERS: &[&str] = &[
     "host",
+    "forwarded",
+    "x-forwarded-for",
+    "x-forwarded-proto",
+    "x-forwarded-host",
+    "client-cert-chain",
     "authorization",
     "content-length",
     "transfer-encoding",
@@ -218,25 +223,31 @@ pub fn validate(file: FileConfig, source: &Path) -> Result<Config, Vec<Problem>>
             );
         }
         let address = resolve_addr(&mut p, &format!("{key}.address"), &u.address);
-        let client_cert_header = u.client_cert_header.as_deref().and_then(|h| {
-            match http::HeaderName::from_bytes(h.as_bytes()) {
-                Ok(n) if RESERVED_HEADERS.contains(&n.as_str()) => {
-                    p.push(
-                        format!("{key}.client_cert_header"),
-                        format!("`{h}` is a header bindgate or HTTP already gives a meaning to"),
-                    );
-                    None
-                }
-                Ok(n) => Some(n),
-                Err(_) => {
-                    p.push(
-                        format!("{key}.client_cert_header"),
-                        format!("`{h}` is not a valid header name"),
-                    );
-                    None
-                }
-            }
-        });
+        // Absent: `Client-Cert` (RFC 9440). "": the certificate is not passed on (the client's
+        // own Client-Cert and Client-Cert-Chain are removed all the same).
+        let given = u.client_cert_header.as_deref().unwrap_or("Client-Cert");
+        let client_cert_header =
+            Some(given)
+                .filter(|h| !h.is_empty())
+                .and_then(|h| match http::HeaderName::from_bytes(h.as_bytes()) {
+                    Ok(n) if RESERVED_HEADERS.contains(&n.as_str()) => {
+                        p.push(
+                            format!("{key}.client_cert_header"),
+                            format!(
+                                "`{h}` is a header bindgate or HTTP already gives a meaning to"
+                            ),
+                        );
+                        None
+                    }
+                    Ok(n) => Some(n),
+                    Err(_) => {
+                        p.push(
+                            format!("{key}.client_cert_header"),
+                            format!("`{h}` is not a valid header name"),
+                        );
+                        None
+                    }
+                });
         let ca = u.ca.as_deref().map(path_of);
         if let Some(ca) = &ca {
             check_certificates(&mut p, &format!("{key}.ca"), ca);
@@ -253,6 +264,7 @@ pub fn validate(file: FileConfig, source: &Path) -> Result<Config, Vec<Problem>>
             tls,
             sni,
             client_cert_header,
+            forwarded_headers: u.forwarded_headers.unwrap_or(true),
             ca,
             connect_timeout: p.duration(
                 &format!("{key}.connect_timeout"),

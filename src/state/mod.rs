@@ -8,7 +8,7 @@ pub mod store;
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use http::{HeaderValue, Method};
+use http::HeaderValue;
 use pingora::server::ShutdownWatch;
 use pingora::services::background::BackgroundService;
 use std::time::Duration;
@@ -16,6 +16,7 @@ use std::time::Duration;
 use crate::auth::Grant;
 use crate::config::{Config, SessionLimits};
 use crate::rejection::Rejection;
+use crate::routing::{RegistryOp, SessionOp};
 use clients::StoredClient;
 use sessions::Record;
 pub use store::{SessionSnapshot, Store};
@@ -122,22 +123,40 @@ pub struct SessionQuery {
 }
 
 impl SessionQuery {
-    pub fn parse(query: Option<&str>) -> SessionQuery {
+    /// The parameters this API reads; one given twice is refused, since another reader of
+    /// the same query (the provider behind) could take the other value.
+    pub fn parse(query: Option<&str>) -> Result<SessionQuery, Rejection> {
         let mut q = SessionQuery {
             subject: None,
             all: false,
             quiet: false,
         };
+        let (mut all, mut quiet) = (false, false);
         for (k, v) in form_urlencoded::parse(query.unwrap_or_default().as_bytes()) {
-            match &*k {
-                "subject" => q.subject = Some(v.into_owned()),
-                "all" => q.all = v == "true",
-                "quiet" => q.quiet = v == "true",
-                _ => {}
+            let seen = match &*k {
+                "subject" => q.subject.replace(v.into_owned()).is_some(),
+                "all" => std::mem::replace(&mut all, true) || !set_flag(&mut q.all, &v),
+                "quiet" => std::mem::replace(&mut quiet, true) || !set_flag(&mut q.quiet, &v),
+                _ => false,
+            };
+            if seen {
+                return Err(Rejection::InvalidInput(format!(
+                    "The {k} parameter is given twice or is not true / false"
+                )));
             }
         }
-        q
+        Ok(q)
     }
+}
+
+/// `true` / `false` into `flag`; false when the value is neither.
+fn set_flag(flag: &mut bool, value: &str) -> bool {
+    match value {
+        "true" => *flag = true,
+        "false" => *flag = false,
+        _ => return false,
+    }
+    true
 }
 
 impl StateService {
@@ -188,63 +207,59 @@ impl StateService {
             .map_err(storage)
     }
 
-    /// The registration path: `rest` is what follows `registration.path` ("" or "/{id}").
+    /// A registry operation, authorised by `grant`.
     pub async fn registration(
         &self,
-        method: &Method,
-        rest: &str,
+        op: &RegistryOp,
         grant: &Grant,
         body: Bytes,
     ) -> Result<Reply, Rejection> {
         let grant = grant.clone();
-        let method = method.clone();
-        let rest = rest.to_string();
-        self.blocking(move |me| me.registration_blocking(&method, &rest, &grant, &body))
+        let op = op.clone();
+        self.blocking(move |me| me.registration_blocking(&op, &grant, &body))
             .await
     }
 
     fn registration_blocking(
         &self,
-        method: &Method,
-        rest: &str,
+        op: &RegistryOp,
         grant: &Grant,
         body: &[u8],
     ) -> Result<Reply, Rejection> {
-        if rest.is_empty() || rest == "/" {
-            return match *method {
-                Method::POST => {
-                    let (client, token) = clients::register(body, now())?;
-                    self.save_client(&client)?;
-                    let mut view = client.view(&self.client_uri(&client.client_id));
-                    view.insert("registration_access_token".into(), token.into());
-                    Ok(Reply::Json {
-                        status: 201,
-                        body: serde_json::to_vec(&view).unwrap_or_default(),
-                        pragma_no_cache: true,
-                    })
+        let id = match op {
+            RegistryOp::Register => {
+                let (client, token) = clients::register(body, now())?;
+                self.save_client(&client)?;
+                let mut view = client.view(&self.client_uri(&client.client_id));
+                view.insert("registration_access_token".into(), token.into());
+                return Ok(Reply::Json {
+                    status: 201,
+                    body: serde_json::to_vec(&view).unwrap_or_default(),
+                    pragma_no_cache: true,
+                });
+            }
+            RegistryOp::List => {
+                if *grant != Grant::MasterToken {
+                    return Err(Rejection::InvalidToken(
+                        "Listing clients requires a master token".into(),
+                    ));
                 }
-                Method::GET if *grant == Grant::MasterToken => {
-                    let mut all = Vec::new();
-                    for bytes in self.store.clients().map_err(storage)? {
-                        if let Ok(c) = serde_json::from_slice::<StoredClient>(&bytes) {
-                            all.push(serde_json::Value::Object(
-                                c.view(&self.client_uri(&c.client_id)),
-                            ));
-                        }
+                let mut all = Vec::new();
+                for bytes in self.store.clients().map_err(storage)? {
+                    if let Ok(c) = serde_json::from_slice::<StoredClient>(&bytes) {
+                        all.push(serde_json::Value::Object(
+                            c.view(&self.client_uri(&c.client_id)),
+                        ));
                     }
-                    Ok(Reply::Json {
-                        status: 200,
-                        body: serde_json::to_vec(&all).unwrap_or_default(),
-                        pragma_no_cache: true,
-                    })
                 }
-                Method::GET => Err(Rejection::InvalidToken(
-                    "Listing clients requires a master token".into(),
-                )),
-                _ => Err(Rejection::MethodNotAllowed),
-            };
-        }
-        let id = rest.strip_prefix('/').unwrap_or(rest);
+                return Ok(Reply::Json {
+                    status: 200,
+                    body: serde_json::to_vec(&all).unwrap_or_default(),
+                    pragma_no_cache: true,
+                });
+            }
+            RegistryOp::Read { id } | RegistryOp::Update { id } | RegistryOp::Delete { id } => id,
+        };
         let client = if clients::valid_client_id(id) {
             self.load_client(id)?
         } else {
@@ -262,14 +277,8 @@ impl StateService {
                 ))
             }
         };
-        match *method {
-            Method::GET => Ok(Reply::Json {
-                status: 200,
-                body: serde_json::to_vec(&client.view(&self.client_uri(&client.client_id)))
-                    .unwrap_or_default(),
-                pragma_no_cache: true,
-            }),
-            Method::PUT => {
+        match op {
+            RegistryOp::Update { .. } => {
                 let updated = clients::update(&client, body)?;
                 self.save_client(&updated)?;
                 Ok(Reply::Json {
@@ -279,29 +288,29 @@ impl StateService {
                     pragma_no_cache: true,
                 })
             }
-            Method::DELETE => {
+            RegistryOp::Delete { .. } => {
                 self.store
                     .delete_client(&client.client_id)
                     .map_err(storage)?;
                 Ok(Reply::NoContent)
             }
-            _ => Err(Rejection::MethodNotAllowed),
+            _ => Ok(Reply::Json {
+                status: 200,
+                body: serde_json::to_vec(&client.view(&self.client_uri(&client.client_id)))
+                    .unwrap_or_default(),
+                pragma_no_cache: true,
+            }),
         }
     }
 
-    /// The session-store path: `rest` is what follows `session_store.path`; `sid_header` is the
-    /// request's `SID` header.
+    /// A session-store operation; `query` is the request's query, `sid_header` its `SID`.
     pub async fn sessions(
         &self,
-        method: &Method,
-        rest: &str,
+        op: SessionOp,
         query: Option<&str>,
         sid_header: Option<&HeaderValue>,
         body: Bytes,
     ) -> Result<Reply, Rejection> {
-        if rest != "/sessions" {
-            return Err(Rejection::NotFound("Resource"));
-        }
         let sid = match sid_header {
             None => None,
             Some(v) => match v.to_str() {
@@ -309,9 +318,8 @@ impl StateService {
                 _ => return Err(Rejection::InvalidInput("Malformed SID header".into())),
             },
         };
-        let q = SessionQuery::parse(query);
-        let method = method.clone();
-        self.blocking(move |me| me.sessions_blocking(&method, sid, q, &body))
+        let q = SessionQuery::parse(query)?;
+        self.blocking(move |me| me.sessions_blocking(op, sid, q, &body))
             .await
     }
 
@@ -348,7 +356,7 @@ impl StateService {
 
     fn sessions_blocking(
         &self,
-        method: &Method,
+        op: SessionOp,
         sid: Option<String>,
         q: SessionQuery,
         body: &[u8],
@@ -359,8 +367,8 @@ impl StateService {
                 "Give the SID header, or the subject (or all=true for delete) parameter".into(),
             )
         };
-        match *method {
-            Method::POST => {
+        match op {
+            SessionOp::Create => {
                 let record = sessions::record_from_body(body, &self.limits, at, at)?;
                 let sid = sessions::new_sid()?;
                 self.store
@@ -373,7 +381,7 @@ impl StateService {
                     .map_err(storage)?;
                 Ok(json(201, &serde_json::json!({ "sid": sid })))
             }
-            Method::GET => match (sid, q.subject) {
+            SessionOp::Read => match (sid, q.subject) {
                 (Some(sid), _) => {
                     let mut record = self.live(&sid, at)?.ok_or(Rejection::NotFound("Session"))?;
                     // A read is activity (max_idle); losing this in a crash only shortens it.
@@ -397,7 +405,7 @@ impl StateService {
                 }
                 (None, None) => Err(need()),
             },
-            Method::PUT => {
+            SessionOp::Replace => {
                 let sid = sid.ok_or_else(need)?;
                 let old = self.live(&sid, at)?.ok_or(Rejection::NotFound("Session"))?;
                 let record = sessions::record_from_body(body, &self.limits, at, old.creation_time)?;
@@ -410,7 +418,7 @@ impl StateService {
                 }
                 Ok(Reply::NoContent)
             }
-            Method::DELETE => match (sid, q.subject, q.all) {
+            SessionOp::Delete => match (sid, q.subject, q.all) {
                 (Some(sid), _, _) => {
                     let removed = self
                         .store
@@ -451,7 +459,6 @@ impl StateService {
                 }
                 (None, None, false) => Err(need()),
             },
-            _ => Err(Rejection::MethodNotAllowed),
         }
     }
 
