@@ -115,10 +115,7 @@ impl Gateway {
             session.set_keepalive(None);
         }
         ctx.rejection = Some(rejection);
-        session
-            .write_response_header(Box::new(header), false)
-            .await?;
-        session.write_response_body(Some(body), true).await?;
+        write_answer(session, header, body).await?;
         Ok(true)
     }
 
@@ -175,16 +172,15 @@ impl Gateway {
         };
         match reply {
             Ok(reply) => {
-                let head = session.req_header().method == http::Method::HEAD;
-                self.send_reply(session, reply, head).await?;
+                self.send_reply(session, reply).await?;
                 Ok(true)
             }
             Err(r) => self.reject(session, ctx, r).await,
         }
     }
 
-    /// Writes an embedded answer; for `HEAD`, its header only (RFC 9110 §9.3.2).
-    async fn send_reply(&self, session: &mut Session, reply: Reply, head: bool) -> Result<()> {
+    /// Writes an embedded answer.
+    async fn send_reply(&self, session: &mut Session, reply: Reply) -> Result<()> {
         match reply {
             Reply::Json {
                 status,
@@ -195,15 +191,7 @@ impl Gateway {
                 if pragma_no_cache {
                     header.insert_header("pragma", "no-cache")?;
                 }
-                if head {
-                    return session.write_response_header(Box::new(header), true).await;
-                }
-                session
-                    .write_response_header(Box::new(header), false)
-                    .await?;
-                session
-                    .write_response_body(Some(Bytes::from(body)), true)
-                    .await
+                write_answer(session, header, Bytes::from(body)).await
             }
             Reply::NoContent => {
                 let mut header = pingora::http::ResponseHeader::build(204, Some(2))?;
@@ -276,6 +264,22 @@ impl Gateway {
         let operation = self.router.route(&req.method, &target.path)?;
         Ok((target, served_host, operation))
     }
+}
+
+/// Writes a complete answer; for `HEAD`, the header alone (RFC 9110 §9.3.2: a body would be a
+/// protocol error on HTTP/2).
+async fn write_answer(
+    session: &mut Session,
+    header: pingora::http::ResponseHeader,
+    body: Bytes,
+) -> Result<()> {
+    if session.req_header().method == http::Method::HEAD {
+        return session.write_response_header(Box::new(header), true).await;
+    }
+    session
+        .write_response_header(Box::new(header), false)
+        .await?;
+    session.write_response_body(Some(body), true).await
 }
 
 /// The host the request addressed: an absolute-form target's authority (RFC 9112 §3.2.2),
@@ -552,13 +556,7 @@ impl ProxyHttp for Gateway {
             // send the next request into a closing connection.
             session.set_keepalive(None);
             let (header, body) = rejection.response();
-            if session
-                .write_response_header(Box::new(header), false)
-                .await
-                .is_ok()
-            {
-                let _ = session.write_response_body(Some(body), true).await;
-            }
+            let _ = write_answer(session, header, body).await;
         }
         ctx.rejection.get_or_insert(rejection);
         FailToProxy {
