@@ -11,7 +11,8 @@
 //!   empty segments merged;
 //! - decode-everything-first: every escape decoded (`%2F` becomes a separator, `%3B` a `;`,
 //!   `\` a `/`), then the same;
-//! each also with a trailing slash ignored (frameworks that match `/clients/` as `/clients`).
+//!
+//! Each also with a trailing slash ignored (frameworks that match `/clients/` as `/clients`).
 
 use bindgate::config::{Route, Target};
 use bindgate::routing::{Operation, Router};
