@@ -262,6 +262,12 @@ impl Gateway {
             }
         }
         let operation = self.router.route(&req.method, &target.path)?;
+        if matches!(operation, Operation::Sessions(_))
+            && req.headers.get_all("sid").iter().nth(1).is_some()
+        {
+            // The provider behind could read the other one.
+            return Err(Rejection::InvalidRequest("More than one SID header"));
+        }
         Ok((target, served_host, operation))
     }
 }
@@ -440,8 +446,14 @@ impl ProxyHttp for Gateway {
                 upstream_request.insert_header(name.clone(), cert.header_value())?;
             }
         }
-        for name in FORWARDING_HEADERS {
+        for name in FORWARDING_HEADERS.iter().chain(PATH_OVERRIDE_HEADERS) {
             while upstream_request.remove_header(*name).is_some() {}
+        }
+        if !matches!(ctx.operation, Some(Operation::Forward { .. })) {
+            // The method was authorised: no framework behind may read another one.
+            for name in METHOD_OVERRIDE_HEADERS {
+                while upstream_request.remove_header(*name).is_some() {}
+            }
         }
         if upstream.config.forwarded_headers {
             let peer = session
@@ -620,6 +632,18 @@ const FORWARDING_HEADERS: &[&str] = &[
     "x-forwarded-port",
     "x-forwarded-prefix",
     "x-real-ip",
+];
+
+/// Headers some frameworks (Symfony, Zend, IIS rewrite) take as the request path instead of the
+/// target: a client's would route around what bindgate authorised, on any route.
+const PATH_OVERRIDE_HEADERS: &[&str] = &["x-original-url", "x-rewrite-url"];
+
+/// Headers some frameworks take as the request method: removed on the operations bindgate
+/// authorises by method (registration, session store).
+const METHOD_OVERRIDE_HEADERS: &[&str] = &[
+    "x-http-method-override",
+    "x-http-method",
+    "x-method-override",
 ];
 
 /// RFC 7239 `Forwarded`: `for` (an IPv6 address quoted in brackets), `proto`, `host` (quoted:

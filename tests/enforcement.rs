@@ -259,6 +259,9 @@ const REFUSED: &[Case] = &[
     // The same header twice, the host twice.
     Case { line: "POST /clients HTTP/1.1", headers: &["Authorization: Bearer x", "Authorization: Bearer y"], status: 400, error: "invalid_request" },
     Case { line: "GET /other HTTP/1.1", headers: &["Host: localhost", "Host: evil.example.com"], status: 400, error: "" },
+    Case { line: "GET /session-store/rest/v2/sessions HTTP/1.1", headers: &["Authorization: Bearer session-api-token", "SID: a", "SID: b"], status: 400, error: "invalid_request" },
+    Case { line: "DELETE /session-store/rest/v2/sessions?all=true&all=false HTTP/1.1", headers: &["Authorization: Bearer session-api-token"], status: 400, error: "invalid_request" },
+    Case { line: "DELETE /session-store/rest/v2/sessions?quiet=true&quiet=false&all=true HTTP/1.1", headers: &["Authorization: Bearer session-api-token"], status: 400, error: "invalid_request" },
 ];
 
 fn check_refused(s: &Setup, mode: Mode) {
@@ -455,7 +458,7 @@ fn absolute_form_is_forwarded_as_its_normalised_path_with_its_host() {
 #[test]
 fn forwarding_headers_are_removed_and_set_by_bindgate() {
     let s = setup(Mode::Upstream);
-    let spoofed = "\r\nClient-Cert: :c3Bvb2Y=:\r\nClient-Cert: :dHdpY2U=:\r\nClient-Cert-Chain: :c3Bvb2Y=:\r\nX-Forwarded-For: 203.0.113.9\r\nX-Forwarded-For: 198.51.100.1\r\nX-Forwarded-Proto: http\r\nX-Forwarded-Host: evil.example.com\r\nX-Forwarded-Port: 80\r\nX-Real-IP: 203.0.113.9\r\nForwarded: for=203.0.113.9;proto=http";
+    let spoofed = "\r\nX-Original-URL: /clients\r\nX-Rewrite-URL: /clients\r\nX-HTTP-Method-Override: GET\r\nClient-Cert: :c3Bvb2Y=:\r\nClient-Cert: :dHdpY2U=:\r\nClient-Cert-Chain: :c3Bvb2Y=:\r\nX-Forwarded-For: 203.0.113.9\r\nX-Forwarded-For: 198.51.100.1\r\nX-Forwarded-Proto: http\r\nX-Forwarded-Host: evil.example.com\r\nX-Forwarded-Port: 80\r\nX-Real-IP: 203.0.113.9\r\nForwarded: for=203.0.113.9;proto=http";
     let host = format!("localhost:{}", s.bg.port);
     for identity in [None, Some("client1")] {
         let a = s.raw(
@@ -485,6 +488,27 @@ fn forwarding_headers_are_removed_and_set_by_bindgate() {
         assert!(r.all("client-cert-chain").is_empty(), "request {i}");
         assert!(r.all("x-forwarded-port").is_empty(), "request {i}");
         assert!(r.all("x-real-ip").is_empty(), "request {i}");
+        assert!(r.all("x-original-url").is_empty(), "request {i}");
+        assert!(r.all("x-rewrite-url").is_empty(), "request {i}");
+        // A route authorises no method: its method override is the application's business.
+        assert_eq!(r.all("x-http-method-override"), vec!["GET"], "request {i}");
+    }
+    // On an authorised operation the method that was checked is the only one.
+    let master = s.pki.token("master.token");
+    let a = s.raw(
+        None,
+        &format!("POST /clients HTTP/1.1\r\nAuthorization: Bearer {master}\r\nX-HTTP-Method-Override: GET\r\nX-Method-Override: GET\r\nX-HTTP-Method: GET"),
+        "{}",
+    );
+    assert_eq!(a.status, 200);
+    let registered = s.idp.wait_for(4).pop().unwrap();
+    assert_eq!(registered.method, "POST");
+    for name in [
+        "x-http-method-override",
+        "x-method-override",
+        "x-http-method",
+    ] {
+        assert!(registered.all(name).is_empty(), "{name}");
     }
     for r in &got[..2] {
         assert_eq!(r.all("x-forwarded-for"), vec!["127.0.0.1"]);
@@ -510,9 +534,9 @@ fn forwarding_headers_are_removed_and_set_by_bindgate() {
         &["X-Forwarded-Host: evil.example.com".to_string()],
     );
     assert_eq!(a.status, 200);
-    let got = s.idp.wait_for(4);
-    assert_eq!(got[3].all("x-forwarded-host"), vec![host.as_str()]);
-    assert_eq!(got[3].all("x-forwarded-for"), vec!["127.0.0.1"]);
+    let got = s.idp.wait_for(5);
+    assert_eq!(got[4].all("x-forwarded-host"), vec![host.as_str()]);
+    assert_eq!(got[4].all("x-forwarded-for"), vec!["127.0.0.1"]);
 }
 
 #[test]
