@@ -61,8 +61,13 @@ pub struct Gateway {
     state: Option<StateService>,
     upstreams: HashMap<String, Arc<UpstreamTarget>>,
     max_body: u64,
+    /// How much of an unread request body is read and discarded after an early answer.
+    linger_bytes: u64,
     metrics: Arc<Metrics>,
 }
+
+/// How long an unread request body is read and discarded after an early answer.
+const LINGER_TIME: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// What one request learnt on its way through the filters.
 pub struct RequestCtx {
@@ -99,6 +104,7 @@ impl Gateway {
             state,
             upstreams,
             max_body: config.server.max_body,
+            linger_bytes: (4 * config.server.max_body).max(1 << 20),
             metrics,
         })
     }
@@ -116,7 +122,52 @@ impl Gateway {
         }
         ctx.rejection = Some(rejection);
         write_answer(session, header, body).await?;
+        self.linger(session).await;
         Ok(true)
+    }
+
+    /// After an answer written before the request body was read: reads and discards what is
+    /// left of it, at most `linger_bytes` and [`LINGER_TIME`] (lingering close, as nginx and
+    /// HAProxy do). An HTTP/1.1 client then reads the answer instead of a connection reset; an
+    /// HTTP/2 stream ends when the client's does, with no `RST_STREAM` that some clients (curl
+    /// 7.88) report as an error and lose the answer over. Past the bound, HTTP/1.1 closes the
+    /// connection and HTTP/2 resets the stream with `NO_ERROR` (RFC 9113 §8.1).
+    async fn linger(&self, session: &mut Session) {
+        if session.is_body_done() {
+            return;
+        }
+        let expects_continue = session
+            .req_header()
+            .headers
+            .get(http::header::EXPECT)
+            .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
+        if expects_continue {
+            // The client waits for a 100 that will not come and sends no body (RFC 9110
+            // §10.1.1): nothing to drain, and the connection cannot be reused.
+            session.set_keepalive(None);
+            return;
+        }
+        let limit = self.linger_bytes;
+        let drained = tokio::time::timeout(LINGER_TIME, async {
+            let mut read = 0u64;
+            loop {
+                match session.read_request_body().await {
+                    Ok(Some(chunk)) => {
+                        read += chunk.len() as u64;
+                        if read > limit {
+                            return false;
+                        }
+                    }
+                    Ok(None) => return true,
+                    Err(_) => return false,
+                }
+            }
+        })
+        .await
+        .unwrap_or(false);
+        if !drained {
+            session.set_keepalive(None);
+        }
     }
 
     /// Reads the whole request body for the embedded service, refusing it past `max_body`.
@@ -568,7 +619,9 @@ impl ProxyHttp for Gateway {
             // send the next request into a closing connection.
             session.set_keepalive(None);
             let (header, body) = rejection.response();
-            let _ = write_answer(session, header, body).await;
+            if write_answer(session, header, body).await.is_ok() {
+                self.linger(session).await;
+            }
         }
         ctx.rejection.get_or_insert(rejection);
         FailToProxy {
