@@ -818,3 +818,76 @@ fn delete_all_streams_over_http2_too() {
     let map: serde_json::Map<String, Value> = resp.json().unwrap();
     assert_eq!(map.len(), 1200, "three chunks of 512 and the rest");
 }
+
+#[test]
+fn a_deleted_session_stays_deleted_under_concurrent_reads_and_replaces() {
+    let pki = Pki::new();
+    let bg = start(&pki, ":memory:");
+    let api = Api::new(&bg, &pki);
+    let token = pki.token("session-store.token");
+    let url = bg.url("/session-store/rest/v2/sessions");
+    // Each trial: three readers and one replacer loop on one SID while it is deleted by SID, by
+    // subject or by delete-all; afterwards it must be gone, whatever they did in between.
+    for trial in 0..100 {
+        let subject = format!("user-{trial}");
+        let sid = api.create_session(&format!(r#"{{"sub":"{subject}"}}"#));
+        let stop = std::sync::atomic::AtomicBool::new(false);
+        std::thread::scope(|scope| {
+            for worker in 0..8 {
+                let (bg, pki, url, token, sid, stop) = (&bg, &pki, &url, &token, &sid, &stop);
+                let subject = subject.clone();
+                scope.spawn(move || {
+                    let client = bg.client(pki, None, Http::One);
+                    // Bounded: stops when told, and after 2 000 requests at most.
+                    for _ in 0..2000 {
+                        if stop.load(std::sync::atomic::Ordering::Relaxed) {
+                            break;
+                        }
+                        let req = if worker == 0 {
+                            client
+                                .put(url)
+                                .body(format!(r#"{{"sub":"{subject}","acr":"x"}}"#))
+                        } else {
+                            client.get(url)
+                        };
+                        let status = req
+                            .bearer_auth(token)
+                            .header("SID", sid)
+                            .send()
+                            .map(|r| r.status().as_u16())
+                            .unwrap_or(0);
+                        assert!(matches!(status, 200 | 204 | 404), "status {status}");
+                    }
+                });
+            }
+            // Let the loops start before the delete.
+            std::thread::sleep(Duration::from_millis(5));
+            let deleted = match trial % 3 {
+                0 => api.sessions(reqwest::Method::DELETE, "?quiet=true", Some(&sid), None),
+                1 => api.sessions(
+                    reqwest::Method::DELETE,
+                    &format!("?subject={subject}&quiet=true"),
+                    None,
+                    None,
+                ),
+                _ => api.sessions(reqwest::Method::DELETE, "?all=true&quiet=true", None, None),
+            };
+            assert_eq!(deleted.status, 204, "trial {trial}");
+            // The loops keep going a little after the delete: a write-back would land here.
+            std::thread::sleep(Duration::from_millis(5));
+            stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        });
+        let after = api.sessions(reqwest::Method::GET, "", Some(&sid), None);
+        assert_eq!(
+            after.status, 404,
+            "trial {trial}: the deleted session came back"
+        );
+        let listed = api.sessions(
+            reqwest::Method::GET,
+            &format!("?subject={subject}"),
+            None,
+            None,
+        );
+        assert_eq!(listed.body, json!({}), "trial {trial}");
+    }
+}

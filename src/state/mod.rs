@@ -19,7 +19,7 @@ use crate::rejection::Rejection;
 use crate::routing::{RegistryOp, SessionOp};
 use clients::StoredClient;
 use sessions::Record;
-pub use store::{SessionSnapshot, Store};
+pub use store::{Change, SessionSnapshot, Store};
 
 /// How many sessions one streamed chunk holds.
 pub const STREAM_CHUNK: usize = 512;
@@ -106,6 +106,12 @@ fn json(status: u16, value: &serde_json::Value) -> Reply {
 fn storage(e: store::StoreError) -> Rejection {
     tracing::error!(target: "bindgate::state", "{e}");
     Rejection::StorageUnavailable
+}
+
+impl From<store::StoreError> for Rejection {
+    fn from(e: store::StoreError) -> Self {
+        storage(e)
+    }
 }
 
 #[derive(Clone)]
@@ -323,15 +329,6 @@ impl StateService {
             .await
     }
 
-    fn live(&self, sid: &str, at: i64) -> Result<Option<Record>, Rejection> {
-        Ok(self
-            .store
-            .get_session(sid)
-            .map_err(storage)?
-            .and_then(|b| Record::decode(&b))
-            .filter(|r| !r.expired(at)))
-    }
-
     fn map_of(entries: Vec<(String, Vec<u8>)>, at: i64) -> Vec<u8> {
         let mut out = vec![b'{'];
         let mut first = true;
@@ -383,15 +380,28 @@ impl StateService {
             }
             SessionOp::Read => match (sid, q.subject) {
                 (Some(sid), _) => {
-                    let mut record = self.live(&sid, at)?.ok_or(Rejection::NotFound("Session"))?;
-                    // A read is activity (max_idle); losing this in a crash only shortens it.
-                    record.last_access = at;
+                    // A read is activity (max_idle): the last access is updated in the same
+                    // transaction that reads, so a session deleted meanwhile stays deleted.
+                    // Losing the update in a crash only shortens the session.
+                    let mut found = None;
                     self.store
-                        .put_session(&sid, &record.subject, &record.encode(), store::Commit::Lazy)
-                        .map_err(storage)?;
+                        .update_session(&sid, store::Commit::Lazy, |bytes| {
+                            let Some(mut record) = Record::decode(bytes).filter(|r| !r.expired(at))
+                            else {
+                                return Ok::<_, Rejection>(Change::Keep);
+                            };
+                            record.last_access = at;
+                            let change = Change::Write {
+                                old_subject: record.subject.clone(),
+                                subject: record.subject.clone(),
+                                record: record.encode(),
+                            };
+                            found = Some(record.json);
+                            Ok(change)
+                        })?;
                     Ok(Reply::Json {
                         status: 200,
-                        body: record.json,
+                        body: found.ok_or(Rejection::NotFound("Session"))?,
                         pragma_no_cache: false,
                     })
                 }
@@ -407,12 +417,22 @@ impl StateService {
             },
             SessionOp::Replace => {
                 let sid = sid.ok_or_else(need)?;
-                let old = self.live(&sid, at)?.ok_or(Rejection::NotFound("Session"))?;
-                let record = sessions::record_from_body(body, &self.limits, at, old.creation_time)?;
-                let replaced = self
-                    .store
-                    .replace_session(&sid, &old.subject, &record.subject, &record.encode())
-                    .map_err(storage)?;
+                // Read and replaced in one transaction: a concurrent delete is not undone.
+                let mut replaced = false;
+                self.store
+                    .update_session(&sid, store::Commit::Durable, |bytes| {
+                        let Some(old) = Record::decode(bytes).filter(|r| !r.expired(at)) else {
+                            return Ok::<_, Rejection>(Change::Keep);
+                        };
+                        let record =
+                            sessions::record_from_body(body, &self.limits, at, old.creation_time)?;
+                        replaced = true;
+                        Ok(Change::Write {
+                            old_subject: old.subject,
+                            subject: record.subject.clone(),
+                            record: record.encode(),
+                        })
+                    })?;
                 if !replaced {
                     return Err(Rejection::NotFound("Session"));
                 }
@@ -550,5 +570,41 @@ mod tests {
         let listed = state.store.sessions_of("user-0").unwrap();
         assert!(listed.iter().all(|(sid, _)| sid != "sid-00000"));
         assert_eq!(state.purge_expired().unwrap(), 0);
+    }
+
+    #[test]
+    fn update_session_never_writes_back_what_is_gone() {
+        let store = Store::open(&StatePath::Memory).unwrap();
+        let write = |subject: &str, record: &[u8]| Change::Write {
+            old_subject: "alice".into(),
+            subject: subject.into(),
+            record: record.to_vec(),
+        };
+        // Absent: f is not called and nothing is created.
+        let existed = store
+            .update_session("sid-1", store::Commit::Durable, |_| {
+                Ok::<_, Rejection>(write("alice", b"x"))
+            })
+            .unwrap();
+        assert!(!existed);
+        assert!(store.get_session("sid-1").unwrap().is_none());
+        store
+            .put_session("sid-1", "alice", b"v1", store::Commit::Durable)
+            .unwrap();
+        // f's error aborts: the record stays as it was.
+        let err = store.update_session("sid-1", store::Commit::Durable, |_| {
+            Err::<Change, _>(Rejection::InvalidInput("no".into()))
+        });
+        assert!(err.is_err());
+        assert_eq!(store.get_session("sid-1").unwrap().unwrap(), b"v1");
+        // A write moves the subject index with the subject.
+        assert!(store
+            .update_session("sid-1", store::Commit::Durable, |old| {
+                assert_eq!(old, b"v1");
+                Ok::<_, Rejection>(write("bob", b"v2"))
+            })
+            .unwrap());
+        assert!(store.sessions_of("alice").unwrap().is_empty());
+        assert_eq!(store.sessions_of("bob").unwrap().len(), 1);
     }
 }

@@ -88,6 +88,18 @@ pub enum Commit {
     Lazy,
 }
 
+/// What [`Store::update_session`] does with the record it read.
+pub enum Change {
+    /// Leave it as it is.
+    Keep,
+    /// Store `record`; the subject index moves when the subject changed.
+    Write {
+        old_subject: String,
+        subject: String,
+        record: Vec<u8>,
+    },
+}
+
 #[derive(Clone)]
 pub struct Store {
     db: Arc<Database>,
@@ -226,28 +238,58 @@ impl Store {
         })
     }
 
-    /// Replaces a session that exists; false when it does not.
-    pub fn replace_session(
+    /// Read-modify-write of one session inside one write transaction, so that nothing
+    /// deleted or replaced in between is written back: `f` sees the current record and says
+    /// what to store. False when the session does not exist (then `f` is not called).
+    pub fn update_session<E: From<StoreError>>(
         &self,
         sid: &str,
-        old_subject: &str,
-        subject: &str,
-        record: &[u8],
-    ) -> Result<bool> {
-        self.write(Commit::Durable, |txn| {
-            let g = gen_w(txn)?;
-            let mut sessions = txn.open_table(g.sessions()).map_err(fail)?;
-            if sessions.get(sid).map_err(fail)?.is_none() {
+        commit: Commit,
+        f: impl FnOnce(&[u8]) -> std::result::Result<Change, E>,
+    ) -> std::result::Result<bool, E> {
+        let mut txn = self.db.begin_write().map_err(fail)?;
+        if commit == Commit::Lazy {
+            txn.set_durability(Durability::None).map_err(fail)?;
+        }
+        let g = gen_w(&txn)?;
+        let change = {
+            let sessions = txn.open_table(g.sessions()).map_err(fail)?;
+            let current = sessions.get(sid).map_err(fail)?;
+            match current {
+                Some(v) => Some(f(v.value())),
+                None => None,
+            }
+        };
+        let (old_subject, subject, record) = match change {
+            None => {
+                txn.abort().map_err(fail)?;
                 return Ok(false);
             }
-            sessions.insert(sid, record).map_err(fail)?;
-            if old_subject != subject {
-                let mut index = txn.open_multimap_table(g.by_subject()).map_err(fail)?;
-                index.remove(old_subject, sid).map_err(fail)?;
-                index.insert(subject, sid).map_err(fail)?;
+            Some(Err(e)) => {
+                txn.abort().map_err(fail)?;
+                return Err(e);
             }
-            Ok(true)
-        })
+            Some(Ok(Change::Keep)) => {
+                txn.abort().map_err(fail)?;
+                return Ok(true);
+            }
+            Some(Ok(Change::Write {
+                old_subject,
+                subject,
+                record,
+            })) => (old_subject, subject, record),
+        };
+        txn.open_table(g.sessions())
+            .map_err(fail)?
+            .insert(sid, record.as_slice())
+            .map_err(fail)?;
+        if old_subject != subject {
+            let mut index = txn.open_multimap_table(g.by_subject()).map_err(fail)?;
+            index.remove(old_subject.as_str(), sid).map_err(fail)?;
+            index.insert(subject.as_str(), sid).map_err(fail)?;
+        }
+        txn.commit().map_err(fail)?;
+        Ok(true)
     }
 
     pub fn get_session(&self, sid: &str) -> Result<Option<Vec<u8>>> {
