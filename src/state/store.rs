@@ -255,10 +255,7 @@ impl Store {
         let change = {
             let sessions = txn.open_table(g.sessions()).map_err(fail)?;
             let current = sessions.get(sid).map_err(fail)?;
-            match current {
-                Some(v) => Some(f(v.value())),
-                None => None,
-            }
+            current.map(|v| f(v.value()))
         };
         let (old_subject, subject, record) = match change {
             None => {
