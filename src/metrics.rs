@@ -25,6 +25,8 @@ pub struct Metrics {
     /// `verified_cache` with its label resolved once (the hot path does not look labels up).
     pub verified_cache_hit: IntCounter,
     pub verified_cache_miss: IntCounter,
+    /// A cached token whose key is no longer published with the same material.
+    pub verified_cache_revoked: IntCounter,
 }
 
 impl Metrics {
@@ -104,6 +106,7 @@ impl Metrics {
             stale_key_uses,
             verified_cache_hit: verified_cache.with_label_values(&["hit"]),
             verified_cache_miss: verified_cache.with_label_values(&["miss"]),
+            verified_cache_revoked: verified_cache.with_label_values(&["revoked"]),
             verified_cache,
         }
     }

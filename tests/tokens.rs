@@ -516,6 +516,53 @@ fn key_rotation_new_kid_is_accepted_on_first_use() {
 }
 
 #[test]
+fn a_key_replaced_under_the_same_kid_revokes_what_it_verified() {
+    let leaked = Signer::new(Algorithm::ES256, "k1");
+    let s = setup(
+        &[&leaked],
+        Options {
+            refresh: "200ms",
+            ..Options::default()
+        },
+    );
+    let cached = leaked.sign(&claims());
+    let mut other = claims();
+    other["jti"] = json!("unused-before-the-replacement");
+    let unused = leaked.sign(&other);
+    // Verified once, then served from the verified-token cache.
+    assert_eq!(s.register(Some(&cached), None).status, 200);
+    assert_eq!(s.register(Some(&cached), None).status, 200);
+    assert!(s.metric("bindgate_verified_token_cache_total{result=\"hit\"}") >= 1.0);
+    // The provider replaces the leaked key under the same kid.
+    let replacement = Signer::new(Algorithm::ES256, "k1");
+    s.jwks.set_reply(200, &jwks(&[&replacement]));
+    // The next refresh (every 200ms) brings the new key: from then on, the cached token is
+    // refused although its cache entry had not expired.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let a = loop {
+        let a = s.register(Some(&cached), None);
+        if a.status != 200 || Instant::now() > deadline {
+            break a;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert_invalid_token(&a, "a cached token of the replaced key");
+    assert_eq!(a.body["error_description"], "Invalid token signature");
+    assert_invalid_token(
+        &s.register(Some(&unused), None),
+        "an unused token of the replaced key",
+    );
+    assert_eq!(
+        s.register(Some(&replacement.sign(&claims())), None).status,
+        200
+    );
+    // And it stays refused: nothing put the old verification back.
+    for _ in 0..5 {
+        assert_invalid_token(&s.register(Some(&cached), None), "still the replaced key");
+    }
+}
+
+#[test]
 fn key_server_down_keeps_known_keys() {
     let es = Signer::new(Algorithm::ES256, "es-1");
     let s = setup(

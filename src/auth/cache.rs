@@ -1,31 +1,46 @@
 //! The verified-token cache: SHA-256 of the token → the outcome of its signature and
-//! time-independent claim checks. An entry lives until the token's `exp` (plus leeway) at the
-//! latest; the clock and the certificate binding are checked again on every hit.
+//! time-independent claim checks, with the key that verified it. An entry lives until the
+//! token's `exp` (plus leeway) at the latest; the clock, the certificate binding and whether
+//! the key is still published with the same material are checked again on every hit.
 
 use moka::sync::Cache;
 use moka::Expiry;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use super::claims::Verified;
 
+/// A verified token and the key that vouched for it.
+#[derive(Debug)]
+pub struct Entry {
+    pub verified: Verified,
+    /// The `kid` the token named.
+    pub kid: Option<String>,
+    /// The fingerprint of the key that verified the signature.
+    pub key: [u8; 32],
+}
+
 pub struct VerifiedCache {
-    inner: Cache<[u8; 32], Arc<Verified>>,
+    inner: Cache<[u8; 32], Arc<Entry>>,
     leeway: f64,
+    /// Bumped by every clear: a verification that began before a clear does not insert after
+    /// it (its key may be the one that was revoked).
+    epoch: AtomicU64,
 }
 
 struct UntilExpiry {
     leeway: f64,
 }
 
-impl Expiry<[u8; 32], Arc<Verified>> for UntilExpiry {
+impl Expiry<[u8; 32], Arc<Entry>> for UntilExpiry {
     fn expire_after_create(
         &self,
         _key: &[u8; 32],
-        value: &Arc<Verified>,
+        value: &Arc<Entry>,
         _created_at: Instant,
     ) -> Option<Duration> {
-        let remaining = value.exp + self.leeway - now_secs();
+        let remaining = value.verified.exp + self.leeway - now_secs();
         Some(Duration::from_secs_f64(
             remaining.clamp(0.0, 86_400.0 * 365.0),
         ))
@@ -49,22 +64,71 @@ impl VerifiedCache {
                 .expire_after(UntilExpiry { leeway })
                 .build(),
             leeway,
+            epoch: AtomicU64::new(0),
         }
     }
 
-    pub fn get(&self, digest: &[u8; 32]) -> Option<Arc<Verified>> {
+    pub fn get(&self, digest: &[u8; 32]) -> Option<Arc<Entry>> {
         self.inner.get(digest)
     }
 
-    /// Keeps `verified` unless it has already expired.
-    pub fn insert(&self, digest: [u8; 32], verified: Arc<Verified>, now: f64) {
-        if verified.exp + self.leeway > now {
-            self.inner.insert(digest, verified);
+    pub fn remove(&self, digest: &[u8; 32]) {
+        self.inner.invalidate(digest);
+    }
+
+    /// The epoch to pass to [`Self::insert`]: read it before looking the key up.
+    pub fn epoch(&self) -> u64 {
+        self.epoch.load(Ordering::Acquire)
+    }
+
+    /// Keeps `entry` unless it has already expired or the cache was cleared since `epoch`.
+    pub fn insert(&self, digest: [u8; 32], entry: Arc<Entry>, now: f64, epoch: u64) {
+        if entry.verified.exp + self.leeway > now && self.epoch() == epoch {
+            self.inner.insert(digest, entry);
+            // A clear that raced with the insert: undo it rather than keep what it revoked.
+            if self.epoch() != epoch {
+                self.inner.invalidate(&digest);
+            }
         }
     }
 
-    /// Forgets everything, e.g. when signing keys are removed.
+    /// Forgets everything, e.g. when signing keys are removed or replaced.
     pub fn clear(&self) {
+        self.epoch.fetch_add(1, Ordering::AcqRel);
         self.inner.invalidate_all();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(exp: f64) -> Arc<Entry> {
+        Arc::new(Entry {
+            verified: Verified {
+                exp,
+                nbf: None,
+                iat: None,
+                has_scope: true,
+                x5t_s256: None,
+            },
+            kid: Some("k1".into()),
+            key: [1; 32],
+        })
+    }
+
+    #[test]
+    fn a_verification_begun_before_a_clear_is_not_inserted_after_it() {
+        let cache = VerifiedCache::new(100, Duration::from_secs(0));
+        let now = now_secs();
+        let before = cache.epoch();
+        cache.clear();
+        cache.insert([7; 32], entry(now + 600.0), now, before);
+        assert!(cache.get(&[7; 32]).is_none());
+        cache.insert([7; 32], entry(now + 600.0), now, cache.epoch());
+        assert!(cache.get(&[7; 32]).is_some());
+        // Expired on arrival: not kept.
+        cache.insert([8; 32], entry(now - 1.0), now, cache.epoch());
+        assert!(cache.get(&[8; 32]).is_none());
     }
 }

@@ -33,6 +33,9 @@ pub struct VerifyKey {
     /// The JWK's `alg`, when it names one: a token must then use exactly that algorithm.
     pub alg: Option<JwsAlgorithm>,
     pub material: KeyMaterial,
+    /// SHA-256 over the key type, the public key material and `alg`: two keys with the same
+    /// fingerprint verify exactly the same tokens. The verified-token cache remembers it.
+    pub fingerprint: [u8; 32],
 }
 
 impl std::fmt::Debug for VerifyKey {
@@ -162,11 +165,44 @@ pub fn parse_jwk(value: &serde_json::Value) -> Result<Option<VerifyKey>, String>
         Some("oct") => return Ok(None),
         other => return Err(format!("unsupported key type {other:?}")),
     };
+    let fingerprint = fingerprint(&material, alg).map_err(err)?;
     Ok(Some(VerifyKey {
         kid: raw.kid,
         alg,
         material,
+        fingerprint,
     }))
+}
+
+fn fingerprint(
+    material: &KeyMaterial,
+    alg: Option<JwsAlgorithm>,
+) -> Result<[u8; 32], openssl::error::ErrorStack> {
+    use sha2::{Digest, Sha256};
+    let mut h = Sha256::new();
+    match material {
+        KeyMaterial::Rsa(k) => {
+            let rsa = k.rsa()?;
+            h.update(b"RSA\0");
+            h.update(rsa.n().to_vec());
+            h.update(b"\0");
+            h.update(rsa.e().to_vec());
+        }
+        KeyMaterial::Ec(point, curve) => {
+            h.update(match curve {
+                Curve::P256 => b"EC P-256\0",
+                Curve::P384 => b"EC P-384\0",
+            });
+            h.update(point);
+        }
+        KeyMaterial::Ed25519(k) => {
+            h.update(b"OKP Ed25519\0");
+            h.update(k.raw_public_key()?);
+        }
+    }
+    h.update(b"\0");
+    h.update(alg.map(JwsAlgorithm::name).unwrap_or("-"));
+    Ok(h.finalize().into())
 }
 
 /// The keys of a JWK set and the problems of the entries that could not be used.

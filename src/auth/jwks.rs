@@ -164,6 +164,9 @@ impl KeyStore {
         }
         let mut kids = Vec::new();
         let mut without_kid = Vec::new();
+        // A kid whose key material changed (a leaked key replaced under the same kid) revokes
+        // what the old key verified, as a removed kid does.
+        let mut replaced = false;
         for key in set.keys {
             match key.kid.clone() {
                 Some(kid) => {
@@ -171,6 +174,14 @@ impl KeyStore {
                         tracing::warn!(target: "bindgate::jwks", "duplicate kid in the key set; the last one is used");
                     } else {
                         kids.push(kid.clone());
+                    }
+                    if self
+                        .by_kid
+                        .get(&kid)
+                        .is_some_and(|old| old.fingerprint != key.fingerprint)
+                    {
+                        tracing::warn!(target: "bindgate::jwks", kid = %kid, "key replaced under the same kid: tokens it verified are forgotten");
+                        replaced = true;
                     }
                     self.by_kid.insert(kid, Arc::new(key));
                 }
@@ -187,7 +198,13 @@ impl KeyStore {
                 .filter(|k| !kids.contains(k))
                 .cloned()
                 .collect();
-            let removed = !gone.is_empty() || !s.without_kid.is_empty();
+            let removed = replaced
+                || !gone.is_empty()
+                || s.without_kid.iter().any(|old| {
+                    !without_kid
+                        .iter()
+                        .any(|k: &Arc<VerifyKey>| k.fingerprint == old.fingerprint)
+                });
             for kid in &gone {
                 self.by_kid.invalidate(kid);
             }
@@ -281,6 +298,30 @@ impl KeyStore {
                         "The token has no kid and several keys could have signed it",
                     )),
                 }
+            }
+        }
+    }
+
+    /// Whether the key with `fingerprint` (named `kid` in the token) is still published and
+    /// usable: a verified-token cache hit is only as good as the key that verified it.
+    pub fn vouches_for(&self, kid: Option<&str>, fingerprint: &[u8; 32]) -> bool {
+        let Ok(s) = self.status.read() else {
+            return false;
+        };
+        if s.last_success.is_none() || self.is_stale(&s) {
+            return false;
+        }
+        match kid {
+            Some(kid) => self
+                .by_kid
+                .get(kid)
+                .is_some_and(|k| k.fingerprint == *fingerprint),
+            None => {
+                s.without_kid.iter().any(|k| k.fingerprint == *fingerprint)
+                    || self
+                        .by_kid
+                        .iter()
+                        .any(|(_, k)| k.fingerprint == *fingerprint)
             }
         }
     }

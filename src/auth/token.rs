@@ -5,7 +5,7 @@
 use std::sync::Arc;
 use subtle::ConstantTimeEq;
 
-use super::cache::{now_secs, VerifiedCache};
+use super::cache::{now_secs, Entry, VerifiedCache};
 use super::claims::{check_time, verify_claims, CertificateBinding, Rules, Verified};
 use super::jwks::{KeyStore, Lookup};
 use super::jws::{split, typ_accepted, verify_signature, Header};
@@ -78,33 +78,40 @@ impl TokenValidator {
         peer: Option<&PeerCertificate>,
         now: f64,
     ) -> Result<Attempt, Rejection> {
-        let cached = self.cache.as_ref().and_then(|c| c.get(digest));
-        let verified = match cached {
-            Some(v) => {
-                self.metrics
-                    .verified_cache
-                    .with_label_values(&["hit"])
-                    .inc();
-                v
+        let cached = self.cache.as_ref().and_then(|c| {
+            let entry = c.get(digest)?;
+            // A hit is only as good as its key: replaced or withdrawn, the token is verified
+            // again (and fails against the new key).
+            if self.keys.vouches_for(entry.kid.as_deref(), &entry.key) {
+                Some(entry)
+            } else {
+                self.metrics.verified_cache_revoked.inc();
+                c.remove(digest);
+                None
+            }
+        });
+        let entry = match cached {
+            Some(entry) => {
+                self.metrics.verified_cache_hit.inc();
+                entry
             }
             None => {
                 if self.cache.is_some() {
-                    self.metrics
-                        .verified_cache
-                        .with_label_values(&["miss"])
-                        .inc();
+                    self.metrics.verified_cache_miss.inc();
                 }
-                let v = match self.verify(token)? {
-                    Some(v) => Arc::new(v),
+                let epoch = self.cache.as_ref().map(|c| c.epoch()).unwrap_or(0);
+                let entry = match self.verify(token)? {
+                    Some(e) => Arc::new(e),
                     None => return Ok(Attempt::UnknownKey),
                 };
                 if let Some(cache) = &self.cache {
-                    cache.insert(*digest, v.clone(), now);
+                    cache.insert(*digest, entry.clone(), now, epoch);
                 }
-                v
+                entry
             }
         };
-        self.check_per_request(&verified, peer, now)?;
+        let verified = &entry.verified;
+        self.check_per_request(verified, peer, now)?;
         Ok(Attempt::Valid)
     }
 
@@ -136,8 +143,9 @@ impl TokenValidator {
         Ok(())
     }
 
-    /// Signature and time-independent claims; `Ok(None)` when the kid is unknown.
-    pub fn verify(&self, token: &str) -> Result<Option<Verified>, Rejection> {
+    /// Signature and time-independent claims, with the key that verified them; `Ok(None)`
+    /// when the kid is unknown.
+    pub fn verify(&self, token: &str) -> Result<Option<Entry>, Rejection> {
         let jws = split(token).ok_or_else(|| invalid("Malformed JWT"))?;
         let header: Header =
             serde_json::from_slice(&jws.header).map_err(|_| invalid("Malformed JWT header"))?;
@@ -157,6 +165,11 @@ impl TokenValidator {
         if !verify_signature(alg, &key, jws.signing_input, &jws.signature) {
             return Err(invalid("Invalid token signature"));
         }
-        verify_claims(&jws.payload, &self.rules).map(Some)
+        let verified = verify_claims(&jws.payload, &self.rules)?;
+        Ok(Some(Entry {
+            verified,
+            kid: header.kid.map(|k| k.into_owned()),
+            key: key.fingerprint,
+        }))
     }
 }
