@@ -18,7 +18,7 @@ use crate::config::{Config, Target, Upstream};
 use crate::metrics::Metrics;
 use crate::rejection::Rejection;
 use crate::routing::{Operation, Router, SessionOp};
-use crate::state::{Reply, SessionQuery, StateService, StreamingDelete};
+use crate::state::{Reply, SessionQuery, StateService, StreamingMap};
 use crate::target::{self, RequestTarget};
 use crate::tls;
 
@@ -253,11 +253,14 @@ impl Gateway {
         }
     }
 
-    /// Streams a delete-all map chunk by chunk: memory stays flat whatever the store holds.
-    async fn stream(&self, session: &mut Session, mut stream: Box<StreamingDelete>) -> Result<()> {
+    /// Streams a session map chunk by chunk: memory stays flat whatever the store holds.
+    async fn stream(&self, session: &mut Session, mut stream: Box<StreamingMap>) -> Result<()> {
         let mut header = pingora::http::ResponseHeader::build(200, Some(4))?;
         header.insert_header("content-type", "application/json")?;
         header.insert_header("cache-control", "no-store")?;
+        if session.req_header().method == http::Method::HEAD {
+            return session.write_response_header(Box::new(header), true).await;
+        }
         if !session.is_http2() {
             header.insert_header("transfer-encoding", "chunked")?;
         }

@@ -667,6 +667,10 @@ fn acknowledged_writes_survive_kill_9() {
 /// Fills a state file with `n` sessions through the library (an import), before the server
 /// opens it.
 fn populate(db: &Path, n: usize) {
+    populate_with(db, n, |i| format!("user-{}", i % 1000));
+}
+
+fn populate_with(db: &Path, n: usize, subject: impl Fn(usize) -> String) {
     use bindgate::config::{SessionLimits, StatePath};
     use bindgate::state::{sessions, Store};
     let store = Store::open(&StatePath::File(db.to_path_buf())).unwrap();
@@ -680,10 +684,7 @@ fn populate(db: &Path, n: usize) {
         .unwrap()
         .as_secs() as i64;
     let items = (0..n).map(|i| {
-        let body = format!(
-            r#"{{"sub":"user-{}","acr":"1","data":{{"i":{i}}}}}"#,
-            i % 1000
-        );
+        let body = format!(r#"{{"sub":"{}","acr":"1","data":{{"i":{i}}}}}"#, subject(i));
         let r = sessions::record_from_body(body.as_bytes(), &limits, now, now).unwrap();
         (format!("sid-{i:08}"), r.subject.clone(), r.encode())
     });
@@ -749,6 +750,108 @@ fn delete_all_100k_streams_the_map_and_quiet_answers_204() {
             .len(),
         1
     );
+}
+
+#[test]
+fn a_subject_with_100k_sessions_is_streamed_when_read_and_deleted() {
+    let pki = Pki::new();
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("state.db");
+    // 100 000 sessions of alice, one of bob (sorted after alice in the index).
+    populate_with(&db, 100_001, |i| {
+        if i == 100_000 {
+            "bob".into()
+        } else {
+            "alice".into()
+        }
+    });
+    let bg = start(&pki, &db.display().to_string());
+    let api = Api::new(&bg, &pki);
+    for method in [reqwest::Method::GET, reqwest::Method::DELETE] {
+        let resp = api
+            .client
+            .request(
+                method.clone(),
+                bg.url("/session-store/rest/v2/sessions?subject=alice"),
+            )
+            .bearer_auth(&api.sessions_token)
+            .send()
+            .unwrap();
+        assert_eq!(resp.status(), 200, "{method}");
+        assert!(
+            resp.headers().get("content-length").is_none(),
+            "{method}: streamed, not buffered"
+        );
+        let map: serde_json::Map<String, Value> = resp.json().unwrap();
+        assert_eq!(map.len(), 100_000, "{method}");
+        assert_eq!(map["sid-00000042"]["data"]["i"], 42);
+        assert!(map.values().all(|s| s["sub"] == "alice"));
+    }
+    use reqwest::Method as M;
+    let left = api.sessions(M::GET, "?subject=alice", None, None);
+    assert_eq!(left.body, json!({}), "every session of alice deleted");
+    assert_eq!(
+        api.sessions(M::GET, "", Some("sid-00000042"), None).status,
+        404
+    );
+    let bob = api.sessions(M::GET, "?subject=bob", None, None);
+    assert_eq!(bob.body.as_object().unwrap().len(), 1, "bob's untouched");
+}
+
+#[test]
+fn a_store_written_with_the_earlier_subject_index_is_migrated() {
+    use bindgate::config::SessionLimits;
+    use bindgate::state::sessions;
+    let pki = Pki::new();
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("state.db");
+    {
+        // The layout of earlier releases: a multimap subject → sid.
+        let limits = SessionLimits {
+            max_life: 60,
+            auth_life: 30,
+            max_idle: 15,
+        };
+        let now = tokens_now();
+        let r = sessions::record_from_body(br#"{"sub":"legacy"}"#, &limits, now, now).unwrap();
+        let file = redb::Database::create(&db).unwrap();
+        let txn = file.begin_write().unwrap();
+        {
+            let mut t = txn
+                .open_table(redb::TableDefinition::<&str, &[u8]>::new("sessions.0"))
+                .unwrap();
+            t.insert("sid-legacy", r.encode().as_slice()).unwrap();
+            let mut m = txn
+                .open_multimap_table(redb::MultimapTableDefinition::<&str, &str>::new(
+                    "sessions_by_subject.0",
+                ))
+                .unwrap();
+            m.insert("legacy", "sid-legacy").unwrap();
+        }
+        txn.commit().unwrap();
+    }
+    let bg = start(&pki, &db.display().to_string());
+    let api = Api::new(&bg, &pki);
+    use reqwest::Method as M;
+    let listed = api.sessions(M::GET, "?subject=legacy", None, None);
+    assert_eq!(
+        listed.body["sid-legacy"]["sub"], "legacy",
+        "{:?}",
+        listed.body
+    );
+    let o = api.sessions(M::DELETE, "?subject=legacy&quiet=true", None, None);
+    assert_eq!(o.status, 204);
+    assert_eq!(
+        api.sessions(M::GET, "", Some("sid-legacy"), None).status,
+        404
+    );
+}
+
+fn tokens_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64
 }
 
 #[test]

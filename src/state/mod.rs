@@ -19,7 +19,7 @@ use crate::rejection::Rejection;
 use crate::routing::{RegistryOp, SessionOp};
 use clients::StoredClient;
 use sessions::Record;
-pub use store::{Change, SessionSnapshot, Store};
+pub use store::{Change, Chunks, SessionSnapshot, Store, SubjectSnapshot};
 
 /// How many sessions one streamed chunk holds.
 pub const STREAM_CHUNK: usize = 512;
@@ -34,18 +34,27 @@ pub enum Reply {
         pragma_no_cache: bool,
     },
     NoContent,
-    /// Every session deleted, to be streamed as one JSON object.
-    Stream(Box<StreamingDelete>),
+    /// A map sid → session (all deleted, or one subject's), streamed as one JSON object.
+    Stream(Box<StreamingMap>),
 }
 
-/// The JSON map of a delete-all, produced chunk by chunk from the pre-delete snapshot.
-pub struct StreamingDelete {
-    snapshot: Option<SessionSnapshot>,
+/// A JSON map sid → session produced chunk by chunk from a snapshot (the pre-delete one of a
+/// delete, or the store's for a read): memory stays flat whatever the map holds.
+pub struct StreamingMap {
+    snapshot: Option<Box<dyn Chunks>>,
     started: bool,
     first_entry: bool,
 }
 
-impl StreamingDelete {
+impl StreamingMap {
+    pub fn new(snapshot: Box<dyn Chunks>) -> Self {
+        StreamingMap {
+            snapshot: Some(snapshot),
+            started: false,
+            first_entry: true,
+        }
+    }
+
     /// The next piece of the JSON body; None at the end. Blocking: call off the async threads.
     pub fn next_piece(&mut self, now: i64) -> Result<Option<Vec<u8>>, Rejection> {
         let Some(snapshot) = self.snapshot.as_mut() else {
@@ -329,28 +338,6 @@ impl StateService {
             .await
     }
 
-    fn map_of(entries: Vec<(String, Vec<u8>)>, at: i64) -> Vec<u8> {
-        let mut out = vec![b'{'];
-        let mut first = true;
-        for (sid, bytes) in entries {
-            if Record::expired_bytes(&bytes, at) {
-                continue;
-            }
-            let Some(json) = Record::json_of(&bytes) else {
-                continue;
-            };
-            if !first {
-                out.push(b',');
-            }
-            first = false;
-            out.extend_from_slice(serde_json::to_string(&sid).unwrap_or_default().as_bytes());
-            out.push(b':');
-            out.extend_from_slice(json);
-        }
-        out.push(b'}');
-        out
-    }
-
     fn sessions_blocking(
         &self,
         op: SessionOp,
@@ -406,12 +393,10 @@ impl StateService {
                     })
                 }
                 (None, Some(subject)) => {
-                    let entries = self.store.sessions_of(&subject).map_err(storage)?;
-                    Ok(Reply::Json {
-                        status: 200,
-                        body: Self::map_of(entries, at),
-                        pragma_no_cache: false,
-                    })
+                    let snapshot = self.store.sessions_of(&subject).map_err(storage)?;
+                    Ok(Reply::Stream(Box::new(StreamingMap::new(Box::new(
+                        snapshot,
+                    )))))
                 }
                 (None, None) => Err(need()),
             },
@@ -456,25 +441,20 @@ impl StateService {
                     })
                 }
                 (None, Some(subject), _) => {
-                    let removed = self.store.delete_subject(&subject).map_err(storage)?;
-                    if q.quiet {
-                        return Ok(Reply::NoContent);
+                    let snapshot = self
+                        .store
+                        .delete_subject(&subject, !q.quiet)
+                        .map_err(storage)?;
+                    match snapshot {
+                        None => Ok(Reply::NoContent),
+                        Some(s) => Ok(Reply::Stream(Box::new(StreamingMap::new(Box::new(s))))),
                     }
-                    Ok(Reply::Json {
-                        status: 200,
-                        body: Self::map_of(removed, at),
-                        pragma_no_cache: false,
-                    })
                 }
                 (None, None, true) => {
                     let snapshot = self.store.delete_all_sessions(!q.quiet).map_err(storage)?;
                     match snapshot {
                         None => Ok(Reply::NoContent),
-                        Some(s) => Ok(Reply::Stream(Box::new(StreamingDelete {
-                            snapshot: Some(s),
-                            started: false,
-                            first_entry: true,
-                        }))),
+                        Some(s) => Ok(Reply::Stream(Box::new(StreamingMap::new(Box::new(s))))),
                     }
                 }
                 (None, None, false) => Err(need()),
@@ -540,6 +520,15 @@ mod tests {
     use super::*;
     use crate::config::StatePath;
 
+    fn all_of(store: &Store, subject: &str) -> store::Entries {
+        let mut snapshot = store.sessions_of(subject).unwrap();
+        let mut out = Vec::new();
+        while let Some(chunk) = snapshot.next_chunk(3).unwrap() {
+            out.extend(chunk);
+        }
+        out
+    }
+
     #[test]
     fn purge_removes_expired_sessions_only() {
         let limits = SessionLimits {
@@ -567,7 +556,7 @@ mod tests {
         assert!(state.store.get_session("sid-00000").unwrap().is_none());
         assert!(state.store.get_session("sid-00001").unwrap().is_some());
         // The subject index no longer lists purged sessions.
-        let listed = state.store.sessions_of("user-0").unwrap();
+        let listed = all_of(&state.store, "user-0");
         assert!(listed.iter().all(|(sid, _)| sid != "sid-00000"));
         assert_eq!(state.purge_expired().unwrap(), 0);
     }
@@ -604,7 +593,7 @@ mod tests {
                 Ok::<_, Rejection>(write("bob", b"v2"))
             })
             .unwrap());
-        assert!(store.sessions_of("alice").unwrap().is_empty());
-        assert_eq!(store.sessions_of("bob").unwrap().len(), 1);
+        assert!(all_of(&store, "alice").is_empty());
+        assert_eq!(all_of(&store, "bob").len(), 1);
     }
 }

@@ -4,7 +4,8 @@
 use redb::backends::InMemoryBackend;
 use redb::{
     Database, Durability, MultimapTableDefinition, MultimapTableHandle, ReadTransaction,
-    ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition, TableHandle,
+    ReadableDatabase, ReadableMultimapTable, ReadableTable, ReadableTableMetadata, TableDefinition,
+    TableHandle,
 };
 use std::ops::Bound;
 use std::sync::Arc;
@@ -14,6 +15,15 @@ use crate::config::StatePath;
 const CLIENTS: TableDefinition<&str, &[u8]> = TableDefinition::new("clients");
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 const GENERATION: &str = "sessions_generation";
+
+/// The subject index of stores written before the index became a range table: migrated into
+/// the new table at start.
+fn legacy_index(n: u64) -> String {
+    format!("sessions_by_subject.{n}")
+}
+
+/// (subject, sid) bounds of one subject's range in the index.
+type IndexKey<'a> = (&'a str, &'a str);
 
 /// The session tables of one generation. A delete-all switches to a new, empty generation in
 /// one small commit (so its answer starts at once, whatever the store holds) and drops the old
@@ -30,7 +40,7 @@ impl Generation {
         Generation {
             n,
             sessions: format!("sessions.{n}"),
-            by_subject: format!("sessions_by_subject.{n}"),
+            by_subject: format!("sessions_by_subject_v2.{n}"),
         }
     }
 
@@ -38,8 +48,10 @@ impl Generation {
         TableDefinition::new(&self.sessions)
     }
 
-    fn by_subject(&self) -> MultimapTableDefinition<'_, &'static str, &'static str> {
-        MultimapTableDefinition::new(&self.by_subject)
+    /// The subject index: (subject, sid) keys in order, so that one subject's sessions are a
+    /// range that can be read a chunk at a time.
+    fn by_subject(&self) -> TableDefinition<'_, (&'static str, &'static str), ()> {
+        TableDefinition::new(&self.by_subject)
     }
 }
 
@@ -132,27 +144,48 @@ impl Store {
                 txn.open_table(CLIENTS).map_err(fail)?;
                 let current = gen_w(txn)?;
                 txn.open_table(current.sessions()).map_err(fail)?;
-                txn.open_multimap_table(current.by_subject())
-                    .map_err(fail)?;
+                let mut index = txn.open_table(current.by_subject()).map_err(fail)?;
+                let legacy: Vec<String> = txn
+                    .list_multimap_tables()
+                    .map_err(fail)?
+                    .map(|t| t.name().to_string())
+                    .filter(|n| n.starts_with("sessions_by_subject."))
+                    .collect();
+                for name in legacy {
+                    let def = MultimapTableDefinition::<&str, &str>::new(&name);
+                    if name == legacy_index(current.n) {
+                        let old = txn.open_multimap_table(def).map_err(fail)?;
+                        for entry in old.iter().map_err(fail)? {
+                            let (subject, sids) = entry.map_err(fail)?;
+                            for sid in sids {
+                                let sid = sid.map_err(fail)?;
+                                index
+                                    .insert((subject.value(), sid.value()), ())
+                                    .map_err(fail)?;
+                            }
+                        }
+                    }
+                    txn.delete_multimap_table(def).map_err(fail)?;
+                }
+                drop(index);
                 let stale: Vec<String> = txn
                     .list_tables()
                     .map_err(fail)?
                     .map(|t| t.name().to_string())
-                    .filter(|n| n.starts_with("sessions.") && *n != current.sessions)
+                    .filter(|n| {
+                        (n.starts_with("sessions.") && *n != current.sessions)
+                            || (n.starts_with("sessions_by_subject_v2.")
+                                && *n != current.by_subject)
+                    })
                     .collect();
                 for name in stale {
-                    txn.delete_table(TableDefinition::<&str, &[u8]>::new(&name))
-                        .map_err(fail)?;
-                }
-                let stale: Vec<String> = txn
-                    .list_multimap_tables()
-                    .map_err(fail)?
-                    .map(|t| t.name().to_string())
-                    .filter(|n| n.starts_with("sessions_by_subject.") && *n != current.by_subject)
-                    .collect();
-                for name in stale {
-                    txn.delete_multimap_table(MultimapTableDefinition::<&str, &str>::new(&name))
-                        .map_err(fail)?;
+                    if name.starts_with("sessions.") {
+                        txn.delete_table(TableDefinition::<&str, &[u8]>::new(&name))
+                            .map_err(fail)?;
+                    } else {
+                        txn.delete_table(TableDefinition::<IndexKey, ()>::new(&name))
+                            .map_err(fail)?;
+                    }
                 }
                 Ok(())
             })
@@ -230,9 +263,9 @@ impl Store {
                 .map_err(fail)?
                 .insert(sid, record)
                 .map_err(fail)?;
-            txn.open_multimap_table(g.by_subject())
+            txn.open_table(g.by_subject())
                 .map_err(fail)?
-                .insert(subject, sid)
+                .insert((subject, sid), ())
                 .map_err(fail)?;
             Ok(())
         })
@@ -281,9 +314,9 @@ impl Store {
             .insert(sid, record.as_slice())
             .map_err(fail)?;
         if old_subject != subject {
-            let mut index = txn.open_multimap_table(g.by_subject()).map_err(fail)?;
-            index.remove(old_subject.as_str(), sid).map_err(fail)?;
-            index.insert(subject.as_str(), sid).map_err(fail)?;
+            let mut index = txn.open_table(g.by_subject()).map_err(fail)?;
+            index.remove((old_subject.as_str(), sid)).map_err(fail)?;
+            index.insert((subject.as_str(), sid), ()).map_err(fail)?;
         }
         txn.commit().map_err(fail)?;
         Ok(true)
@@ -296,19 +329,17 @@ impl Store {
         Ok(table.get(sid).map_err(fail)?.map(|v| v.value().to_vec()))
     }
 
-    pub fn sessions_of(&self, subject: &str) -> Result<Entries> {
+    /// The sessions of `subject`, read a chunk at a time from one snapshot.
+    pub fn sessions_of(&self, subject: &str) -> Result<SubjectSnapshot> {
         let txn = self.read()?;
-        let g = gen_r(&txn)?;
-        let index = txn.open_multimap_table(g.by_subject()).map_err(fail)?;
-        let sessions = txn.open_table(g.sessions()).map_err(fail)?;
-        let mut out = Vec::new();
-        for sid in index.get(subject).map_err(fail)? {
-            let sid = sid.map_err(fail)?;
-            if let Some(v) = sessions.get(sid.value()).map_err(fail)? {
-                out.push((sid.value().to_string(), v.value().to_vec()));
-            }
-        }
-        Ok(out)
+        let generation = gen_r(&txn)?;
+        Ok(SubjectSnapshot {
+            txn,
+            generation,
+            subject: subject.to_string(),
+            after: None,
+            done: false,
+        })
     }
 
     /// Removes one session; its record, if it existed.
@@ -326,9 +357,9 @@ impl Store {
                 .map(|v| v.value().to_vec());
             if let Some(record) = &removed {
                 if let Some(subject) = subject_of(record) {
-                    txn.open_multimap_table(g.by_subject())
+                    txn.open_table(g.by_subject())
                         .map_err(fail)?
-                        .remove(subject.as_str(), sid)
+                        .remove((subject.as_str(), sid))
                         .map_err(fail)?;
                 }
             }
@@ -336,28 +367,56 @@ impl Store {
         })
     }
 
-    /// Removes every session of `subject`; their records.
-    pub fn delete_subject(&self, subject: &str) -> Result<Entries> {
-        self.write(Commit::Durable, |txn| {
-            let g = gen_w(txn)?;
-            let mut index = txn.open_multimap_table(g.by_subject()).map_err(fail)?;
+    /// Removes every session of `subject`, a batch of index entries at a time (memory stays
+    /// flat whatever the subject holds). With `keep_snapshot`, the deleted sessions stay
+    /// readable from the returned snapshot, taken just before the delete.
+    pub fn delete_subject(
+        &self,
+        subject: &str,
+        keep_snapshot: bool,
+    ) -> Result<Option<SubjectSnapshot>> {
+        let txn = self.db.begin_write().map_err(fail)?;
+        // Begun while this transaction holds the writer lock: exactly the state being deleted.
+        let snapshot = if keep_snapshot {
+            Some(self.read()?)
+        } else {
+            None
+        };
+        let g = gen_w(&txn)?;
+        {
+            let mut index = txn.open_table(g.by_subject()).map_err(fail)?;
             let mut sessions = txn.open_table(g.sessions()).map_err(fail)?;
-            let mut out = Vec::new();
-            let sids: Vec<String> = index
-                .remove_all(subject)
-                .map_err(fail)?
-                .map(|s| s.map(|s| s.value().to_string()))
-                .collect::<std::result::Result<_, _>>()
-                .map_err(fail)?;
-            for sid in sids {
-                if let Some(v) = sessions.remove(sid.as_str()).map_err(fail)? {
-                    let record = v.value().to_vec();
-                    drop(v);
-                    out.push((sid, record));
+            loop {
+                let mut batch: Vec<String> = Vec::with_capacity(1024);
+                for entry in index
+                    .range::<IndexKey>((subject, "")..)
+                    .map_err(fail)?
+                    .take(1024)
+                {
+                    let (k, _) = entry.map_err(fail)?;
+                    let (s, sid) = k.value();
+                    if s != subject {
+                        break;
+                    }
+                    batch.push(sid.to_string());
+                }
+                for sid in &batch {
+                    index.remove((subject, sid.as_str())).map_err(fail)?;
+                    sessions.remove(sid.as_str()).map_err(fail)?;
+                }
+                if batch.len() < 1024 {
+                    break;
                 }
             }
-            Ok(out)
-        })
+        }
+        txn.commit().map_err(fail)?;
+        Ok(snapshot.map(|txn| SubjectSnapshot {
+            txn,
+            generation: g,
+            subject: subject.to_string(),
+            after: None,
+            done: false,
+        }))
     }
 
     /// Removes every session at once: one small commit switches to an empty generation. With
@@ -378,15 +437,14 @@ impl Store {
             .insert(GENERATION, next.n)
             .map_err(fail)?;
         txn.open_table(next.sessions()).map_err(fail)?;
-        txn.open_multimap_table(next.by_subject()).map_err(fail)?;
+        txn.open_table(next.by_subject()).map_err(fail)?;
         txn.commit().map_err(fail)?;
         let store = self.clone();
         let doomed = old.clone();
         std::thread::spawn(move || {
             let dropped = store.write(Commit::Durable, |txn| {
                 txn.delete_table(doomed.sessions()).map_err(fail)?;
-                txn.delete_multimap_table(doomed.by_subject())
-                    .map_err(fail)?;
+                txn.delete_table(doomed.by_subject()).map_err(fail)?;
                 Ok(())
             });
             if let Err(e) = dropped {
@@ -433,10 +491,12 @@ impl Store {
             self.write(Commit::Lazy, |txn| {
                 let g = gen_w(txn)?;
                 let mut sessions = txn.open_table(g.sessions()).map_err(fail)?;
-                let mut index = txn.open_multimap_table(g.by_subject()).map_err(fail)?;
+                let mut index = txn.open_table(g.by_subject()).map_err(fail)?;
                 for (sid, subject) in &doomed {
                     sessions.remove(sid.as_str()).map_err(fail)?;
-                    index.remove(subject.as_str(), sid.as_str()).map_err(fail)?;
+                    index
+                        .remove((subject.as_str(), sid.as_str()))
+                        .map_err(fail)?;
                 }
                 Ok(())
             })?;
@@ -461,12 +521,14 @@ impl Store {
         self.write(Commit::Durable, |txn| {
             let g = gen_w(txn)?;
             let mut sessions = txn.open_table(g.sessions()).map_err(fail)?;
-            let mut index = txn.open_multimap_table(g.by_subject()).map_err(fail)?;
+            let mut index = txn.open_table(g.by_subject()).map_err(fail)?;
             for (sid, subject, record) in items {
                 sessions
                     .insert(sid.as_str(), record.as_slice())
                     .map_err(fail)?;
-                index.insert(subject.as_str(), sid.as_str()).map_err(fail)?;
+                index
+                    .insert((subject.as_str(), sid.as_str()), ())
+                    .map_err(fail)?;
             }
             Ok(())
         })
@@ -474,6 +536,67 @@ impl Store {
 }
 
 /// The sessions as they were just before a delete-all, read in chunks.
+/// Sessions read from a snapshot a chunk at a time.
+pub trait Chunks: Send {
+    /// The next up to `max` sessions, or None when all were read.
+    fn next_chunk(&mut self, max: usize) -> Result<Option<Entries>>;
+}
+
+/// One subject's sessions in a snapshot, in sid order.
+pub struct SubjectSnapshot {
+    txn: ReadTransaction,
+    generation: Generation,
+    subject: String,
+    after: Option<String>,
+    done: bool,
+}
+
+impl Chunks for SubjectSnapshot {
+    fn next_chunk(&mut self, max: usize) -> Result<Option<Entries>> {
+        if self.done {
+            return Ok(None);
+        }
+        let index = self
+            .txn
+            .open_table(self.generation.by_subject())
+            .map_err(fail)?;
+        let sessions = self
+            .txn
+            .open_table(self.generation.sessions())
+            .map_err(fail)?;
+        let subject = self.subject.as_str();
+        let range = match &self.after {
+            Some(sid) => index
+                .range::<IndexKey>((Bound::Excluded((subject, sid.as_str())), Bound::Unbounded)),
+            None => index.range::<IndexKey>((subject, "")..),
+        }
+        .map_err(fail)?;
+        let mut out = Vec::with_capacity(max);
+        let mut last = None;
+        let mut seen = 0;
+        for entry in range.take(max) {
+            let (k, _) = entry.map_err(fail)?;
+            let (s, sid) = k.value();
+            if s != subject {
+                break;
+            }
+            seen += 1;
+            last = Some(sid.to_string());
+            if let Some(v) = sessions.get(sid).map_err(fail)? {
+                out.push((sid.to_string(), v.value().to_vec()));
+            }
+        }
+        if seen < max {
+            self.done = true;
+        }
+        self.after = last;
+        if seen == 0 {
+            return Ok(None);
+        }
+        Ok(Some(out))
+    }
+}
+
 pub struct SessionSnapshot {
     txn: ReadTransaction,
     generation: Generation,
@@ -481,9 +604,8 @@ pub struct SessionSnapshot {
     done: bool,
 }
 
-impl SessionSnapshot {
-    /// The next up to `max` sessions, or None when all were read.
-    pub fn next_chunk(&mut self, max: usize) -> Result<Option<Entries>> {
+impl Chunks for SessionSnapshot {
+    fn next_chunk(&mut self, max: usize) -> Result<Option<Entries>> {
         if self.done {
             return Ok(None);
         }
