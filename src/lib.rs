@@ -8,6 +8,7 @@ pub mod certificate;
 pub mod config;
 pub mod devcerts;
 pub mod devtoken;
+pub mod fuzzing;
 pub mod gateway;
 pub mod metrics;
 pub mod rejection;

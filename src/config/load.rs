@@ -21,7 +21,17 @@ pub fn load(path: &Path) -> Result<Config, ConfigError> {
             reason: format!("cannot read the file: {e}"),
         }])
     })?;
-    let (file, mut problems) = parse(&text);
+    load_str(&text, path)
+}
+
+/// Parses and validates configuration text as if read from `path` (relative paths in it start
+/// from `path`'s directory).
+pub fn load_str(text: &str, path: &Path) -> Result<Config, ConfigError> {
+    let fail = |problems: Vec<Problem>| ConfigError {
+        file: path.to_path_buf(),
+        problems,
+    };
+    let (file, mut problems) = parse(text);
     // What parsed is validated even when some keys were refused, so every problem shows at once.
     let validated = file.map(|f| validate::validate(f, path));
     match validated {

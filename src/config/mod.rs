@@ -17,7 +17,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-pub use load::load;
+pub use load::{load, load_str};
 pub use secret::{SecretDigest, SecretSet};
 
 /// One problem of a configuration file: where, and why.
