@@ -11,14 +11,17 @@ use crate::auth::bearer::bearer_token;
 use crate::auth::claims::{check_time, verify_claims, Rules};
 use crate::auth::jwk::parse_jwk_set;
 use crate::auth::jws::{split, typ_accepted, Header};
-use crate::config::{Route, SessionLimits, Target};
+use crate::config::{Route, SessionLimits, Target as RouteTarget};
 use crate::routing::Router;
 use crate::state::clients;
 use crate::state::sessions::{self, Record};
 use crate::target;
 
+/// A fuzz target: arbitrary bytes in, a panic when something that must hold does not.
+pub type Target = fn(&[u8]);
+
 /// The targets, by name (for the runners).
-pub const TARGETS: &[(&str, fn(&[u8]))] = &[
+pub const TARGETS: &[(&str, Target)] = &[
     ("jwt", jwt),
     ("jwks", jwks),
     ("bearer", bearer),
@@ -108,8 +111,8 @@ pub fn request_target(data: &[u8]) {
     let again = target::parse(t.path.as_bytes()).map(|t| t.path);
     assert_eq!(again.as_deref(), Ok(t.path.as_str()));
     let router = Router::from_parts(
-        ("/clients", &Target::Embedded),
-        ("/session-store/rest/v2", &Target::Embedded),
+        ("/clients", &RouteTarget::Embedded),
+        ("/session-store/rest/v2", &RouteTarget::Embedded),
         &[Route {
             prefix: "/".into(),
             upstream: "idp".into(),
