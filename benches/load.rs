@@ -16,7 +16,7 @@
 //! checks that every answer was a success; no timing is asserted.
 
 mod common;
-use common::{free_port, rss_kib};
+use common::{free_port, rss_kib, static_upstream};
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
@@ -28,7 +28,6 @@ use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const ISSUER: &str = "https://idp.example.com";
 const ENDPOINT: &str = "https://idp.example.com/clients";
@@ -172,60 +171,6 @@ impl Material {
         h.kid = Some("rs1".into());
         jsonwebtoken::encode(&h, &self.claims(jti), &self.rs_key).unwrap()
     }
-}
-
-/// A small static upstream: every request gets `200 ok`, keep-alive.
-fn static_upstream() -> u16 {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    listener.set_nonblocking(true).unwrap();
-    let port = listener.local_addr().unwrap().port();
-    std::thread::spawn(move || {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        rt.block_on(async move {
-            let listener = tokio::net::TcpListener::from_std(listener).unwrap();
-            loop {
-                let Ok((mut tcp, _)) = listener.accept().await else { continue };
-                tokio::spawn(async move {
-                    let _ = tcp.set_nodelay(true);
-                    let mut buf = Vec::with_capacity(8192);
-                    let mut chunk = [0u8; 8192];
-                    loop {
-                        let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") else {
-                            match tcp.read(&mut chunk).await {
-                                Ok(0) | Err(_) => return,
-                                Ok(n) => buf.extend_from_slice(&chunk[..n]),
-                            }
-                            continue;
-                        };
-                        let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
-                        let len: usize = head
-                            .lines()
-                            .find_map(|l| l.strip_prefix("content-length:"))
-                            .and_then(|v| v.trim().parse().ok())
-                            .unwrap_or(0);
-                        while buf.len() < end + 4 + len {
-                            match tcp.read(&mut chunk).await {
-                                Ok(0) | Err(_) => return,
-                                Ok(n) => buf.extend_from_slice(&chunk[..n]),
-                            }
-                        }
-                        buf.drain(..end + 4 + len);
-                        if tcp
-                            .write_all(b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 11\r\n\r\n{\"ok\":true}")
-                            .await
-                            .is_err()
-                        {
-                            return;
-                        }
-                    }
-                });
-            }
-        });
-    });
-    port
 }
 
 struct Proxy {
