@@ -401,7 +401,7 @@ fn main() {
             if rss_start == 0 && started.elapsed() >= warmup {
                 rss_start = rss_kib(pid);
             }
-            if sent % 1000 == 0 {
+            if sent.is_multiple_of(1000) {
                 rss_peak = rss_peak.max(rss_kib(pid));
             }
             let permit = in_flight.clone().acquire_owned().await.unwrap();
