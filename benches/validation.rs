@@ -10,7 +10,7 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
 use bindgate::admin::Readiness;
 use bindgate::auth::cache::{now_secs, VerifiedCache};
-use bindgate::auth::claims::Rules;
+use bindgate::auth::claims::Policy;
 use bindgate::auth::jwks::{KeyStore, Lookup};
 use bindgate::auth::jws::{split, verify_signature};
 use bindgate::auth::token::TokenValidator;
@@ -122,18 +122,26 @@ fn fixture() -> Fixture {
         .build()
         .unwrap();
     assert!(rt.block_on(store.refresh(false)));
-    let rules = bench_rules();
     let algs = vec![JwsAlgorithm::RS256, JwsAlgorithm::ES256];
     let cache = Arc::new(VerifiedCache::new(100_000, Duration::from_secs(60)));
+    let leeway = Duration::from_secs(60);
     Fixture {
         validator_cached: TokenValidator::new(
             store.clone(),
             Some(cache),
-            rules.clone(),
+            ISSUER.into(),
+            leeway,
             algs.clone(),
             metrics.clone(),
         ),
-        validator_cold: TokenValidator::new(store.clone(), None, rules, algs, metrics),
+        validator_cold: TokenValidator::new(
+            store.clone(),
+            None,
+            ISSUER.into(),
+            leeway,
+            algs,
+            metrics,
+        ),
         store,
         peer,
         rs256,
@@ -146,24 +154,30 @@ fn fixture() -> Fixture {
     }
 }
 
-fn bench_rules() -> Rules {
-    Rules {
-        issuer: ISSUER.into(),
+fn bench_policy() -> Policy {
+    Policy {
         audiences: vec![ENDPOINT.into(), ISSUER.into()],
         check_audience: true,
-        scope: "client-reg".into(),
-        leeway_secs: 60.0,
-        require_binding: false,
+        scopes: vec!["client-reg".into()],
+        require_certificate_binding: false,
+        require_proof_of_possession: false,
     }
 }
 
-/// What the authoriser does per request before the validator: digest the token once (cache
-/// key and master-token comparison) and compare it with the master tokens.
+/// What the authoriser does per request for a bearer token: digest the token once (cache key
+/// and master-token comparison), compare it with the master tokens, take the verified token
+/// (cache or verification), check clock, policy, binding and scope.
 fn full_path(v: &TokenValidator, master: &SecretSet, token: &str, peer: &PeerCertificate) {
     let digest = SecretDigest::of(token.as_bytes());
     assert!(!master.contains_digest(&digest));
-    let outcome = v.validate_now(token, digest.bytes(), Some(peer), now_secs());
-    assert!(matches!(outcome, Ok(bindgate::auth::token::Attempt::Valid)));
+    let entry = v
+        .verified_now(token, digest.bytes())
+        .unwrap()
+        .expect("known key");
+    let policy = bench_policy();
+    v.check(&entry.verified, &policy, Some(peer), now_secs())
+        .unwrap();
+    policy.check_scope(&entry.verified).unwrap();
 }
 
 fn bench(c: &mut Criterion) {
@@ -210,7 +224,8 @@ fn bench(c: &mut Criterion) {
                 let v = TokenValidator::new(
                     f.store.clone(),
                     Some(cache),
-                    bench_rules(),
+                    ISSUER.into(),
+                    Duration::from_secs(60),
                     vec![JwsAlgorithm::RS256, JwsAlgorithm::ES256],
                     Arc::new(Metrics::new()),
                 );
@@ -277,7 +292,6 @@ fn bench(c: &mut Criterion) {
             })
         });
         // Everything but the signature: what bindgate adds to the bare verification.
-        let rules = bench_rules();
         g.bench_function(format!("{name}_everything_but_the_signature"), |b| {
             b.iter(|| {
                 let digest = SecretDigest::of(black_box(token).as_bytes());
@@ -288,7 +302,7 @@ fn bench(c: &mut Criterion) {
                 let Ok(Lookup::Found(_key)) = f.store.lookup(header.kid.as_deref(), alg) else {
                     panic!("key")
                 };
-                bindgate::auth::claims::verify_claims(&jws.payload, &rules).unwrap()
+                bindgate::auth::claims::verify_claims(&jws.payload, ISSUER).unwrap()
             })
         });
         if alg == JwsAlgorithm::ES256 {

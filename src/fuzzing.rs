@@ -8,7 +8,7 @@ use http::{HeaderMap, HeaderValue, Method};
 use std::path::Path;
 
 use crate::auth::bearer::bearer_token;
-use crate::auth::claims::{check_time, verify_claims, Rules};
+use crate::auth::claims::{check_time, verify_claims, Policy};
 use crate::auth::jwk::parse_jwk_set;
 use crate::auth::jws::{split, typ_accepted, Header};
 use crate::config::{Route, SessionLimits, Target as RouteTarget};
@@ -31,14 +31,24 @@ pub const TARGETS: &[(&str, Target)] = &[
     ("client_json", client_json),
 ];
 
-fn rules() -> Rules {
-    Rules {
-        issuer: "https://idp.example.com".into(),
+const ISSUER: &str = "https://idp.example.com";
+
+fn policy() -> Policy {
+    Policy {
         audiences: vec!["https://idp.example.com/clients".into()],
         check_audience: true,
-        scope: "client-reg".into(),
-        leeway_secs: 60.0,
-        require_binding: false,
+        scopes: vec!["client-reg".into()],
+        require_certificate_binding: false,
+        require_proof_of_possession: true,
+    }
+}
+
+/// The claim checks of a verified token: time, policy, scope.
+fn claims(payload: &[u8]) {
+    if let Ok(v) = verify_claims(payload, ISSUER) {
+        let _ = check_time(&v, 1_800_000_000.0, 60.0);
+        let _ = policy().check_claims(&v);
+        let _ = policy().check_scope(&v);
     }
 }
 
@@ -51,13 +61,9 @@ pub fn jwt(data: &[u8]) {
             let _ = typ_accepted(header.typ.as_deref());
             let _ = crate::config::JwsAlgorithm::from_name(&header.alg);
         }
-        if let Ok(v) = verify_claims(&jws.payload, &rules()) {
-            let _ = check_time(&v, 1_800_000_000.0, 60.0);
-        }
+        claims(&jws.payload);
     }
-    if let Ok(v) = verify_claims(data, &rules()) {
-        let _ = check_time(&v, 1_800_000_000.0, 60.0);
-    }
+    claims(data);
 }
 
 /// A JWK set document as fetched from the provider.
@@ -116,6 +122,7 @@ pub fn request_target(data: &[u8]) {
         &[Route {
             prefix: "/".into(),
             upstream: "idp".into(),
+            token: None,
         }],
     );
     for method in [

@@ -219,7 +219,9 @@ impl Gateway {
                 state.sessions(*op, query, sid, body).await
             }
             // Routes always name an upstream.
-            Some(Operation::Forward { .. }) | None => Err(Rejection::NoRoute),
+            Some(Operation::Forward { .. } | Operation::Protected { .. }) | None => {
+                Err(Rejection::NoRoute)
+            }
         };
         match reply {
             Ok(reply) => {
@@ -392,6 +394,8 @@ impl ProxyHttp for Gateway {
         };
         let req = session.req_header();
         let facts = Facts {
+            method: &req.method,
+            path: &target.path,
             headers: &req.headers,
             query: target.query.as_deref(),
             peer: ctx.peer_certificate.as_ref(),
@@ -504,6 +508,7 @@ impl ProxyHttp for Gateway {
             while upstream_request.remove_header(*name).is_some() {}
         }
         if !matches!(ctx.operation, Some(Operation::Forward { .. })) {
+            // Protected routes too: the route's policy was decided with this method.
             // The method was authorised: no framework behind may read another one.
             for name in METHOD_OVERRIDE_HEADERS {
                 while upstream_request.remove_header(*name).is_some() {}

@@ -27,6 +27,8 @@ pub struct Metrics {
     pub verified_cache_miss: IntCounter,
     /// A cached token whose key is no longer published with the same material.
     pub verified_cache_revoked: IntCounter,
+    /// DPoP proofs by result (`accepted`, `refused`) and reason of a refusal.
+    pub dpop_proofs: IntCounterVec,
 }
 
 impl Metrics {
@@ -81,8 +83,17 @@ impl Metrics {
             &["result"],
         )
         .expect("static metric definition");
+        let dpop_proofs = IntCounterVec::new(
+            Opts::new(
+                "dpop_proofs_total",
+                "DPoP proofs by result and the reason of a refusal (replay: a jti seen before)",
+            ),
+            &["result", "reason"],
+        )
+        .expect("static metric definition");
         for m in [
-            Box::new(requests.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(dpop_proofs.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(requests.clone()),
             Box::new(latency.clone()),
             Box::new(rejections.clone()),
             Box::new(decisions.clone()),
@@ -107,6 +118,7 @@ impl Metrics {
             verified_cache_hit: verified_cache.with_label_values(&["hit"]),
             verified_cache_miss: verified_cache.with_label_values(&["miss"]),
             verified_cache_revoked: verified_cache.with_label_values(&["revoked"]),
+            dpop_proofs,
             verified_cache,
         }
     }

@@ -3,6 +3,7 @@
 
 use bytes::Bytes;
 use pingora::http::ResponseHeader;
+use std::sync::Arc;
 
 /// RFC 8705 / Connect2id wording for a bound token without the matching certificate.
 pub const CERTIFICATE_MISMATCH_DESCRIPTION: &str =
@@ -20,8 +21,9 @@ pub enum Rejection {
     UpstreamUnavailable,
     /// The embedded target does not serve this yet.
     NotImplemented(&'static str),
-    /// RFC 6750 §3.1: the request carried no credentials at all.
-    MissingCredentials,
+    /// RFC 6750 §3.1: the request carried no credentials at all. With DPoP enabled for the
+    /// resource, a second challenge names the accepted proof algorithms (RFC 9449 §7.1).
+    MissingCredentials { dpop_algs: Option<Arc<str>> },
     /// RFC 6750 §3.1 `invalid_request`: malformed Authorization header, token sent twice, ...
     InvalidRequest(&'static str),
     /// RFC 6750 §3.1 `invalid_token`: the description says which check failed.
@@ -42,6 +44,12 @@ pub enum Rejection {
     MethodNotAllowed { allow: &'static str },
     /// The embedded store failed (I/O): retry later.
     StorageUnavailable,
+    /// RFC 9449 §7.1 `invalid_dpop_proof`; `algs` lists the accepted proof algorithms.
+    InvalidDpopProof { why: String, algs: Arc<str> },
+    /// RFC 9449 §8: the proof needs a fresh server nonce, sent in `DPoP-Nonce`.
+    UseDpopNonce { nonce: String, algs: Arc<str> },
+    /// RFC 9449 §7.1 `invalid_token` for a token presented with the DPoP scheme.
+    InvalidDpopToken { why: String, algs: Arc<str> },
 }
 
 impl Rejection {
@@ -52,7 +60,7 @@ impl Rejection {
             Rejection::BodyTooLarge { .. } => 413,
             Rejection::UpstreamUnavailable => 502,
             Rejection::NotImplemented(_) => 501,
-            Rejection::MissingCredentials => 401,
+            Rejection::MissingCredentials { .. } => 401,
             Rejection::InvalidRequest(_) => 400,
             Rejection::InvalidToken(_) => 401,
             Rejection::CertificateMismatch => 401,
@@ -63,6 +71,9 @@ impl Rejection {
             Rejection::NotFound(_) => 404,
             Rejection::MethodNotAllowed { .. } => 405,
             Rejection::StorageUnavailable => 503,
+            Rejection::InvalidDpopProof { .. }
+            | Rejection::UseDpopNonce { .. }
+            | Rejection::InvalidDpopToken { .. } => 401,
         }
     }
 
@@ -74,7 +85,7 @@ impl Rejection {
             Rejection::BodyTooLarge { .. } => "request_too_large",
             Rejection::UpstreamUnavailable => "bad_gateway",
             Rejection::NotImplemented(_) => "not_implemented",
-            Rejection::MissingCredentials => "unauthorized",
+            Rejection::MissingCredentials { .. } => "unauthorized",
             Rejection::InvalidRequest(_) => "invalid_request",
             Rejection::InvalidToken(_) | Rejection::CertificateMismatch => "invalid_token",
             Rejection::InsufficientScope { .. } => "insufficient_scope",
@@ -84,6 +95,9 @@ impl Rejection {
             Rejection::NotFound(_) => "not_found",
             Rejection::MethodNotAllowed { .. } => "method_not_allowed",
             Rejection::StorageUnavailable => "temporarily_unavailable",
+            Rejection::InvalidDpopProof { .. } => "invalid_dpop_proof",
+            Rejection::UseDpopNonce { .. } => "use_dpop_nonce",
+            Rejection::InvalidDpopToken { .. } => "invalid_token",
         }
     }
 
@@ -96,7 +110,7 @@ impl Rejection {
             }
             Rejection::UpstreamUnavailable => "The upstream server is unavailable".into(),
             Rejection::NotImplemented(what) => format!("Not implemented: {what}"),
-            Rejection::MissingCredentials => "Missing access token".into(),
+            Rejection::MissingCredentials { .. } => "Missing access token".into(),
             Rejection::InvalidRequest(why) => (*why).to_string(),
             Rejection::InvalidToken(why) => why.clone(),
             Rejection::CertificateMismatch => CERTIFICATE_MISMATCH_DESCRIPTION.into(),
@@ -109,6 +123,10 @@ impl Rejection {
             Rejection::NotFound(what) => format!("{what} not found"),
             Rejection::MethodNotAllowed { .. } => "Method not allowed on this resource".into(),
             Rejection::StorageUnavailable => "The store is temporarily unavailable".into(),
+            Rejection::InvalidDpopProof { why, .. } | Rejection::InvalidDpopToken { why, .. } => {
+                why.clone()
+            }
+            Rejection::UseDpopNonce { .. } => "Resource server requires nonce in DPoP proof".into(),
         }
     }
 
@@ -120,7 +138,7 @@ impl Rejection {
             Rejection::BodyTooLarge { .. } => "body_too_large",
             Rejection::UpstreamUnavailable => "upstream_unavailable",
             Rejection::NotImplemented(_) => "not_implemented",
-            Rejection::MissingCredentials => "missing_credentials",
+            Rejection::MissingCredentials { .. } => "missing_credentials",
             Rejection::InvalidRequest(_) => "invalid_request",
             Rejection::InvalidToken(_) => "invalid_token",
             Rejection::CertificateMismatch => "certificate_mismatch",
@@ -131,6 +149,9 @@ impl Rejection {
             Rejection::NotFound(_) => "not_found",
             Rejection::MethodNotAllowed { .. } => "method_not_allowed",
             Rejection::StorageUnavailable => "storage_unavailable",
+            Rejection::InvalidDpopProof { .. } => "invalid_dpop_proof",
+            Rejection::UseDpopNonce { .. } => "use_dpop_nonce",
+            Rejection::InvalidDpopToken { .. } => "invalid_dpop_token",
         }
     }
 
@@ -138,7 +159,7 @@ impl Rejection {
     pub fn www_authenticate(&self) -> Option<String> {
         let quoted = |s: &str| s.replace(['"', '\\'], "'");
         match self {
-            Rejection::MissingCredentials => Some("Bearer".into()),
+            Rejection::MissingCredentials { .. } => Some("Bearer".into()),
             Rejection::InvalidRequest(_)
             | Rejection::InvalidToken(_)
             | Rejection::CertificateMismatch => Some(format!(
@@ -151,6 +172,25 @@ impl Rejection {
                 quoted(&self.description()),
                 quoted(scope)
             )),
+            Rejection::InvalidDpopProof { algs, .. }
+            | Rejection::UseDpopNonce { algs, .. }
+            | Rejection::InvalidDpopToken { algs, .. } => Some(format!(
+                "DPoP error=\"{}\", error_description=\"{}\", algs=\"{}\"",
+                self.error_code(),
+                quoted(&self.description()),
+                quoted(algs)
+            )),
+            _ => None,
+        }
+    }
+
+    /// A second challenge, after the first: `DPoP algs="..."` for a request without
+    /// credentials where DPoP is accepted (RFC 9449 §7.1).
+    pub fn second_challenge(&self) -> Option<String> {
+        match self {
+            Rejection::MissingCredentials {
+                dpop_algs: Some(algs),
+            } => Some(format!("DPoP algs=\"{algs}\"")),
             _ => None,
         }
     }
@@ -176,6 +216,12 @@ impl Rejection {
         if let Some(challenge) = self.www_authenticate() {
             // Cannot fail: the challenge is built from ASCII without control characters.
             let _ = header.insert_header("www-authenticate", challenge);
+        }
+        if let Some(challenge) = self.second_challenge() {
+            let _ = header.append_header("www-authenticate", challenge);
+        }
+        if let Rejection::UseDpopNonce { nonce, .. } = self {
+            let _ = header.insert_header("dpop-nonce", nonce.as_str());
         }
         if let Rejection::MethodNotAllowed { allow } = self {
             let _ = header.insert_header("allow", *allow);
@@ -219,7 +265,35 @@ mod tests {
             ),
             (Rejection::UpstreamUnavailable, 502, "bad_gateway"),
             (Rejection::NotImplemented("x"), 501, "not_implemented"),
-            (Rejection::MissingCredentials, 401, "unauthorized"),
+            (
+                Rejection::MissingCredentials { dpop_algs: None },
+                401,
+                "unauthorized",
+            ),
+            (
+                Rejection::InvalidDpopProof {
+                    why: "x".into(),
+                    algs: "ES256".into(),
+                },
+                401,
+                "invalid_dpop_proof",
+            ),
+            (
+                Rejection::UseDpopNonce {
+                    nonce: "n".into(),
+                    algs: "ES256".into(),
+                },
+                401,
+                "use_dpop_nonce",
+            ),
+            (
+                Rejection::InvalidDpopToken {
+                    why: "x".into(),
+                    algs: "ES256".into(),
+                },
+                401,
+                "invalid_token",
+            ),
             (Rejection::InvalidRequest("x"), 400, "invalid_request"),
             (Rejection::InvalidToken("x".into()), 401, "invalid_token"),
             (Rejection::CertificateMismatch, 401, "invalid_token"),
@@ -267,7 +341,7 @@ mod tests {
     #[test]
     fn rfc6750_challenges() {
         assert_eq!(
-            challenge(&Rejection::MissingCredentials).as_deref(),
+            challenge(&Rejection::MissingCredentials { dpop_algs: None }).as_deref(),
             Some("Bearer")
         );
         assert_eq!(
@@ -285,5 +359,38 @@ mod tests {
         // A description can never break out of its quoted string.
         let c = challenge(&Rejection::InvalidToken("a\"b\\c".into())).unwrap();
         assert!(c.ends_with("error_description=\"a'b'c\""), "{c}");
+    }
+
+    #[test]
+    fn rfc9449_challenges() {
+        let algs: Arc<str> = "ES256 RS256".into();
+        let missing = Rejection::MissingCredentials {
+            dpop_algs: Some(algs.clone()),
+        };
+        // The bare Bearer challenge stays as it is; DPoP's comes second.
+        assert_eq!(challenge(&missing).as_deref(), Some("Bearer"));
+        assert_eq!(
+            missing.second_challenge().as_deref(),
+            Some("DPoP algs=\"ES256 RS256\"")
+        );
+        let (header, _) = missing.response();
+        let lines: Vec<_> = header.headers.get_all("www-authenticate").iter().collect();
+        assert_eq!(lines.len(), 2);
+        assert_eq!(
+            challenge(&Rejection::InvalidDpopProof {
+                why: "Invalid DPoP proof signature".into(),
+                algs: algs.clone()
+            })
+            .as_deref(),
+            Some("DPoP error=\"invalid_dpop_proof\", error_description=\"Invalid DPoP proof signature\", algs=\"ES256 RS256\"")
+        );
+        let nonce = Rejection::UseDpopNonce {
+            nonce: "abc".into(),
+            algs,
+        };
+        assert!(challenge(&nonce)
+            .unwrap()
+            .starts_with("DPoP error=\"use_dpop_nonce\""));
+        assert_eq!(nonce.response().0.headers["dpop-nonce"], "abc");
     }
 }

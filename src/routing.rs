@@ -17,6 +17,8 @@ pub enum Operation {
     Sessions(SessionOp),
     /// A `routes` entry (index into the configured routes): forwarded without a token check.
     Forward { route: usize },
+    /// A `routes` entry with `token`: forwarded with a valid access token.
+    Protected { route: usize },
 }
 
 /// The client registration endpoint (RFC 7591 / RFC 7592).
@@ -61,6 +63,8 @@ pub enum Credential {
     RegistrationAccessOrMaster,
     /// A `session_store.api_tokens` entry.
     SessionStoreToken,
+    /// An access token that satisfies the route's `token` policy.
+    AccessToken { route: usize },
 }
 
 impl Operation {
@@ -73,6 +77,7 @@ impl Operation {
             ) => Credential::RegistrationAccessOrMaster,
             Operation::Sessions(_) => Credential::SessionStoreToken,
             Operation::Forward { .. } => Credential::None,
+            Operation::Protected { route } => Credential::AccessToken { route: *route },
         }
     }
 }
@@ -86,6 +91,7 @@ struct Route {
     prefix: String,
     target: Target,
     label: String,
+    protected: bool,
 }
 
 pub struct Router {
@@ -122,6 +128,7 @@ impl Router {
                     prefix: r.prefix.clone(),
                     target: Target::Upstream(r.upstream.clone()),
                     label: format!("route:{}", r.prefix),
+                    protected: r.token.is_some(),
                 })
                 .collect(),
         }
@@ -139,7 +146,13 @@ impl Router {
         self.routes
             .iter()
             .position(|r| path.starts_with(r.prefix.as_str()))
-            .map(|route| Operation::Forward { route })
+            .map(|route| {
+                if self.routes[route].protected {
+                    Operation::Protected { route }
+                } else {
+                    Operation::Forward { route }
+                }
+            })
             .ok_or(Rejection::NoRoute)
     }
 
@@ -148,7 +161,9 @@ impl Router {
         match op {
             Operation::Registry(_) => &self.registration_target,
             Operation::Sessions(_) => &self.session_store_target,
-            Operation::Forward { route } => &self.routes[*route].target,
+            Operation::Forward { route } | Operation::Protected { route } => {
+                &self.routes[*route].target
+            }
         }
     }
 
@@ -157,7 +172,9 @@ impl Router {
         match op {
             Operation::Registry(_) => "registration",
             Operation::Sessions(_) => "session_store",
-            Operation::Forward { route } => &self.routes[*route].label,
+            Operation::Forward { route } | Operation::Protected { route } => {
+                &self.routes[*route].label
+            }
         }
     }
 }
@@ -222,6 +239,7 @@ mod tests {
             &[RouteConfig {
                 prefix: "/".into(),
                 upstream: "idp".into(),
+                token: None,
             }],
         )
     }
@@ -257,6 +275,7 @@ mod tests {
             (Operation::Sessions(SessionOp::Replace), SessionStoreToken),
             (Operation::Sessions(SessionOp::Delete), SessionStoreToken),
             (Operation::Forward { route: 0 }, None),
+            (Operation::Protected { route: 0 }, AccessToken { route: 0 }),
         ];
         for (op, credential) in table {
             assert_eq!(op.credential(), credential, "{op:?}");

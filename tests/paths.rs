@@ -26,6 +26,7 @@ fn router() -> Router {
         &[Route {
             prefix: "/".into(),
             upstream: "idp".into(),
+            token: None,
         }],
     )
 }

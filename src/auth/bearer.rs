@@ -20,12 +20,38 @@ fn query_has_access_token(query: Option<&str>) -> bool {
     })
 }
 
+/// How an access token was presented (RFC 6750 §2.1, RFC 9449 §7.1).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scheme {
+    Bearer,
+    Dpop,
+}
+
+/// An access token as presented.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Presented<'a> {
+    pub scheme: Scheme,
+    pub token: &'a str,
+}
+
 /// The bearer token of the request: `Ok(None)` when it carries no bearer credentials (no
 /// Authorization header, or another scheme), `Err` with `invalid_request` when it is malformed.
 pub fn bearer_token<'a>(
     headers: &'a HeaderMap,
     query: Option<&str>,
 ) -> Result<Option<&'a str>, Rejection> {
+    Ok(access_token(headers, query)?
+        .filter(|p| p.scheme == Scheme::Bearer)
+        .map(|p| p.token))
+}
+
+/// The access token of the request with its scheme, `Bearer` or `DPoP`: `Ok(None)` when there
+/// is none (no Authorization header, or another scheme), `Err` with `invalid_request` when it
+/// is malformed or sent twice.
+pub fn access_token<'a>(
+    headers: &'a HeaderMap,
+    query: Option<&str>,
+) -> Result<Option<Presented<'a>>, Rejection> {
     let mut values = headers.get_all(http::header::AUTHORIZATION).iter();
     let first = values.next();
     if values.next().is_some() {
@@ -48,25 +74,34 @@ pub fn bearer_token<'a>(
     let value = value
         .to_str()
         .map_err(|_| Rejection::InvalidRequest("Malformed Authorization header"))?;
+    let scheme_of = |s: &str| {
+        if s.eq_ignore_ascii_case("bearer") {
+            Some(Scheme::Bearer)
+        } else if s.eq_ignore_ascii_case("dpop") {
+            Some(Scheme::Dpop)
+        } else {
+            None
+        }
+    };
     let (scheme, rest) = match value.split_once(' ') {
-        Some(parts) => parts,
-        None if value.eq_ignore_ascii_case("bearer") => {
+        Some((scheme, rest)) => match scheme_of(scheme) {
+            Some(s) => (s, rest),
+            None => return Ok(None),
+        },
+        None if scheme_of(value).is_some() => {
             return Err(Rejection::InvalidRequest(
                 "Malformed Authorization header: no token",
             ))
         }
         None => return Ok(None),
     };
-    if !scheme.eq_ignore_ascii_case("bearer") {
-        return Ok(None);
-    }
     let token = rest.trim_matches(' ');
     if !is_b64token(token) {
         return Err(Rejection::InvalidRequest(
             "Malformed Authorization header: not a bearer token",
         ));
     }
-    Ok(Some(token))
+    Ok(Some(Presented { scheme, token }))
 }
 
 #[cfg(test)]
@@ -95,6 +130,30 @@ mod tests {
         assert_eq!(bearer_token(&with(&[]), None), Ok(None));
         assert_eq!(bearer_token(&with(&["Basic dXNlcjpwYXNz"]), None), Ok(None));
         assert_eq!(bearer_token(&with(&[]), Some("a=1&b=2")), Ok(None));
+        // A DPoP-scheme token is no bearer token.
+        assert_eq!(bearer_token(&with(&["DPoP abc"]), None), Ok(None));
+    }
+
+    #[test]
+    fn parses_both_schemes() {
+        assert_eq!(
+            access_token(&with(&["DPoP abc.def"]), None),
+            Ok(Some(Presented {
+                scheme: Scheme::Dpop,
+                token: "abc.def"
+            }))
+        );
+        assert_eq!(
+            access_token(&with(&["dpop  abc "]), None).map(|p| p.map(|p| p.token)),
+            Ok(Some("abc"))
+        );
+        assert_eq!(
+            access_token(&with(&["Bearer abc"]), None).map(|p| p.map(|p| p.scheme)),
+            Ok(Some(Scheme::Bearer))
+        );
+        assert!(access_token(&with(&["DPoP"]), None).is_err());
+        assert!(access_token(&with(&["DPoP a", "Bearer a"]), None).is_err());
+        assert_eq!(access_token(&with(&["Basic x"]), None), Ok(None));
     }
 
     #[test]

@@ -1,5 +1,7 @@
-//! The claims of an initial access token: parsed defensively (any JSON type may arrive in any
-//! claim) and checked against the registration endpoint's rules.
+//! The claims of an access token (an initial access token, or a token on a protected route):
+//! parsed defensively (any JSON type may arrive in any claim) into a [`Verified`] that holds no
+//! policy — so one verified-token cache serves every policy — and checked against a
+//! [`Policy`] on every request.
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
@@ -9,38 +11,57 @@ use std::borrow::Cow;
 
 use crate::rejection::Rejection;
 
-/// What the token must satisfy, from the configuration.
+/// What one kind of request requires of its token, from the configuration: the registration
+/// endpoint's, or a protected route's.
 #[derive(Debug, Clone)]
-pub struct Rules {
-    pub issuer: String,
-    /// Accepted audiences: the registration endpoint URI and the issuer.
+pub struct Policy {
+    /// Accepted audiences (one is enough).
     pub audiences: Vec<String>,
     pub check_audience: bool,
-    pub scope: String,
-    pub leeway_secs: f64,
-    pub require_binding: bool,
+    /// Every one of these scopes.
+    pub scopes: Vec<String>,
+    /// `cnf.x5t#S256` required.
+    pub require_certificate_binding: bool,
+    /// `cnf.x5t#S256` or `cnf.jkt` required.
+    pub require_proof_of_possession: bool,
 }
 
-/// The outcome of the time-independent checks, kept in the verified-token cache. Time and the
-/// certificate binding are checked again on every request.
+/// The outcome of the signature and claim checks that depend on neither the clock, nor the
+/// connection, nor the policy: kept in the verified-token cache.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Verified {
     pub exp: f64,
     pub nbf: Option<f64>,
     pub iat: Option<f64>,
-    pub has_scope: bool,
+    pub audiences: Vec<String>,
+    /// From `scp` (array or space-separated string) and `scope` (space-separated string).
+    pub scopes: Vec<String>,
     /// The certificate the token is bound to (RFC 8705 §3.1), when it is bound.
-    pub x5t_s256: Option<CertificateBinding>,
+    pub x5t_s256: Option<Confirmation>,
+    /// The DPoP key the token is bound to (RFC 9449 §6.1), when it is bound.
+    pub jkt: Option<Confirmation>,
 }
 
-/// A `cnf.x5t#S256` string.
+/// A `cnf` member naming a SHA-256 thumbprint.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum CertificateBinding {
-    /// base64url of a SHA-256: matches the certificate with that thumbprint.
-    Thumbprint([u8; 32]),
-    /// Any other string (hex, padded, the wrong length): a bound token that no certificate
-    /// matches, answered like every other mismatch.
+pub enum Confirmation {
+    /// base64url of a SHA-256: matches the certificate (or key) with that thumbprint.
+    Sha256([u8; 32]),
+    /// Any other string (hex, padded, the wrong length): a bound token that nothing matches,
+    /// answered like every other mismatch.
     Unmatchable,
+}
+
+impl Confirmation {
+    /// Whether `presented` is the thumbprint confirmed, in constant time.
+    pub fn matches(&self, presented: &[u8; 32]) -> bool {
+        match self {
+            Confirmation::Sha256(t) => {
+                bool::from(subtle::ConstantTimeEq::ct_eq(&t[..], &presented[..]))
+            }
+            Confirmation::Unmatchable => false,
+        }
+    }
 }
 
 /// Every claim is taken as raw JSON text borrowed from the payload, so that a wrong type is a
@@ -71,6 +92,26 @@ struct RawClaims<'a> {
 struct RawCnf<'a> {
     #[serde(rename = "x5t#S256", borrow)]
     x5t_s256: Option<&'a RawValue>,
+    #[serde(borrow)]
+    jkt: Option<&'a RawValue>,
+}
+
+/// A `cnf` thumbprint member: any string is a confirmation (matching only its thumbprint).
+fn confirmation(name: &str, raw: Option<&RawValue>) -> Result<Option<Confirmation>, Rejection> {
+    let Some(t) = raw else {
+        return Ok(None);
+    };
+    let t = string(t).ok_or_else(|| invalid(format!("The cnf {name} is not a string")))?;
+    // DESIGN.md: any string that is not the presented thumbprint gets the one mismatch
+    // answer, however it is malformed.
+    let digest = URL_SAFE_NO_PAD
+        .decode(t.as_bytes())
+        .ok()
+        .and_then(|b| <[u8; 32]>::try_from(b).ok());
+    Ok(Some(match digest {
+        Some(d) => Confirmation::Sha256(d),
+        None => Confirmation::Unmatchable,
+    }))
 }
 
 fn invalid(why: impl Into<String>) -> Rejection {
@@ -107,15 +148,15 @@ fn numeric_date(name: &str, raw: &RawValue) -> Result<f64, Rejection> {
     }
 }
 
-/// Checks everything that does not depend on the clock or the connection.
-pub fn verify_claims(payload: &[u8], rules: &Rules) -> Result<Verified, Rejection> {
+/// Checks everything that depends on neither the clock, the connection nor the policy.
+pub fn verify_claims(payload: &[u8], issuer: &str) -> Result<Verified, Rejection> {
     let raw: RawClaims = serde_json::from_slice(payload)
         .map_err(|_| invalid("The token claims are not a JSON object"))?;
 
     match raw.iss {
         None => return Err(invalid("Missing iss claim")),
         Some(v) => match string(v) {
-            Some(iss) if iss == rules.issuer => {}
+            Some(iss) if iss == issuer => {}
             Some(_) => return Err(invalid("Unexpected token issuer")),
             None => return Err(invalid("The iss claim is not a string")),
         },
@@ -127,89 +168,107 @@ pub fn verify_claims(payload: &[u8], rules: &Rules) -> Result<Verified, Rejectio
     let nbf = raw.nbf.map(|v| numeric_date("nbf", v)).transpose()?;
     let iat = raw.iat.map(|v| numeric_date("iat", v)).transpose()?;
 
-    let audiences: Vec<Cow<str>> = match raw.aud {
+    let audiences: Vec<String> = match raw.aud {
         None => Vec::new(),
         Some(v) => match kind(v) {
-            b'"' => vec![string(v).ok_or_else(|| invalid("The aud claim is malformed"))?],
-            b'[' => strings(v).ok_or_else(|| invalid("The aud claim holds a non-string value"))?,
+            b'"' => vec![string(v)
+                .ok_or_else(|| invalid("The aud claim is malformed"))?
+                .into_owned()],
+            b'[' => strings(v)
+                .ok_or_else(|| invalid("The aud claim holds a non-string value"))?
+                .into_iter()
+                .map(Cow::into_owned)
+                .collect(),
             _ => return Err(invalid("The aud claim is neither a string nor an array")),
         },
     };
-    if rules.check_audience
-        && !audiences
-            .iter()
-            .any(|a| rules.audiences.iter().any(|accepted| accepted == a))
-    {
-        return Err(invalid("The token audience is not accepted"));
-    }
-
-    let has_scope = scope_contains(raw.scp, raw.scope, &rules.scope)?;
-
-    let x5t_s256 = match raw.cnf {
-        None => None,
+    let scopes = scopes(raw.scp, raw.scope)?;
+    let (x5t_s256, jkt) = match raw.cnf {
+        None => (None, None),
         Some(v) if kind(v) == b'{' => {
             let cnf: RawCnf =
                 serde_json::from_str(v.get()).map_err(|_| invalid("The cnf claim is malformed"))?;
-            match cnf.x5t_s256 {
-                None => None,
-                Some(t) => {
-                    let t = string(t).ok_or_else(|| invalid("The cnf x5t#S256 is not a string"))?;
-                    // DESIGN.md: any string that is not the presented certificate's thumbprint
-                    // gets the one mismatch answer, however it is malformed.
-                    let digest = URL_SAFE_NO_PAD
-                        .decode(t.as_bytes())
-                        .ok()
-                        .and_then(|b| <[u8; 32]>::try_from(b).ok());
-                    Some(match digest {
-                        Some(d) => CertificateBinding::Thumbprint(d),
-                        None => CertificateBinding::Unmatchable,
-                    })
-                }
-            }
+            (
+                confirmation("x5t#S256", cnf.x5t_s256)?,
+                confirmation("jkt", cnf.jkt)?,
+            )
         }
         Some(_) => return Err(invalid("The cnf claim is not a JSON object")),
     };
-    if rules.require_binding && x5t_s256.is_none() {
-        return Err(invalid(
-            "The initial access token must be bound to a client certificate (cnf x5t#S256)",
-        ));
-    }
     Ok(Verified {
         exp,
         nbf,
         iat,
-        has_scope,
+        audiences,
+        scopes,
         x5t_s256,
+        jkt,
     })
 }
 
 /// Scope from `scp` (array, or space-separated string as some providers send) or `scope`
 /// (space-separated string, RFC 9068 §2.2.3).
-fn scope_contains(
-    scp: Option<&RawValue>,
-    scope: Option<&RawValue>,
-    wanted: &str,
-) -> Result<bool, Rejection> {
-    let mut found = false;
+fn scopes(scp: Option<&RawValue>, scope: Option<&RawValue>) -> Result<Vec<String>, Rejection> {
+    let mut out = Vec::new();
     if let Some(v) = scp {
         match kind(v) {
             b'[' => {
                 let items =
                     strings(v).ok_or_else(|| invalid("The scp claim holds a non-string value"))?;
-                found |= items.iter().any(|s| s == wanted);
+                out.extend(items.into_iter().map(Cow::into_owned));
             }
             b'"' => {
                 let s = string(v).ok_or_else(|| invalid("The scp claim is malformed"))?;
-                found |= s.split(' ').any(|s| s == wanted);
+                out.extend(s.split(' ').filter(|s| !s.is_empty()).map(String::from));
             }
             _ => return Err(invalid("The scp claim is neither an array nor a string")),
         }
     }
     if let Some(v) = scope {
         let s = string(v).ok_or_else(|| invalid("The scope claim is not a string"))?;
-        found |= s.split(' ').any(|s| s == wanted);
+        out.extend(s.split(' ').filter(|s| !s.is_empty()).map(String::from));
     }
-    Ok(found)
+    Ok(out)
+}
+
+impl Policy {
+    /// The audience and binding requirements (checked before the binding itself).
+    pub fn check_claims(&self, v: &Verified) -> Result<(), Rejection> {
+        if self.check_audience
+            && !v
+                .audiences
+                .iter()
+                .any(|a| self.audiences.iter().any(|accepted| accepted == a))
+        {
+            return Err(invalid("The token audience is not accepted"));
+        }
+        if self.require_certificate_binding && v.x5t_s256.is_none() {
+            return Err(invalid(
+                "The initial access token must be bound to a client certificate (cnf x5t#S256)",
+            ));
+        }
+        if self.require_proof_of_possession && v.x5t_s256.is_none() && v.jkt.is_none() {
+            return Err(invalid(
+                "The token must be bound to a certificate (cnf x5t#S256) or a DPoP key (cnf jkt)",
+            ));
+        }
+        Ok(())
+    }
+
+    /// The scope requirement (checked last: RFC 6750 §3.1 answers it with 403).
+    pub fn check_scope(&self, v: &Verified) -> Result<(), Rejection> {
+        if self
+            .scopes
+            .iter()
+            .all(|wanted| v.scopes.iter().any(|s| s == wanted))
+        {
+            Ok(())
+        } else {
+            Err(Rejection::InsufficientScope {
+                scope: self.scopes.join(" "),
+            })
+        }
+    }
 }
 
 /// Checks `exp`, `nbf` and `iat` against `now` (seconds since the epoch) with the leeway.
@@ -231,17 +290,18 @@ mod tests {
     use super::*;
     use serde_json::json;
 
-    fn rules() -> Rules {
-        Rules {
-            issuer: "https://idp.example.com".into(),
+    const ISSUER: &str = "https://idp.example.com";
+
+    fn policy() -> Policy {
+        Policy {
             audiences: vec![
                 "https://idp.example.com/clients".into(),
                 "https://idp.example.com".into(),
             ],
             check_audience: true,
-            scope: "client-reg".into(),
-            leeway_secs: 60.0,
-            require_binding: false,
+            scopes: vec!["client-reg".into()],
+            require_certificate_binding: false,
+            require_proof_of_possession: false,
         }
     }
 
@@ -260,19 +320,26 @@ mod tests {
         serde_json::to_vec(&c).unwrap()
     }
 
+    /// The description of the first refusal of verification and policy.
     fn err(payload: &[u8]) -> String {
-        match verify_claims(payload, &rules()) {
+        match verify_claims(payload, ISSUER).and_then(|v| {
+            policy().check_claims(&v)?;
+            policy().check_scope(&v)
+        }) {
             Err(Rejection::InvalidToken(why)) => why,
-            other => panic!("expected invalid_token, got {other:?}"),
+            Err(Rejection::InsufficientScope { .. }) => "insufficient scope".into(),
+            other => panic!("expected a refusal, got {other:?}"),
         }
     }
 
     #[test]
     fn a_good_token() {
-        let v = verify_claims(&serde_json::to_vec(&good()).unwrap(), &rules()).unwrap();
-        assert!(v.has_scope);
+        let v = verify_claims(&serde_json::to_vec(&good()).unwrap(), ISSUER).unwrap();
+        assert!(policy().check_claims(&v).is_ok());
+        assert!(policy().check_scope(&v).is_ok());
         assert_eq!(v.exp, 2e9);
         assert_eq!(v.x5t_s256, None);
+        assert_eq!(v.jkt, None);
     }
 
     #[test]
@@ -290,16 +357,20 @@ mod tests {
         assert!(err(&with("scope", json!(["client-reg"]))).contains("scope"));
         assert!(err(&with("cnf", json!("x"))).contains("cnf"));
         assert!(err(&with("cnf", json!({"x5t#S256": 5}))).contains("x5t#S256"));
-        // A string that is no thumbprint is a binding no certificate matches (the mismatch
-        // answer comes from the per-request check), not a malformed token.
+        assert!(err(&with("cnf", json!({"jkt": ["x"]}))).contains("jkt"));
+        // A string that is no thumbprint is a binding nothing matches (the mismatch answer
+        // comes from the per-request check), not a malformed token.
         for t in [
             "!!",
             "AAAA",
             &"ab".repeat(32),
             "BwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwc=",
         ] {
-            let v = verify_claims(&with("cnf", json!({ "x5t#S256": t })), &rules()).unwrap();
-            assert_eq!(v.x5t_s256, Some(CertificateBinding::Unmatchable), "{t}");
+            let v =
+                verify_claims(&with("cnf", json!({ "x5t#S256": t, "jkt": t })), ISSUER).unwrap();
+            assert_eq!(v.x5t_s256, Some(Confirmation::Unmatchable), "{t}");
+            assert_eq!(v.jkt, Some(Confirmation::Unmatchable), "{t}");
+            assert!(!Confirmation::Unmatchable.matches(&[0; 32]));
         }
         assert!(err(b"[1,2,3]").contains("JSON object"));
         assert!(err(b"not json").contains("JSON object"));
@@ -316,53 +387,84 @@ mod tests {
         no_exp.as_object_mut().unwrap().remove("exp");
         assert!(err(&serde_json::to_vec(&no_exp).unwrap()).contains("exp"));
         assert!(err(&with("aud", json!("https://other.example.com"))).contains("audience"));
-        assert!(verify_claims(
+        let v = verify_claims(
             &with("aud", json!(["x", "https://idp.example.com"])),
-            &rules()
+            ISSUER,
         )
-        .is_ok());
+        .unwrap();
+        assert!(policy().check_claims(&v).is_ok());
         let mut no_aud = good();
         no_aud.as_object_mut().unwrap().remove("aud");
         let payload = serde_json::to_vec(&no_aud).unwrap();
         assert!(err(&payload).contains("audience"));
-        let lax = Rules {
+        let lax = Policy {
             check_audience: false,
-            ..rules()
+            ..policy()
         };
-        assert!(verify_claims(&payload, &lax).is_ok());
-        assert!(verify_claims(&with("aud", json!("https://other.example.com")), &lax).is_ok());
+        let v = verify_claims(&payload, ISSUER).unwrap();
+        assert!(lax.check_claims(&v).is_ok());
+        let v = verify_claims(&with("aud", json!("https://other.example.com")), ISSUER).unwrap();
+        assert!(lax.check_claims(&v).is_ok());
     }
 
     #[test]
     fn scope_forms() {
-        let has = |key: &str, v: serde_json::Value| {
+        let has = |key: &str, v: serde_json::Value, wanted: &[&str]| {
             let mut c = good();
             c.as_object_mut().unwrap().remove("scp");
             c[key] = v;
-            verify_claims(&serde_json::to_vec(&c).unwrap(), &rules())
-                .unwrap()
-                .has_scope
+            let v = verify_claims(&serde_json::to_vec(&c).unwrap(), ISSUER).unwrap();
+            Policy {
+                scopes: wanted.iter().map(|s| s.to_string()).collect(),
+                ..policy()
+            }
+            .check_scope(&v)
+            .is_ok()
         };
-        assert!(has("scp", json!(["client-reg"])));
-        assert!(has("scp", json!("openid client-reg")));
-        assert!(has("scope", json!("openid client-reg")));
-        assert!(!has("scope", json!("openid client-registration")));
-        assert!(!has("scp", json!([])));
-        assert!(!has("other", json!("client-reg")));
+        assert!(has("scp", json!(["client-reg"]), &["client-reg"]));
+        assert!(has("scp", json!("openid client-reg"), &["client-reg"]));
+        assert!(has("scope", json!("openid client-reg"), &["client-reg"]));
+        assert!(!has(
+            "scope",
+            json!("openid client-registration"),
+            &["client-reg"]
+        ));
+        assert!(!has("scp", json!([]), &["client-reg"]));
+        assert!(!has("other", json!("client-reg"), &["client-reg"]));
+        // Every listed scope is required.
+        assert!(has(
+            "scope",
+            json!("openid profile"),
+            &["openid", "profile"]
+        ));
+        assert!(!has("scope", json!("openid"), &["openid", "profile"]));
+        assert!(has("scope", json!("anything"), &[]));
     }
 
     #[test]
-    fn binding_claim_and_requirement() {
+    fn binding_claims_and_requirements() {
         let t = URL_SAFE_NO_PAD.encode([7u8; 32]);
-        let v = verify_claims(&with("cnf", json!({"x5t#S256": t})), &rules()).unwrap();
-        assert_eq!(v.x5t_s256, Some(CertificateBinding::Thumbprint([7u8; 32])));
-        let strict = Rules {
-            require_binding: true,
-            ..rules()
+        let v = verify_claims(&with("cnf", json!({"x5t#S256": t})), ISSUER).unwrap();
+        assert_eq!(v.x5t_s256, Some(Confirmation::Sha256([7u8; 32])));
+        assert!(v.x5t_s256.unwrap().matches(&[7u8; 32]));
+        assert!(!v.x5t_s256.unwrap().matches(&[8u8; 32]));
+        let strict = Policy {
+            require_certificate_binding: true,
+            ..policy()
         };
-        assert!(verify_claims(&serde_json::to_vec(&good()).unwrap(), &strict).is_err());
-        assert!(verify_claims(&with("cnf", json!({"jkt": "abc"})), &strict).is_err());
-        assert!(verify_claims(&with("cnf", json!({"x5t#S256": t})), &strict).is_ok());
+        let unbound = verify_claims(&serde_json::to_vec(&good()).unwrap(), ISSUER).unwrap();
+        let dpop_bound = verify_claims(&with("cnf", json!({"jkt": t})), ISSUER).unwrap();
+        assert_eq!(dpop_bound.jkt, Some(Confirmation::Sha256([7u8; 32])));
+        assert!(strict.check_claims(&unbound).is_err());
+        assert!(strict.check_claims(&dpop_bound).is_err());
+        assert!(strict.check_claims(&v).is_ok());
+        let pop = Policy {
+            require_proof_of_possession: true,
+            ..policy()
+        };
+        assert!(pop.check_claims(&unbound).is_err());
+        assert!(pop.check_claims(&dpop_bound).is_ok());
+        assert!(pop.check_claims(&v).is_ok());
     }
 
     #[test]
@@ -371,8 +473,10 @@ mod tests {
             exp: 1000.0,
             nbf: Some(500.0),
             iat: Some(400.0),
-            has_scope: true,
+            audiences: vec![],
+            scopes: vec![],
             x5t_s256: None,
+            jkt: None,
         };
         assert!(check_time(&v, 900.0, 60.0).is_ok());
         assert!(check_time(&v, 1059.0, 60.0).is_ok());

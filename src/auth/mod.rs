@@ -1,15 +1,17 @@
-//! Authorisation of the registration endpoint and the session store: bearer parsing, master
-//! and API tokens, initial access tokens (JWT) with RFC 8705 certificate binding.
+//! Authorisation of every operation that needs a credential: bearer and DPoP parsing, master
+//! and API tokens, access tokens (JWT: initial access tokens, protected routes) with RFC 8705
+//! certificate binding and RFC 9449 DPoP binding.
 
 pub mod bearer;
 pub mod cache;
 pub mod claims;
+pub mod dpop;
 pub mod jwk;
 pub mod jwks;
 pub mod jws;
 pub mod token;
 
-use http::HeaderMap;
+use http::{HeaderMap, Method};
 use std::sync::Arc;
 
 use crate::admin::Readiness;
@@ -18,14 +20,17 @@ use crate::config::{Config, SecretDigest, SecretSet};
 use crate::metrics::Metrics;
 use crate::rejection::Rejection;
 use crate::routing::{Credential, Operation};
-use cache::VerifiedCache;
+use bearer::{Presented, Scheme};
+use cache::{now_secs, VerifiedCache};
+use claims::Policy;
+use dpop::{ProofChecker, ProofRequest, ValidProof};
 use jwks::KeyStore;
 use token::TokenValidator;
 
 /// Why a request was let through.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Grant {
-    /// No authorisation applies (a `routes` entry).
+    /// No authorisation applies (a `routes` entry without `token`).
     Open,
     /// A registration master token.
     MasterToken,
@@ -36,10 +41,15 @@ pub enum Grant {
     ClientToken { digest: [u8; 32] },
     /// A session store API token.
     SessionStoreToken,
+    /// A valid access token for a protected route.
+    AccessToken,
 }
 
 /// What the authoriser reads of a request besides its operation.
 pub struct Facts<'a> {
+    pub method: &'a Method,
+    /// The normalised path: a DPoP proof's `htu` names it.
+    pub path: &'a str,
     pub headers: &'a HeaderMap,
     pub query: Option<&'a str>,
     pub peer: Option<&'a PeerCertificate>,
@@ -49,6 +59,10 @@ pub struct Authoriser {
     master_tokens: SecretSet,
     session_tokens: SecretSet,
     validator: Option<TokenValidator>,
+    registration: Policy,
+    /// By route index; None for a route without `token`.
+    routes: Vec<Option<Policy>>,
+    dpop: Option<ProofChecker>,
     metrics: Arc<Metrics>,
 }
 
@@ -78,33 +92,54 @@ impl Authoriser {
                 };
                 let keys = Arc::new(KeyStore::new(jwks, metrics.clone(), readiness, on_removed)?);
                 store = Some(keys.clone());
-                let mut audiences = vec![issuer.clone()];
-                if let Some(uri) = &config.registration.endpoint_uri {
-                    audiences.insert(0, uri.clone());
-                }
-                let rules = claims::Rules {
-                    issuer: issuer.clone(),
-                    audiences,
-                    check_audience: config.registration.require_initial_access_token_audience,
-                    scope: config.registration.scope.clone(),
-                    leeway_secs: config.tokens.leeway.as_secs_f64(),
-                    require_binding: config.registration.require_certificate_binding,
-                };
                 Some(TokenValidator::new(
                     keys,
                     cache,
-                    rules,
+                    issuer.clone(),
+                    config.tokens.leeway,
                     config.tokens.algorithms.clone(),
                     metrics.clone(),
                 ))
             }
             _ => None,
         };
+        let mut audiences = config.issuer.iter().cloned().collect::<Vec<_>>();
+        if let Some(uri) = &config.registration.endpoint_uri {
+            audiences.insert(0, uri.clone());
+        }
+        let registration = Policy {
+            audiences,
+            check_audience: config.registration.require_initial_access_token_audience,
+            scopes: vec![config.registration.scope.clone()],
+            require_certificate_binding: config.registration.require_certificate_binding,
+            require_proof_of_possession: config.registration.require_proof_of_possession,
+        };
+        let routes = config
+            .routes
+            .iter()
+            .map(|r| {
+                r.token.as_ref().map(|t| Policy {
+                    audiences: t.audience.clone(),
+                    check_audience: !t.audience.is_empty(),
+                    scopes: t.scope.clone(),
+                    require_certificate_binding: false,
+                    require_proof_of_possession: t.require_proof_of_possession,
+                })
+            })
+            .collect();
+        let dpop = config
+            .dpop
+            .as_ref()
+            .map(|d| ProofChecker::new(d, config.tokens.leeway, metrics.clone()))
+            .transpose()?;
         Ok((
             Authoriser {
                 master_tokens: config.registration.master_tokens.clone(),
                 session_tokens: config.session_store.api_tokens.clone(),
                 validator,
+                registration,
+                routes,
+                dpop,
                 metrics,
             },
             store,
@@ -118,6 +153,7 @@ impl Authoriser {
         let label = match credential {
             Credential::None => return Ok(Grant::Open),
             Credential::SessionStoreToken => "session_store",
+            Credential::AccessToken { .. } => "route",
             _ => "registration",
         };
         let outcome = match credential {
@@ -126,6 +162,7 @@ impl Authoriser {
             Credential::Master => self.master(facts),
             Credential::RegistrationAccessOrMaster => self.registration_access(facts),
             Credential::SessionStoreToken => self.session_store(facts),
+            Credential::AccessToken { route } => self.route_token(route, facts).await,
         };
         match &outcome {
             Ok(_) => self
@@ -142,28 +179,154 @@ impl Authoriser {
         outcome
     }
 
+    /// No credentials: RFC 6750's bare challenge, and DPoP's where DPoP is accepted.
+    fn missing(&self) -> Rejection {
+        Rejection::MissingCredentials {
+            dpop_algs: self.dpop.as_ref().map(|d| d.algs.clone()),
+        }
+    }
+
     /// `POST` on the registration collection: a master token or an initial access token.
     async fn initial_access(&self, facts: &Facts<'_>) -> Result<Grant, Rejection> {
-        let token = bearer::bearer_token(facts.headers, facts.query)?
-            .ok_or(Rejection::MissingCredentials)?;
-        let digest = SecretDigest::of(token.as_bytes());
-        if self.master_tokens.contains_digest(&digest) {
+        let presented =
+            bearer::access_token(facts.headers, facts.query)?.ok_or_else(|| self.missing())?;
+        let digest = SecretDigest::of(presented.token.as_bytes());
+        if presented.scheme == Scheme::Bearer && self.master_tokens.contains_digest(&digest) {
             return Ok(Grant::MasterToken);
         }
-        let validator = self
-            .validator
-            .as_ref()
-            .ok_or_else(|| Rejection::InvalidToken("Invalid initial access token".into()))?;
-        validator
-            .validate(token, digest.bytes(), facts.peer)
+        self.access_token(&self.registration, presented, &digest, facts)
             .await
             .map(|()| Grant::InitialAccessToken)
     }
 
+    /// A protected route: an access token that satisfies the route's policy.
+    async fn route_token(&self, route: usize, facts: &Facts<'_>) -> Result<Grant, Rejection> {
+        let Some(Some(policy)) = self.routes.get(route) else {
+            // The router names protected routes only: nothing to check means a bug, refused.
+            return Err(Rejection::InvalidToken(
+                "No token policy for this route".into(),
+            ));
+        };
+        let presented =
+            bearer::access_token(facts.headers, facts.query)?.ok_or_else(|| self.missing())?;
+        let digest = SecretDigest::of(presented.token.as_bytes());
+        self.access_token(policy, presented, &digest, facts)
+            .await
+            .map(|()| Grant::AccessToken)
+    }
+
+    /// A JWT access token against `policy`: signature and claims (cached), clock, audience,
+    /// binding by certificate (RFC 8705) and by DPoP key (RFC 9449), scope.
+    async fn access_token(
+        &self,
+        policy: &Policy,
+        presented: Presented<'_>,
+        digest: &SecretDigest,
+        facts: &Facts<'_>,
+    ) -> Result<(), Rejection> {
+        let validator = self
+            .validator
+            .as_ref()
+            .ok_or_else(|| Rejection::InvalidToken("Invalid access token".into()))?;
+        let dpop_scheme = presented.scheme == Scheme::Dpop;
+        let Some(checker) = self.dpop.as_ref() else {
+            if dpop_scheme {
+                return Err(Rejection::InvalidToken(
+                    "DPoP is not enabled: present the token with the Bearer scheme".into(),
+                ));
+            }
+            return self
+                .bearer_only(validator, policy, presented, digest, facts)
+                .await;
+        };
+        // RFC 9449 §7.1: a token presented with the DPoP scheme is answered with its scheme.
+        let in_scheme = |r: Rejection| match r {
+            Rejection::InvalidToken(why) if dpop_scheme => Rejection::InvalidDpopToken {
+                why,
+                algs: checker.algs.clone(),
+            },
+            r => r,
+        };
+        let entry = validator
+            .verified(presented.token, digest.bytes())
+            .await
+            .map_err(in_scheme)?;
+        let now = now_secs();
+        validator
+            .check(&entry.verified, policy, facts.peer, now)
+            .map_err(in_scheme)?;
+        match (&entry.verified.jkt, presented.scheme) {
+            (Some(jkt), Scheme::Dpop) => {
+                let proof = self.proof(checker, presented.token, facts, now)?;
+                if !jkt.matches(&proof.jkt) {
+                    return Err(Rejection::InvalidDpopProof {
+                        why: "The DPoP proof key is not the key the token is bound to (cnf jkt)"
+                            .into(),
+                        algs: checker.algs.clone(),
+                    });
+                }
+            }
+            // RFC 9449 §7.2: a DPoP-bound token is never accepted as a bearer token.
+            (Some(_), Scheme::Bearer) => return Err(Rejection::InvalidToken(
+                "A DPoP-bound token (cnf jkt) must be presented with the DPoP scheme and a proof"
+                    .into(),
+            )),
+            (None, Scheme::Dpop) => {
+                return Err(Rejection::InvalidDpopToken {
+                    why: "The access token is not DPoP-bound (no cnf jkt)".into(),
+                    algs: checker.algs.clone(),
+                })
+            }
+            (None, Scheme::Bearer) => {}
+        }
+        policy.check_scope(&entry.verified)
+    }
+
+    /// Without DPoP configured: tokens bound to a DPoP key are refused.
+    async fn bearer_only(
+        &self,
+        validator: &TokenValidator,
+        policy: &Policy,
+        presented: Presented<'_>,
+        digest: &SecretDigest,
+        facts: &Facts<'_>,
+    ) -> Result<(), Rejection> {
+        let entry = validator.verified(presented.token, digest.bytes()).await?;
+        validator.check(&entry.verified, policy, facts.peer, now_secs())?;
+        if entry.verified.jkt.is_some() {
+            return Err(Rejection::InvalidToken(
+                "DPoP-bound tokens (cnf jkt) are not accepted: DPoP is not enabled".into(),
+            ));
+        }
+        policy.check_scope(&entry.verified)
+    }
+
+    /// The request's DPoP proof, checked for this request and token.
+    fn proof(
+        &self,
+        checker: &ProofChecker,
+        token: &str,
+        facts: &Facts<'_>,
+        now: f64,
+    ) -> Result<ValidProof, Rejection> {
+        let proof = checker
+            .header(facts.headers)?
+            .ok_or_else(|| checker.refused("missing", "A DPoP proof (DPoP header) is required"))?;
+        checker.check(
+            proof,
+            &ProofRequest {
+                method: facts.method,
+                path: facts.path,
+                access_token: Some(token),
+                now,
+            },
+        )
+    }
+
     /// Listing every client: a master token only.
     fn master(&self, facts: &Facts<'_>) -> Result<Grant, Rejection> {
-        let token = bearer::bearer_token(facts.headers, facts.query)?
-            .ok_or(Rejection::MissingCredentials)?;
+        let token =
+            bearer::bearer_token(facts.headers, facts.query)?.ok_or_else(|| self.missing())?;
         if self.master_tokens.contains(token.as_bytes()) {
             Ok(Grant::MasterToken)
         } else {
@@ -176,8 +339,8 @@ impl Authoriser {
     /// A client's own URI: a master token, or a bearer token that the target checks as that
     /// client's registration access token.
     fn registration_access(&self, facts: &Facts<'_>) -> Result<Grant, Rejection> {
-        let token = bearer::bearer_token(facts.headers, facts.query)?
-            .ok_or(Rejection::MissingCredentials)?;
+        let token =
+            bearer::bearer_token(facts.headers, facts.query)?.ok_or_else(|| self.missing())?;
         let digest = SecretDigest::of(token.as_bytes());
         if self.master_tokens.contains_digest(&digest) {
             return Ok(Grant::MasterToken);
@@ -189,7 +352,7 @@ impl Authoriser {
 
     fn session_store(&self, facts: &Facts<'_>) -> Result<Grant, Rejection> {
         let token = bearer::bearer_token(facts.headers, facts.query)?
-            .ok_or(Rejection::MissingCredentials)?;
+            .ok_or(Rejection::MissingCredentials { dpop_algs: None })?;
         if self.session_tokens.contains(token.as_bytes()) {
             Ok(Grant::SessionStoreToken)
         } else {

@@ -1,12 +1,12 @@
-//! Validation of an initial access token: compact JWS, allowed algorithm, signature with the
-//! provider's key, claims, clock, certificate binding, scope — with the verified-token cache in
-//! front of the expensive part.
+//! Validation of an access token (an initial access token or a protected route's): compact JWS,
+//! allowed algorithm, signature with the provider's key and claims — with the verified-token
+//! cache in front of that expensive part — then, on every request, the clock, the policy and
+//! the certificate binding.
 
 use std::sync::Arc;
-use subtle::ConstantTimeEq;
 
 use super::cache::{now_secs, Entry, VerifiedCache};
-use super::claims::{check_time, verify_claims, CertificateBinding, Rules, Verified};
+use super::claims::{check_time, verify_claims, Policy, Verified};
 use super::jwks::{KeyStore, Lookup};
 use super::jws::{split, typ_accepted, verify_signature, Header};
 use crate::certificate::PeerCertificate;
@@ -17,16 +17,10 @@ use crate::rejection::Rejection;
 pub struct TokenValidator {
     pub keys: Arc<KeyStore>,
     cache: Option<Arc<VerifiedCache>>,
-    rules: Rules,
+    issuer: String,
+    leeway_secs: f64,
     algorithms: Vec<JwsAlgorithm>,
     metrics: Arc<Metrics>,
-}
-
-/// The result of validating with the keys held now.
-pub enum Attempt {
-    Valid,
-    /// The token names a kid no key has: a refetch may bring it.
-    UnknownKey,
 }
 
 fn invalid(why: &str) -> Rejection {
@@ -37,47 +31,38 @@ impl TokenValidator {
     pub fn new(
         keys: Arc<KeyStore>,
         cache: Option<Arc<VerifiedCache>>,
-        rules: Rules,
+        issuer: String,
+        leeway: std::time::Duration,
         algorithms: Vec<JwsAlgorithm>,
         metrics: Arc<Metrics>,
     ) -> Self {
         TokenValidator {
             keys,
             cache,
-            rules,
+            issuer,
+            leeway_secs: leeway.as_secs_f64(),
             algorithms,
             metrics,
         }
     }
 
-    /// Validates `token` (whose SHA-256 is `digest`) for a request on a connection with client
-    /// certificate `peer`; refetches the key set once when the token names an unknown key.
-    pub async fn validate(
-        &self,
-        token: &str,
-        digest: &[u8; 32],
-        peer: Option<&PeerCertificate>,
-    ) -> Result<(), Rejection> {
-        match self.validate_now(token, digest, peer, now_secs())? {
-            Attempt::Valid => Ok(()),
-            Attempt::UnknownKey => {
-                self.keys.refetch_for_unknown_kid().await;
-                match self.validate_now(token, digest, peer, now_secs())? {
-                    Attempt::Valid => Ok(()),
-                    Attempt::UnknownKey => Err(invalid("Unknown signing key")),
-                }
-            }
+    /// The verified token (whose SHA-256 is `digest`), from the cache or verified now;
+    /// refetches the key set once when the token names an unknown key.
+    pub async fn verified(&self, token: &str, digest: &[u8; 32]) -> Result<Arc<Entry>, Rejection> {
+        if let Some(entry) = self.verified_now(token, digest)? {
+            return Ok(entry);
         }
+        self.keys.refetch_for_unknown_kid().await;
+        self.verified_now(token, digest)?
+            .ok_or_else(|| invalid("Unknown signing key"))
     }
 
-    /// Validation with the keys held now, at time `now` (seconds since the epoch).
-    pub fn validate_now(
+    /// The verified token with the keys held now; None when it names an unknown key.
+    pub fn verified_now(
         &self,
         token: &str,
         digest: &[u8; 32],
-        peer: Option<&PeerCertificate>,
-        now: f64,
-    ) -> Result<Attempt, Rejection> {
+    ) -> Result<Option<Arc<Entry>>, Rejection> {
         let cached = self.cache.as_ref().and_then(|c| {
             let entry = c.get(digest)?;
             // A hit is only as good as its key: replaced or withdrawn, the token is verified
@@ -90,57 +75,47 @@ impl TokenValidator {
                 None
             }
         });
-        let entry = match cached {
-            Some(entry) => {
-                self.metrics.verified_cache_hit.inc();
-                entry
-            }
-            None => {
-                if self.cache.is_some() {
-                    self.metrics.verified_cache_miss.inc();
-                }
-                let epoch = self.cache.as_ref().map(|c| c.epoch()).unwrap_or(0);
-                let entry = match self.verify(token)? {
-                    Some(e) => Arc::new(e),
-                    None => return Ok(Attempt::UnknownKey),
-                };
-                if let Some(cache) = &self.cache {
-                    cache.insert(*digest, entry.clone(), now, epoch);
-                }
-                entry
-            }
+        if let Some(entry) = cached {
+            self.metrics.verified_cache_hit.inc();
+            return Ok(Some(entry));
+        }
+        if self.cache.is_some() {
+            self.metrics.verified_cache_miss.inc();
+        }
+        let epoch = self.cache.as_ref().map(|c| c.epoch()).unwrap_or(0);
+        let Some(entry) = self.verify(token)? else {
+            return Ok(None);
         };
-        let verified = &entry.verified;
-        self.check_per_request(verified, peer, now)?;
-        Ok(Attempt::Valid)
+        let entry = Arc::new(entry);
+        if let Some(cache) = &self.cache {
+            cache.insert(*digest, entry.clone(), now_secs(), epoch);
+        }
+        Ok(Some(entry))
     }
 
-    /// What is checked on every request, cached or not: clock, binding, scope.
-    fn check_per_request(
+    /// What is checked on every request before the DPoP binding and the scope, cached or not:
+    /// the clock, the policy's audience and binding requirements, the certificate binding.
+    pub fn check(
         &self,
         v: &Verified,
+        policy: &Policy,
         peer: Option<&PeerCertificate>,
         now: f64,
     ) -> Result<(), Rejection> {
-        check_time(v, now, self.rules.leeway_secs)?;
+        check_time(v, now, self.leeway_secs)?;
+        policy.check_claims(v)?;
         if let Some(bound) = &v.x5t_s256 {
             // RFC 8705 §3: the connection's certificate must be the one the token is bound to.
-            let matches = match bound {
-                CertificateBinding::Thumbprint(t) => {
-                    peer.is_some_and(|p| bool::from(p.sha256().ct_eq(t)))
-                }
-                CertificateBinding::Unmatchable => false,
-            };
-            if !matches {
+            if !peer.is_some_and(|p| bound.matches(p.sha256())) {
                 return Err(Rejection::CertificateMismatch);
             }
         }
-        if !v.has_scope {
-            return Err(Rejection::InsufficientScope {
-                scope: self.rules.scope.clone(),
-            });
-        }
         Ok(())
+    }
+
+    /// The leeway, for checks made elsewhere (DPoP proofs).
+    pub fn leeway_secs(&self) -> f64 {
+        self.leeway_secs
     }
 
     /// Signature and time-independent claims, with the key that verified them; `Ok(None)`
@@ -165,7 +140,7 @@ impl TokenValidator {
         if !verify_signature(alg, &key, jws.signing_input, &jws.signature) {
             return Err(invalid("Invalid token signature"));
         }
-        let verified = verify_claims(&jws.payload, &self.rules)?;
+        let verified = verify_claims(&jws.payload, &self.issuer)?;
         Ok(Some(Entry {
             verified,
             kid: header.kid.map(|k| k.into_owned()),

@@ -21,6 +21,28 @@ pub struct FileConfig {
     pub routes: Vec<RouteFile>,
     pub state: Option<StateFile>,
     pub server: Option<ServerFile>,
+    pub dpop: Option<DpopFile>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DpopFile {
+    #[serde(default)]
+    pub origins: Vec<String>,
+    pub max_age: Option<String>,
+    pub replay_cache_entries: Option<u64>,
+    pub require_nonce: Option<bool>,
+    pub algorithms: Option<Vec<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteTokenFile {
+    #[serde(default)]
+    pub scope: Vec<String>,
+    #[serde(default)]
+    pub audience: Vec<String>,
+    pub require_proof_of_possession: Option<bool>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -78,6 +100,7 @@ pub struct RegistrationFile {
     pub scope: Option<String>,
     pub require_initial_access_token_audience: Option<bool>,
     pub require_certificate_binding: Option<bool>,
+    pub require_proof_of_possession: Option<bool>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -121,6 +144,7 @@ pub struct UpstreamFile {
 pub struct RouteFile {
     pub prefix: String,
     pub upstream: String,
+    pub token: Option<RouteTokenFile>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -75,6 +75,29 @@ pub struct Config {
     pub routes: Vec<Route>,
     pub state: State,
     pub server: Server,
+    /// RFC 9449; None: `cnf.jkt` tokens and DPoP proofs are refused.
+    pub dpop: Option<Dpop>,
+}
+
+/// DPoP proof checking (RFC 9449).
+#[derive(Debug, Clone)]
+pub struct Dpop {
+    /// `scheme://host[:port]`, normalised: a proof's `htu` is one of these and the path.
+    pub origins: Vec<String>,
+    pub max_age: Duration,
+    pub replay_cache_entries: u64,
+    pub require_nonce: bool,
+    pub algorithms: Vec<JwsAlgorithm>,
+}
+
+/// What a token-protected route requires of the access token.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RouteToken {
+    /// Every one of these scopes.
+    pub scope: Vec<String>,
+    /// One of these audiences; empty: no audience check.
+    pub audience: Vec<String>,
+    pub require_proof_of_possession: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -198,6 +221,8 @@ pub struct Registration {
     pub scope: String,
     pub require_initial_access_token_audience: bool,
     pub require_certificate_binding: bool,
+    /// Refuse initial access tokens bound neither by `cnf.x5t#S256` nor by `cnf.jkt`.
+    pub require_proof_of_possession: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -228,6 +253,8 @@ pub struct Upstream {
 pub struct Route {
     pub prefix: String,
     pub upstream: String,
+    /// None: forwarded without a token check.
+    pub token: Option<RouteToken>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -169,37 +169,11 @@ pub fn validate(file: FileConfig, source: &Path) -> Result<Config, Vec<Problem>>
 
     // tokens
     let tokens_file = file.tokens.as_ref();
-    let algorithms = match tokens_file.and_then(|t| t.algorithms.as_ref()) {
-        None => vec![
-            JwsAlgorithm::RS256,
-            JwsAlgorithm::PS256,
-            JwsAlgorithm::ES256,
-            JwsAlgorithm::EdDSA,
-        ],
-        Some(names) => {
-            let mut algs = Vec::new();
-            for (i, name) in names.iter().enumerate() {
-                match JwsAlgorithm::from_name(name) {
-                    Some(a) => algs.push(a),
-                    None if name.eq_ignore_ascii_case("none") || name.starts_with("HS") => p.push(
-                        format!("tokens.algorithms[{i}]"),
-                        format!("`{name}` is never accepted: initial access tokens are verified with public keys"),
-                    ),
-                    None => p.push(
-                        format!("tokens.algorithms[{i}]"),
-                        format!(
-                            "`{name}` is not supported (supported: {})",
-                            JwsAlgorithm::ALL.map(|a| a.name()).join(", ")
-                        ),
-                    ),
-                }
-            }
-            if names.is_empty() {
-                p.push("tokens.algorithms", "must list at least one algorithm");
-            }
-            algs
-        }
-    };
+    let algorithms = algorithm_list(
+        &mut p,
+        "tokens.algorithms",
+        tokens_file.and_then(|t| t.algorithms.as_ref()),
+    );
     let tokens = Tokens {
         algorithms,
         leeway: p.duration(
@@ -346,6 +320,9 @@ pub fn validate(file: FileConfig, source: &Path) -> Result<Config, Vec<Problem>>
         require_certificate_binding: reg
             .and_then(|r| r.require_certificate_binding)
             .unwrap_or(false),
+        require_proof_of_possession: reg
+            .and_then(|r| r.require_proof_of_possession)
+            .unwrap_or(false),
     };
 
     // session_store
@@ -393,11 +370,71 @@ pub fn validate(file: FileConfig, source: &Path) -> Result<Config, Vec<Problem>>
                 format!("`{}` is not the name of an upstream", r.upstream),
             );
         }
+        let token = r.token.as_ref().map(|t| {
+            for (j, scope) in t.scope.iter().enumerate() {
+                if scope.is_empty() || scope.contains([' ', '"', '\\']) {
+                    p.push(
+                        format!("{key}.token.scope[{j}]"),
+                        "must be one scope token (no spaces or quotes)",
+                    );
+                }
+            }
+            if jwks.is_none() {
+                p.push(
+                    format!("{key}.token"),
+                    "needs jwks and issuer: the route's access tokens are verified with them",
+                );
+            }
+            RouteToken {
+                scope: t.scope.clone(),
+                audience: t.audience.clone(),
+                require_proof_of_possession: t.require_proof_of_possession.unwrap_or(false),
+            }
+        });
         routes.push(Route {
             prefix: r.prefix.clone(),
             upstream: r.upstream.clone(),
+            token,
         });
     }
+
+    // dpop
+    let dpop = file.dpop.as_ref().map(|d| {
+        let mut origins = Vec::new();
+        for (i, o) in d.origins.iter().enumerate() {
+            match crate::auth::dpop::normalise_origin(o) {
+                Some(n) => origins.push(n),
+                None => p.push(
+                    format!("dpop.origins[{i}]"),
+                    format!("`{o}` is not scheme://host[:port] (http or https, no path)"),
+                ),
+            }
+        }
+        if d.origins.is_empty() {
+            p.push(
+                "dpop.origins",
+                "must list the origins clients address (scheme://host[:port])",
+            );
+        }
+        let max_age = p.duration("dpop.max_age", d.max_age.as_ref(), Duration::from_secs(60));
+        if max_age.is_zero() {
+            p.push("dpop.max_age", "must be more than 0");
+        }
+        let replay_cache_entries = d.replay_cache_entries.unwrap_or(100_000);
+        if replay_cache_entries == 0 {
+            p.push(
+                "dpop.replay_cache_entries",
+                "must be more than 0: a proof must not be accepted twice",
+            );
+        }
+        Dpop {
+            origins,
+            max_age,
+            replay_cache_entries,
+            require_nonce: d.require_nonce.unwrap_or(false),
+            algorithms: algorithm_list(&mut p, "dpop.algorithms", d.algorithms.as_ref()),
+        }
+    });
 
     // state
     let st = file.state.as_ref();
@@ -498,7 +535,43 @@ pub fn validate(file: FileConfig, source: &Path) -> Result<Config, Vec<Problem>>
         routes,
         state,
         server,
+        dpop,
     })
+}
+
+/// A list of JWS algorithms (default RS256, PS256, ES256, EdDSA): public-key algorithms only.
+fn algorithm_list(p: &mut Problems, key: &str, given: Option<&Vec<String>>) -> Vec<JwsAlgorithm> {
+    let Some(names) = given else {
+        return vec![
+            JwsAlgorithm::RS256,
+            JwsAlgorithm::PS256,
+            JwsAlgorithm::ES256,
+            JwsAlgorithm::EdDSA,
+        ];
+    };
+    let mut algs = Vec::new();
+    for (i, name) in names.iter().enumerate() {
+        match JwsAlgorithm::from_name(name) {
+            Some(a) => algs.push(a),
+            None if name.eq_ignore_ascii_case("none") || name.starts_with("HS") => p.push(
+                format!("{key}[{i}]"),
+                format!(
+                    "`{name}` is never accepted: tokens and proofs are verified with public keys"
+                ),
+            ),
+            None => p.push(
+                format!("{key}[{i}]"),
+                format!(
+                    "`{name}` is not supported (supported: {})",
+                    JwsAlgorithm::ALL.map(|a| a.name()).join(", ")
+                ),
+            ),
+        }
+    }
+    if names.is_empty() {
+        p.push(key, "must list at least one algorithm");
+    }
+    algs
 }
 
 fn socket_addr(p: &mut Problems, key: &str, text: &str) -> Option<SocketAddr> {
