@@ -163,6 +163,16 @@ fn certificate(
     Ok(b.build())
 }
 
+/// Writes a private key readable by its owner only.
+pub fn write_private(path: &Path, content: &[u8]) -> Result<()> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let file = path
+        .file_name()
+        .and_then(|f| f.to_str())
+        .ok_or_else(|| format!("{} is not a file name", path.display()))?;
+    write(dir, file, content, true)
+}
+
 fn write(dir: &Path, file: &str, content: &[u8], secret: bool) -> Result<()> {
     let path = dir.join(file);
     fs::write(&path, content).map_err(|e| format!("cannot write {}: {e}", path.display()))?;

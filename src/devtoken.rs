@@ -47,7 +47,62 @@ pub fn public_jwk(key: &PKey<Private>) -> Result<Value, String> {
 
 /// A compact JWS, ES256, over `claims`.
 pub fn sign_es256(key: &PKey<Private>, kid: &str, claims: &Value) -> Result<String, String> {
-    let header = json!({"alg": "ES256", "typ": "JWT", "kid": kid});
+    sign_es256_with(
+        key,
+        &json!({"alg": "ES256", "typ": "JWT", "kid": kid}),
+        claims,
+    )
+}
+
+/// A development DPoP proof (RFC 9449 §4.2): `typ` dpop+jwt, the public key in `jwk`, for
+/// `htm` and `htu`, bound to `token` (`ath`) when given, with the server's `nonce` when given.
+pub fn dpop_proof(
+    key: &PKey<Private>,
+    htm: &str,
+    htu: &str,
+    token: Option<&str>,
+    nonce: Option<&str>,
+) -> Result<String, String> {
+    let mut jwk = public_jwk(key)?;
+    if let Some(o) = jwk.as_object_mut() {
+        for member in ["kid", "use", "alg"] {
+            o.remove(member);
+        }
+    }
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    let mut claims = json!({
+        "jti": crate::devcerts::random_token()?,
+        "htm": htm,
+        "htu": htu,
+        "iat": now,
+    });
+    if let Some(t) = token {
+        claims["ath"] = json!(b64(&openssl::sha::sha256(t.as_bytes())));
+    }
+    if let Some(n) = nonce {
+        claims["nonce"] = json!(n);
+    }
+    sign_es256_with(
+        key,
+        &json!({"typ": "dpop+jwt", "alg": "ES256", "jwk": jwk}),
+        &claims,
+    )
+}
+
+/// A new P-256 key in PEM (PKCS#8).
+pub fn new_key_pem() -> Result<Vec<u8>, String> {
+    let group = openssl::ec::EcGroup::from_curve_name(openssl::nid::Nid::X9_62_PRIME256V1)
+        .map_err(err("EC"))?;
+    let ec = EcKey::generate(&group).map_err(err("EC"))?;
+    PKey::from_ec_key(ec)
+        .and_then(|k| k.private_key_to_pem_pkcs8())
+        .map_err(err("EC"))
+}
+
+fn sign_es256_with(key: &PKey<Private>, header: &Value, claims: &Value) -> Result<String, String> {
     let input = format!(
         "{}.{}",
         b64(header.to_string().as_bytes()),

@@ -1,4 +1,4 @@
-//! The `bindgate` command line: run | check | thumbprint | dev-certs | dev-token.
+//! The `bindgate` command line: run | check | thumbprint | dev-certs | dev-token | dev-proof.
 
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
@@ -38,6 +38,51 @@ enum Command {
     },
     /// Mint a development initial access token (ES256) with the development signing key.
     DevToken(DevTokenArgs),
+    /// Make a development DPoP proof (RFC 9449) with a P-256 key, or print the key's thumbprint.
+    DevProof(DevProofArgs),
+}
+
+#[derive(clap::Args)]
+struct DevProofArgs {
+    /// The proof key (P-256 PEM); created when the file does not exist.
+    #[arg(long, default_value = "certs/dev/dpop.key")]
+    key: PathBuf,
+    /// Print the key's RFC 7638 thumbprint (the cnf.jkt of tokens bound to it) and exit.
+    #[arg(long)]
+    jkt: bool,
+    /// The request method (htm).
+    #[arg(long, default_value = "POST")]
+    htm: String,
+    /// The request URI without query (htu), e.g. https://localhost:8443/clients.
+    #[arg(long)]
+    htu: Option<String>,
+    /// The access token the proof goes with (ath).
+    #[arg(long)]
+    token: Option<String>,
+    /// A nonce the server sent in DPoP-Nonce.
+    #[arg(long)]
+    nonce: Option<String>,
+}
+
+fn dev_proof(a: DevProofArgs) -> Result<String, String> {
+    if !a.key.exists() {
+        if let Some(dir) = a.key.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir)
+                .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+        }
+        let pem = bindgate::devtoken::new_key_pem()?;
+        bindgate::devcerts::write_private(&a.key, &pem)?;
+    }
+    let pem = std::fs::read(&a.key).map_err(|e| format!("cannot read {}: {e}", a.key.display()))?;
+    let key = bindgate::devtoken::load_key(&pem)?;
+    if a.jkt {
+        let jwk = bindgate::devtoken::public_jwk(&key)?;
+        return Ok(jwk["kid"].as_str().unwrap_or_default().to_string());
+    }
+    let htu = a
+        .htu
+        .ok_or("give --htu (the request URI, e.g. https://localhost:8443/clients)")?;
+    bindgate::devtoken::dpop_proof(&key, &a.htm, &htu, a.token.as_deref(), a.nonce.as_deref())
 }
 
 fn init_logging() {
@@ -76,6 +121,9 @@ struct DevTokenArgs {
     /// Bind the token to this client certificate (cnf x5t#S256, RFC 8705).
     #[arg(long)]
     cert: Option<PathBuf>,
+    /// Bind the token to this DPoP key thumbprint (cnf jkt, RFC 9449); see `dev-proof --jkt`.
+    #[arg(long)]
+    dpop_jkt: Option<String>,
     #[arg(long, default_value = "bindgate-dev")]
     sub: String,
 }
@@ -156,6 +204,9 @@ fn dev_token(a: DevTokenArgs) -> Result<String, String> {
         let thumbprint = bindgate::certificate::thumbprint_of_pem(&pem)?;
         claims["cnf"] = serde_json::json!({ "x5t#S256": thumbprint });
     }
+    if let Some(jkt) = a.dpop_jkt {
+        claims["cnf"]["jkt"] = serde_json::json!(jkt);
+    }
     bindgate::devtoken::sign_es256(&key, &kid, &claims)
 }
 
@@ -208,6 +259,16 @@ fn main() -> ExitCode {
                 }
             }
         }
+        Command::DevProof(args) => match dev_proof(args) {
+            Ok(out) => {
+                println!("{out}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("bindgate dev-proof: {e}");
+                ExitCode::FAILURE
+            }
+        },
         Command::DevToken(args) => match dev_token(args) {
             Ok(token) => {
                 println!("{token}");

@@ -89,8 +89,9 @@ pub struct Started {
 }
 
 impl Bindgate {
-    /// Starts bindgate on `yaml`, where `{LISTEN}`, `{ADMIN}` and `{PKI}` are replaced by a free
-    /// listen address, a free admin address and the PKI directory; waits until `/readyz` is 200.
+    /// Starts bindgate on `yaml`, where `{LISTEN}`, `{PORT}`, `{ADMIN}` and `{PKI}` are replaced
+    /// by a free listen address, its port, a free admin address and the PKI directory; waits
+    /// until `/readyz` is 200.
     pub fn start(pki: &Pki, yaml: &str) -> Bindgate {
         // A free port can be taken by a parallel test between our probe and bindgate's bind:
         // then bindgate exits at once saying so, and another pair of ports is tried.
@@ -112,6 +113,7 @@ impl Bindgate {
         let config = dir.path().join("proxy.yaml");
         let text = yaml
             .replace("{LISTEN}", &format!("127.0.0.1:{port}"))
+            .replace("{PORT}", &port.to_string())
             .replace("{ADMIN}", &format!("127.0.0.1:{admin_port}"))
             .replace("{PKI}", &pki.dir.path().display().to_string());
         std::fs::write(&config, text).expect("write config");

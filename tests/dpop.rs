@@ -1,0 +1,651 @@
+//! DPoP (RFC 9449) and token-protected routes through the real server over TLS. Proofs and
+//! tokens are minted here with `jsonwebtoken` (ring), and key thumbprints computed here, not
+//! with bindgate's code; a recording upstream shows what was forwarded.
+
+mod harness;
+
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine;
+use harness::tokens::*;
+use harness::*;
+use jsonwebtoken::{Algorithm, EncodingKey, Header};
+use serde_json::{json, Value};
+
+const MISMATCH: &str = "Bearer error=\"invalid_token\", error_description=\"Missing / invalid client X.509 certificate for x5t#S256 bound access token\"";
+
+struct Setup {
+    pki: Pki,
+    issuer: Signer,
+    _jwks: Upstream,
+    idp: Upstream,
+    bg: Bindgate,
+}
+
+fn setup(require_nonce: bool) -> Setup {
+    let issuer = Signer::new(Algorithm::ES256, "issuer-1");
+    let pki = Pki::new();
+    let jwks_server = Upstream::start();
+    jwks_server.set_reply(200, &jwks(&[&issuer]));
+    let idp = Upstream::start();
+    let yaml = format!(
+        r#"
+listen:
+  address: "{{LISTEN}}"
+  tls: {{cert: "{{PKI}}/server.crt", key: "{{PKI}}/server.key", client_auth: optional}}
+admin: {{address: "{{ADMIN}}"}}
+issuer: "{ISSUER}"
+jwks: {{uri: "http://{jwks}/jwks.json"}}
+tokens: {{leeway: 5s}}
+dpop:
+  origins: ["https://localhost:{{PORT}}"]
+  max_age: 60s
+  require_nonce: {require_nonce}
+  algorithms: [ES256, RS256, PS256, EdDSA]
+registration:
+  endpoint_uri: "{ENDPOINT}"
+  target: idp
+  master_tokens: [{{file: "{{PKI}}/master.token"}}]
+  require_proof_of_possession: {require_nonce}
+upstreams:
+  idp: {{address: "{idp}"}}
+routes:
+  - prefix: /userinfo
+    upstream: idp
+    token: {{scope: [openid, profile], audience: ["https://api.example.com"]}}
+  - prefix: /api
+    upstream: idp
+    token: {{require_proof_of_possession: true}}
+  - prefix: /open
+    upstream: idp
+server: {{threads: 2}}
+"#,
+        jwks = jwks_server.addr,
+        idp = idp.addr,
+    );
+    let bg = Bindgate::start(&pki, &yaml);
+    Setup {
+        pki,
+        issuer,
+        _jwks: jwks_server,
+        idp,
+        bg,
+    }
+}
+
+fn b64(bytes: &[u8]) -> String {
+    URL_SAFE_NO_PAD.encode(bytes)
+}
+
+/// RFC 7638 thumbprint of an EC public JWK, computed here.
+fn thumbprint(jwk: &Value) -> String {
+    let canonical = format!(
+        r#"{{"crv":"{}","kty":"EC","x":"{}","y":"{}"}}"#,
+        jwk["crv"].as_str().unwrap(),
+        jwk["x"].as_str().unwrap(),
+        jwk["y"].as_str().unwrap()
+    );
+    b64(&openssl::sha::sha256(canonical.as_bytes()))
+}
+
+/// The public members of a signer's JWK (no kid, use or alg).
+fn public(jwk: &Value) -> Value {
+    json!({"kty": jwk["kty"], "crv": jwk["crv"], "x": jwk["x"], "y": jwk["y"]})
+}
+
+/// A proof key and what a proof says.
+struct Proof<'a> {
+    key: &'a Signer,
+    htm: &'a str,
+    htu: String,
+    token: Option<&'a str>,
+    iat: i64,
+    jti: String,
+    nonce: Option<String>,
+}
+
+impl Proof<'_> {
+    fn claims(&self) -> Value {
+        let mut c = json!({"jti": self.jti, "htm": self.htm, "htu": self.htu, "iat": self.iat});
+        if let Some(t) = self.token {
+            c["ath"] = json!(b64(&openssl::sha::sha256(t.as_bytes())));
+        }
+        if let Some(n) = &self.nonce {
+            c["nonce"] = json!(n);
+        }
+        c
+    }
+
+    fn header(&self) -> Value {
+        json!({"typ": "dpop+jwt", "alg": "ES256", "jwk": public(&self.key.jwk)})
+    }
+
+    fn sign(&self) -> String {
+        raw_signed(self.key, &self.header(), &self.claims().to_string())
+    }
+
+    fn sign_with(&self, header: Value, claims: Value) -> String {
+        raw_signed(self.key, &header, &claims.to_string())
+    }
+}
+
+fn jti() -> String {
+    let mut b = [0u8; 16];
+    openssl::rand::rand_bytes(&mut b).unwrap();
+    b64(&b)
+}
+
+#[derive(Debug)]
+struct Answer {
+    status: u16,
+    challenges: Vec<String>,
+    nonce: Option<String>,
+    body: Value,
+}
+
+impl Setup {
+    fn url(&self, path: &str) -> String {
+        self.bg.url(path)
+    }
+
+    fn htu(&self, path: &str) -> String {
+        format!("https://localhost:{}{path}", self.bg.port)
+    }
+
+    fn proof<'a>(&self, key: &'a Signer, htm: &'a str, path: &str, token: &'a str) -> Proof<'a> {
+        Proof {
+            key,
+            htm,
+            htu: self.htu(path),
+            token: Some(token),
+            iat: now(),
+            jti: jti(),
+            nonce: None,
+        }
+    }
+
+    fn send(
+        &self,
+        method: &str,
+        path: &str,
+        authorization: Option<String>,
+        proofs: &[String],
+        identity: Option<&str>,
+    ) -> Answer {
+        let client = self.bg.client(&self.pki, identity, Http::One);
+        let mut req = client
+            .request(method.parse().unwrap(), self.url(path))
+            .header("content-type", "application/json");
+        if method == "POST" {
+            req = req.body(r#"{"redirect_uris":["https://app.example.com/cb"]}"#);
+        }
+        if let Some(a) = authorization {
+            req = req.header("authorization", a);
+        }
+        for p in proofs {
+            req = req.header("dpop", p);
+        }
+        let resp = req.send().unwrap();
+        Answer {
+            status: resp.status().as_u16(),
+            challenges: resp
+                .headers()
+                .get_all("www-authenticate")
+                .iter()
+                .map(|v| v.to_str().unwrap().to_string())
+                .collect(),
+            nonce: resp
+                .headers()
+                .get("dpop-nonce")
+                .map(|v| v.to_str().unwrap().to_string()),
+            body: resp.json().unwrap_or(Value::Null),
+        }
+    }
+
+    fn token(&self, cnf: Value, scope: &[&str], aud: &str) -> String {
+        let mut c = claims();
+        c["scp"] = json!(scope);
+        c["aud"] = json!(aud);
+        if !cnf.is_null() {
+            c["cnf"] = cnf;
+        }
+        self.issuer.sign(&c)
+    }
+}
+
+fn assert_proof_refused(a: &Answer, what: &str) {
+    assert_eq!(a.status, 401, "{what}: {a:?}");
+    let c = a.challenges.first().map(String::as_str).unwrap_or_default();
+    assert!(
+        c.starts_with("DPoP error=\"invalid_dpop_proof\", error_description=\""),
+        "{what}: {c}"
+    );
+    assert!(
+        c.ends_with("algs=\"ES256 RS256 PS256 EdDSA\""),
+        "{what}: {c}"
+    );
+    assert_eq!(a.body["error"], "invalid_dpop_proof", "{what}");
+}
+
+#[test]
+fn dpop_bound_registration_and_every_proof_check() {
+    let s = setup(false);
+    let key = Signer::new(Algorithm::ES256, "proof-key");
+    let other = Signer::new(Algorithm::ES256, "other-key");
+    let jkt = thumbprint(&key.jwk);
+    let token = s.token(json!({ "jkt": jkt }), &["client-reg"], ENDPOINT);
+    let dpop = || Some(format!("DPoP {token}"));
+
+    // A valid proof: forwarded with Authorization and DPoP as sent.
+    let proof = s.proof(&key, "POST", "/clients", &token).sign();
+    let a = s.send(
+        "POST",
+        "/clients",
+        dpop(),
+        std::slice::from_ref(&proof),
+        None,
+    );
+    assert_eq!(a.status, 200, "{a:?}");
+    let got = s.idp.wait_for(1);
+    assert_eq!(
+        got[0].header("authorization"),
+        Some(format!("DPoP {token}").as_str())
+    );
+    assert_eq!(got[0].header("dpop"), Some(proof.as_str()));
+
+    // The same proof again: a replay.
+    let a = s.send(
+        "POST",
+        "/clients",
+        dpop(),
+        std::slice::from_ref(&proof),
+        None,
+    );
+    assert_proof_refused(&a, "replayed jti");
+    assert!(a.challenges[0].contains("already used"));
+
+    // Each check of RFC 9449 §4.3 failing on its own.
+    let base = || s.proof(&key, "POST", "/clients", &token);
+    #[allow(clippy::vec_init_then_push)] // each case built and named on its own lines
+    let mut cases: Vec<(&str, String)> = Vec::new();
+    cases.push((
+        "wrong htm",
+        Proof {
+            htm: "GET",
+            ..base()
+        }
+        .sign(),
+    ));
+    cases.push((
+        "another origin",
+        Proof {
+            htu: "https://evil.example.com/clients".into(),
+            ..base()
+        }
+        .sign(),
+    ));
+    cases.push((
+        "another path",
+        Proof {
+            htu: s.htu("/other"),
+            ..base()
+        }
+        .sign(),
+    ));
+    cases.push((
+        "a query in htu",
+        Proof {
+            htu: s.htu("/clients?a=1"),
+            ..base()
+        }
+        .sign(),
+    ));
+    cases.push((
+        "stale iat",
+        Proof {
+            iat: now() - 120,
+            ..base()
+        }
+        .sign(),
+    ));
+    cases.push((
+        "future iat",
+        Proof {
+            iat: now() + 120,
+            ..base()
+        }
+        .sign(),
+    ));
+    cases.push((
+        "wrong ath",
+        Proof {
+            token: Some("another-token"),
+            ..base()
+        }
+        .sign(),
+    ));
+    cases.push((
+        "no ath",
+        Proof {
+            token: None,
+            ..base()
+        }
+        .sign(),
+    ));
+    cases.push((
+        "a jwk that is not cnf.jkt",
+        Proof {
+            key: &other,
+            ..base()
+        }
+        .sign(),
+    ));
+    let p = base();
+    let mut with_private = p.header();
+    with_private["jwk"]["d"] = json!(b64(&[1u8; 32]));
+    cases.push((
+        "a private key in jwk",
+        p.sign_with(with_private, p.claims()),
+    ));
+    let p = base();
+    let mut no_typ = p.header();
+    no_typ.as_object_mut().unwrap().remove("typ");
+    cases.push(("typ missing", p.sign_with(no_typ, p.claims())));
+    let p = base();
+    let mut jwt_typ = p.header();
+    jwt_typ["typ"] = json!("JWT");
+    cases.push(("typ JWT", p.sign_with(jwt_typ, p.claims())));
+    let p = base();
+    let mut no_jwk = p.header();
+    no_jwk.as_object_mut().unwrap().remove("jwk");
+    cases.push(("jwk missing", p.sign_with(no_jwk, p.claims())));
+    let p = base();
+    let mut no_jti = p.claims();
+    no_jti.as_object_mut().unwrap().remove("jti");
+    cases.push(("jti missing", p.sign_with(p.header(), no_jti)));
+    let p = base();
+    let none_header = json!({"typ": "dpop+jwt", "alg": "none", "jwk": public(&key.jwk)});
+    cases.push((
+        "alg none",
+        format!(
+            "{}.{}.",
+            b64(none_header.to_string().as_bytes()),
+            b64(p.claims().to_string().as_bytes())
+        ),
+    ));
+    let p = base();
+    let mut hs = Header::new(Algorithm::HS256);
+    hs.typ = Some("dpop+jwt".into());
+    hs.jwk = Some(serde_json::from_value(public(&key.jwk)).unwrap());
+    cases.push((
+        "alg HS256",
+        jsonwebtoken::encode(&hs, &p.claims(), &EncodingKey::from_secret(b"secret")).unwrap(),
+    ));
+    let p = base();
+    let signed = p.sign();
+    let mut parts: Vec<&str> = signed.split('.').collect();
+    let tampered_claims = b64(
+        json!({"jti": jti(), "htm": "POST", "htu": s.htu("/clients"), "iat": now()})
+            .to_string()
+            .as_bytes(),
+    );
+    parts[1] = &tampered_claims;
+    cases.push(("bad signature", parts.join(".")));
+    cases.push(("not a JWS", "not-a-proof".into()));
+    for (what, proof) in &cases {
+        let a = s.send(
+            "POST",
+            "/clients",
+            dpop(),
+            std::slice::from_ref(proof),
+            None,
+        );
+        assert_proof_refused(&a, what);
+    }
+    // No proof, and two proofs.
+    assert_proof_refused(&s.send("POST", "/clients", dpop(), &[], None), "no proof");
+    let two = [base().sign(), base().sign()];
+    assert_proof_refused(
+        &s.send("POST", "/clients", dpop(), &two, None),
+        "two DPoP headers",
+    );
+
+    // The downgrade (RFC 9449 §7.2): a DPoP-bound token as a bearer token, proof or not.
+    for proofs in [vec![], vec![base().sign()]] {
+        let a = s.send(
+            "POST",
+            "/clients",
+            Some(format!("Bearer {token}")),
+            &proofs,
+            None,
+        );
+        assert_eq!(a.status, 401, "{a:?}");
+        assert!(
+            a.challenges[0].starts_with("Bearer error=\"invalid_token\""),
+            "{a:?}"
+        );
+    }
+    // An unbound token with the DPoP scheme: DPoP's invalid_token.
+    let unbound = s.token(Value::Null, &["client-reg"], ENDPOINT);
+    let a = s.send(
+        "POST",
+        "/clients",
+        Some(format!("DPoP {unbound}")),
+        &[s.proof(&key, "POST", "/clients", &unbound).sign()],
+        None,
+    );
+    assert_eq!(a.status, 401, "{a:?}");
+    assert!(
+        a.challenges[0].starts_with("DPoP error=\"invalid_token\""),
+        "{a:?}"
+    );
+    // No credentials: the bare Bearer challenge, then DPoP's.
+    let a = s.send("POST", "/clients", None, &[], None);
+    assert_eq!(
+        a.challenges,
+        vec![
+            "Bearer".to_string(),
+            "DPoP algs=\"ES256 RS256 PS256 EdDSA\"".to_string()
+        ]
+    );
+    assert_eq!(s.idp.requests().len(), 1, "nothing refused was forwarded");
+    let metrics = s.bg.metrics();
+    assert!(
+        metrics.contains("bindgate_dpop_proofs_total{reason=\"replay\",result=\"refused\"} 1"),
+        "{metrics}"
+    );
+}
+
+#[test]
+fn both_bindings_must_hold() {
+    let s = setup(false);
+    let key = Signer::new(Algorithm::ES256, "proof-key");
+    let cnf = json!({"jkt": thumbprint(&key.jwk), "x5t#S256": s.pki.thumbprint("client1")});
+    let token = s.token(cnf, &["client-reg"], ENDPOINT);
+    let auth = || Some(format!("DPoP {token}"));
+    let proof = || vec![s.proof(&key, "POST", "/clients", &token).sign()];
+    assert_eq!(
+        s.send("POST", "/clients", auth(), &proof(), Some("client1"))
+            .status,
+        200
+    );
+    let a = s.send("POST", "/clients", auth(), &proof(), None);
+    assert_eq!(a.status, 401);
+    assert_eq!(a.challenges, vec![MISMATCH.to_string()], "no certificate");
+    let a = s.send("POST", "/clients", auth(), &proof(), Some("client2"));
+    assert_eq!(
+        a.challenges,
+        vec![MISMATCH.to_string()],
+        "another certificate"
+    );
+    assert_proof_refused(
+        &s.send("POST", "/clients", auth(), &[], Some("client1")),
+        "no proof",
+    );
+    assert_eq!(s.idp.requests().len(), 1);
+}
+
+#[test]
+fn nonce_round_trip_and_proof_of_possession_required() {
+    let s = setup(true);
+    let key = Signer::new(Algorithm::ES256, "proof-key");
+    let token = s.token(
+        json!({ "jkt": thumbprint(&key.jwk) }),
+        &["client-reg"],
+        ENDPOINT,
+    );
+    let auth = || Some(format!("DPoP {token}"));
+    let a = s.send(
+        "POST",
+        "/clients",
+        auth(),
+        &[s.proof(&key, "POST", "/clients", &token).sign()],
+        None,
+    );
+    assert_eq!(a.status, 401, "{a:?}");
+    assert!(
+        a.challenges[0].starts_with("DPoP error=\"use_dpop_nonce\""),
+        "{a:?}"
+    );
+    let nonce = a.nonce.expect("a DPoP-Nonce header");
+    let with_nonce = Proof {
+        nonce: Some(nonce.clone()),
+        ..s.proof(&key, "POST", "/clients", &token)
+    };
+    assert_eq!(
+        s.send("POST", "/clients", auth(), &[with_nonce.sign()], None)
+            .status,
+        200
+    );
+    // A nonce bindgate did not issue is not one.
+    let forged = Proof {
+        nonce: Some(b64(&[0u8; 24])),
+        ..s.proof(&key, "POST", "/clients", &token)
+    };
+    let a = s.send("POST", "/clients", auth(), &[forged.sign()], None);
+    assert!(
+        a.challenges[0].starts_with("DPoP error=\"use_dpop_nonce\""),
+        "{a:?}"
+    );
+    // registration.require_proof_of_possession: an unbound initial access token is refused.
+    let unbound = s.token(Value::Null, &["client-reg"], ENDPOINT);
+    let a = s.send(
+        "POST",
+        "/clients",
+        Some(format!("Bearer {unbound}")),
+        &[],
+        None,
+    );
+    assert_eq!(a.status, 401);
+    assert!(
+        a.body["error_description"]
+            .as_str()
+            .unwrap()
+            .contains("bound"),
+        "{a:?}"
+    );
+    let bound = s.token(
+        json!({"x5t#S256": s.pki.thumbprint("client1")}),
+        &["client-reg"],
+        ENDPOINT,
+    );
+    let a = s.send(
+        "POST",
+        "/clients",
+        Some(format!("Bearer {bound}")),
+        &[],
+        Some("client1"),
+    );
+    assert_eq!(a.status, 200, "{a:?}");
+    assert_eq!(s.idp.requests().len(), 2);
+}
+
+#[test]
+fn protected_routes() {
+    let s = setup(false);
+    let key = Signer::new(Algorithm::ES256, "proof-key");
+    let api = "https://api.example.com";
+    let bearer = |t: &str| Some(format!("Bearer {t}"));
+    // /userinfo: scopes openid and profile, audience api.example.com.
+    let good = s.token(Value::Null, &["openid", "profile"], api);
+    assert_eq!(
+        s.send("GET", "/userinfo", bearer(&good), &[], None).status,
+        200
+    );
+    let got = s.idp.wait_for(1);
+    assert_eq!(
+        got[0].header("authorization"),
+        Some(format!("Bearer {good}").as_str())
+    );
+    let a = s.send(
+        "GET",
+        "/userinfo",
+        bearer(&s.token(Value::Null, &["openid"], api)),
+        &[],
+        None,
+    );
+    assert_eq!(a.status, 403, "{a:?}");
+    assert!(
+        a.challenges[0].ends_with("scope=\"openid profile\""),
+        "{:?}",
+        a.challenges
+    );
+    let a = s.send(
+        "GET",
+        "/userinfo",
+        bearer(&s.token(Value::Null, &["openid", "profile"], ENDPOINT)),
+        &[],
+        None,
+    );
+    assert_eq!(a.status, 401, "wrong audience: {a:?}");
+    assert_eq!(a.body["error"], "invalid_token");
+    let a = s.send("GET", "/userinfo", None, &[], None);
+    assert_eq!(a.status, 401);
+    assert_eq!(a.challenges.len(), 2, "{a:?}");
+    let a = s.send("GET", "/userinfo", bearer("not-a-jwt"), &[], None);
+    assert_eq!(a.status, 401);
+    // A certificate-bound token on a route: the binding holds there too.
+    let bound = s.token(
+        json!({"x5t#S256": s.pki.thumbprint("client1")}),
+        &["openid", "profile"],
+        api,
+    );
+    assert_eq!(
+        s.send("GET", "/userinfo", bearer(&bound), &[], Some("client1"))
+            .status,
+        200
+    );
+    assert_eq!(
+        s.send("GET", "/userinfo", bearer(&bound), &[], None)
+            .challenges,
+        vec![MISMATCH.to_string()]
+    );
+    // /api: proof of possession required, no scope or audience.
+    let unbound = s.token(Value::Null, &[], "https://anything.example.com");
+    let a = s.send("GET", "/api/x", bearer(&unbound), &[], None);
+    assert_eq!(a.status, 401, "{a:?}");
+    let dpop_token = s.token(json!({ "jkt": thumbprint(&key.jwk) }), &[], "x");
+    let proof = s.proof(&key, "GET", "/api/x", &dpop_token).sign();
+    let a = s.send(
+        "GET",
+        "/api/x",
+        Some(format!("DPoP {dpop_token}")),
+        &[proof],
+        None,
+    );
+    assert_eq!(a.status, 200, "{a:?}");
+    // A proof for another route's path is refused.
+    let elsewhere = s.proof(&key, "GET", "/api/y", &dpop_token).sign();
+    assert_proof_refused(
+        &s.send(
+            "GET",
+            "/api/x",
+            Some(format!("DPoP {dpop_token}")),
+            &[elsewhere],
+            None,
+        ),
+        "another path",
+    );
+    // A route without `token` is as it was.
+    assert_eq!(s.send("GET", "/open/x", None, &[], None).status, 200);
+    assert_eq!(s.idp.requests().len(), 4);
+}
