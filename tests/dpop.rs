@@ -265,80 +265,80 @@ fn dpop_bound_registration_and_every_proof_check() {
 
     // Each check of RFC 9449 §4.3 failing on its own.
     let base = || s.proof(&key, "POST", "/clients", &token);
-    #[allow(clippy::vec_init_then_push)] // each case built and named on its own lines
-    let mut cases: Vec<(&str, String)> = Vec::new();
-    cases.push((
-        "wrong htm",
-        Proof {
-            htm: "GET",
-            ..base()
-        }
-        .sign(),
-    ));
-    cases.push((
-        "another origin",
-        Proof {
-            htu: "https://evil.example.com/clients".into(),
-            ..base()
-        }
-        .sign(),
-    ));
-    cases.push((
-        "another path",
-        Proof {
-            htu: s.htu("/other"),
-            ..base()
-        }
-        .sign(),
-    ));
-    cases.push((
-        "a query in htu",
-        Proof {
-            htu: s.htu("/clients?a=1"),
-            ..base()
-        }
-        .sign(),
-    ));
-    cases.push((
-        "stale iat",
-        Proof {
-            iat: now() - 120,
-            ..base()
-        }
-        .sign(),
-    ));
-    cases.push((
-        "future iat",
-        Proof {
-            iat: now() + 120,
-            ..base()
-        }
-        .sign(),
-    ));
-    cases.push((
-        "wrong ath",
-        Proof {
-            token: Some("another-token"),
-            ..base()
-        }
-        .sign(),
-    ));
-    cases.push((
-        "no ath",
-        Proof {
-            token: None,
-            ..base()
-        }
-        .sign(),
-    ));
-    cases.push((
-        "a jwk that is not cnf.jkt",
-        Proof {
-            key: &other,
-            ..base()
-        }
-        .sign(),
-    ));
+    let mut cases: Vec<(&str, String)> = vec![
+        (
+            "wrong htm",
+            Proof {
+                htm: "GET",
+                ..base()
+            }
+            .sign(),
+        ),
+        (
+            "another origin",
+            Proof {
+                htu: "https://evil.example.com/clients".into(),
+                ..base()
+            }
+            .sign(),
+        ),
+        (
+            "another path",
+            Proof {
+                htu: s.htu("/other"),
+                ..base()
+            }
+            .sign(),
+        ),
+        (
+            "a query in htu",
+            Proof {
+                htu: s.htu("/clients?a=1"),
+                ..base()
+            }
+            .sign(),
+        ),
+        (
+            "stale iat",
+            Proof {
+                iat: now() - 120,
+                ..base()
+            }
+            .sign(),
+        ),
+        (
+            "future iat",
+            Proof {
+                iat: now() + 120,
+                ..base()
+            }
+            .sign(),
+        ),
+        (
+            "wrong ath",
+            Proof {
+                token: Some("another-token"),
+                ..base()
+            }
+            .sign(),
+        ),
+        (
+            "no ath",
+            Proof {
+                token: None,
+                ..base()
+            }
+            .sign(),
+        ),
+        (
+            "a jwk that is not cnf.jkt",
+            Proof {
+                key: &other,
+                ..base()
+            }
+            .sign(),
+        ),
+    ];
     let p = base();
     let mut with_private = p.header();
     with_private["jwk"]["d"] = json!(b64(&[1u8; 32]));
