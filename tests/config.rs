@@ -268,6 +268,7 @@ fn shipped_config_and_dev_token_tour() {
     let yaml = shipped
         .replace("certs/dev", "{PKI}")
         .replace("127.0.0.1:8443", "{LISTEN}")
+        .replace("localhost:8443", "localhost:{PORT}")
         .replace("127.0.0.1:9901", "{ADMIN}");
     let bg = Bindgate::start(&pki, &yaml);
     let dir = tempfile::tempdir().unwrap();
@@ -276,6 +277,7 @@ fn shipped_config_and_dev_token_tour() {
         &config,
         yaml.replace("{PKI}", &pki.dir.path().display().to_string())
             .replace("{LISTEN}", &bg.listen.to_string())
+            .replace("{PORT}", &bg.port.to_string())
             .replace("{ADMIN}", &format!("127.0.0.1:{}", bg.admin_port)),
     )
     .unwrap();
@@ -328,4 +330,42 @@ fn shipped_config_and_dev_token_tour() {
         401
     );
     assert_eq!(register(&dev_token(&[]), None).status(), 201);
+
+    // The DPoP step of the tour: a proof key, a token bound to it, a proof for one request.
+    let key = pki.path("dpop.key").display().to_string();
+    let dev_proof = |args: &[&str]| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_bindgate"))
+            .args(["dev-proof", "--key", &key])
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap().trim().to_string()
+    };
+    let jkt = dev_proof(&["--jkt"]);
+    let token = dev_token(&["--dpop-jkt", &jkt]);
+    let htu = format!("https://localhost:{}/clients", bg.port);
+    let proof = dev_proof(&["--htm", "POST", "--htu", &htu, "--token", &token]);
+    let with_proof = |authorization: String| {
+        bg.client(&pki, None, Http::One)
+            .post(bg.url("/clients"))
+            .header("authorization", authorization)
+            .header("dpop", &proof)
+            .header("content-type", "application/json")
+            .body(r#"{"redirect_uris":["https://app.example.com/cb"]}"#)
+            .send()
+            .unwrap()
+    };
+    assert_eq!(with_proof(format!("DPoP {token}")).status(), 201);
+    let replayed = with_proof(format!("DPoP {token}"));
+    assert_eq!(replayed.status(), 401);
+    assert!(replayed.headers()["www-authenticate"]
+        .to_str()
+        .unwrap()
+        .starts_with("DPoP error=\"invalid_dpop_proof\""));
+    assert_eq!(register(&token, None).status(), 401, "the downgrade");
 }
