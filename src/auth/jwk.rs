@@ -166,12 +166,24 @@ pub fn parse_jwk(value: &serde_json::Value) -> Result<Option<VerifyKey>, String>
         other => return Err(format!("unsupported key type {other:?}")),
     };
     let fingerprint = fingerprint(&material, alg).map_err(err)?;
-    Ok(Some(VerifyKey {
+    let key = VerifyKey {
         kid: raw.kid,
         alg,
         material,
         fingerprint,
-    }))
+    };
+    // An `alg` the key type cannot verify (an EC key marked RS256, say) makes a key that
+    // verifies nothing: refused, so that the operator hears of it (found by fuzzing).
+    if let Some(a) = alg {
+        if !key.accepts(a) {
+            return Err(format!(
+                "`alg` {} does not fit the key type {:?}",
+                a.name(),
+                raw.kty.as_deref().unwrap_or_default()
+            ));
+        }
+    }
+    Ok(Some(key))
 }
 
 fn fingerprint(
@@ -235,4 +247,30 @@ pub fn parse_jwk_set(body: &[u8]) -> Result<ParsedSet, String> {
         ));
     }
     Ok(ParsedSet { keys, skipped })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    const X: &str = "f83OJ3D2xF1Bg8vub9tLe1gHMzV76e8Tus9uPHvRVEU";
+    const Y: &str = "x_FEzRu9m36HLN_tue659LNpXW6pCyStikYjKIWI5a0";
+
+    #[test]
+    fn a_key_with_an_alg_its_type_cannot_verify_is_refused() {
+        // Found by the jwks fuzz target (FUZZING.md): it parsed, and could verify nothing.
+        let ec = |alg: &str| json!({"kty": "EC", "crv": "P-256", "x": X, "y": Y, "alg": alg});
+        assert!(parse_jwk(&ec("PS256")).unwrap_err().contains("does not fit"));
+        assert!(parse_jwk(&ec("ES384")).unwrap_err().contains("does not fit"));
+        let key = parse_jwk(&ec("ES256")).unwrap().unwrap();
+        assert!(key.accepts(JwsAlgorithm::ES256));
+        // Without alg, the key type decides.
+        let any = parse_jwk(&json!({"kty": "EC", "crv": "P-256", "x": X, "y": Y}))
+            .unwrap()
+            .unwrap();
+        assert!(any.accepts(JwsAlgorithm::ES256) && !any.accepts(JwsAlgorithm::RS256));
+        // The same material under another alg is another fingerprint.
+        assert_ne!(key.fingerprint, any.fingerprint);
+    }
 }
