@@ -10,7 +10,9 @@
 //! Scenarios: `a-es256` / `a-rs256` (a bound token, repeated, with the matching certificate, on
 //! the registration path forwarded to a static upstream), `b` (a fresh ES256 token on every
 //! request), `c` (`POST /clients` into the embedded registry), `d` (session create + read on the
-//! embedded store), `e` (passthrough: a route with no authorisation). Tokens are minted before
+//! embedded store), `e` (passthrough: a route with no authorisation), `a-dpop` (a DPoP-bound
+//! ES256 token, repeated, each request with a fresh ES256 proof: the cost of one proof check
+//! next to `a-es256`; bindgate only). Tokens and proofs are minted before
 //! timing starts. `--pin` runs the proxies on CPU 1 and the harness (load and upstream) on
 //! CPU 0. Under `cargo test` (no `--bench` argument) a short smoke of every scenario runs and
 //! checks that every answer was a success; no timing is asserted.
@@ -56,7 +58,7 @@ fn options() -> Options {
     let smoke = !args.iter().any(|a| a == "--bench");
     let scenario = get("--scenario").unwrap_or_else(|| "all".into());
     let scenarios = if scenario == "all" {
-        ["a-es256", "a-rs256", "b", "c", "d", "e"]
+        ["a-es256", "a-rs256", "a-dpop", "b", "c", "d", "e"]
             .map(String::from)
             .to_vec()
     } else {
@@ -100,6 +102,7 @@ struct Material {
     es_kid: String,
     rs_key: jsonwebtoken::EncodingKey,
     x5t: String,
+    dpop_key: PKey<openssl::pkey::Private>,
 }
 
 fn material(dir: &Path) -> Material {
@@ -147,6 +150,8 @@ fn material(dir: &Path) -> Material {
         rs_key: jsonwebtoken::EncodingKey::from_rsa_pem(&rsa.private_key_to_pem().unwrap())
             .unwrap(),
         x5t,
+        dpop_key: bindgate::devtoken::load_key(&bindgate::devtoken::new_key_pem().unwrap())
+            .unwrap(),
     }
 }
 
@@ -164,6 +169,29 @@ impl Material {
 
     fn es256(&self, jti: usize) -> String {
         bindgate::devtoken::sign_es256(&self.es_key, &self.es_kid, &self.claims(jti)).unwrap()
+    }
+
+    /// "TOKEN PROOF" pairs: one ES256 token bound to the DPoP key (cnf.jkt), repeated, and `n`
+    /// fresh proofs for `POST https://localhost:{port}/clients`.
+    fn dpop_pairs(&self, port: u16, n: usize) -> Vec<String> {
+        let jwk = bindgate::devtoken::public_jwk(&self.dpop_key).unwrap();
+        let mut claims = self.claims(0);
+        claims["cnf"] = json!({"jkt": jwk["kid"]});
+        let token = bindgate::devtoken::sign_es256(&self.es_key, &self.es_kid, &claims).unwrap();
+        let htu = format!("https://localhost:{port}/clients");
+        (0..n)
+            .map(|_| {
+                let proof = bindgate::devtoken::dpop_proof(
+                    &self.dpop_key,
+                    "POST",
+                    &htu,
+                    Some(&token),
+                    None,
+                )
+                .unwrap();
+                format!("{token} {proof}")
+            })
+            .collect()
     }
 
     fn rs256(&self, jti: usize) -> String {
@@ -244,6 +272,7 @@ upstreams:
   static: {{address: "127.0.0.1:{upstream}"}}
 routes:
   - {{prefix: /passthrough, upstream: static}}
+dpop: {{origins: ["https://localhost:{port}"], replay_cache_entries: 1000000}}
 state: {{path: ":memory:"}}
 server: {{threads: {threads}, grace_period: 1s}}
 "#,
@@ -356,6 +385,8 @@ struct Report {
 #[derive(Clone, Copy, PartialEq)]
 enum Work {
     Registration,
+    /// `token` is "ACCESS-TOKEN PROOF": sent as `Authorization: DPoP` and `DPoP`.
+    RegistrationDpop,
     RegisterEmbedded,
     Sessions,
     Passthrough,
@@ -375,6 +406,15 @@ fn build(
             .bearer_auth(token)
             .header("content-type", "application/json")
             .body(r#"{"redirect_uris":["https://app.example.com/cb"]}"#)],
+        Work::RegistrationDpop => {
+            let (access, proof) = token.split_once(' ').unwrap_or((token, ""));
+            vec![c
+                .post(format!("{base}/clients"))
+                .header("authorization", format!("DPoP {access}"))
+                .header("dpop", proof)
+                .header("content-type", "application/json")
+                .body(r#"{"redirect_uris":["https://app.example.com/cb"]}"#)]
+        }
         Work::RegisterEmbedded => vec![c
             .post(format!("{base}/clients"))
             .bearer_auth(token)
@@ -443,7 +483,8 @@ async fn run_load(
     }
     // Warm-up: one request per connection (the TLS handshake is not part of the timing).
     for c in &clients {
-        let t = tokens[0].clone();
+        // From the same sequence as the timed requests: a DPoP proof is good once.
+        let t = tokens[next_token.fetch_add(1, Ordering::Relaxed) % tokens.len()].clone();
         for r in build(work, &base, &st, c, &t, 0) {
             let _ = r.send().await.map(|r| r.bytes());
         }
@@ -595,11 +636,13 @@ fn main() {
             let (work, tokens, embedded) = match scenario.as_str() {
                 "a-es256" => (Work::Registration, es_repeat.clone(), false),
                 "a-rs256" => (Work::Registration, rs_repeat.clone(), false),
+                // Proofs name the proxy's port: minted once it is known, below.
+                "a-dpop" => (Work::RegistrationDpop, es_repeat.clone(), false),
                 "b" => (Work::Registration, fresh.clone(), false),
                 "c" => (Work::RegisterEmbedded, es_repeat.clone(), true),
                 "d" => (Work::Sessions, es_repeat.clone(), true),
                 "e" => (Work::Passthrough, es_repeat.clone(), false),
-                other => panic!("unknown scenario {other} (a-es256, a-rs256, b, c, d, e)"),
+                other => panic!("unknown scenario {other} (a-es256, a-rs256, a-dpop, b, c, d, e)"),
             };
             if proxy == "haproxy" && !matches!(scenario.as_str(), "a-es256" | "a-rs256" | "b" | "e")
             {
@@ -611,6 +654,33 @@ fn main() {
                 other => panic!("unknown proxy {other} (bindgate, haproxy, both)"),
             };
             let pid = p.child.id();
+            let (tokens, o) = if work == Work::RegistrationDpop {
+                // One proof per request, never reused: the run stops when they are spent.
+                let n = if o.smoke {
+                    2_000
+                } else {
+                    o.tokens.max(100_000)
+                };
+                let minted = Instant::now();
+                let pairs = m.dpop_pairs(p.port, n);
+                eprintln!(
+                    "{n} DPoP proofs minted in {:.1} s",
+                    minted.elapsed().as_secs_f64()
+                );
+                // The warm-up takes one proof per connection.
+                let spare = (n - o.connections) as u64;
+                let bounded = Options {
+                    requests: if o.requests == 0 {
+                        spare
+                    } else {
+                        o.requests.min(spare)
+                    },
+                    ..o.clone()
+                };
+                (Arc::new(pairs), bounded)
+            } else {
+                (tokens, o.clone())
+            };
             let report = rt.block_on(run_load(&o, &m, p.port, work, tokens, pid, scenario, proxy));
             let _ = p.admin;
             drop(p);
@@ -663,6 +733,10 @@ fn main() {
             println!("{s}: bindgate / HAProxy = {:.2}", b / h);
             ratios.insert(format!("{s}_bindgate_over_haproxy"), json!(b / h));
         }
+    }
+    if let (Some(d), Some(a)) = (rps("a-dpop", "bindgate"), rps("a-es256", "bindgate")) {
+        println!("a-dpop / a-es256 (bindgate) = {:.2}", d / a);
+        ratios.insert("a_dpop_over_a_es256".into(), json!(d / a));
     }
     if let (Some(a), Some(e)) = (rps("a-es256", "bindgate"), rps("e", "bindgate")) {
         println!("a-es256 / bindgate passthrough (e) = {:.2}", a / e);

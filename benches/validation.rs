@@ -404,7 +404,9 @@ fn dpop(c: &mut Criterion) {
     });
     let jws = split(&pool[0]).unwrap();
     let header: serde_json::Value = serde_json::from_slice(&jws.header).unwrap();
-    let proof_key = bindgate::auth::jwk::parse_jwk(&header["jwk"]).unwrap().unwrap();
+    let proof_key = bindgate::auth::jwk::parse_jwk(&header["jwk"])
+        .unwrap()
+        .unwrap();
     let input = jws.signing_input.to_vec();
     g.bench_function("es256_bare_signature", |b| {
         b.iter(|| {
