@@ -54,8 +54,17 @@ pub struct ProofChecker {
     pub algs: Arc<str>,
     /// SHA-256(jkt ‖ jti) of every proof accepted within `max_age` + leeway.
     seen: Cache<[u8; 32], ()>,
+    /// Proof keys already parsed and checked, by their exact `jwk` text: a client signs its
+    /// proofs with one key, so a proof costs its signature, not a key parse (`check_key`).
+    keys: Cache<Box<str>, Arc<ProofKey>>,
     nonce_key: ring::hmac::Key,
     metrics: Arc<Metrics>,
+}
+
+/// A proof key and its RFC 7638 thumbprint.
+struct ProofKey {
+    key: VerifyKey,
+    jkt: [u8; 32],
 }
 
 /// A refusal and its metric label.
@@ -127,6 +136,10 @@ impl ProofChecker {
                 .max_capacity(config.replay_cache_entries)
                 .time_to_live(window)
                 .build(),
+            keys: Cache::builder()
+                .max_capacity(10_000)
+                .time_to_idle(Duration::from_secs(3600))
+                .build(),
             nonce_key,
             metrics,
         })
@@ -195,14 +208,14 @@ impl ProofChecker {
         let alg = JwsAlgorithm::from_name(&header.alg)
             .filter(|a| self.algorithms.contains(a))
             .ok_or_else(|| bad("alg", "The DPoP proof algorithm is not accepted"))?;
-        let key = proof_key(header.jwk, &self.algs).map_err(|r| ("jwk", r))?;
-        if !key.accepts(alg) {
+        let key = self.proof_key(header.jwk).map_err(|r| ("jwk", r))?;
+        if !key.key.accepts(alg) {
             return Err(bad(
                 "alg",
                 "The DPoP proof key does not match its algorithm",
             ));
         }
-        if !verify_signature(alg, &key, jws.signing_input, &jws.signature) {
+        if !verify_signature(alg, &key.key, jws.signing_input, &jws.signature) {
             return Err(bad("signature", "Invalid DPoP proof signature"));
         }
         let claims: ProofClaims = serde_json::from_slice(&jws.payload)
@@ -262,7 +275,7 @@ impl ProofChecker {
                 ));
             }
         }
-        let jkt = thumbprint(&key);
+        let jkt = key.jkt;
         // RFC 9449 §11.1: a proof is used once. Checked last, so that a refused proof does not
         // burn its jti.
         let mut h = Sha256::new();
@@ -273,6 +286,23 @@ impl ProofChecker {
             return Err(bad("replay", "The DPoP proof was already used (jti)"));
         }
         Ok(ValidProof { jkt })
+    }
+
+    /// The proof's key, parsed once per distinct `jwk` text.
+    fn proof_key(&self, jwk: Option<&RawValue>) -> Result<Arc<ProofKey>, Rejection> {
+        let text = jwk.map(RawValue::get).unwrap_or_default();
+        if let Some(k) = self.keys.get(text) {
+            return Ok(k);
+        }
+        let key = proof_key(jwk, &self.algs)?;
+        let k = Arc::new(ProofKey {
+            jkt: thumbprint(&key),
+            key,
+        });
+        if text.len() <= 4096 {
+            self.keys.insert(text.into(), k.clone());
+        }
+        Ok(k)
     }
 
     /// `htu` (RFC 9449 §4.3 check 9): an accepted origin and the request's normalised path,

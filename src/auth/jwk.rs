@@ -261,8 +261,12 @@ mod tests {
     fn a_key_with_an_alg_its_type_cannot_verify_is_refused() {
         // Found by the jwks fuzz target (FUZZING.md): it parsed, and could verify nothing.
         let ec = |alg: &str| json!({"kty": "EC", "crv": "P-256", "x": X, "y": Y, "alg": alg});
-        assert!(parse_jwk(&ec("PS256")).unwrap_err().contains("does not fit"));
-        assert!(parse_jwk(&ec("ES384")).unwrap_err().contains("does not fit"));
+        assert!(parse_jwk(&ec("PS256"))
+            .unwrap_err()
+            .contains("does not fit"));
+        assert!(parse_jwk(&ec("ES384"))
+            .unwrap_err()
+            .contains("does not fit"));
         let key = parse_jwk(&ec("ES256")).unwrap().unwrap();
         assert!(key.accepts(JwsAlgorithm::ES256));
         // Without alg, the key type decides.
