@@ -12,7 +12,7 @@ runs="${1:-10000000}"
 shift || true
 targets=("$@")
 if [ "${#targets[@]}" -eq 0 ]; then
-  targets=(jwt jwks bearer request_target config session_json client_json)
+  targets=(jwt jwks bearer dpop_proof request_target config session_json client_json)
 fi
 command -v cargo-fuzz >/dev/null 2>&1 || cargo install cargo-fuzz --locked
 cd fuzz
