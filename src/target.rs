@@ -180,6 +180,9 @@ pub fn normalise(path: &[u8]) -> Result<String, Rejection> {
 
 fn decode_unreserved(path: &[u8]) -> Result<String, Rejection> {
     let mut out = String::with_capacity(path.len());
+    // Every byte the path stands for, escapes decoded: it must be UTF-8 (RFC 3987), so that an
+    // overlong or broken sequence (`%C0%AF` for `/`) never reaches a server that decodes it.
+    let mut decoded = Vec::with_capacity(path.len());
     let mut i = 0;
     while i < path.len() {
         let b = path[i];
@@ -187,9 +190,11 @@ fn decode_unreserved(path: &[u8]) -> Result<String, Rejection> {
             b'%' => {
                 let hex = path
                     .get(i + 1..i + 3)
+                    .filter(|h| h.iter().all(u8::is_ascii_hexdigit))
                     .and_then(|h| std::str::from_utf8(h).ok())
                     .and_then(|h| u8::from_str_radix(h, 16).ok())
                     .ok_or(bad("malformed percent-encoding"))?;
+                decoded.push(hex);
                 match hex {
                     0 => return Err(bad("it contains NUL")),
                     b'/' | b'\\' => return Err(bad("it contains an encoded / or \\")),
@@ -215,10 +220,14 @@ fn decode_unreserved(path: &[u8]) -> Result<String, Rejection> {
                 ))
             }
             _ => {
+                decoded.push(b);
                 out.push(b as char);
                 i += 1;
             }
         }
+    }
+    if std::str::from_utf8(&decoded).is_err() {
+        return Err(bad("its percent-encoded bytes are not UTF-8"));
     }
     Ok(out)
 }
@@ -255,7 +264,12 @@ mod tests {
         );
         for refused in [
             "/a%zz",
+            "/a%+1",
+            "/a%-1",
             "/a%00",
+            "/clients%C0%AF",
+            "/a%ff",
+            "/a%e9",
             "/a%",
             "/a%2fb",
             "/a%5Cb",
