@@ -55,8 +55,51 @@ impl UpstreamTarget {
     }
 }
 
+/// The request metrics of one place (route), resolved once: the hot path increments counters
+/// instead of hashing label values on every request.
+struct PlaceMetrics {
+    latency: prometheus::Histogram,
+    /// By status code (100..=599), created on first use.
+    requests: Box<[std::sync::OnceLock<prometheus::IntCounter>]>,
+    route: String,
+    target: String,
+}
+
+impl PlaceMetrics {
+    fn new(metrics: &Metrics, route: &str, target: &str) -> Self {
+        PlaceMetrics {
+            latency: metrics.latency.with_label_values(&[route, target]),
+            requests: (100..600).map(|_| std::sync::OnceLock::new()).collect(),
+            route: route.to_string(),
+            target: target.to_string(),
+        }
+    }
+
+    fn count(&self, metrics: &Metrics, status: u16, elapsed: std::time::Duration) {
+        self.latency.observe(elapsed.as_secs_f64());
+        match self.requests.get(usize::from(status).wrapping_sub(100)) {
+            Some(slot) => slot
+                .get_or_init(|| {
+                    metrics.requests.with_label_values(&[
+                        &self.route,
+                        &self.target,
+                        &status.to_string(),
+                    ])
+                })
+                .inc(),
+            // No answer written (status 0): rare, looked up.
+            None => metrics
+                .requests
+                .with_label_values(&[&self.route, &self.target, &status.to_string()])
+                .inc(),
+        }
+    }
+}
+
 pub struct Gateway {
     router: Router,
+    /// By `Router::place`, then one for requests refused before routing.
+    place_metrics: Vec<PlaceMetrics>,
     authoriser: Authoriser,
     state: Option<StateService>,
     upstreams: HashMap<String, Arc<UpstreamTarget>>,
@@ -98,8 +141,25 @@ impl Gateway {
         for (name, u) in &config.upstreams {
             upstreams.insert(name.clone(), Arc::new(UpstreamTarget::new(u)?));
         }
+        let router = Router::new(config);
+        let mut place_metrics = Vec::with_capacity(router.places() + 1);
+        let places = [
+            Operation::Registry(crate::routing::RegistryOp::Register),
+            Operation::Sessions(SessionOp::Read),
+        ]
+        .into_iter()
+        .chain((0..config.routes.len()).map(|route| Operation::Forward { route }));
+        for op in places {
+            place_metrics.push(PlaceMetrics::new(
+                &metrics,
+                router.label(&op),
+                router.target(&op).label(),
+            ));
+        }
+        place_metrics.push(PlaceMetrics::new(&metrics, "none", "none"));
         Ok(Gateway {
-            router: Router::new(config),
+            router,
+            place_metrics,
             authoriser,
             state,
             upstreams,
@@ -648,15 +708,13 @@ impl ProxyHttp for Gateway {
             None => ("none", "none"),
         };
         let elapsed = ctx.started.elapsed();
-        let status_text = status.to_string();
-        self.metrics
-            .requests
-            .with_label_values(&[route, target, &status_text])
-            .inc();
-        self.metrics
-            .latency
-            .with_label_values(&[route, target])
-            .observe(elapsed.as_secs_f64());
+        let place = match &ctx.operation {
+            Some(op) => self.router.place(op),
+            None => self.place_metrics.len() - 1,
+        };
+        if let Some(m) = self.place_metrics.get(place) {
+            m.count(&self.metrics, status, elapsed);
+        }
         let reason = ctx.rejection.as_ref().map(Rejection::reason);
         if let Some(reason) = reason {
             self.metrics.rejections.with_label_values(&[reason]).inc();

@@ -167,6 +167,21 @@ impl Router {
         }
     }
 
+    /// A dense number for each place an operation is served (0 registration, 1 session store,
+    /// 2.. the routes): an index for per-route metric handles. [`Self::places`] of them.
+    pub fn place(&self, op: &Operation) -> usize {
+        match op {
+            Operation::Registry(_) => 0,
+            Operation::Sessions(_) => 1,
+            Operation::Forward { route } | Operation::Protected { route } => 2 + route,
+        }
+    }
+
+    /// How many places [`Self::place`] numbers.
+    pub fn places(&self) -> usize {
+        2 + self.routes.len()
+    }
+
     /// A label for logs and metrics: `registration`, `session_store` or `route:<prefix>`.
     pub fn label(&self, op: &Operation) -> &str {
         match op {
