@@ -803,14 +803,17 @@ fn main() {
     if o.generator == "oha" && !o.smoke {
         // The generator's own ceiling, in the same run: the static upstream directly (plain
         // HTTP), and a TLS endpoint that answers at once, pinned where the proxies run.
-        let direct = run_oha(
-            &o,
-            &m,
-            format!("http://127.0.0.1:{upstream}/"),
-            Work::Passthrough,
-            "",
-            0,
-        );
+        // The static upstream speaks HTTP/1.1 only: no direct row over HTTP/2.
+        let direct = (!o.http2).then(|| {
+            run_oha(
+                &o,
+                &m,
+                format!("http://127.0.0.1:{upstream}/"),
+                Work::Passthrough,
+                "",
+                0,
+            )
+        });
         let tls = start_tls_return(&o, &m);
         let pid = tls.child.id();
         let tls_return = run_oha(
