@@ -825,10 +825,11 @@ fn main() {
             pid,
         );
         drop(tls);
-        for (name, mut r) in [
-            ("ceiling-direct", direct),
-            ("ceiling-tls-return", tls_return),
-        ] {
+        let rows = direct
+            .map(|d| ("ceiling-direct", d))
+            .into_iter()
+            .chain([("ceiling-tls-return", tls_return)]);
+        for (name, mut r) in rows {
             r.scenario = name.into();
             r.proxy = "none".into();
             eprintln!(
