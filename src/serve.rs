@@ -20,6 +20,30 @@ use crate::tls;
 
 /// Marks the listener up once it completes a TLS handshake (a bare TCP probe would log a failed
 /// handshake).
+/// The background services, run side by side on one runtime.
+struct Housekeeping {
+    probe: ListenerProbe,
+    purge: Option<crate::state::SessionPurger>,
+    jwks: Option<JwksRefresher>,
+}
+
+#[async_trait]
+impl BackgroundService for Housekeeping {
+    async fn start(&self, shutdown: ShutdownWatch) {
+        let purge = async {
+            if let Some(p) = &self.purge {
+                p.start(shutdown.clone()).await
+            }
+        };
+        let jwks = async {
+            if let Some(j) = &self.jwks {
+                j.start(shutdown.clone()).await
+            }
+        };
+        tokio::join!(self.probe.start(shutdown.clone()), purge, jwks);
+    }
+}
+
 struct ListenerProbe {
     address: SocketAddr,
     readiness: Arc<Readiness>,
@@ -128,14 +152,6 @@ pub fn run(config: Config) -> Result<(), String> {
     proxy.add_tls_with_settings(&config.listen.address.to_string(), None, settings);
     server.add_service(proxy);
 
-    server.add_service(background_service(
-        "listener probe",
-        ListenerProbe {
-            address: config.listen.address,
-            readiness: readiness.clone(),
-        },
-    ));
-
     if let Some(admin) = &config.admin {
         let mut service = Service::new(
             "admin".to_string(),
@@ -149,19 +165,22 @@ pub fn run(config: Config) -> Result<(), String> {
         server.add_service(service);
     }
 
-    if let Some(state) = state {
-        server.add_service(background_service(
-            "session purge",
-            crate::state::SessionPurger {
+    // One thread for all background work: the listener probe, the session purge, the key
+    // refresh (each would otherwise get a runtime thread of its own).
+    server.add_service(background_service(
+        "housekeeping",
+        Housekeeping {
+            probe: ListenerProbe {
+                address: config.listen.address,
+                readiness: readiness.clone(),
+            },
+            purge: state.map(|state| crate::state::SessionPurger {
                 state,
                 interval: Duration::from_secs(60),
-            },
-        ));
-    }
-
-    if let Some(store) = key_store {
-        server.add_service(background_service("jwks refresh", JwksRefresher { store }));
-    }
+            }),
+            jwks: key_store.map(|store| JwksRefresher { store }),
+        },
+    ));
 
     tracing::info!(
         config = %config.source.display(),
