@@ -824,11 +824,26 @@ fn main() {
             "",
             pid,
         );
+        // The harness's own generator (reqwest), which scenarios b, c, d and a-dpop still use
+        // (each request differs): its ceiling against the same endpoint.
+        let reqwest_ceiling = (!o.http2).then(|| {
+            rt.block_on(run_load(
+                &o,
+                &m,
+                tls.port,
+                Work::Passthrough,
+                es_repeat.clone(),
+                pid,
+                "ceiling-reqwest",
+                "none",
+            ))
+        });
         drop(tls);
         let rows = direct
             .map(|d| ("ceiling-direct", d))
             .into_iter()
-            .chain([("ceiling-tls-return", tls_return)]);
+            .chain([("ceiling-tls-return", tls_return)])
+            .chain(reqwest_ceiling.map(|r| ("ceiling-tls-return-reqwest", r)));
         for (name, mut r) in rows {
             r.scenario = name.into();
             r.proxy = "none".into();
