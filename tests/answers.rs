@@ -20,16 +20,9 @@ struct Setup {
 fn setup() -> Setup {
     let signer = Signer::new(Algorithm::ES256, "es-1");
     let pki = Pki::new();
-    let jwks_server = Upstream::start();
-    jwks_server.set_reply(200, &jwks(&[&signer]));
-    let idp = Upstream::start();
+    let (jwks_server, idp) = key_server_and_provider(&[&signer]);
     let yaml = format!(
-        r#"
-listen:
-  address: "{{LISTEN}}"
-  tls: {{cert: "{{PKI}}/server.crt", key: "{{PKI}}/server.key", client_auth: optional}}
-admin: {{address: "{{ADMIN}}"}}
-issuer: "{ISSUER}"
+        r#"{LISTENERS}issuer: "{ISSUER}"
 jwks: {{uri: "http://{jwks}/jwks.json"}}
 registration:
   endpoint_uri: "{ENDPOINT}"

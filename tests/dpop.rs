@@ -24,16 +24,9 @@ struct Setup {
 fn setup(require_nonce: bool) -> Setup {
     let issuer = Signer::new(Algorithm::ES256, "issuer-1");
     let pki = Pki::new();
-    let jwks_server = Upstream::start();
-    jwks_server.set_reply(200, &jwks(&[&issuer]));
-    let idp = Upstream::start();
+    let (jwks_server, idp) = key_server_and_provider(&[&issuer]);
     let yaml = format!(
-        r#"
-listen:
-  address: "{{LISTEN}}"
-  tls: {{cert: "{{PKI}}/server.crt", key: "{{PKI}}/server.key", client_auth: optional}}
-admin: {{address: "{{ADMIN}}"}}
-issuer: "{ISSUER}"
+        r#"{LISTENERS}issuer: "{ISSUER}"
 jwks: {{uri: "http://{jwks}/jwks.json"}}
 tokens: {{leeway: 5s}}
 dpop:

@@ -34,9 +34,7 @@ struct Setup {
 fn setup(mode: Mode) -> Setup {
     let signer = Signer::new(Algorithm::ES256, "es-1");
     let pki = Pki::new();
-    let jwks_server = Upstream::start();
-    jwks_server.set_reply(200, &jwks(&[&signer]));
-    let idp = Upstream::start();
+    let (jwks_server, idp) = key_server_and_provider(&[&signer]);
     std::fs::write(pki.path("api.token"), "session-api-token\n").unwrap();
     let target = match mode {
         Mode::Embedded => "embedded",
@@ -44,12 +42,7 @@ fn setup(mode: Mode) -> Setup {
     };
     // `idp` leaves client_cert_header out: the documented default (Client-Cert) applies.
     let yaml = format!(
-        r#"
-listen:
-  address: "{{LISTEN}}"
-  tls: {{cert: "{{PKI}}/server.crt", key: "{{PKI}}/server.key", client_auth: optional}}
-admin: {{address: "{{ADMIN}}"}}
-issuer: "{ISSUER}"
+        r#"{LISTENERS}issuer: "{ISSUER}"
 jwks: {{uri: "http://{jwks}/jwks.json", fetch_timeout: 2s}}
 registration:
   path: /clients

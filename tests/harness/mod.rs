@@ -297,6 +297,22 @@ pub enum Http {
     Alpn,
 }
 
+/// The start of a test configuration: the TLS listener (optional client certificates, the test
+/// PKI) and the admin listener, on the addresses `Bindgate::start` fills in.
+pub const LISTENERS: &str = r#"
+listen:
+  address: "{LISTEN}"
+  tls: {cert: "{PKI}/server.crt", key: "{PKI}/server.key", client_auth: optional}
+admin: {address: "{ADMIN}"}
+"#;
+
+/// A JWKS server publishing the keys of `signers`, and a recording provider.
+pub fn key_server_and_provider(signers: &[&tokens::Signer]) -> (Upstream, Upstream) {
+    let jwks = Upstream::start();
+    jwks.set_reply(200, &tokens::jwks(signers));
+    (jwks, Upstream::start())
+}
+
 /// A minimal config: TLS listener with optional client certificates, admin, one upstream route.
 pub fn passthrough_config(upstream: SocketAddr) -> String {
     format!(
