@@ -366,7 +366,12 @@ backend static
         ),
     )
     .unwrap();
-    let log = m.dir.join(format!("haproxy-{port}.log"));
+    haproxy(o, &config, port)
+}
+
+/// Starts HAProxy on `config` and waits for `port`.
+fn haproxy(o: &Options, config: &Path, port: u16) -> Proxy {
+    let log = config.with_extension("log");
     let child = spawn(o, "haproxy", &["-db", "-f", config.to_str().unwrap()], &log);
     wait_port(port, "haproxy", &log);
     Proxy {
@@ -539,14 +544,7 @@ frontend fe
         ),
     )
     .unwrap();
-    let log = m.dir.join(format!("return-{port}.log"));
-    let child = spawn(o, "haproxy", &["-db", "-f", config.to_str().unwrap()], &log);
-    wait_port(port, "haproxy", &log);
-    Proxy {
-        child,
-        port,
-        admin: None,
-    }
+    haproxy(o, &config, port)
 }
 
 #[derive(Clone, Copy, PartialEq)]
