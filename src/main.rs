@@ -57,10 +57,10 @@ struct DevProofArgs {
     #[arg(long)]
     htu: Option<String>,
     /// The access token the proof goes with (ath).
-    #[arg(long)]
+    #[arg(long, allow_hyphen_values = true)]
     token: Option<String>,
-    /// A nonce the server sent in DPoP-Nonce.
-    #[arg(long)]
+    /// A nonce the server sent in DPoP-Nonce (base64url: it may start with `-`).
+    #[arg(long, allow_hyphen_values = true)]
     nonce: Option<String>,
 }
 
@@ -147,7 +147,8 @@ struct DevTokenArgs {
     #[arg(long)]
     cert: Option<PathBuf>,
     /// Bind the token to this DPoP key thumbprint (cnf jkt, RFC 9449); see `dev-proof --jkt`.
-    #[arg(long)]
+    /// A thumbprint is base64url: it may start with `-`.
+    #[arg(long, allow_hyphen_values = true)]
     dpop_jkt: Option<String>,
     #[arg(long, default_value = "bindgate-dev")]
     sub: String,

@@ -347,6 +347,9 @@ fn shipped_config_and_dev_token_tour() {
         String::from_utf8(out.stdout).unwrap().trim().to_string()
     };
     let jkt = dev_proof(&["--jkt"]);
+    // A base64url thumbprint or nonce may start with `-`: still a value, not an option.
+    assert!(!dev_token(&["--dpop-jkt", "-KnotAnOption"]).is_empty());
+    assert!(!dev_proof(&["--htu", "https://localhost/x", "--nonce", "-n0nce"]).is_empty());
     let token = dev_token(&["--dpop-jkt", &jkt]);
     let htu = format!("https://localhost:{}/clients", bg.port);
     let proof = dev_proof(&["--htm", "POST", "--htu", &htu, "--token", &token]);
