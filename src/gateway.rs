@@ -164,7 +164,7 @@ impl Gateway {
             state,
             upstreams,
             max_body: config.server.max_body,
-            linger_bytes: (4 * config.server.max_body).max(1 << 20),
+            linger_bytes: config.server.max_body.saturating_mul(4).max(1 << 20),
             metrics,
         })
     }

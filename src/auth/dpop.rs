@@ -118,7 +118,7 @@ impl ProofChecker {
         let rng = ring::rand::SystemRandom::new();
         let nonce_key = ring::hmac::Key::generate(ring::hmac::HMAC_SHA256, &rng)
             .map_err(|_| "dpop: no random source for the nonce key".to_string())?;
-        let window = config.max_age + leeway;
+        let window = config.max_age.saturating_add(leeway);
         Ok(ProofChecker {
             origins: config.origins.clone(),
             max_age: config.max_age.as_secs_f64(),
