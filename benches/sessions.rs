@@ -18,7 +18,7 @@ use common::{free_port, rss_kib};
 
 use std::io::Read;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -26,17 +26,7 @@ use std::time::{Duration, Instant};
 use bindgate::config::{SessionLimits, StatePath};
 use bindgate::state::{sessions, Store};
 
-struct Server {
-    child: Child,
-    port: u16,
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
+type Server = common::Running;
 
 fn start(pki: &Path, state: &str, threads: usize) -> Server {
     let port = free_port();

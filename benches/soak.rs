@@ -23,7 +23,7 @@ use common::{free_port, rss_kib, static_upstream};
 use serde_json::json;
 use std::collections::BTreeMap;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -59,17 +59,7 @@ fn options() -> Options {
     }
 }
 
-struct Bindgate {
-    child: Child,
-    port: u16,
-}
-
-impl Drop for Bindgate {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
+type Bindgate = common::Running;
 
 fn start(dir: &Path, upstream: u16) -> Bindgate {
     let port = free_port();

@@ -259,6 +259,20 @@ fn dev_certs_chain_to_the_ca_and_are_kept_on_rerun() {
     assert_eq!(pki.read("ca.crt"), before, "an existing set is kept");
 }
 
+/// What `bindgate ARGS` prints, trimmed; it must succeed.
+fn bindgate_output(args: &[&str]) -> String {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_bindgate"))
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap().trim().to_string()
+}
+
 /// The README tour on the shipped proxy.yaml: a development token bound to client1's
 /// certificate registers a client with that certificate and is refused without it.
 #[test]
@@ -281,19 +295,9 @@ fn shipped_config_and_dev_token_tour() {
             .replace("{ADMIN}", &format!("127.0.0.1:{}", bg.admin_port)),
     )
     .unwrap();
+    let config_arg = config.display().to_string();
     let dev_token = |args: &[&str]| {
-        let out = std::process::Command::new(env!("CARGO_BIN_EXE_bindgate"))
-            .args(["dev-token", "-c"])
-            .arg(&config)
-            .args(args)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8(out.stdout).unwrap().trim().to_string()
+        bindgate_output(&[&["dev-token", "-c", config_arg.as_str()], args].concat())
     };
     let cert = pki.path("client1.crt").display().to_string();
     let bound = dev_token(&["--cert", &cert]);
@@ -333,19 +337,8 @@ fn shipped_config_and_dev_token_tour() {
 
     // The DPoP step of the tour: a proof key, a token bound to it, a proof for one request.
     let key = pki.path("dpop.key").display().to_string();
-    let dev_proof = |args: &[&str]| {
-        let out = std::process::Command::new(env!("CARGO_BIN_EXE_bindgate"))
-            .args(["dev-proof", "--key", &key])
-            .args(args)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8(out.stdout).unwrap().trim().to_string()
-    };
+    let dev_proof =
+        |args: &[&str]| bindgate_output(&[&["dev-proof", "--key", key.as_str()], args].concat());
     let jkt = dev_proof(&["--jkt"]);
     // A base64url thumbprint or nonce may start with `-`: still a value, not an option.
     assert!(!dev_token(&["--dpop-jkt", "-KnotAnOption"]).is_empty());

@@ -77,3 +77,16 @@ pub fn static_upstream() -> u16 {
     });
     port
 }
+
+/// A process the benchmark started: killed and reaped when dropped.
+pub struct Running {
+    pub child: std::process::Child,
+    pub port: u16,
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
