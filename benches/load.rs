@@ -54,6 +54,8 @@ struct Options {
     generator: String,
     /// HTTP/2 (oha only).
     http2: bool,
+    /// A fixed total request rate (oha only; `-q`): latency compared at equal load.
+    rate: Option<u32>,
 }
 
 fn options() -> Options {
@@ -98,6 +100,7 @@ fn options() -> Options {
         smoke,
         generator: get("--generator").unwrap_or_else(|| "reqwest".into()),
         http2: args.iter().any(|a| a == "--http2"),
+        rate: get("--rate").and_then(|r| r.parse().ok()).filter(|r| *r > 0),
     }
 }
 
@@ -431,6 +434,8 @@ struct Report {
     /// `reqwest` or `oha`, and the CPU seconds oha used (0 for reqwest).
     generator: String,
     generator_cpu_s: f64,
+    /// The proxy's CPU time (user + system, all its threads) per answered request, in µs.
+    proxy_cpu_us_per_request: f64,
 }
 
 /// A run with oha of a repeated request (scenarios a-es256, a-rs256, e), sampling the proxy's
@@ -462,6 +467,7 @@ fn run_oha(o: &Options, m: &Material, url: String, work: Work, token: &str, pid:
             }
         })
     };
+    let cpu_before = cpu_seconds(pid);
     let run = oha::run(
         &oha::Request {
             url,
@@ -474,6 +480,7 @@ fn run_oha(o: &Options, m: &Material, url: String, work: Work, token: &str, pid:
         o.duration,
         o.http2,
         o.pin,
+        o.rate,
     );
     stop.store(true, Ordering::Relaxed);
     let _ = sampler.join();
@@ -491,8 +498,32 @@ fn run_oha(o: &Options, m: &Material, url: String, work: Work, token: &str, pid:
         proxy_peak_rss_mib: peak.load(Ordering::Relaxed) as f64 / 1024.0,
         generator: "oha".into(),
         generator_cpu_s: run.cpu_seconds,
+        proxy_cpu_us_per_request: (cpu_seconds(pid) - cpu_before) * 1e6
+            / run.requests.max(1) as f64,
         ..Report::default()
     }
+}
+
+/// CPU time (user + system, every thread) a process has used, in seconds; 0 for pid 0 or
+/// when it cannot be read.
+fn cpu_seconds(pid: u32) -> f64 {
+    if pid == 0 {
+        return 0.0;
+    }
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return 0.0;
+    };
+    // Fields after the command name (which may hold spaces) in parentheses: utime and stime
+    // are the 14th and 15th fields of the line, the 12th and 13th after ") ".
+    let after = stat.rsplit_once(") ").map(|(_, r)| r).unwrap_or("");
+    let ticks: u64 = after
+        .split_whitespace()
+        .skip(11)
+        .take(2)
+        .filter_map(|v| v.parse::<u64>().ok())
+        .sum();
+    // /proc counts in USER_HZ, 100 on Linux whatever the kernel's own tick.
+    ticks as f64 / 100.0
 }
 
 /// Every proxy compared does the whole job: the bound token without its certificate is
@@ -545,6 +576,27 @@ frontend fe
     )
     .unwrap();
     haproxy(o, &config, port)
+}
+
+/// The physical floor: a minimal TLS server (OpenSSL on one current-thread tokio runtime, the
+/// same stack as Pingora's) answering every HTTP/1.1 request at once, pinned where the proxies
+/// run. This harness's own binary started again with `--tls-floor PORT DIR`.
+fn start_tls_floor(o: &Options, m: &Material) -> Proxy {
+    let port = free_port();
+    let me = std::env::current_exe().unwrap();
+    let log = m.dir.join(format!("floor-{port}.log"));
+    let child = spawn(
+        o,
+        &me.to_string_lossy(),
+        &["--tls-floor", &port.to_string(), &m.dir.to_string_lossy()],
+        &log,
+    );
+    wait_port(port, "the TLS floor", &log);
+    Proxy {
+        child,
+        port,
+        admin: None,
+    }
 }
 
 #[derive(Clone, Copy, PartialEq)]
@@ -654,6 +706,7 @@ async fn run_load(
             let _ = r.send().await.map(|r| r.bytes());
         }
     }
+    let cpu_before = cpu_seconds(pid);
     let started = Instant::now();
     let deadline = started + o.duration;
     let mut tasks = Vec::new();
@@ -758,10 +811,26 @@ async fn run_load(
         proxy_peak_rss_mib: peak.load(Ordering::Relaxed) as f64 / 1024.0,
         generator: "reqwest".into(),
         generator_cpu_s: 0.0,
+        proxy_cpu_us_per_request: (cpu_seconds(pid) - cpu_before) * 1e6
+            / (lat.len() as f64).max(1.0),
     }
 }
 
 fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    if let Some(i) = args.iter().position(|a| a == "--tls-floor") {
+        let (Some(port), Some(dir)) = (args.get(i + 1), args.get(i + 2)) else {
+            panic!("--tls-floor PORT DIR");
+        };
+        let dir = Path::new(dir);
+        common::tls_floor(
+            port.parse().expect("--tls-floor PORT"),
+            &dir.join("server.crt"),
+            &dir.join("server.key"),
+            &dir.join("ca.crt"),
+        );
+        return;
+    }
     let o = options();
     if o.pin {
         // The harness (load generator and static upstream) on CPU 0, the proxy on CPU 1.
@@ -837,10 +906,24 @@ fn main() {
             ))
         });
         drop(tls);
+        // The floor speaks HTTP/1.1 only.
+        let floor = (!o.http2).then(|| {
+            let floor = start_tls_floor(&o, &m);
+            let pid = floor.child.id();
+            run_oha(
+                &o,
+                &m,
+                format!("https://localhost:{}/", floor.port),
+                Work::Passthrough,
+                "",
+                pid,
+            )
+        });
         let rows = direct
             .map(|d| ("ceiling-direct", d))
             .into_iter()
             .chain([("ceiling-tls-return", tls_return)])
+            .chain(floor.map(|f| ("floor-tls-minimal", f)))
             .chain(reqwest_ceiling.map(|r| ("ceiling-tls-return-reqwest", r)));
         for (name, mut r) in rows {
             r.scenario = name.into();
@@ -930,9 +1013,9 @@ fn main() {
             let _ = p.admin;
             drop(p);
             eprintln!(
-                "{:<8} {:<9} {:>9.0} req/s  p50 {:>6.2} ms  p90 {:>6.2} ms  p99 {:>6.2} ms  max {:>7.2} ms  rss {:>5.1} MiB  statuses {:?}  errors {}",
+                "{:<8} {:<9} {:>9.0} req/s  p50 {:>6.2} ms  p90 {:>6.2} ms  p99 {:>6.2} ms  max {:>7.2} ms  rss {:>5.1} MiB  cpu {:>5.1} µs/req  statuses {:?}  errors {}",
                 report.scenario, report.proxy, report.rps, report.p50_ms, report.p90_ms, report.p99_ms, report.max_ms,
-                report.proxy_peak_rss_mib, report.statuses, report.errors
+                report.proxy_peak_rss_mib, report.proxy_cpu_us_per_request, report.statuses, report.errors
             );
             if o.smoke {
                 assert_eq!(report.errors, 0, "{scenario} on {proxy}: transport errors");
@@ -949,11 +1032,11 @@ fn main() {
             reports.push(report);
         }
     }
-    println!("\n| scenario | proxy | req/s | p50 ms | p90 ms | p99 ms | max ms | proxy RSS MiB | statuses | errors | generator (CPU s) |");
-    println!("|---|---|---|---|---|---|---|---|---|---|---|");
+    println!("\n| scenario | proxy | req/s | p50 ms | p90 ms | p99 ms | max ms | proxy RSS MiB | proxy CPU µs/req | statuses | errors | generator (CPU s) |");
+    println!("|---|---|---|---|---|---|---|---|---|---|---|---|");
     for r in &reports {
         println!(
-            "| {} | {} | {:.0} | {:.2} | {:.2} | {:.2} | {:.2} | {:.1} | {:?} | {} | {} ({:.1}) |",
+            "| {} | {} | {:.0} | {:.2} | {:.2} | {:.2} | {:.2} | {:.1} | {:.1} | {:?} | {} | {} ({:.1}) |",
             r.scenario,
             r.proxy,
             r.rps,
@@ -962,6 +1045,7 @@ fn main() {
             r.p99_ms,
             r.max_ms,
             r.proxy_peak_rss_mib,
+            r.proxy_cpu_us_per_request,
             r.statuses,
             r.errors,
             r.generator,

@@ -37,40 +37,10 @@ pub fn static_upstream() -> u16 {
         rt.block_on(async move {
             let listener = tokio::net::TcpListener::from_std(listener).unwrap();
             loop {
-                let Ok((mut tcp, _)) = listener.accept().await else { continue };
+                let Ok((tcp, _)) = listener.accept().await else { continue };
                 tokio::spawn(async move {
                     let _ = tcp.set_nodelay(true);
-                    let mut buf = Vec::with_capacity(8192);
-                    let mut chunk = [0u8; 8192];
-                    loop {
-                        let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") else {
-                            match tcp.read(&mut chunk).await {
-                                Ok(0) | Err(_) => return,
-                                Ok(n) => buf.extend_from_slice(&chunk[..n]),
-                            }
-                            continue;
-                        };
-                        let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
-                        let len: usize = head
-                            .lines()
-                            .find_map(|l| l.strip_prefix("content-length:"))
-                            .and_then(|v| v.trim().parse().ok())
-                            .unwrap_or(0);
-                        while buf.len() < end + 4 + len {
-                            match tcp.read(&mut chunk).await {
-                                Ok(0) | Err(_) => return,
-                                Ok(n) => buf.extend_from_slice(&chunk[..n]),
-                            }
-                        }
-                        buf.drain(..end + 4 + len);
-                        if tcp
-                            .write_all(b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 11\r\n\r\n{\"ok\":true}")
-                            .await
-                            .is_err()
-                        {
-                            return;
-                        }
-                    }
+                    answer_ok(tcp).await;
                 });
             }
         });
@@ -89,4 +59,83 @@ impl Drop for Running {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// Answers every HTTP/1.1 request on `stream` with `200 {"ok":true}` (keep-alive), reading and
+/// discarding each request's body by its Content-Length, until the peer closes.
+pub async fn answer_ok<S>(mut stream: S)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    let mut buf = Vec::with_capacity(8192);
+    let mut chunk = [0u8; 8192];
+    loop {
+        let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") else {
+            match stream.read(&mut chunk).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            }
+            continue;
+        };
+        let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
+        let len: usize = head
+            .lines()
+            .find_map(|l| l.strip_prefix("content-length:"))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(0);
+        while buf.len() < end + 4 + len {
+            match stream.read(&mut chunk).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            }
+        }
+        buf.drain(..end + 4 + len);
+        if stream
+            .write_all(b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 11\r\n\r\n{\"ok\":true}")
+            .await
+            .is_err()
+        {
+            return;
+        }
+    }
+}
+
+/// The physical floor of a proxy on this machine: a TLS server (OpenSSL, as Pingora uses) on
+/// one current-thread runtime that does nothing but TLS records, loopback TCP and a minimal
+/// HTTP/1.1 reading, answering every request at once. Requires client certificates signed by
+/// `ca` like the proxies do. Blocks forever.
+pub fn tls_floor(port: u16, cert: &std::path::Path, key: &std::path::Path, ca: &std::path::Path) {
+    use openssl::ssl::{SslAcceptor, SslMethod, SslVerifyMode};
+    let mut acceptor = SslAcceptor::mozilla_intermediate_v5(SslMethod::tls()).unwrap();
+    acceptor.set_certificate_chain_file(cert).unwrap();
+    acceptor
+        .set_private_key_file(key, openssl::ssl::SslFiletype::PEM)
+        .unwrap();
+    acceptor.set_ca_file(ca).unwrap();
+    // As the proxies' `client_auth: optional`: a presented certificate is verified.
+    acceptor.set_verify(SslVerifyMode::PEER);
+    acceptor.set_alpn_select_callback(|_, client| {
+        openssl::ssl::select_next_proto(b"\x08http/1.1", client).ok_or(openssl::ssl::AlpnError::NOACK)
+    });
+    let acceptor = std::sync::Arc::new(acceptor.build());
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async move {
+        let listener = tokio::net::TcpListener::bind(("127.0.0.1", port)).await.unwrap();
+        loop {
+            let Ok((tcp, _)) = listener.accept().await else { continue };
+            let acceptor = acceptor.clone();
+            tokio::spawn(async move {
+                let _ = tcp.set_nodelay(true);
+                let Ok(ssl) = openssl::ssl::Ssl::new(acceptor.context()) else { return };
+                let Ok(mut tls) = tokio_openssl::SslStream::new(ssl, tcp) else { return };
+                if std::pin::Pin::new(&mut tls).accept().await.is_err() {
+                    return;
+                }
+                answer_ok(tls).await;
+            });
+        }
+    });
 }

@@ -51,6 +51,7 @@ pub fn run(
     duration: Duration,
     http2: bool,
     pin: bool,
+    rate: Option<u32>,
 ) -> Run {
     let oha = binary().expect("oha: cargo install oha (benches/compare.sh installs it)");
     let mut cmd = if pin {
@@ -78,6 +79,9 @@ pub fn run(
     }
     if http2 {
         cmd.arg("--http2");
+    }
+    if let Some(q) = rate {
+        cmd.args(["-q", &q.to_string()]);
     }
     for h in &req.headers {
         cmd.args(["-H", h]);
