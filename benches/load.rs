@@ -100,7 +100,9 @@ fn options() -> Options {
         smoke,
         generator: get("--generator").unwrap_or_else(|| "reqwest".into()),
         http2: args.iter().any(|a| a == "--http2"),
-        rate: get("--rate").and_then(|r| r.parse().ok()).filter(|r| *r > 0),
+        rate: get("--rate")
+            .and_then(|r| r.parse().ok())
+            .filter(|r| *r > 0),
     }
 }
 
@@ -222,19 +224,36 @@ struct Proxy {
 
 impl Drop for Proxy {
     fn drop(&mut self) {
+        // SIGTERM first, so that a `LOAD_WRAP` profiler writes its report; then SIGKILL.
+        let _ = Command::new("kill")
+            .arg(self.child.id().to_string())
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline && matches!(self.child.try_wait(), Ok(None)) {
+            std::thread::sleep(Duration::from_millis(20));
+        }
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
 }
 
+/// Starts a proxy; on CPU 1 when pinned. `LOAD_WRAP` (e.g. `perf record -g -o b.perf`) is
+/// put before bindgate's command line, for profiling bindgate as the harness drives it (the
+/// sampled RSS and CPU are then the wrapper's and bindgate's together).
 fn spawn(o: &Options, program: &str, args: &[&str], log: &Path) -> Child {
-    let mut cmd = if o.pin {
-        let mut c = Command::new("taskset");
-        c.args(["-c", "1", program]);
-        c
-    } else {
-        Command::new(program)
-    };
+    let wrap: Vec<String> = std::env::var("LOAD_WRAP")
+        .ok()
+        .filter(|_| program == env!("CARGO_BIN_EXE_bindgate"))
+        .map(|w| w.split_whitespace().map(String::from).collect())
+        .unwrap_or_default();
+    let mut line: Vec<String> = Vec::new();
+    if o.pin {
+        line.extend(["taskset", "-c", "1"].map(String::from));
+    }
+    line.extend(wrap);
+    line.push(program.to_string());
+    let mut cmd = Command::new(&line[0]);
+    cmd.args(&line[1..]);
     cmd.args(args)
         .env("BINDGATE_LOG", "warn")
         .stdin(Stdio::null())

@@ -14,6 +14,8 @@ use crate::metrics::Metrics;
 pub struct Readiness {
     listener_up: AtomicBool,
     keys_loaded: AtomicBool,
+    /// The shared state (Redis) answers; always true with redb.
+    state_up: AtomicBool,
 }
 
 impl Readiness {
@@ -22,7 +24,12 @@ impl Readiness {
         Readiness {
             listener_up: AtomicBool::new(false),
             keys_loaded: AtomicBool::new(!keys_needed),
+            state_up: AtomicBool::new(true),
         }
+    }
+
+    pub fn set_state_up(&self, up: bool) {
+        self.state_up.store(up, Ordering::Release);
     }
 
     pub fn set_listener_up(&self) {
@@ -39,6 +46,8 @@ impl Readiness {
             Some("the TLS listener is not accepting connections yet")
         } else if !self.keys_loaded.load(Ordering::Acquire) {
             Some("no signing keys are loaded")
+        } else if !self.state_up.load(Ordering::Acquire) {
+            Some("the shared state (Redis) does not answer")
         } else {
             None
         }

@@ -223,6 +223,10 @@ impl Rejection {
         if let Rejection::UseDpopNonce { nonce, .. } = self {
             let _ = header.insert_header("dpop-nonce", nonce.as_str());
         }
+        if let Rejection::StorageUnavailable = self {
+            // RFC 9110 §10.2.3: when to try again (the state probe runs every second).
+            let _ = header.insert_header("retry-after", "1");
+        }
         if let Rejection::MethodNotAllowed { allow } = self {
             let _ = header.insert_header("allow", *allow);
         }

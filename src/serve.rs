@@ -25,6 +25,7 @@ struct Housekeeping {
     probe: ListenerProbe,
     purge: Option<crate::state::SessionPurger>,
     jwks: Option<JwksRefresher>,
+    state: Option<StateProbe>,
 }
 
 #[async_trait]
@@ -40,7 +41,46 @@ impl BackgroundService for Housekeeping {
                 j.start(shutdown.clone()).await
             }
         };
-        tokio::join!(self.probe.start(shutdown.clone()), purge, jwks);
+        let state = async {
+            if let Some(s) = &self.state {
+                s.start(shutdown.clone()).await
+            }
+        };
+        tokio::join!(self.probe.start(shutdown.clone()), purge, jwks, state);
+    }
+}
+
+/// Pings the shared state (Redis) every second: `/readyz` says 503 while it does not answer.
+/// Recovery needs no restart: the connections reconnect by themselves.
+struct StateProbe {
+    store: crate::state::Store,
+    readiness: Arc<Readiness>,
+}
+
+#[async_trait]
+impl BackgroundService for StateProbe {
+    async fn start(&self, mut shutdown: ShutdownWatch) {
+        let mut was_up = true;
+        loop {
+            let store = self.store.clone();
+            let up = matches!(
+                tokio::task::spawn_blocking(move || store.ping()).await,
+                Ok(Ok(()))
+            );
+            self.readiness.set_state_up(up);
+            if up != was_up {
+                if up {
+                    tracing::info!(target: "bindgate::state", "the shared state answers again");
+                } else {
+                    tracing::warn!(target: "bindgate::state", "the shared state (Redis) does not answer");
+                }
+                was_up = up;
+            }
+            tokio::select! {
+                _ = shutdown.changed() => return,
+                _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+            }
+        }
     }
 }
 
@@ -137,13 +177,24 @@ pub fn run(config: Config) -> Result<(), String> {
     let metrics = Arc::new(Metrics::new());
     let readiness = Arc::new(Readiness::new(config.jwks.is_some()));
 
-    let (authoriser, key_store) = Authoriser::new(&config, metrics.clone(), readiness.clone())?;
     let embedded = config.registration.target == crate::config::Target::Embedded
         || config.session_store.target == crate::config::Target::Embedded;
-    let state = if embedded {
-        Some(crate::state::StateService::new(&config)?)
+    // The storage engine: for the embedded targets, and with Redis for the shared replay
+    // cache of DPoP proofs too.
+    let store = if embedded || config.state.redis.is_some() {
+        Some(crate::state::Store::open_state(&config.state)?)
     } else {
         None
+    };
+    let shared = store.clone().filter(|s| s.redis().is_some());
+    let (authoriser, key_store) =
+        Authoriser::new(&config, metrics.clone(), readiness.clone(), shared.clone())?;
+    let state = match (&store, embedded) {
+        (Some(store), true) => Some(crate::state::StateService::with_store(
+            &config,
+            store.clone(),
+        )),
+        _ => None,
     };
     let gateway = Gateway::new(&config, authoriser, state.clone(), metrics.clone())?;
     let mut proxy =
@@ -179,6 +230,10 @@ pub fn run(config: Config) -> Result<(), String> {
                 interval: Duration::from_secs(60),
             }),
             jwks: key_store.map(|store| JwksRefresher { store }),
+            state: shared.map(|store| StateProbe {
+                store,
+                readiness: readiness.clone(),
+            }),
         },
     ));
 

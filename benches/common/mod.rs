@@ -37,7 +37,9 @@ pub fn static_upstream() -> u16 {
         rt.block_on(async move {
             let listener = tokio::net::TcpListener::from_std(listener).unwrap();
             loop {
-                let Ok((tcp, _)) = listener.accept().await else { continue };
+                let Ok((tcp, _)) = listener.accept().await else {
+                    continue;
+                };
                 tokio::spawn(async move {
                     let _ = tcp.set_nodelay(true);
                     answer_ok(tcp).await;
@@ -115,7 +117,8 @@ pub fn tls_floor(port: u16, cert: &std::path::Path, key: &std::path::Path, ca: &
     // As the proxies' `client_auth: optional`: a presented certificate is verified.
     acceptor.set_verify(SslVerifyMode::PEER);
     acceptor.set_alpn_select_callback(|_, client| {
-        openssl::ssl::select_next_proto(b"\x08http/1.1", client).ok_or(openssl::ssl::AlpnError::NOACK)
+        openssl::ssl::select_next_proto(b"\x08http/1.1", client)
+            .ok_or(openssl::ssl::AlpnError::NOACK)
     });
     let acceptor = std::sync::Arc::new(acceptor.build());
     let rt = tokio::runtime::Builder::new_current_thread()
@@ -123,14 +126,22 @@ pub fn tls_floor(port: u16, cert: &std::path::Path, key: &std::path::Path, ca: &
         .build()
         .unwrap();
     rt.block_on(async move {
-        let listener = tokio::net::TcpListener::bind(("127.0.0.1", port)).await.unwrap();
+        let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
+            .await
+            .unwrap();
         loop {
-            let Ok((tcp, _)) = listener.accept().await else { continue };
+            let Ok((tcp, _)) = listener.accept().await else {
+                continue;
+            };
             let acceptor = acceptor.clone();
             tokio::spawn(async move {
                 let _ = tcp.set_nodelay(true);
-                let Ok(ssl) = openssl::ssl::Ssl::new(acceptor.context()) else { return };
-                let Ok(mut tls) = tokio_openssl::SslStream::new(ssl, tcp) else { return };
+                let Ok(ssl) = openssl::ssl::Ssl::new(acceptor.context()) else {
+                    return;
+                };
+                let Ok(mut tls) = tokio_openssl::SslStream::new(ssl, tcp) else {
+                    return;
+                };
                 if std::pin::Pin::new(&mut tls).accept().await.is_err() {
                     return;
                 }

@@ -113,6 +113,7 @@ mod tests {
                 scopes: vec![],
                 x5t_s256: None,
                 jkt: None,
+                jti: None,
             },
             kid: Some("k1".into()),
             key: [1; 32],

@@ -40,6 +40,9 @@ pub struct Verified {
     pub x5t_s256: Option<Confirmation>,
     /// The DPoP key the token is bound to (RFC 9449 §6.1), when it is bound.
     pub jkt: Option<Confirmation>,
+    /// The token's identifier (RFC 7519 §4.1.7), when it has a string one: the single-use
+    /// ledger's key.
+    pub jti: Option<String>,
 }
 
 /// A `cnf` member naming a SHA-256 thumbprint.
@@ -85,6 +88,8 @@ struct RawClaims<'a> {
     scope: Option<&'a RawValue>,
     #[serde(borrow)]
     cnf: Option<&'a RawValue>,
+    #[serde(borrow)]
+    jti: Option<&'a RawValue>,
 }
 
 /// The confirmation claim (RFC 7800); other confirmation methods are ignored.
@@ -195,6 +200,14 @@ pub fn verify_claims(payload: &[u8], issuer: &str) -> Result<Verified, Rejection
         }
         Some(_) => return Err(invalid("The cnf claim is not a JSON object")),
     };
+    let jti = match raw.jti {
+        None => None,
+        Some(v) => Some(
+            string(v)
+                .ok_or_else(|| invalid("The jti claim is not a string"))?
+                .into_owned(),
+        ),
+    };
     Ok(Verified {
         exp,
         nbf,
@@ -203,6 +216,7 @@ pub fn verify_claims(payload: &[u8], issuer: &str) -> Result<Verified, Rejection
         scopes,
         x5t_s256,
         jkt,
+        jti,
     })
 }
 
@@ -477,6 +491,7 @@ mod tests {
             scopes: vec![],
             x5t_s256: None,
             jkt: None,
+            jti: None,
         };
         assert!(check_time(&v, 900.0, 60.0).is_ok());
         assert!(check_time(&v, 1059.0, 60.0).is_ok());

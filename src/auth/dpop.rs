@@ -31,6 +31,8 @@ const PRIVATE_MEMBERS: &[&str] = &["d", "p", "q", "dp", "dq", "qi", "oth", "k"];
 pub struct ValidProof {
     /// SHA-256 of the RFC 7638 thumbprint input of the proof's key: `cnf.jkt`, decoded.
     pub jkt: [u8; 32],
+    /// SHA-256(jkt ‖ jti): what the replay caches record.
+    pub replay_key: [u8; 32],
 }
 
 /// The request a proof must be for.
@@ -59,6 +61,8 @@ pub struct ProofChecker {
     keys: Cache<Box<str>, Arc<ProofKey>>,
     nonce_key: ring::hmac::Key,
     metrics: Arc<Metrics>,
+    /// How long a proof is acceptable: `max_age` + leeway (the replay window).
+    window: Duration,
 }
 
 /// A proof key and its RFC 7638 thumbprint.
@@ -142,7 +146,14 @@ impl ProofChecker {
                 .build(),
             nonce_key,
             metrics,
+            window,
         })
+    }
+
+    /// How long a proof is acceptable (`max_age` + leeway): a replay cache must remember
+    /// a proof this long.
+    pub fn window(&self) -> Duration {
+        self.window
     }
 
     /// A refusal of the proof, counted under `reason`.
@@ -285,7 +296,7 @@ impl ProofChecker {
         if !self.seen.entry(replay_key).or_insert(()).is_fresh() {
             return Err(bad("replay", "The DPoP proof was already used (jti)"));
         }
-        Ok(ValidProof { jkt })
+        Ok(ValidProof { jkt, replay_key })
     }
 
     /// The proof's key, parsed once per distinct `jwk` text.

@@ -21,7 +21,7 @@ use crate::metrics::Metrics;
 use crate::rejection::Rejection;
 use crate::routing::{Credential, Operation};
 use bearer::{Presented, Scheme};
-use cache::{now_secs, VerifiedCache};
+use cache::{now_secs, Entry, VerifiedCache};
 use claims::Policy;
 use dpop::{ProofChecker, ProofRequest, ValidProof};
 use jwks::KeyStore;
@@ -34,8 +34,11 @@ pub enum Grant {
     Open,
     /// A registration master token.
     MasterToken,
-    /// A valid initial access token (RFC 7591 §3).
-    InitialAccessToken,
+    /// A valid initial access token (RFC 7591 §3); with `registration.single_use`, its entry
+    /// in the ledger, recorded with the registration.
+    InitialAccessToken {
+        ledger: Option<crate::state::Ledger>,
+    },
     /// A bearer token on a client's own URI: the target checks it as that client's
     /// registration access token (RFC 7592 §3).
     ClientToken { digest: [u8; 32] },
@@ -64,6 +67,10 @@ pub struct Authoriser {
     routes: Vec<Option<Policy>>,
     dpop: Option<ProofChecker>,
     metrics: Arc<Metrics>,
+    /// The shared state (Redis): DPoP proofs are recorded there too, so that a proof replayed
+    /// to another instance is refused.
+    shared: Option<crate::state::Store>,
+    single_use: bool,
 }
 
 impl Authoriser {
@@ -73,6 +80,7 @@ impl Authoriser {
         config: &Config,
         metrics: Arc<Metrics>,
         readiness: Arc<Readiness>,
+        shared: Option<crate::state::Store>,
     ) -> Result<(Self, Option<Arc<KeyStore>>), String> {
         let mut store = None;
         let validator = match (&config.jwks, &config.issuer) {
@@ -141,6 +149,8 @@ impl Authoriser {
                 routes,
                 dpop,
                 metrics,
+                shared,
+                single_use: config.registration.single_use,
             },
             store,
         ))
@@ -194,9 +204,23 @@ impl Authoriser {
         if presented.scheme == Scheme::Bearer && self.master_tokens.contains_digest(&digest) {
             return Ok(Grant::MasterToken);
         }
-        self.access_token(&self.registration, presented, &digest, facts)
-            .await
-            .map(|()| Grant::InitialAccessToken)
+        let entry = self
+            .access_token(&self.registration, presented, &digest, facts)
+            .await?;
+        // Single use: the ledger key is the token's jti, else its SHA-256; the entry expires
+        // with the token.
+        let ledger = self.single_use.then(|| {
+            use sha2::Digest;
+            let key = match &entry.verified.jti {
+                Some(jti) => format!("jti:{}", hex::encode(sha2::Sha256::digest(jti.as_bytes()))),
+                None => format!("sha:{}", hex::encode(digest.bytes())),
+            };
+            crate::state::Ledger {
+                key,
+                expires: entry.verified.exp.ceil().clamp(1.0, i64::MAX as f64) as i64,
+            }
+        });
+        Ok(Grant::InitialAccessToken { ledger })
     }
 
     /// A protected route: an access token that satisfies the route's policy.
@@ -212,7 +236,7 @@ impl Authoriser {
         let digest = SecretDigest::of(presented.token.as_bytes());
         self.access_token(policy, presented, &digest, facts)
             .await
-            .map(|()| Grant::AccessToken)
+            .map(|_| Grant::AccessToken)
     }
 
     /// A JWT access token against `policy`: signature and claims (cached), clock, audience,
@@ -223,7 +247,7 @@ impl Authoriser {
         presented: Presented<'_>,
         digest: &SecretDigest,
         facts: &Facts<'_>,
-    ) -> Result<(), Rejection> {
+    ) -> Result<Arc<Entry>, Rejection> {
         let validator = self
             .validator
             .as_ref()
@@ -257,7 +281,7 @@ impl Authoriser {
             .map_err(in_scheme)?;
         match (&entry.verified.jkt, presented.scheme) {
             (Some(jkt), Scheme::Dpop) => {
-                let proof = self.proof(checker, presented.token, facts, now)?;
+                let proof = self.proof(checker, presented.token, facts, now).await?;
                 if !jkt.matches(&proof.jkt) {
                     return Err(Rejection::InvalidDpopProof {
                         why: "The DPoP proof key is not the key the token is bound to (cnf jkt)"
@@ -279,7 +303,8 @@ impl Authoriser {
             }
             (None, Scheme::Bearer) => {}
         }
-        policy.check_scope(&entry.verified)
+        policy.check_scope(&entry.verified)?;
+        Ok(entry)
     }
 
     /// Without DPoP configured: tokens bound to a DPoP key are refused.
@@ -290,7 +315,7 @@ impl Authoriser {
         presented: Presented<'_>,
         digest: &SecretDigest,
         facts: &Facts<'_>,
-    ) -> Result<(), Rejection> {
+    ) -> Result<Arc<Entry>, Rejection> {
         let entry = validator.verified(presented.token, digest.bytes()).await?;
         validator.check(&entry.verified, policy, facts.peer, now_secs())?;
         if entry.verified.jkt.is_some() {
@@ -298,11 +323,13 @@ impl Authoriser {
                 "DPoP-bound tokens (cnf jkt) are not accepted: DPoP is not enabled".into(),
             ));
         }
-        policy.check_scope(&entry.verified)
+        policy.check_scope(&entry.verified)?;
+        Ok(entry)
     }
 
-    /// The request's DPoP proof, checked for this request and token.
-    fn proof(
+    /// The request's DPoP proof, checked for this request and token; with shared state, also
+    /// recorded there (`SET NX` for the replay window), so that another instance refuses it.
+    async fn proof(
         &self,
         checker: &ProofChecker,
         token: &str,
@@ -312,7 +339,7 @@ impl Authoriser {
         let proof = checker
             .header(facts.headers)?
             .ok_or_else(|| checker.refused("missing", "A DPoP proof (DPoP header) is required"))?;
-        checker.check(
+        let valid = checker.check(
             proof,
             &ProofRequest {
                 method: facts.method,
@@ -320,7 +347,21 @@ impl Authoriser {
                 access_token: Some(token),
                 now,
             },
-        )
+        )?;
+        if let Some(shared) = &self.shared {
+            let key = hex::encode(valid.replay_key);
+            match shared.first_use(&key, checker.window()).await {
+                None | Some(Ok(true)) => {}
+                Some(Ok(false)) => {
+                    return Err(checker.refused("replay", "The DPoP proof was already used (jti)"))
+                }
+                Some(Err(e)) => {
+                    tracing::error!(target: "bindgate::state", "DPoP replay check: {e}");
+                    return Err(Rejection::StorageUnavailable);
+                }
+            }
+        }
+        Ok(valid)
     }
 
     /// Listing every client: a master token only.

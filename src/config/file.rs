@@ -101,6 +101,7 @@ pub struct RegistrationFile {
     pub require_initial_access_token_audience: Option<bool>,
     pub require_certificate_binding: Option<bool>,
     pub require_proof_of_possession: Option<bool>,
+    pub single_use: Option<bool>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -151,7 +152,18 @@ pub struct RouteFile {
 #[serde(deny_unknown_fields)]
 pub struct StateFile {
     pub path: Option<String>,
+    pub redis: Option<RedisFile>,
     pub sessions: Option<SessionLimitsFile>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RedisFile {
+    pub url: Option<String>,
+    pub cluster: Option<Vec<String>>,
+    pub key_prefix: Option<String>,
+    pub password: Option<SecretFile>,
+    pub wait_replicas: Option<u32>,
 }
 
 #[derive(Debug, Deserialize)]

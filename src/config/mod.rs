@@ -223,6 +223,9 @@ pub struct Registration {
     pub require_certificate_binding: bool,
     /// Refuse initial access tokens bound neither by `cnf.x5t#S256` nor by `cnf.jkt`.
     pub require_proof_of_possession: bool,
+    /// A JWT initial access token registers one client (Connect2id: "valid for a single
+    /// registration only"); master tokens are not affected.
+    pub single_use: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -273,8 +276,42 @@ pub struct SessionLimits {
 
 #[derive(Debug, Clone)]
 pub struct State {
+    /// redb's file (or memory); unused when `redis` is set.
     pub path: StatePath,
+    /// The shared engine: several instances, one state.
+    pub redis: Option<RedisSettings>,
     pub sessions: SessionLimits,
+}
+
+/// `state.redis`: one server (`url`) or a cluster (`cluster`, seed URLs).
+#[derive(Debug, Clone)]
+pub struct RedisSettings {
+    pub url: String,
+    pub cluster: Vec<String>,
+    pub key_prefix: String,
+    pub password: Option<Password>,
+    /// > 0: a write acknowledged to a client first waits for that many replicas (`WAIT`).
+    pub wait_replicas: u32,
+}
+
+/// A secret bindgate must present (not compare): kept as given, never shown by `Debug`.
+#[derive(Clone)]
+pub struct Password(String);
+
+impl Password {
+    pub fn new(secret: String) -> Self {
+        Password(secret)
+    }
+
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for Password {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Password(<redacted>)")
+    }
 }
 
 #[derive(Debug, Clone)]

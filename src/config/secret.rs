@@ -103,6 +103,34 @@ pub fn resolve(entry: &SecretFile, base: &Path) -> Result<SecretDigest, String> 
     unreachable!("exactly one source was checked above")
 }
 
+/// Resolves a secret bindgate must present (a password): `value`, `env` or `file`, as given
+/// (a trailing newline of a file dropped).
+pub fn resolve_plain(entry: &SecretFile, base: &Path) -> Result<String, String> {
+    let given = [
+        entry.value.is_some(),
+        entry.env.is_some(),
+        entry.file.is_some(),
+    ]
+    .iter()
+    .filter(|g| **g)
+    .count();
+    if given != 1 || entry.sha256.is_some() {
+        return Err("give exactly one of value, env, file".into());
+    }
+    let secret = if let Some(value) = &entry.value {
+        value.clone()
+    } else if let Some(var) = &entry.env {
+        std::env::var(var).map_err(|_| format!("env: variable {var} is not set"))?
+    } else {
+        let path = base.join(entry.file.as_deref().unwrap_or_default());
+        let content = std::fs::read_to_string(&path)
+            .map_err(|e| format!("file: cannot read {}: {e}", path.display()))?;
+        content.trim_end_matches(['\n', '\r']).to_string()
+    };
+    non_empty(secret.as_bytes())?;
+    Ok(secret)
+}
+
 fn non_empty(secret: &[u8]) -> Result<&[u8], String> {
     if secret.is_empty() {
         Err("the secret is empty".into())

@@ -323,6 +323,7 @@ pub fn validate(file: FileConfig, source: &Path) -> Result<Config, Vec<Problem>>
         require_proof_of_possession: reg
             .and_then(|r| r.require_proof_of_possession)
             .unwrap_or(false),
+        single_use: reg.and_then(|r| r.single_use).unwrap_or(false),
     };
 
     // session_store
@@ -438,6 +439,12 @@ pub fn validate(file: FileConfig, source: &Path) -> Result<Config, Vec<Problem>>
 
     // state
     let st = file.state.as_ref();
+    if st.is_some_and(|s| s.path.is_some() && s.redis.is_some()) {
+        p.push("state", "give one of path (redb) and redis, not both");
+    }
+    let redis = st
+        .and_then(|s| s.redis.as_ref())
+        .map(|r| redis_settings(&mut p, r, source));
     let state_path = match st.and_then(|s| s.path.as_deref()) {
         None | Some(":memory:") => StatePath::Memory,
         Some("") => {
@@ -476,6 +483,7 @@ pub fn validate(file: FileConfig, source: &Path) -> Result<Config, Vec<Problem>>
     };
     let state = State {
         path: state_path,
+        redis,
         sessions,
     };
 
@@ -629,6 +637,72 @@ fn is_http_uri(s: &str) -> bool {
     (s.starts_with("https://") || s.starts_with("http://"))
         && s.parse::<http::Uri>()
             .is_ok_and(|u| u.host().is_some_and(|h| !h.is_empty()))
+}
+
+fn redis_settings(p: &mut Problems, r: &RedisFile, source: &Path) -> RedisSettings {
+    let cluster = r.cluster.clone().unwrap_or_default();
+    let url = r.url.clone().unwrap_or_default();
+    let redis_url = |u: &str| u.starts_with("redis://") || u.starts_with("rediss://");
+    match (r.url.is_some(), r.cluster.is_some()) {
+        (true, true) => p.push("state.redis", "give one of url and cluster, not both"),
+        (false, false) => p.push(
+            "state.redis",
+            "give url (\"redis://host:6379/0\") or cluster (a list of seed URLs)",
+        ),
+        _ => {}
+    }
+    if r.url.is_some() && !redis_url(&url) {
+        p.push("state.redis.url", "must start with redis:// or rediss://");
+    }
+    if r.cluster.is_some() && cluster.is_empty() {
+        p.push("state.redis.cluster", "lists no seed URL");
+    }
+    for (i, u) in cluster.iter().enumerate() {
+        if !redis_url(u) {
+            p.push(
+                format!("state.redis.cluster[{i}]"),
+                "must start with redis:// or rediss://",
+            );
+        }
+    }
+    let key_prefix = r.key_prefix.clone().unwrap_or_else(|| "bindgate:".into());
+    if key_prefix.chars().any(|c| c.is_control() || c == ' ') {
+        p.push(
+            "state.redis.key_prefix",
+            "must not hold spaces or control characters",
+        );
+    }
+    let base = source.parent().unwrap_or(Path::new("."));
+    let password = r.password.as_ref().and_then(|entry| {
+        if entry.sha256.is_some() {
+            p.push(
+                "state.redis.password",
+                "bindgate presents this secret: give value, env or file, not sha256",
+            );
+            return None;
+        }
+        match secret::resolve_plain(entry, base) {
+            Ok(s) => Some(Password::new(s)),
+            Err(reason) => {
+                p.push("state.redis.password", reason);
+                None
+            }
+        }
+    });
+    let wait_replicas = r.wait_replicas.unwrap_or(0);
+    if wait_replicas > 0 && !cluster.is_empty() {
+        p.push(
+            "state.redis.wait_replicas",
+            "is not supported with cluster yet (WAIT needs the connection that wrote)",
+        );
+    }
+    RedisSettings {
+        url,
+        cluster,
+        key_prefix,
+        password,
+        wait_replicas,
+    }
 }
 
 fn secrets(

@@ -2,7 +2,9 @@
 //! so that bindgate runs with no provider behind it.
 
 pub mod clients;
+pub mod engine;
 pub mod metadata;
+pub mod redis;
 pub mod sessions;
 pub mod store;
 
@@ -18,8 +20,9 @@ use crate::config::{Config, SessionLimits};
 use crate::rejection::Rejection;
 use crate::routing::{RegistryOp, SessionOp};
 use clients::StoredClient;
+pub use engine::Store;
 use sessions::Record;
-pub use store::{Change, Chunks, SessionSnapshot, Store, SubjectSnapshot};
+pub use store::{Change, Chunks, RedbStore, SessionSnapshot, SubjectSnapshot};
 
 /// How many sessions one streamed chunk holds.
 pub const STREAM_CHUNK: usize = 512;
@@ -65,10 +68,7 @@ impl StreamingMap {
             self.started = true;
             out.push(b'{');
         }
-        match snapshot
-            .next_chunk(STREAM_CHUNK)
-            .map_err(|_| Rejection::StorageUnavailable)?
-        {
+        match snapshot.next_chunk(STREAM_CHUNK).map_err(storage)? {
             Some(entries) => {
                 for (sid, bytes) in entries {
                     if Record::expired_bytes(&bytes, now) {
@@ -130,6 +130,14 @@ pub struct StateService {
     registration_uri: String,
 }
 
+/// A single-use initial access token's entry in the ledger: its key (from `jti`, else the
+/// token's SHA-256) and when it expires.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Ledger {
+    pub key: String,
+    pub expires: i64,
+}
+
 /// The parameters of a session-store request.
 pub struct SessionQuery {
     pub subject: Option<String>,
@@ -176,16 +184,21 @@ fn set_flag(flag: &mut bool, value: &str) -> bool {
 
 impl StateService {
     pub fn new(config: &Config) -> Result<Self, String> {
+        Ok(Self::with_store(config, Store::open_state(&config.state)?))
+    }
+
+    /// The service on an engine already opened.
+    pub fn with_store(config: &Config, store: Store) -> Self {
         let registration_uri = config
             .registration
             .endpoint_uri
             .clone()
             .unwrap_or_else(|| config.registration.path.clone());
-        Ok(StateService {
-            store: Store::open(&config.state.path)?,
+        StateService {
+            store,
             limits: config.state.sessions,
             registration_uri,
-        })
+        }
     }
 
     pub fn store(&self) -> &Store {
@@ -243,8 +256,26 @@ impl StateService {
     ) -> Result<Reply, Rejection> {
         let id = match op {
             RegistryOp::Register => {
+                // Validated before the ledger is touched: a refused registration does not use
+                // a single-use token up.
                 let (client, token) = clients::register(body, now())?;
-                self.save_client(&client)?;
+                let bytes =
+                    serde_json::to_vec(&client).map_err(|_| Rejection::StorageUnavailable)?;
+                let ledger = match grant {
+                    Grant::InitialAccessToken { ledger: Some(l) } => {
+                        Some((l.key.clone(), l.expires))
+                    }
+                    _ => None,
+                };
+                if !self
+                    .store
+                    .register_client(ledger, &client.client_id, &bytes)
+                    .map_err(storage)?
+                {
+                    return Err(Rejection::InvalidToken(
+                        "The initial access token was already used (single use)".into(),
+                    ));
+                }
                 let mut view = client.view(&self.client_uri(&client.client_id));
                 view.insert("registration_access_token".into(), token.into());
                 return Ok(Reply::Json {
@@ -394,9 +425,7 @@ impl StateService {
                 }
                 (None, Some(subject)) => {
                     let snapshot = self.store.sessions_of(&subject).map_err(storage)?;
-                    Ok(Reply::Stream(Box::new(StreamingMap::new(Box::new(
-                        snapshot,
-                    )))))
+                    Ok(Reply::Stream(Box::new(StreamingMap::new(snapshot))))
                 }
                 (None, None) => Err(need()),
             },
@@ -427,7 +456,7 @@ impl StateService {
                 (Some(sid), _, _) => {
                     let removed = self
                         .store
-                        .delete_session(&sid, Record::subject_of)
+                        .delete_session(&sid)
                         .map_err(storage)?
                         .filter(|b| !Record::expired_bytes(b, at))
                         .ok_or(Rejection::NotFound("Session"))?;
@@ -447,14 +476,14 @@ impl StateService {
                         .map_err(storage)?;
                     match snapshot {
                         None => Ok(Reply::NoContent),
-                        Some(s) => Ok(Reply::Stream(Box::new(StreamingMap::new(Box::new(s))))),
+                        Some(s) => Ok(Reply::Stream(Box::new(StreamingMap::new(s)))),
                     }
                 }
                 (None, None, true) => {
                     let snapshot = self.store.delete_all_sessions(!q.quiet).map_err(storage)?;
                     match snapshot {
                         None => Ok(Reply::NoContent),
-                        Some(s) => Ok(Reply::Stream(Box::new(StreamingMap::new(Box::new(s))))),
+                        Some(s) => Ok(Reply::Stream(Box::new(StreamingMap::new(s)))),
                     }
                 }
                 (None, None, false) => Err(need()),
@@ -462,28 +491,10 @@ impl StateService {
         }
     }
 
-    /// Removes expired sessions, a batch at a time; the number removed.
+    /// Removes expired sessions and single-use ledger entries (redb; Redis expires its keys
+    /// itself); the number removed.
     pub fn purge_expired(&self) -> Result<usize, String> {
-        let at = now();
-        let mut after: Option<String> = None;
-        let mut removed = 0;
-        loop {
-            let (n, last) = self
-                .store
-                .purge_batch(after.as_deref(), 1000, |bytes| {
-                    if Record::expired_bytes(bytes, at) {
-                        Some(Record::subject_of(bytes).unwrap_or_default())
-                    } else {
-                        None
-                    }
-                })
-                .map_err(|e| e.to_string())?;
-            removed += n;
-            match last {
-                Some(k) => after = Some(k),
-                None => return Ok(removed),
-            }
-        }
+        self.store.purge_expired(now()).map_err(|e| e.to_string())
     }
 }
 

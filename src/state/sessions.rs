@@ -92,6 +92,30 @@ impl Record {
             || over(self.last_access, self.max_idle)
     }
 
+    /// When an encoded record expires (seconds since the epoch): the first of its `max_life`,
+    /// `auth_life` and `max_idle` deadlines; None when all are unlimited. A record that
+    /// cannot be read expires at once.
+    pub fn expires_at(bytes: &[u8]) -> Option<i64> {
+        let n = |i: usize| -> Option<i64> {
+            Some(i64::from_be_bytes(
+                bytes.get(i * 8..i * 8 + 8)?.try_into().ok()?,
+            ))
+        };
+        let deadline = |start: Option<i64>, minutes: Option<i64>| match (start, minutes) {
+            (Some(_), Some(-1)) => None,
+            (Some(s), Some(m)) => Some(s.saturating_add(m.saturating_mul(60))),
+            _ => Some(1),
+        };
+        [
+            deadline(n(0), n(3)),
+            deadline(n(1), n(4)),
+            deadline(n(2), n(5)),
+        ]
+        .into_iter()
+        .flatten()
+        .min()
+    }
+
     /// The same check on an encoded record, reading only its fixed part.
     pub fn expired_bytes(bytes: &[u8], now: i64) -> bool {
         let n = |i: usize| -> Option<i64> {

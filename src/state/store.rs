@@ -13,6 +13,8 @@ use std::sync::Arc;
 use crate::config::StatePath;
 
 const CLIENTS: TableDefinition<&str, &[u8]> = TableDefinition::new("clients");
+/// The single-use ledger of initial access tokens: key → expiry (seconds since the epoch).
+const USED: TableDefinition<&str, i64> = TableDefinition::new("used_tokens");
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 const GENERATION: &str = "sessions_generation";
 
@@ -82,6 +84,12 @@ fn gen_r(txn: &ReadTransaction) -> Result<Generation> {
 #[error("storage: {0}")]
 pub struct StoreError(String);
 
+impl StoreError {
+    pub fn new(why: String) -> Self {
+        StoreError(why)
+    }
+}
+
 fn fail(e: impl std::fmt::Display) -> StoreError {
     StoreError(e.to_string())
 }
@@ -113,11 +121,11 @@ pub enum Change {
 }
 
 #[derive(Clone)]
-pub struct Store {
+pub struct RedbStore {
     db: Arc<Database>,
 }
 
-impl Store {
+impl RedbStore {
     pub fn open(path: &StatePath) -> std::result::Result<Self, String> {
         let mut builder = Database::builder();
         // The page cache would otherwise grow to 1 GiB while a large store is read.
@@ -138,10 +146,11 @@ impl Store {
         };
         // Create the tables once, so that readers never meet a missing table, and drop session
         // generations a crash left behind after a delete-all.
-        let store = Store { db: Arc::new(db) };
+        let store = RedbStore { db: Arc::new(db) };
         store
             .write(Commit::Durable, |txn| {
                 txn.open_table(CLIENTS).map_err(fail)?;
+                txn.open_table(USED).map_err(fail)?;
                 let current = gen_w(txn)?;
                 txn.open_table(current.sessions()).map_err(fail)?;
                 let mut index = txn.open_table(current.by_subject()).map_err(fail)?;
@@ -221,6 +230,57 @@ impl Store {
                 .map_err(fail)?;
             Ok(())
         })
+    }
+
+    /// Stores a new client unless `ledger` (key, expiry) was used already: false then, and
+    /// nothing is stored. Ledger entry and client are one transaction: a failed registration
+    /// does not use the token up, and of two concurrent uses exactly one commits.
+    pub fn register_client(
+        &self,
+        ledger: Option<(String, i64)>,
+        id: &str,
+        record: &[u8],
+    ) -> Result<bool> {
+        self.write(Commit::Durable, |txn| {
+            if let Some((key, exp)) = &ledger {
+                let mut used = txn.open_table(USED).map_err(fail)?;
+                if used.get(key.as_str()).map_err(fail)?.is_some() {
+                    return Ok(false);
+                }
+                used.insert(key.as_str(), *exp).map_err(fail)?;
+            }
+            txn.open_table(CLIENTS)
+                .map_err(fail)?
+                .insert(id, record)
+                .map_err(fail)?;
+            Ok(true)
+        })
+    }
+
+    /// Forgets ledger entries whose token expired before `now`; how many.
+    pub fn purge_used(&self, now: i64) -> Result<usize> {
+        let doomed: Vec<String> = {
+            let txn = self.read()?;
+            let table = txn.open_table(USED).map_err(fail)?;
+            let mut out = Vec::new();
+            for entry in table.iter().map_err(fail)? {
+                let (k, exp) = entry.map_err(fail)?;
+                if exp.value() < now {
+                    out.push(k.value().to_string());
+                }
+            }
+            out
+        };
+        if !doomed.is_empty() {
+            self.write(Commit::Lazy, |txn| {
+                let mut table = txn.open_table(USED).map_err(fail)?;
+                for k in &doomed {
+                    table.remove(k.as_str()).map_err(fail)?;
+                }
+                Ok(())
+            })?;
+        }
+        Ok(doomed.len())
     }
 
     pub fn get_client(&self, id: &str) -> Result<Option<Vec<u8>>> {

@@ -1,0 +1,213 @@
+//! The state service's storage interface: one set of operations, two engines — redb (one
+//! machine, a file or memory) and Redis (several instances, one state).
+
+use std::time::Duration;
+
+use super::redis::RedisStore;
+use super::sessions::Record;
+use super::store::{Change, Chunks, Commit, RedbStore, StoreError};
+use crate::config::{State, StatePath};
+
+type Result<T> = std::result::Result<T, StoreError>;
+
+#[derive(Clone)]
+pub enum Store {
+    Redb(RedbStore),
+    Redis(RedisStore),
+}
+
+impl Store {
+    /// A redb store (a file, or memory).
+    pub fn open(path: &StatePath) -> std::result::Result<Self, String> {
+        RedbStore::open(path).map(Store::Redb)
+    }
+
+    /// The engine `state` names.
+    pub fn open_state(state: &State) -> std::result::Result<Self, String> {
+        match &state.redis {
+            Some(settings) => RedisStore::open(settings).map(Store::Redis),
+            None => Store::open(&state.path),
+        }
+    }
+
+    /// Shared by several instances: replay caches must live here too.
+    pub fn redis(&self) -> Option<&RedisStore> {
+        match self {
+            Store::Redis(r) => Some(r),
+            Store::Redb(_) => None,
+        }
+    }
+
+    /// Whether the storage answers (readiness). Blocking.
+    pub fn ping(&self) -> Result<()> {
+        match self {
+            Store::Redb(_) => Ok(()),
+            Store::Redis(r) => r.ping(),
+        }
+    }
+
+    pub fn put_client(&self, id: &str, record: &[u8]) -> Result<()> {
+        match self {
+            Store::Redb(s) => s.put_client(id, record),
+            Store::Redis(s) => s.put_client(id, record),
+        }
+    }
+
+    /// A new client, unless the single-use `ledger` entry (key, expiry) was taken: false.
+    pub fn register_client(
+        &self,
+        ledger: Option<(String, i64)>,
+        id: &str,
+        record: &[u8],
+    ) -> Result<bool> {
+        match self {
+            Store::Redb(s) => s.register_client(ledger, id, record),
+            Store::Redis(s) => s.register_client(ledger, id, record),
+        }
+    }
+
+    pub fn get_client(&self, id: &str) -> Result<Option<Vec<u8>>> {
+        match self {
+            Store::Redb(s) => s.get_client(id),
+            Store::Redis(s) => s.get_client(id),
+        }
+    }
+
+    pub fn delete_client(&self, id: &str) -> Result<bool> {
+        match self {
+            Store::Redb(s) => s.delete_client(id),
+            Store::Redis(s) => s.delete_client(id),
+        }
+    }
+
+    pub fn clients(&self) -> Result<Vec<Vec<u8>>> {
+        match self {
+            Store::Redb(s) => s.clients(),
+            Store::Redis(s) => s.clients(),
+        }
+    }
+
+    pub fn put_session(
+        &self,
+        sid: &str,
+        subject: &str,
+        record: &[u8],
+        commit: Commit,
+    ) -> Result<()> {
+        match self {
+            Store::Redb(s) => s.put_session(sid, subject, record, commit),
+            Store::Redis(s) => {
+                s.put_session(sid, subject, record, Record::expires_at(record), commit)
+            }
+        }
+    }
+
+    /// Read-modify-write of one session; nothing deleted or replaced in between is written
+    /// back. False when the session does not exist.
+    pub fn update_session<E: From<StoreError> + Send + 'static>(
+        &self,
+        sid: &str,
+        commit: Commit,
+        mut f: impl FnMut(&[u8]) -> std::result::Result<Change, E>,
+    ) -> std::result::Result<bool, E> {
+        match self {
+            Store::Redb(s) => s.update_session(sid, commit, |b| f(b)),
+            Store::Redis(s) => s.update_session(sid, commit, Record::expires_at, f),
+        }
+    }
+
+    pub fn get_session(&self, sid: &str) -> Result<Option<Vec<u8>>> {
+        match self {
+            Store::Redb(s) => s.get_session(sid),
+            Store::Redis(s) => s.get_session(sid),
+        }
+    }
+
+    pub fn sessions_of(&self, subject: &str) -> Result<Box<dyn Chunks>> {
+        Ok(match self {
+            Store::Redb(s) => Box::new(s.sessions_of(subject)?),
+            Store::Redis(s) => Box::new(s.subject_cursor(subject, false, Record::subject_of)?),
+        })
+    }
+
+    pub fn delete_session(&self, sid: &str) -> Result<Option<Vec<u8>>> {
+        match self {
+            Store::Redb(s) => s.delete_session(sid, Record::subject_of),
+            Store::Redis(s) => s.delete_session(sid, Record::subject_of),
+        }
+    }
+
+    /// Every session of `subject` removed; with `keep`, what was removed, to stream.
+    pub fn delete_subject(&self, subject: &str, keep: bool) -> Result<Option<Box<dyn Chunks>>> {
+        Ok(match self {
+            Store::Redb(s) => s
+                .delete_subject(subject, keep)?
+                .map(|c| Box::new(c) as Box<dyn Chunks>),
+            Store::Redis(s) => s
+                .delete_subject(subject, keep, Record::subject_of)?
+                .map(|c| Box::new(c) as Box<dyn Chunks>),
+        })
+    }
+
+    /// Every session removed at once; with `keep`, what was removed, to stream.
+    pub fn delete_all_sessions(&self, keep: bool) -> Result<Option<Box<dyn Chunks>>> {
+        Ok(match self {
+            Store::Redb(s) => s
+                .delete_all_sessions(keep)?
+                .map(|c| Box::new(c) as Box<dyn Chunks>),
+            Store::Redis(s) => s
+                .delete_all_sessions(keep)?
+                .map(|c| Box::new(c) as Box<dyn Chunks>),
+        })
+    }
+
+    /// Removes expired sessions and ledger entries (redb; Redis expires them itself).
+    pub fn purge_expired(&self, now: i64) -> Result<usize> {
+        let Store::Redb(s) = self else {
+            return Ok(0);
+        };
+        let mut after: Option<String> = None;
+        let mut removed = s.purge_used(now)?;
+        loop {
+            let (n, last) = s.purge_batch(after.as_deref(), 1000, |bytes| {
+                if Record::expired_bytes(bytes, now) {
+                    Some(Record::subject_of(bytes).unwrap_or_default())
+                } else {
+                    None
+                }
+            })?;
+            removed += n;
+            match last {
+                Some(k) => after = Some(k),
+                None => return Ok(removed),
+            }
+        }
+    }
+
+    pub fn session_count(&self) -> Result<u64> {
+        match self {
+            Store::Redb(s) => s.session_count(),
+            Store::Redis(s) => s.session_count(),
+        }
+    }
+
+    /// Inserts many sessions at once (benchmarks and imports).
+    pub fn insert_sessions(
+        &self,
+        items: impl Iterator<Item = (String, String, Vec<u8>)>,
+    ) -> Result<()> {
+        match self {
+            Store::Redb(s) => s.insert_sessions(items),
+            Store::Redis(s) => s.insert_sessions(items, Record::expires_at),
+        }
+    }
+
+    /// Records a DPoP proof's key as seen for `ttl` across instances: true the first time.
+    /// None with redb (the proxy's in-process replay cache is the record then).
+    pub async fn first_use(&self, key: &str, ttl: Duration) -> Option<Result<bool>> {
+        match self {
+            Store::Redb(_) => None,
+            Store::Redis(s) => Some(s.first_use(key, ttl).await),
+        }
+    }
+}

@@ -1,0 +1,181 @@
+//! Real Redis servers (Debian's `redis-server`) on free loopback ports, one per test, stopped
+//! when dropped; and a three-master Redis Cluster made with `redis-cli --cluster create`.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use super::free_port;
+
+pub struct RedisServer {
+    child: Option<Child>,
+    pub port: u16,
+    dir: tempfile::TempDir,
+    extra: Vec<String>,
+}
+
+fn answers(port: u16) -> bool {
+    Command::new("redis-cli")
+        .args(["-p", &port.to_string(), "PING"])
+        .output()
+        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "PONG")
+}
+
+fn wait_answers(port: u16, log: &Path) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !answers(port) {
+        assert!(
+            Instant::now() < deadline,
+            "redis-server on {port} did not start: {}",
+            std::fs::read_to_string(log).unwrap_or_default()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+impl RedisServer {
+    /// A server with every write on disk before it answers (`appendonly yes`,
+    /// `appendfsync always`): what the README recommends.
+    pub fn start() -> RedisServer {
+        Self::start_with(&[])
+    }
+
+    pub fn start_with(extra: &[&str]) -> RedisServer {
+        let mut s = RedisServer {
+            child: None,
+            port: free_port(),
+            dir: tempfile::tempdir().expect("tempdir"),
+            extra: extra.iter().map(|e| e.to_string()).collect(),
+        };
+        s.launch();
+        s
+    }
+
+    fn launch(&mut self) {
+        let log = self.dir.path().join("redis.log");
+        let mut cmd = Command::new("redis-server");
+        cmd.args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
+            .args([
+                "--save",
+                "",
+                "--appendonly",
+                "yes",
+                "--appendfsync",
+                "always",
+            ])
+            .arg("--dir")
+            .arg(self.dir.path())
+            .arg("--logfile")
+            .arg(&log)
+            .args(&self.extra)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        self.child = Some(
+            cmd.spawn()
+                .expect("redis-server (apt-get install -y redis-server)"),
+        );
+        wait_answers(self.port, &log);
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}/0", self.port)
+    }
+
+    /// `kill -9`: nothing flushed on the way out.
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Starts again on the same port and data directory.
+    pub fn restart(&mut self) {
+        self.kill();
+        self.launch();
+    }
+
+    /// `redis-cli` against this server; its output.
+    pub fn cli(&self, args: &[&str]) -> String {
+        let out = Command::new("redis-cli")
+            .args(["-p", &self.port.to_string()])
+            .args(args)
+            .output()
+            .expect("redis-cli");
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// Three masters, no replicas, slots spread by `redis-cli --cluster create`.
+pub struct RedisCluster {
+    nodes: Vec<RedisServer>,
+}
+
+impl RedisCluster {
+    pub fn start() -> RedisCluster {
+        let nodes: Vec<RedisServer> = (0..3)
+            .map(|_| {
+                RedisServer::start_with(&[
+                    "--cluster-enabled",
+                    "yes",
+                    "--cluster-node-timeout",
+                    "2000",
+                ])
+            })
+            .collect();
+        let mut cmd = Command::new("redis-cli");
+        cmd.arg("--cluster").arg("create");
+        for n in &nodes {
+            cmd.arg(format!("127.0.0.1:{}", n.port));
+        }
+        let out = cmd
+            .args(["--cluster-replicas", "0", "--cluster-yes"])
+            .output()
+            .expect("redis-cli --cluster create");
+        assert!(
+            out.status.success(),
+            "cluster create: {}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+        // Wait until every node agrees the cluster is up.
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !nodes
+            .iter()
+            .all(|n| n.cli(&["CLUSTER", "INFO"]).contains("cluster_state:ok"))
+        {
+            assert!(Instant::now() < deadline, "the cluster did not come up");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        RedisCluster { nodes }
+    }
+
+    /// The YAML list of seed URLs.
+    pub fn seeds(&self) -> String {
+        let urls: Vec<String> = self
+            .nodes
+            .iter()
+            .map(|n| format!("\"redis://127.0.0.1:{}\"", n.port))
+            .collect();
+        format!("[{}]", urls.join(", "))
+    }
+
+    /// Keys held by each master.
+    pub fn key_counts(&self) -> Vec<u64> {
+        self.nodes
+            .iter()
+            .map(|n| n.cli(&["DBSIZE"]).parse().unwrap_or(0))
+            .collect()
+    }
+}
+
+#[allow(dead_code)]
+pub fn data_dir(s: &RedisServer) -> PathBuf {
+    s.dir.path().to_path_buf()
+}
