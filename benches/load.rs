@@ -12,8 +12,10 @@
 //! request), `c` (`POST /clients` into the embedded registry), `d` (session create + read on the
 //! embedded store), `e` (passthrough: a route with no authorisation), `a-dpop` (a DPoP-bound
 //! ES256 token, repeated, each request with a fresh ES256 proof: the cost of one proof check
-//! next to `a-es256`; bindgate only). Tokens and proofs are minted before
-//! timing starts. `--pin` runs the proxies on CPU 1 and the harness (load and upstream) on
+//! next to `a-es256`; bindgate only), `c-fresh` (`POST /clients` into the embedded registry
+//! with a fresh initial access token each time; with `--single-use` each is used up).
+//! `--state redis` puts bindgate's state on a `redis-server` the harness starts (durable:
+//! `appendfsync always`). Tokens and proofs are minted before timing starts. `--pin` runs the proxies on CPU 1 and the harness (load and upstream) on
 //! CPU 0. Under `cargo test` (no `--bench` argument) a short smoke of every scenario runs and
 //! checks that every answer was a success; no timing is asserted.
 
@@ -56,6 +58,11 @@ struct Options {
     http2: bool,
     /// A fixed total request rate (oha only; `-q`): latency compared at equal load.
     rate: Option<u32>,
+    /// bindgate's state engine: `memory` (redb in memory, the default) or `redis` (a
+    /// `redis-server` the harness starts).
+    state: String,
+    /// `registration.single_use: true` (scenario `c-fresh`).
+    single_use: bool,
 }
 
 fn options() -> Options {
@@ -103,6 +110,8 @@ fn options() -> Options {
         rate: get("--rate")
             .and_then(|r| r.parse().ok())
             .filter(|r| *r > 0),
+        state: get("--state").unwrap_or_else(|| "memory".into()),
+        single_use: args.iter().any(|a| a == "--single-use"),
     }
 }
 
@@ -224,14 +233,18 @@ struct Proxy {
 
 impl Drop for Proxy {
     fn drop(&mut self) {
-        // SIGTERM first, so that a `LOAD_WRAP` profiler writes its report; then SIGKILL.
-        let _ = Command::new("kill")
-            .arg(self.child.id().to_string())
-            .status();
+        // SIGTERM to the process group first, so that a `LOAD_WRAP` profiler writes its
+        // report; then SIGKILL to whatever of the group is left.
+        let group = format!("-{}", self.child.id());
+        let _ = Command::new("kill").args(["-TERM", "--", &group]).status();
         let deadline = Instant::now() + Duration::from_secs(5);
         while Instant::now() < deadline && matches!(self.child.try_wait(), Ok(None)) {
             std::thread::sleep(Duration::from_millis(20));
         }
+        let _ = Command::new("kill")
+            .args(["-KILL", "--", &group])
+            .stderr(Stdio::null())
+            .status();
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
@@ -253,6 +266,8 @@ fn spawn(o: &Options, program: &str, args: &[&str], log: &Path) -> Child {
     line.extend(wrap);
     line.push(program.to_string());
     let mut cmd = Command::new(&line[0]);
+    // A group of its own: stopping the proxy stops a wrapper's children too.
+    std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
     cmd.args(&line[1..]);
     cmd.args(args)
         .env("BINDGATE_LOG", "warn")
@@ -276,7 +291,13 @@ fn wait_port(port: u16, what: &str, log: &Path) {
     }
 }
 
-fn start_bindgate(o: &Options, m: &Material, upstream: u16, embedded: bool) -> Proxy {
+fn start_bindgate(
+    o: &Options,
+    m: &Material,
+    upstream: u16,
+    embedded: bool,
+    redis: Option<u16>,
+) -> Proxy {
     let port = free_port();
     let admin = free_port();
     let dir = &m.dir;
@@ -297,6 +318,7 @@ registration:
   endpoint_uri: "{ENDPOINT}"
   target: {target}
   master_tokens: [{{file: "{d}/master.token"}}]
+  single_use: {single_use}
 session_store:
   target: embedded
   api_tokens: [{{file: "{d}/session-store.token"}}]
@@ -305,11 +327,16 @@ upstreams:
 routes:
   - {{prefix: /passthrough, upstream: static}}
 dpop: {{origins: ["https://localhost:{port}"], replay_cache_entries: 1000000}}
-state: {{path: ":memory:"}}
+state: {state}
 server: {{threads: {threads}, grace_period: 1s}}
 "#,
             d = dir.display(),
-            threads = o.threads
+            threads = o.threads,
+            single_use = o.single_use,
+            state = match redis {
+                Some(p) => format!(r#"{{redis: {{url: "redis://127.0.0.1:{p}/0", key_prefix: "bench-{port}:"}}}}"#),
+                None => r#"{path: ":memory:"}"#.to_string(),
+            },
         ),
     )
     .unwrap();
@@ -865,7 +892,7 @@ fn main() {
     let minted = Instant::now();
     let es_repeat = Arc::new(vec![m.es256(0)]);
     let rs_repeat = Arc::new(vec![m.rs256(0)]);
-    let fresh = if o.scenarios.iter().any(|s| s == "b") {
+    let fresh = if o.scenarios.iter().any(|s| s == "b" || s == "c-fresh") {
         Arc::new((1..=o.tokens).map(|i| m.es256(i)).collect::<Vec<_>>())
     } else {
         es_repeat.clone()
@@ -880,6 +907,8 @@ fn main() {
         .trim()
         .to_string()]);
     let _ = master;
+    let redis =
+        (o.state == "redis").then(|| common::redis_server(&dir.path().join("redis"), o.pin));
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
         .enable_all()
@@ -963,9 +992,14 @@ fn main() {
                 "a-dpop" => (Work::RegistrationDpop, es_repeat.clone(), false),
                 "b" => (Work::Registration, fresh.clone(), false),
                 "c" => (Work::RegisterEmbedded, es_repeat.clone(), true),
+                // A fresh initial access token per registration (with --single-use, each is
+                // used once).
+                "c-fresh" => (Work::RegisterEmbedded, fresh.clone(), true),
                 "d" => (Work::Sessions, es_repeat.clone(), true),
                 "e" => (Work::Passthrough, es_repeat.clone(), false),
-                other => panic!("unknown scenario {other} (a-es256, a-rs256, a-dpop, b, c, d, e)"),
+                other => panic!(
+                    "unknown scenario {other} (a-es256, a-rs256, a-dpop, b, c, c-fresh, d, e)"
+                ),
             };
             if proxy != "bindgate"
                 && !matches!(scenario.as_str(), "a-es256" | "a-rs256" | "b" | "e")
@@ -973,7 +1007,9 @@ fn main() {
                 continue;
             }
             let p = match proxy.as_str() {
-                "bindgate" => start_bindgate(&o, &m, upstream, embedded),
+                "bindgate" => {
+                    start_bindgate(&o, &m, upstream, embedded, redis.as_ref().map(|r| r.port))
+                }
                 "haproxy" => start_haproxy(&o, &m, upstream),
                 "envoy" => start_envoy(&o, &m, upstream),
                 other => panic!("unknown proxy {other} (bindgate, haproxy, envoy, both, all)"),
@@ -1003,6 +1039,18 @@ fn main() {
                     ..o.clone()
                 };
                 (Arc::new(pairs), bounded)
+            } else if scenario == "c-fresh" {
+                // Each token registers once: the run stops when they are spent.
+                let spare = (tokens.len().saturating_sub(o.connections)) as u64;
+                let bounded = Options {
+                    requests: if o.requests == 0 {
+                        spare
+                    } else {
+                        o.requests.min(spare)
+                    },
+                    ..o.clone()
+                };
+                (tokens, bounded)
             } else {
                 (tokens, o.clone())
             };

@@ -3,11 +3,13 @@
 //! - with N sessions stored (default 1 000 000): `DELETE ?all=true&quiet=true` time;
 //!   `DELETE ?all=true` time to first byte, total time, and the server's RSS growth while the
 //!   map streams (sampled from /proc every 5 ms);
-//! - session create throughput (POST over TLS, keep-alive) with `:memory:` and a durable file.
+//! - session create and read throughput (POST, then GET by SID, over TLS, keep-alive) with
+//!   `:memory:`, a durable file and Redis;
+//! - all of it on redb and on Redis (a `redis-server` the bench starts, `appendfsync always`).
 //!
 //! ```sh
 //! cargo bench --bench sessions                       # N = 1 000 000, 5 s of creates
-//! cargo bench --bench sessions -- --sessions 100000 --seconds 2
+//! cargo bench --bench sessions -- --sessions 100000 --seconds 2 --engine redis
 //! ```
 //!
 //! Under `cargo test` (no `--bench` argument) it runs a small smoke version. Results:
@@ -23,12 +25,65 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use bindgate::config::{SessionLimits, StatePath};
+use bindgate::config::{RedisSettings, SessionLimits, State, StatePath};
 use bindgate::state::{sessions, Store};
+
+/// Where the sessions live.
+#[derive(Clone)]
+enum Engine {
+    Redb(PathBuf),
+    Memory,
+    /// A redis-server's port; each run takes a key prefix of its own.
+    Redis(u16, String),
+}
+
+impl Engine {
+    /// The `state:` value of proxy.yaml.
+    fn yaml(&self) -> String {
+        match self {
+            Engine::Redb(p) => format!(r#"{{path: "{}"}}"#, p.display()),
+            Engine::Memory => r#"{path: ":memory:"}"#.to_string(),
+            Engine::Redis(port, prefix) => format!(
+                r#"{{redis: {{url: "redis://127.0.0.1:{port}/0", key_prefix: "{prefix}"}}}}"#
+            ),
+        }
+    }
+
+    fn label(&self) -> &'static str {
+        match self {
+            Engine::Redb(_) => "redb file",
+            Engine::Memory => "redb :memory:",
+            Engine::Redis(..) => "Redis (appendfsync always)",
+        }
+    }
+
+    fn open(&self, limits: SessionLimits) -> Store {
+        let (path, redis) = match self {
+            Engine::Redb(p) => (StatePath::File(p.clone()), None),
+            Engine::Memory => (StatePath::Memory, None),
+            Engine::Redis(port, prefix) => (
+                StatePath::Memory,
+                Some(RedisSettings {
+                    url: format!("redis://127.0.0.1:{port}/0"),
+                    cluster: vec![],
+                    key_prefix: prefix.clone(),
+                    password: None,
+                    wait_replicas: 0,
+                }),
+            ),
+        };
+        Store::open_state(&State {
+            path,
+            redis,
+            sessions: limits,
+        })
+        .unwrap()
+    }
+}
 
 type Server = common::Running;
 
-fn start(pki: &Path, state: &str, threads: usize) -> Server {
+fn start(pki: &Path, state: &Engine, threads: usize) -> Server {
     let port = free_port();
     let admin = free_port();
     let dir = pki.join(format!("run-{port}"));
@@ -45,11 +100,11 @@ admin: {{address: "127.0.0.1:{admin}"}}
 session_store:
   api_tokens:
     - file: "{pki}/session-store.token"
-state:
-  path: "{state}"
+state: {state}
 server: {{threads: {threads}, max_body: 64KiB}}
 "#,
-            pki = pki.display()
+            pki = pki.display(),
+            state = state.yaml(),
         ),
     )
     .unwrap();
@@ -90,15 +145,17 @@ fn client(pki: &Path, port: u16) -> reqwest::blocking::Client {
         .unwrap()
 }
 
-fn populate(db: &Path, n: usize) -> Duration {
-    let _ = std::fs::remove_file(db);
+fn populate(engine: &Engine, n: usize) -> Duration {
+    if let Engine::Redb(db) = engine {
+        let _ = std::fs::remove_file(db);
+    }
     let started = Instant::now();
-    let store = Store::open(&StatePath::File(db.to_path_buf())).unwrap();
     let limits = SessionLimits {
         max_life: 20160,
         auth_life: 10080,
         max_idle: 15,
     };
+    let store = engine.open(limits);
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
@@ -121,19 +178,19 @@ fn populate(db: &Path, n: usize) -> Duration {
     started.elapsed()
 }
 
-fn delete_all(pki: &Path, db: &Path, n: usize) {
+fn delete_all(pki: &Path, engine: &Engine, n: usize) {
     let token = std::fs::read_to_string(pki.join("session-store.token"))
         .unwrap()
         .trim()
         .to_string();
 
-    let fill = populate(db, n);
+    let fill = populate(engine, n);
     println!(
-        "populated {n} sessions in {:.1} s (file {:.0} MiB)",
+        "{}: populated {n} sessions in {:.1} s",
+        engine.label(),
         fill.as_secs_f64(),
-        std::fs::metadata(db).unwrap().len() as f64 / 1048576.0
     );
-    let server = start(pki, &db.display().to_string(), 1);
+    let server = start(pki, engine, 1);
     let c = client(pki, server.port);
     let url = format!(
         "https://localhost:{}/session-store/rest/v2/sessions",
@@ -148,13 +205,20 @@ fn delete_all(pki: &Path, db: &Path, n: usize) {
     let quiet = t.elapsed();
     assert_eq!(r.status(), 204);
     println!(
-        "DELETE ?all=true&quiet=true with {n} sessions: {:.1} ms (status 204)",
+        "{}: DELETE ?all=true&quiet=true with {n} sessions: {:.1} ms (status 204)",
+        engine.label(),
         quiet.as_secs_f64() * 1e3
     );
     drop(server);
 
-    populate(db, n);
-    let server = start(pki, &db.display().to_string(), 1);
+    // On Redis, the streamed run takes keys of its own (the sweep of the quiet run's old
+    // generation must not run under it).
+    let engine = &match engine {
+        Engine::Redis(port, prefix) => Engine::Redis(*port, format!("{prefix}stream:")),
+        other => other.clone(),
+    };
+    populate(engine, n);
+    let server = start(pki, engine, 1);
     let pid = server.child.id();
     let c = client(pki, server.port);
     let url = format!(
@@ -206,59 +270,81 @@ fn delete_all(pki: &Path, db: &Path, n: usize) {
     sampler.join().unwrap();
     let growth = peak.load(Ordering::Relaxed).saturating_sub(before);
     println!(
-        "DELETE ?all=true with {n} sessions: first byte {:.1} ms, whole map {:.2} s ({:.0} MiB, {} sessions), RSS before {:.1} MiB, peak growth while streaming {:.1} MiB",
+        "{}: DELETE ?all=true with {n} sessions: first byte {:.1} ms, whole map {:.2} s ({:.0} MiB, {} sessions), RSS before {:.1} MiB, peak growth while streaming {:.1} MiB",
+        engine.label(),
         first_byte.as_secs_f64() * 1e3,
         all.as_secs_f64(),
         total as f64 / 1048576.0,
-        (entries - 1) / 2,
+        entries.saturating_sub(1) / 2,
         before as f64 / 1024.0,
         growth as f64 / 1024.0
     );
 }
 
-fn creates(pki: &Path, state: &str, label: &str, seconds: u64, clients: usize) {
+fn creates_and_reads(pki: &Path, engine: &Engine, seconds: u64, clients: usize) {
     let token = std::fs::read_to_string(pki.join("session-store.token"))
         .unwrap()
         .trim()
         .to_string();
-    let server = start(pki, state, 1);
+    let server = start(pki, engine, 1);
     let url = format!(
         "https://localhost:{}/session-store/rest/v2/sessions",
         server.port
     );
     let count = Arc::new(AtomicU64::new(0));
+    let reads = Arc::new(AtomicU64::new(0));
     let deadline = Instant::now() + Duration::from_secs(seconds);
     let handles: Vec<_> = (0..clients)
         .map(|i| {
-            let (c, url, token, count) = (
+            let (c, url, token, count, reads) = (
                 client(pki, server.port),
                 url.clone(),
                 token.clone(),
                 count.clone(),
+                reads.clone(),
             );
             std::thread::spawn(move || {
-                let mut n = 0u64;
+                let mut sids = Vec::new();
                 while Instant::now() < deadline {
                     let r = c
                         .post(&url)
                         .bearer_auth(&token)
-                        .body(format!(r#"{{"sub":"load-{i}-{n}","acr":"1"}}"#))
+                        .body(format!(r#"{{"sub":"load-{i}-{}","acr":"1"}}"#, sids.len()))
                         .send()
                         .unwrap();
                     assert_eq!(r.status(), 201);
+                    let v: serde_json::Value = r.json().unwrap();
+                    sids.push(v["sid"].as_str().unwrap().to_string());
+                }
+                count.fetch_add(sids.len() as u64, Ordering::Relaxed);
+                // Then the same time of reads by SID (each a last-access update too).
+                let deadline = Instant::now() + Duration::from_secs(seconds);
+                let mut n = 0u64;
+                while Instant::now() < deadline && !sids.is_empty() {
+                    let sid = &sids[n as usize % sids.len()];
+                    let r = c
+                        .get(&url)
+                        .bearer_auth(&token)
+                        .header("SID", sid)
+                        .send()
+                        .unwrap();
+                    assert_eq!(r.status(), 200);
+                    let _ = r.bytes();
                     n += 1;
                 }
-                count.fetch_add(n, Ordering::Relaxed);
+                reads.fetch_add(n, Ordering::Relaxed);
             })
         })
         .collect();
     for h in handles {
         h.join().unwrap();
     }
-    let n = count.load(Ordering::Relaxed);
+    let (n, r) = (count.load(Ordering::Relaxed), reads.load(Ordering::Relaxed));
     println!(
-        "session create over TLS, {label}, {clients} keep-alive clients, 1 server thread: {n} in {seconds} s = {:.0}/s",
-        n as f64 / seconds as f64
+        "{}: over TLS, {clients} keep-alive clients, 1 server thread: create {:.0}/s, read by SID {:.0}/s",
+        engine.label(),
+        n as f64 / seconds as f64,
+        r as f64 / seconds as f64
     );
 }
 
@@ -287,13 +373,20 @@ fn main() {
         .status
         .success();
     assert!(ok);
-    delete_all(&pki, &dir.path().join("sessions.db"), n);
-    creates(&pki, ":memory:", ":memory:", seconds, 8);
-    creates(
-        &pki,
-        &dir.path().join("create.db").display().to_string(),
-        "durable file",
-        seconds,
-        8,
-    );
+    let engine = arg("--engine").unwrap_or_else(|| "both".into());
+    let redis = (engine != "redb").then(|| common::redis_server(&dir.path().join("redis"), false));
+    if engine != "redis" {
+        delete_all(&pki, &Engine::Redb(dir.path().join("sessions.db")), n);
+        creates_and_reads(&pki, &Engine::Memory, seconds, 8);
+        creates_and_reads(
+            &pki,
+            &Engine::Redb(dir.path().join("create.db")),
+            seconds,
+            8,
+        );
+    }
+    if let Some(r) = &redis {
+        delete_all(&pki, &Engine::Redis(r.port, "delete-all:".into()), n);
+        creates_and_reads(&pki, &Engine::Redis(r.port, "creates:".into()), seconds, 8);
+    }
 }

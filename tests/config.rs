@@ -365,3 +365,80 @@ fn shipped_config_and_dev_token_tour() {
         .starts_with("DPoP error=\"invalid_dpop_proof\""));
     assert_eq!(register(&token, None).status(), 401, "the downgrade");
 }
+
+#[test]
+fn state_redis_settings_are_checked_and_the_password_never_shown() {
+    let pki = Pki::new();
+    let with_state = |state: &str| format!("{GOOD}state: {state}\n");
+    // A good one, password from the environment.
+    let dir = tempfile::tempdir().unwrap();
+    let yaml = with_state(
+        r#"{redis: {url: "redis://127.0.0.1:6379/0", password: {env: BG_TEST_REDIS_PW}, wait_replicas: 1}}"#,
+    );
+    let config = dir.path().join("proxy.yaml");
+    std::fs::write(
+        &config,
+        yaml.replace("{PKI}", &pki.dir.path().display().to_string()),
+    )
+    .unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_bindgate"))
+        .args(["check", "-c"])
+        .arg(&config)
+        .env("BG_TEST_REDIS_PW", "s3cret-redis-pw")
+        .output()
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "{text}");
+    assert!(!text.contains("s3cret-redis-pw"), "{text}");
+
+    for (state, expected) in [
+        (
+            r#"{path: ":memory:", redis: {url: "redis://127.0.0.1:6379"}}"#,
+            "state: give one of path (redb) and redis, not both",
+        ),
+        (r#"{redis: {key_prefix: "x:"}}"#, "state.redis: give url"),
+        (
+            r#"{redis: {url: "redis://a:1", cluster: ["redis://b:1"]}}"#,
+            "state.redis: give one of url and cluster",
+        ),
+        (
+            r#"{redis: {url: "http://127.0.0.1:6379"}}"#,
+            "state.redis.url: must start with redis:// or rediss://",
+        ),
+        (
+            r#"{redis: {cluster: ["redis://a:1", "tcp://b:2"]}}"#,
+            "state.redis.cluster[1]: must start with redis://",
+        ),
+        (
+            r#"{redis: {cluster: []}}"#,
+            "state.redis.cluster: lists no seed URL",
+        ),
+        (
+            r#"{redis: {url: "redis://a:1", password: {sha256: "00"}}}"#,
+            "state.redis.password: bindgate presents this secret",
+        ),
+        (
+            r#"{redis: {url: "redis://a:1", password: {env: BG_TEST_UNSET_VARIABLE}}}"#,
+            "state.redis.password: env: variable BG_TEST_UNSET_VARIABLE is not set",
+        ),
+        (
+            r#"{redis: {cluster: ["redis://a:1"], wait_replicas: 2}}"#,
+            "state.redis.wait_replicas: is not supported with cluster",
+        ),
+        (
+            r#"{redis: {url: "redis://a:1", colour: red}}"#,
+            "state.redis.colour: unknown key",
+        ),
+    ] {
+        let (ok, out) = check(&pki, &with_state(state));
+        assert!(!ok, "{state} passed");
+        assert!(
+            out.contains(expected),
+            "{state}: wanted {expected:?} in\n{out}"
+        );
+    }
+}

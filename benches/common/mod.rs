@@ -150,3 +150,43 @@ pub fn tls_floor(port: u16, cert: &std::path::Path, key: &std::path::Path, ca: &
         }
     });
 }
+
+/// A `redis-server` on a free loopback port with every write on disk before it answers
+/// (`appendonly yes`, `appendfsync always`: the README's durable setting), in `dir`; stopped when
+/// dropped. On CPU 0 with the harness when `pin`.
+pub fn redis_server(dir: &std::path::Path, pin: bool) -> Running {
+    let port = free_port();
+    std::fs::create_dir_all(dir).unwrap();
+    let mut cmd = if pin {
+        let mut c = std::process::Command::new("taskset");
+        c.args(["-c", "0", "redis-server"]);
+        c
+    } else {
+        std::process::Command::new("redis-server")
+    };
+    let child = cmd
+        .args([
+            "--port",
+            &port.to_string(),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+        ])
+        .args(["--appendonly", "yes", "--appendfsync", "always"])
+        .arg("--dir")
+        .arg(dir)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("redis-server (apt-get install -y redis-server)");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "redis-server did not start"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    Running { child, port }
+}
