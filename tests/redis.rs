@@ -131,7 +131,7 @@ impl Node {
 
     fn create_session(&self, subject: &str) -> String {
         let o = self.sessions("POST", "", None, Some(&json!({"sub": subject})));
-        assert_eq!(o.status, 201, "{:?}", o.body);
+        assert_eq!(o.status, 201, "{:?}\n{}", o.body, self.bg.logs().lines().filter(|l| l.contains("ERROR")).collect::<Vec<_>>().join("\n"));
         o.body["sid"].as_str().unwrap().to_string()
     }
 
@@ -580,4 +580,38 @@ fn redis_down_then_back_without_restart_and_nothing_acknowledged_lost() {
             );
         }
     });
+}
+
+#[test]
+fn wait_replicas_holds_the_answer_until_a_replica_has_the_write() {
+    // Replication starts at once (Redis 7 waits 5 s for more replicas by default).
+    let primary = RedisServer::start_with(&["--repl-diskless-sync-delay", "0"]);
+    let replica = RedisServer::start_with(&["--replicaof", "127.0.0.1", &primary.port.to_string()]);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !primary
+        .cli(&["INFO", "replication"])
+        .contains("connected_slaves:1")
+    {
+        assert!(Instant::now() < deadline, "the replica did not connect");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let state = format!(
+        r#"{{redis: {{url: "{}", key_prefix: "bg-wait:", wait_replicas: 1}}}}"#,
+        primary.url()
+    );
+    let p = pair(&state, false);
+    let sid = p.a.create_session("wendy");
+    // Acknowledged: on the replica too.
+    let gen = primary.cli(&["GET", "bg-wait:gen"]);
+    let key = format!(
+        "bg-wait:s:{}:{sid}",
+        if gen.is_empty() { "0" } else { &gen }
+    );
+    assert_eq!(replica.cli(&["EXISTS", &key]), "1");
+    // Without a replica, a write cannot be acknowledged: 503, never a silent 201.
+    drop(replica);
+    let o =
+        p.a.sessions("POST", "", None, Some(&json!({"sub": "walter"})));
+    assert_eq!(o.status, 503, "{:?}", o.body);
+    assert_eq!(o.body["error"], "temporarily_unavailable");
 }

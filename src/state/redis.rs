@@ -41,6 +41,8 @@ fn fail(e: impl std::fmt::Display) -> StoreError {
 /// How long one Redis command may take before the request gets a 503.
 const RESPONSE_TIMEOUT: Duration = Duration::from_secs(2);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
+/// How long an acknowledged write waits for `wait_replicas` replicas before it is a 503.
+const WAIT_TIMEOUT: Duration = Duration::from_millis(1500);
 /// Keys per `SCAN` / `SSCAN` step.
 const SCAN_COUNT: usize = 512;
 
@@ -240,11 +242,12 @@ impl RedisStore {
         if n == 0 || commit == Commit::Lazy {
             return Ok(());
         }
+        // Redis' own wait ends before the client's response timeout would.
         let acked: u32 = self
             .query(
                 redis::cmd("WAIT")
                     .arg(n)
-                    .arg(RESPONSE_TIMEOUT.as_millis() as u64),
+                    .arg(WAIT_TIMEOUT.as_millis() as u64),
             )
             .await?;
         if acked < n {
@@ -599,8 +602,21 @@ impl RedisStore {
                                     .arg(&sid_owned),
                             )
                             .await;
+                        me.index_add(g, &subject, &sid_owned, expires).await?;
+                    } else {
+                        // Same subject: the index only has to live as long as the session.
+                        let index = me.index_key(g, &subject);
+                        let mut touch = redis::cmd(if expires.is_some() {
+                            "EXPIREAT"
+                        } else {
+                            "PERSIST"
+                        });
+                        touch.arg(&index);
+                        if let Some(at) = expires {
+                            touch.arg(at.max(1)).arg("GT");
+                        }
+                        me.query::<i64>(&touch).await?;
                     }
-                    me.index_add(g, &subject, &sid_owned, expires).await?;
                     me.replicated(commit).await?;
                 }
                 Ok(r)
