@@ -96,7 +96,9 @@ impl PlaceMetrics {
     }
 }
 
-pub struct Gateway {
+/// Everything a request is decided by that a reload may replace: a request takes the one
+/// current when it starts and finishes on it, whatever is reloaded meanwhile.
+pub struct Live {
     router: Router,
     /// By `Router::place`, then one for requests refused before routing.
     place_metrics: Vec<PlaceMetrics>,
@@ -114,6 +116,8 @@ const LINGER_TIME: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// What one request learnt on its way through the filters.
 pub struct RequestCtx {
+    /// The configuration this request runs on, from its first hook to its log line.
+    live: Arc<Live>,
     started: Instant,
     /// The one reading of the request target: what is routed, authorised and forwarded.
     target: Option<RequestTarget>,
@@ -130,7 +134,7 @@ pub struct RequestCtx {
     quiet_delete: bool,
 }
 
-impl Gateway {
+impl Live {
     pub fn new(
         config: &Config,
         authoriser: Authoriser,
@@ -157,7 +161,7 @@ impl Gateway {
             ));
         }
         place_metrics.push(PlaceMetrics::new(&metrics, "none", "none"));
-        Ok(Gateway {
+        Ok(Live {
             router,
             place_metrics,
             authoriser,
@@ -167,6 +171,10 @@ impl Gateway {
             linger_bytes: config.server.max_body.saturating_mul(4).max(1 << 20),
             metrics,
         })
+    }
+
+    pub fn authoriser(&self) -> &Authoriser {
+        &self.authoriser
     }
 
     /// Answers the request with `rejection` and ends it.
@@ -427,12 +435,118 @@ fn served_host(
     Ok(String::from_utf8_lossy(host).into_owned())
 }
 
+/// The proxy: each request runs on the [`Live`] configuration current when it starts.
+pub struct Gateway {
+    live: Arc<arc_swap::ArcSwap<Live>>,
+}
+
+impl Gateway {
+    pub fn new(live: Arc<arc_swap::ArcSwap<Live>>) -> Self {
+        Gateway { live }
+    }
+}
+
 #[async_trait]
 impl ProxyHttp for Gateway {
     type CTX = RequestCtx;
 
     fn new_ctx(&self) -> RequestCtx {
+        RequestCtx::new(self.live.load_full())
+    }
+
+    async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
+        let live = ctx.live.clone();
+        live.request_filter(session, ctx).await
+    }
+
+    async fn request_body_filter(
+        &self,
+        session: &mut Session,
+        body: &mut Option<Bytes>,
+        end_of_stream: bool,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        let live = ctx.live.clone();
+        live.request_body_filter(session, body, end_of_stream, ctx)
+            .await
+    }
+
+    async fn upstream_peer(
+        &self,
+        session: &mut Session,
+        ctx: &mut RequestCtx,
+    ) -> Result<Box<HttpPeer>> {
+        let live = ctx.live.clone();
+        live.upstream_peer(session, ctx).await
+    }
+
+    async fn upstream_request_filter(
+        &self,
+        session: &mut Session,
+        upstream_request: &mut RequestHeader,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        let live = ctx.live.clone();
+        live.upstream_request_filter(session, upstream_request, ctx)
+            .await
+    }
+
+    async fn response_filter(
+        &self,
+        session: &mut Session,
+        upstream_response: &mut pingora::http::ResponseHeader,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        let live = ctx.live.clone();
+        live.response_filter(session, upstream_response, ctx).await
+    }
+
+    fn response_body_filter(
+        &self,
+        session: &mut Session,
+        body: &mut Option<Bytes>,
+        end_of_stream: bool,
+        ctx: &mut RequestCtx,
+    ) -> Result<Option<std::time::Duration>> {
+        let live = ctx.live.clone();
+        live.response_body_filter(session, body, end_of_stream, ctx)
+    }
+
+    fn request_summary(&self, session: &Session, ctx: &RequestCtx) -> String {
+        ctx.live.request_summary(session, ctx)
+    }
+
+    fn fail_to_connect(
+        &self,
+        session: &mut Session,
+        peer: &HttpPeer,
+        ctx: &mut RequestCtx,
+        e: Box<Error>,
+    ) -> Box<Error> {
+        let live = ctx.live.clone();
+        live.fail_to_connect(session, peer, ctx, e)
+    }
+
+    async fn fail_to_proxy(
+        &self,
+        session: &mut Session,
+        e: &Error,
+        ctx: &mut RequestCtx,
+    ) -> FailToProxy {
+        let live = ctx.live.clone();
+        live.fail_to_proxy(session, e, ctx).await
+    }
+
+    async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut RequestCtx) {
+        let live = ctx.live.clone();
+        live.logging(session, e, ctx).await
+    }
+}
+
+impl RequestCtx {
+    fn new(live: Arc<Live>) -> Self {
         RequestCtx {
+            live,
             started: Instant::now(),
             target: None,
             operation: None,
@@ -445,7 +559,10 @@ impl ProxyHttp for Gateway {
             quiet_delete: false,
         }
     }
+}
 
+/// The proxy's hooks, on one configuration.
+impl Live {
     async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
         ctx.peer_certificate = tls::peer_certificate(session.digest());
         let (target, served_host, operation) = match self.decide(session) {

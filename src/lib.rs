@@ -12,6 +12,7 @@ pub mod fuzzing;
 pub mod gateway;
 pub mod metrics;
 pub mod rejection;
+pub mod reload;
 pub mod routing;
 pub mod serve;
 pub mod state;

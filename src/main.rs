@@ -21,6 +21,16 @@ enum Command {
     Run {
         #[arg(short, long, default_value = "proxy.yaml")]
         config: PathBuf,
+        /// Take the listening sockets over from the running bindgate (binary upgrade): start
+        /// this, then send SIGQUIT to the old process, which hands them over and drains.
+        #[arg(long)]
+        upgrade: bool,
+    },
+    /// Check the configuration file, then tell the running bindgate (named by
+    /// `server.pid_file`) to reload it (SIGHUP).
+    Reload {
+        #[arg(short, long, default_value = "proxy.yaml")]
+        config: PathBuf,
     },
     /// Validate the configuration file: exit 0, or print every problem and exit 1.
     Check {
@@ -236,10 +246,53 @@ fn dev_token(a: DevTokenArgs) -> Result<String, String> {
     bindgate::devtoken::sign_es256(&key, &kid, &claims)
 }
 
+/// `bindgate reload`: the file is checked here first, so that a broken one is reported to the
+/// operator at once (the running process would refuse it too, and keep its configuration).
+fn reload(path: &std::path::Path) -> ExitCode {
+    let config = match bindgate::config::load(path) {
+        Ok(c) => c,
+        Err(e) => {
+            eprint!("{e}");
+            eprintln!("not reloaded: the running bindgate keeps its configuration");
+            return ExitCode::from(2);
+        }
+    };
+    let Some(pid_file) = config.server.pid_file else {
+        eprintln!("server.pid_file is not set: send SIGHUP to the bindgate process yourself");
+        return ExitCode::FAILURE;
+    };
+    let pid = match std::fs::read_to_string(&pid_file) {
+        Ok(p) => match p.trim().parse::<u32>() {
+            Ok(pid) if pid > 1 => pid,
+            _ => {
+                eprintln!("{}: does not hold a process id", pid_file.display());
+                return ExitCode::FAILURE;
+            }
+        },
+        Err(e) => {
+            eprintln!("{}: {e} (is bindgate running?)", pid_file.display());
+            return ExitCode::FAILURE;
+        }
+    };
+    let sent = std::process::Command::new("kill")
+        .args(["-HUP", &pid.to_string()])
+        .status()
+        .is_ok_and(|s| s.success());
+    if !sent {
+        eprintln!("cannot signal process {pid} (named by {})", pid_file.display());
+        return ExitCode::FAILURE;
+    }
+    println!(
+        "{}: ok; SIGHUP sent to bindgate (pid {pid}): see its log and bindgate_config_reloads_total",
+        path.display()
+    );
+    ExitCode::SUCCESS
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
-        Command::Run { config } => {
+        Command::Run { config, upgrade } => {
             // Held until the process ends: dropping it flushes what is queued.
             let _log = init_logging();
             let config = match bindgate::config::load(&config) {
@@ -249,7 +302,7 @@ fn main() -> ExitCode {
                     return ExitCode::from(2);
                 }
             };
-            match bindgate::serve::run(config) {
+            match bindgate::serve::run(config, upgrade) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     eprintln!("bindgate: {e}");
@@ -257,6 +310,7 @@ fn main() -> ExitCode {
                 }
             }
         }
+        Command::Reload { config } => reload(&config),
         Command::Check { config } => match bindgate::config::load(&config) {
             Ok(_) => {
                 println!("{}: ok", config.display());

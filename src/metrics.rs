@@ -1,8 +1,10 @@
 //! Prometheus metrics, in a registry of bindgate's own (served by the admin listener).
 
 use prometheus::{
-    Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, Opts, Registry, TextEncoder,
+    Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
+    TextEncoder,
 };
+use std::sync::atomic::{AtomicI64, Ordering};
 
 pub struct Metrics {
     registry: Registry,
@@ -29,6 +31,11 @@ pub struct Metrics {
     pub verified_cache_revoked: IntCounter,
     /// DPoP proofs by result (`accepted`, `refused`) and reason of a refusal.
     pub dpop_proofs: IntCounterVec,
+    /// Configuration reloads by result (`ok`, `failed`, `certificates`).
+    pub reloads: IntCounterVec,
+    /// Seconds until the served certificate's `notAfter` (negative once expired).
+    certificate_expiry_seconds: IntGauge,
+    certificate_not_after: AtomicI64,
 }
 
 impl Metrics {
@@ -91,8 +98,23 @@ impl Metrics {
             &["result", "reason"],
         )
         .expect("static metric definition");
+        let reloads = IntCounterVec::new(
+            Opts::new(
+                "config_reloads_total",
+                "Configuration reloads by result (ok, failed, certificates: new certificate files)",
+            ),
+            &["result"],
+        )
+        .expect("static metric definition");
+        let certificate_expiry_seconds = IntGauge::new(
+            "server_certificate_expiry_seconds",
+            "Seconds until the served certificate expires",
+        )
+        .expect("static metric definition");
         for m in [
-            Box::new(dpop_proofs.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(reloads.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(certificate_expiry_seconds.clone()),
+            Box::new(dpop_proofs.clone()),
             Box::new(requests.clone()),
             Box::new(latency.clone()),
             Box::new(rejections.clone()),
@@ -120,6 +142,27 @@ impl Metrics {
             verified_cache_revoked: verified_cache.with_label_values(&["revoked"]),
             dpop_proofs,
             verified_cache,
+            reloads,
+            certificate_expiry_seconds,
+            certificate_not_after: AtomicI64::new(0),
+        }
+    }
+
+    /// The served certificate expires at `not_after` (seconds since the epoch).
+    pub fn certificate_expiry(&self, not_after: i64) {
+        self.certificate_not_after.store(not_after, Ordering::Relaxed);
+        self.tick();
+    }
+
+    /// Brings time-based gauges up to date (called every second and at every scrape).
+    pub fn tick(&self) {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs() as i64)
+            .unwrap_or(0);
+        let not_after = self.certificate_not_after.load(Ordering::Relaxed);
+        if not_after != 0 {
+            self.certificate_expiry_seconds.set(not_after - now);
         }
     }
 
@@ -132,6 +175,7 @@ impl Metrics {
 
     /// The Prometheus text exposition of every metric.
     pub fn render(&self) -> Vec<u8> {
+        self.tick();
         let mut out = Vec::new();
         let _ = TextEncoder::new().encode(&self.registry.gather(), &mut out);
         out

@@ -12,8 +12,8 @@ use std::time::Duration;
 
 use crate::admin::{AdminApp, Readiness};
 use crate::auth::jwks::JwksRefresher;
-use crate::auth::Authoriser;
 use crate::config::Config;
+use crate::reload::Control;
 use crate::gateway::Gateway;
 use crate::metrics::Metrics;
 use crate::tls;
@@ -24,8 +24,9 @@ use crate::tls;
 struct Housekeeping {
     probe: ListenerProbe,
     purge: Option<crate::state::SessionPurger>,
-    jwks: Option<JwksRefresher>,
+    jwks: JwksRefresher,
     state: Option<StateProbe>,
+    operator: Operator,
 }
 
 #[async_trait]
@@ -36,17 +37,19 @@ impl BackgroundService for Housekeeping {
                 p.start(shutdown.clone()).await
             }
         };
-        let jwks = async {
-            if let Some(j) = &self.jwks {
-                j.start(shutdown.clone()).await
-            }
-        };
+        let jwks = self.jwks.start(shutdown.clone());
         let state = async {
             if let Some(s) = &self.state {
                 s.start(shutdown.clone()).await
             }
         };
-        tokio::join!(self.probe.start(shutdown.clone()), purge, jwks, state);
+        tokio::join!(
+            self.probe.start(shutdown.clone()),
+            purge,
+            jwks,
+            state,
+            self.operator.start(shutdown.clone())
+        );
     }
 }
 
@@ -154,11 +157,18 @@ fn check_bindable(key: &str, address: SocketAddr) -> Result<(), String> {
 }
 
 /// Runs bindgate until SIGTERM (graceful, within `server.grace_period`) or SIGINT (at once).
-pub fn run(config: Config) -> Result<(), String> {
-    check_bindable("listen.address", config.listen.address)?;
-    if let Some(admin) = &config.admin {
-        check_bindable("admin.address", admin.address)?;
+/// With `upgrade`, takes the listening sockets over from the running bindgate (which hands them
+/// over on SIGQUIT and drains) instead of binding them.
+pub fn run(config: Config, upgrade: bool) -> Result<(), String> {
+    if !upgrade {
+        check_bindable("listen.address", config.listen.address)?;
+        if let Some(admin) = &config.admin {
+            check_bindable("admin.address", admin.address)?;
+        }
     }
+    // SIGHUP reloads; its handler is installed before anything else runs, so that an early
+    // SIGHUP never takes the default action (terminating the process).
+    install_hangup_handler()?;
 
     let mut conf = ServerConf {
         threads: config.server.threads,
@@ -168,42 +178,35 @@ pub fn run(config: Config) -> Result<(), String> {
         // One current-thread runtime per thread (Pingora's "no steal" mode): no cross-thread
         // wake-ups for a proxy whose connections are independent.
         work_stealing: false,
+        upgrade_sock: config.server.upgrade_sock.display().to_string(),
         ..ServerConf::default()
     };
     conf.upstream_keepalive_pool_size = 128;
-    let mut server = Server::new_with_opt_and_conf(None, conf);
+    let opt = pingora::server::configuration::Opt {
+        upgrade,
+        ..Default::default()
+    };
+    let mut server = Server::new_with_opt_and_conf(Some(opt), conf);
+    // With `upgrade`: waits here for the old process's listening sockets.
     server.bootstrap();
 
     let metrics = Arc::new(Metrics::new());
     let readiness = Arc::new(Readiness::new(config.jwks.is_some()));
+    let pid_file = config.server.pid_file.clone();
+    let listen = config.listen.address;
+    let admin_address = config.admin.as_ref().map(|a| a.address);
+    let threads = config.server.threads;
+    let source = config.source.clone();
+    let control = Control::start(config, metrics.clone(), readiness.clone())?;
 
-    let embedded = config.registration.target == crate::config::Target::Embedded
-        || config.session_store.target == crate::config::Target::Embedded;
-    // The storage engine: for the embedded targets, and with Redis for the shared replay
-    // cache of DPoP proofs too.
-    let store = if embedded || config.state.redis.is_some() {
-        Some(crate::state::Store::open_state(&config.state)?)
-    } else {
-        None
-    };
-    let shared = store.clone().filter(|s| s.redis().is_some());
-    let (authoriser, key_store) =
-        Authoriser::new(&config, metrics.clone(), readiness.clone(), shared.clone())?;
-    let state = match (&store, embedded) {
-        (Some(store), true) => Some(crate::state::StateService::with_store(
-            &config,
-            store.clone(),
-        )),
-        _ => None,
-    };
-    let gateway = Gateway::new(&config, authoriser, state.clone(), metrics.clone())?;
+    let gateway = Gateway::new(control.live.clone());
     let mut proxy =
         pingora::proxy::http_proxy_service_with_name(&server.configuration, gateway, "bindgate");
-    let settings = tls::settings(&config.listen.tls)?;
-    proxy.add_tls_with_settings(&config.listen.address.to_string(), None, settings);
+    let settings = tls::settings(control.tls.clone())?;
+    proxy.add_tls_with_settings(&listen.to_string(), None, settings);
     server.add_service(proxy);
 
-    if let Some(admin) = &config.admin {
+    if let Some(address) = admin_address {
         let mut service = Service::new(
             "admin".to_string(),
             AdminApp {
@@ -212,36 +215,109 @@ pub fn run(config: Config) -> Result<(), String> {
             },
         );
         service.threads = Some(1);
-        service.add_tcp(&admin.address.to_string());
+        service.add_tcp(&address.to_string());
         server.add_service(service);
     }
 
     // One thread for all background work: the listener probe, the session purge, the key
-    // refresh (each would otherwise get a runtime thread of its own).
+    // refresh, the state probe, reloads (each would otherwise get a runtime thread of its own).
+    let purge = control.store().map(|store| crate::state::SessionPurger {
+        state: crate::state::StateService::with_store(&control.config(), store),
+        interval: Duration::from_secs(60),
+    });
     server.add_service(background_service(
         "housekeeping",
         Housekeeping {
             probe: ListenerProbe {
-                address: config.listen.address,
+                address: listen,
                 readiness: readiness.clone(),
             },
-            purge: state.map(|state| crate::state::SessionPurger {
-                state,
-                interval: Duration::from_secs(60),
-            }),
-            jwks: key_store.map(|store| JwksRefresher { store }),
-            state: shared.map(|store| StateProbe {
+            purge,
+            jwks: JwksRefresher {
+                stores: control.keys.clone(),
+            },
+            state: control.shared_store().map(|store| StateProbe {
                 store,
                 readiness: readiness.clone(),
             }),
+            operator: Operator {
+                control: control.clone(),
+                metrics: metrics.clone(),
+            },
         },
     ));
 
+    if let Some(path) = &pid_file {
+        std::fs::write(path, format!("{}\n", std::process::id()))
+            .map_err(|e| format!("server.pid_file: {}: {e}", path.display()))?;
+    }
     tracing::info!(
-        config = %config.source.display(),
-        threads = config.server.threads,
+        config = %source.display(),
+        threads,
+        upgrade,
         "bindgate starting"
     );
     server.run(pingora::server::RunArgs::default());
+    // After an upgrade the file names the new process: only our own pid is removed.
+    if let Some(path) = &pid_file {
+        let ours = std::fs::read_to_string(path)
+            .is_ok_and(|p| p.trim() == std::process::id().to_string());
+        if ours {
+            let _ = std::fs::remove_file(path);
+        }
+    }
     Ok(())
+}
+
+fn install_hangup_handler() -> Result<(), String> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| format!("signal setup: {e}"))?;
+    // The handler stays installed for the life of the process once registered.
+    rt.block_on(async { tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) })
+        .map(drop)
+        .map_err(|e| format!("signal setup: {e}"))
+}
+
+/// Reloads on SIGHUP; watches the certificate files (`listen.tls.watch`); keeps time-based
+/// gauges current.
+struct Operator {
+    control: Arc<Control>,
+    metrics: Arc<Metrics>,
+}
+
+#[async_trait]
+impl BackgroundService for Operator {
+    async fn start(&self, mut shutdown: ShutdownWatch) {
+        let mut hangup =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
+                Ok(s) => Some(s),
+                Err(e) => {
+                    tracing::error!("SIGHUP cannot be received, reload by signal is off: {e}");
+                    None
+                }
+            };
+        loop {
+            let signalled = async {
+                match hangup.as_mut() {
+                    Some(h) => h.recv().await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                _ = shutdown.changed() => return,
+                _ = signalled => {
+                    tracing::info!(target: "bindgate::reload", "SIGHUP: reloading the configuration");
+                    let _ = self.control.reload().await;
+                }
+                _ = tokio::time::sleep(Duration::from_secs(1)) => {
+                    if self.control.config().listen.tls.watch {
+                        self.control.reload_certificates_if_changed().await;
+                    }
+                    self.metrics.tick();
+                }
+            }
+        }
+    }
 }

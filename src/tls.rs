@@ -1,21 +1,212 @@
-//! Downstream TLS: the listener's settings and the capture of the client certificate.
+//! Downstream TLS: the listener's settings, the certificate, key and client CA served (swapped
+//! atomically on reload or when their files change), and the capture of the client
+//! certificate.
 
+use arc_swap::ArcSwap;
 use async_trait::async_trait;
 use pingora::listeners::tls::TlsSettings;
 use pingora::listeners::TlsAccept;
 use pingora::protocols::tls::TlsRef;
-use pingora::tls::ssl::{SslFiletype, SslVerifyMode};
-use pingora::tls::x509::X509Name;
+use pingora::tls::pkey::{PKey, Private};
+use pingora::tls::ssl::SslVerifyMode;
+use openssl::stack::Stack;
+use pingora::tls::x509::store::{X509Store, X509StoreBuilder};
+use pingora::tls::x509::{X509Name, X509};
 use std::any::Any;
 use std::sync::Arc;
+use std::time::SystemTime;
 
 use crate::certificate::PeerCertificate;
 use crate::config::{ClientAuth, ListenTls};
 
-struct CaptureClientCertificate;
+/// What the listener presents and asks for, read from the files once per load.
+pub struct Material {
+    /// Leaf first, then the chain.
+    chain: Vec<X509>,
+    key: PKey<Private>,
+    client_auth: ClientAuth,
+    /// None: self-signed client certificates are accepted as they are (RFC 8705 §2.2).
+    client_ca: Option<Vec<X509>>,
+    /// The served certificate's `notAfter`, seconds since the epoch.
+    pub not_after: i64,
+    /// What the files were when read: a watcher reloads when this changes.
+    pub stamp: Vec<FileStamp>,
+}
+
+/// A file's identity and modification time: an atomic rename changes the inode, an edit the
+/// time or size.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FileStamp {
+    inode: u64,
+    modified: Option<SystemTime>,
+    len: u64,
+}
+
+/// The stamps of the files `tls` names (missing files stamp as zero).
+pub fn stamps(tls: &ListenTls) -> Vec<FileStamp> {
+    use std::os::unix::fs::MetadataExt;
+    std::iter::once(&tls.cert)
+        .chain(std::iter::once(&tls.key))
+        .chain(tls.client_ca.iter())
+        .map(|p| match std::fs::metadata(p) {
+            Ok(m) => FileStamp {
+                inode: m.ino(),
+                modified: m.modified().ok(),
+                len: m.len(),
+            },
+            Err(_) => FileStamp {
+                inode: 0,
+                modified: None,
+                len: 0,
+            },
+        })
+        .collect()
+}
+
+impl Material {
+    /// Reads and checks certificate, key (they must match) and client CA.
+    pub fn load(tls: &ListenTls) -> Result<Material, String> {
+        let stamp = stamps(tls);
+        let pem = std::fs::read(&tls.cert)
+            .map_err(|e| format!("listen.tls.cert: {}: {e}", tls.cert.display()))?;
+        let chain = X509::stack_from_pem(&pem)
+            .ok()
+            .filter(|c| !c.is_empty())
+            .ok_or_else(|| {
+                format!(
+                    "listen.tls.cert: {} holds no PEM certificate",
+                    tls.cert.display()
+                )
+            })?;
+        let key_pem = std::fs::read(&tls.key)
+            .map_err(|e| format!("listen.tls.key: {}: {e}", tls.key.display()))?;
+        let key = PKey::private_key_from_pem(&key_pem).map_err(|_| {
+            format!(
+                "listen.tls.key: {} holds no PEM private key",
+                tls.key.display()
+            )
+        })?;
+        let leaf_key = chain[0]
+            .public_key()
+            .map_err(|e| format!("listen.tls.cert: {e}"))?;
+        if !leaf_key.public_eq(&key) {
+            return Err("listen.tls.key: does not match the certificate".into());
+        }
+        let client_ca = match (&tls.client_ca, tls.client_auth) {
+            (_, ClientAuth::None) | (None, _) => None,
+            (Some(ca), _) => {
+                let pem = std::fs::read(ca)
+                    .map_err(|e| format!("listen.tls.client_ca: {}: {e}", ca.display()))?;
+                let certs = X509::stack_from_pem(&pem)
+                    .ok()
+                    .filter(|c| !c.is_empty())
+                    .ok_or_else(|| {
+                        format!(
+                            "listen.tls.client_ca: {} holds no PEM certificate",
+                            ca.display()
+                        )
+                    })?;
+                Some(certs)
+            }
+        };
+        let not_after = not_after_unix(&chain[0]);
+        Ok(Material {
+            chain,
+            key,
+            client_auth: tls.client_auth,
+            client_ca,
+            not_after,
+            stamp,
+        })
+    }
+
+    fn store(&self) -> Option<(X509Store, Stack<X509Name>)> {
+        let certs = self.client_ca.as_ref()?;
+        let mut store = X509StoreBuilder::new().ok()?;
+        let mut names = Stack::new().ok()?;
+        for c in certs {
+            store.add_cert(c.clone()).ok()?;
+            names.push(c.subject_name().to_owned().ok()?).ok()?;
+        }
+        Some((store.build(), names))
+    }
+
+    /// Puts this material on one handshake.
+    fn apply(&self, ssl: &mut TlsRef) {
+        let Some(leaf) = self.chain.first() else {
+            return;
+        };
+        if ssl.set_certificate(leaf).is_err() || ssl.set_private_key(&self.key).is_err() {
+            tracing::error!("TLS: the certificate could not be set on a handshake");
+            return;
+        }
+        for c in &self.chain[1..] {
+            let _ = ssl.add_chain_cert(c.clone());
+        }
+        let mode = match self.client_auth {
+            ClientAuth::None => {
+                ssl.set_verify(SslVerifyMode::NONE);
+                return;
+            }
+            ClientAuth::Optional => SslVerifyMode::PEER,
+            ClientAuth::Required => SslVerifyMode::PEER | SslVerifyMode::FAIL_IF_NO_PEER_CERT,
+        };
+        match self.store() {
+            Some((store, names)) => {
+                if ssl.set_verify_cert_store(store).is_err() {
+                    // Fail closed: without the CA store no client certificate verifies.
+                    tracing::error!("TLS: the client CA could not be set on a handshake");
+                }
+                ssl.set_client_ca_list(names);
+                ssl.set_verify(mode);
+            }
+            None => ssl.set_verify_callback(mode, |_, _| true),
+        }
+    }
+}
+
+fn not_after_unix(cert: &X509) -> i64 {
+    let Ok(epoch) = openssl::asn1::Asn1Time::from_unix(0) else {
+        return 0;
+    };
+    epoch
+        .diff(cert.not_after())
+        .map(|d| i64::from(d.days) * 86_400 + i64::from(d.secs))
+        .unwrap_or(0)
+}
+
+/// The material being served; replaced as a whole.
+pub struct ServerTls {
+    current: ArcSwap<Material>,
+}
+
+impl ServerTls {
+    pub fn new(material: Material) -> Arc<Self> {
+        Arc::new(ServerTls {
+            current: ArcSwap::from_pointee(material),
+        })
+    }
+
+    pub fn current(&self) -> Arc<Material> {
+        self.current.load_full()
+    }
+
+    /// New handshakes present `material`; established connections keep theirs.
+    pub fn replace(&self, material: Material) {
+        self.current.store(Arc::new(material));
+    }
+}
+
+struct Callbacks {
+    tls: Arc<ServerTls>,
+}
 
 #[async_trait]
-impl TlsAccept for CaptureClientCertificate {
+impl TlsAccept for Callbacks {
+    async fn certificate_callback(&self, ssl: &mut TlsRef) {
+        self.tls.current.load().apply(ssl);
+    }
+
     async fn handshake_complete_callback(
         &self,
         ssl: &TlsRef,
@@ -36,49 +227,16 @@ pub fn peer_certificate(digest: Option<&pingora::protocols::Digest>) -> Option<P
         .cloned()
 }
 
-/// The listener's TLS settings: HTTP/2 and HTTP/1.1 by ALPN, client certificates as configured.
-pub fn settings(tls: &ListenTls) -> Result<TlsSettings, String> {
-    let mut settings = TlsSettings::with_callbacks(Box::new(CaptureClientCertificate))
-        .map_err(|e| format!("TLS: {e}"))?;
-    settings
-        .set_certificate_chain_file(&tls.cert)
-        .map_err(|e| format!("listen.tls.cert: {}: {e}", tls.cert.display()))?;
-    settings
-        .set_private_key_file(&tls.key, SslFiletype::PEM)
-        .map_err(|e| format!("listen.tls.key: {}: {e}", tls.key.display()))?;
-    settings
-        .check_private_key()
-        .map_err(|e| format!("listen.tls.key: does not match the certificate: {e}"))?;
+/// The listener's TLS settings: HTTP/2 and HTTP/1.1 by ALPN; certificate, key and client
+/// certificates from `tls` at every handshake.
+pub fn settings(tls: Arc<ServerTls>) -> Result<TlsSettings, String> {
+    let mut settings =
+        TlsSettings::with_callbacks(Box::new(Callbacks { tls })).map_err(|e| format!("TLS: {e}"))?;
     settings.enable_h2();
     // Without a session id context a client's resumed handshake fails once it has sent a
     // certificate ("session id context uninitialized").
     settings
         .set_session_id_context(b"bindgate")
         .map_err(|e| format!("TLS session id context: {e}"))?;
-
-    let mut mode = match tls.client_auth {
-        ClientAuth::None => SslVerifyMode::NONE,
-        ClientAuth::Optional => SslVerifyMode::PEER,
-        ClientAuth::Required => SslVerifyMode::PEER | SslVerifyMode::FAIL_IF_NO_PEER_CERT,
-    };
-    if tls.client_auth == ClientAuth::None {
-        mode = SslVerifyMode::NONE;
-        settings.set_verify(mode);
-        return Ok(settings);
-    }
-    match &tls.client_ca {
-        Some(ca) => {
-            settings.set_verify(mode);
-            settings
-                .set_ca_file(ca)
-                .map_err(|e| format!("listen.tls.client_ca: {}: {e}", ca.display()))?;
-            let names = X509Name::load_client_ca_file(ca)
-                .map_err(|e| format!("listen.tls.client_ca: {}: {e}", ca.display()))?;
-            settings.set_client_ca_list(names);
-        }
-        // RFC 8705 §2.2: self-signed certificates are accepted as they are; the binding of the
-        // token to the certificate's thumbprint is what ties the client to it.
-        None => settings.set_verify_callback(mode, |_, _| true),
-    }
     Ok(settings)
 }

@@ -150,6 +150,12 @@ impl ProofChecker {
         })
     }
 
+    /// Takes over the replay cache and the nonce key of the checker a reload replaces.
+    pub fn adopt(&mut self, old: &ProofChecker) {
+        self.seen = old.seen.clone();
+        self.nonce_key = old.nonce_key.clone();
+    }
+
     /// How long a proof is acceptable (`max_age` + leeway): a replay cache must remember
     /// a proof this long.
     pub fn window(&self) -> Duration {

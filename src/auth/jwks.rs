@@ -342,31 +342,46 @@ impl KeyStore {
 /// Background refresh every `refresh_interval`; after a failure, retries back off from 250 ms up
 /// to 30 s (or the refresh interval, if shorter).
 pub struct JwksRefresher {
-    pub store: Arc<KeyStore>,
+    /// The key store being served; a reload that changes `jwks` replaces it, and the next
+    /// round refreshes the new one.
+    pub stores: Arc<arc_swap::ArcSwapOption<KeyStore>>,
 }
 
 #[async_trait]
 impl BackgroundService for JwksRefresher {
     async fn start(&self, mut shutdown: ShutdownWatch) {
-        let max_backoff = self
-            .store
-            .config
-            .refresh_interval
-            .min(Duration::from_secs(30));
-        let mut backoff = Duration::from_millis(250).min(max_backoff);
+        let mut backoff = Duration::from_millis(250);
         loop {
-            let delay = if self.store.refresh(false).await {
+            let Some(store) = self.stores.load_full() else {
+                // No JWKS configured (yet): look again later, a reload may add one.
+                tokio::select! {
+                    _ = shutdown.changed() => return,
+                    _ = tokio::time::sleep(Duration::from_secs(1)) => continue,
+                }
+            };
+            let max_backoff = store.config.refresh_interval.min(Duration::from_secs(30));
+            let delay = if store.refresh(false).await {
                 backoff = Duration::from_millis(250).min(max_backoff);
-                self.store.config.refresh_interval
+                store.config.refresh_interval
             } else {
-                let d = backoff;
+                let d = backoff.min(max_backoff);
                 backoff = (backoff * 2).min(max_backoff);
                 d
             };
-            self.store.expire_if_stale();
-            tokio::select! {
-                _ = shutdown.changed() => return,
-                _ = tokio::time::sleep(delay) => {}
+            store.expire_if_stale();
+            // Wakes early when a reload brings another key store.
+            let deadline = tokio::time::Instant::now() + delay;
+            loop {
+                tokio::select! {
+                    _ = shutdown.changed() => return,
+                    _ = tokio::time::sleep_until(deadline) => break,
+                    _ = tokio::time::sleep(Duration::from_secs(1)) => {
+                        let now = self.stores.load_full();
+                        if !now.is_some_and(|n| Arc::ptr_eq(&n, &store)) {
+                            break;
+                        }
+                    }
+                }
             }
         }
     }

@@ -61,7 +61,11 @@ pub struct Facts<'a> {
 pub struct Authoriser {
     master_tokens: SecretSet,
     session_tokens: SecretSet,
-    validator: Option<TokenValidator>,
+    validator: Option<Arc<TokenValidator>>,
+    /// The key store behind `validator`, and what it was built from (issuer, jwks, tokens):
+    /// a reload that changes none of them keeps both, with their keys and verified tokens.
+    key_store: Option<Arc<KeyStore>>,
+    token_settings: String,
     registration: Policy,
     /// By route index; None for a route without `token`.
     routes: Vec<Option<Policy>>,
@@ -81,10 +85,17 @@ impl Authoriser {
         metrics: Arc<Metrics>,
         readiness: Arc<Readiness>,
         shared: Option<crate::state::Store>,
+        previous: Option<&Authoriser>,
     ) -> Result<(Self, Option<Arc<KeyStore>>), String> {
         let mut store = None;
-        let validator = match (&config.jwks, &config.issuer) {
-            (Some(jwks), Some(issuer)) => {
+        let token_settings = format!("{:?}", (&config.issuer, &config.jwks, &config.tokens));
+        let kept = previous.filter(|p| p.token_settings == token_settings);
+        let validator = match (kept, &config.jwks, &config.issuer) {
+            (Some(p), _, _) => {
+                store = p.key_store.clone();
+                p.validator.clone()
+            }
+            (None, Some(jwks), Some(issuer)) => {
                 let cache = (config.tokens.verified_cache_entries > 0).then(|| {
                     Arc::new(VerifiedCache::new(
                         config.tokens.verified_cache_entries,
@@ -100,14 +111,14 @@ impl Authoriser {
                 };
                 let keys = Arc::new(KeyStore::new(jwks, metrics.clone(), readiness, on_removed)?);
                 store = Some(keys.clone());
-                Some(TokenValidator::new(
+                Some(Arc::new(TokenValidator::new(
                     keys,
                     cache,
                     issuer.clone(),
                     config.tokens.leeway,
                     config.tokens.algorithms.clone(),
                     metrics.clone(),
-                ))
+                )))
             }
             _ => None,
         };
@@ -135,16 +146,22 @@ impl Authoriser {
                 })
             })
             .collect();
-        let dpop = config
+        let mut dpop = config
             .dpop
             .as_ref()
             .map(|d| ProofChecker::new(d, config.tokens.leeway, metrics.clone()))
             .transpose()?;
+        // Across a reload, proofs already seen stay seen and nonces already given stay good.
+        if let (Some(new), Some(old)) = (dpop.as_mut(), previous.and_then(|p| p.dpop.as_ref())) {
+            new.adopt(old);
+        }
         Ok((
             Authoriser {
                 master_tokens: config.registration.master_tokens.clone(),
                 session_tokens: config.session_store.api_tokens.clone(),
                 validator,
+                key_store: store.clone(),
+                token_settings,
                 registration,
                 routes,
                 dpop,

@@ -59,6 +59,7 @@ pub struct ListenTlsFile {
     pub key: String,
     pub client_auth: Option<String>,
     pub client_ca: Option<String>,
+    pub watch: Option<bool>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -180,4 +181,6 @@ pub struct ServerFile {
     pub threads: Option<usize>,
     pub grace_period: Option<String>,
     pub max_body: Option<String>,
+    pub pid_file: Option<String>,
+    pub upgrade_sock: Option<String>,
 }

@@ -112,6 +112,8 @@ pub struct ListenTls {
     pub key: PathBuf,
     pub client_auth: ClientAuth,
     pub client_ca: Option<PathBuf>,
+    /// Re-read certificate, key and client CA when their files change.
+    pub watch: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -319,6 +321,10 @@ pub struct Server {
     pub threads: usize,
     pub grace_period: Duration,
     pub max_body: u64,
+    /// Where the running process writes its pid (`bindgate reload` signals it).
+    pub pid_file: Option<PathBuf>,
+    /// The socket a binary upgrade hands the listening sockets over.
+    pub upgrade_sock: PathBuf,
 }
 
 impl Config {

@@ -516,6 +516,11 @@ pub fn validate(file: FileConfig, source: &Path) -> Result<Config, Vec<Problem>>
             Duration::from_secs(5),
         ),
         max_body,
+        pid_file: sv.and_then(|s| s.pid_file.as_deref()).map(path_of),
+        upgrade_sock: path_of(
+            sv.and_then(|s| s.upgrade_sock.as_deref())
+                .unwrap_or("/tmp/bindgate_upgrade.sock"),
+        ),
     };
 
     if !p.0.is_empty() {
@@ -531,6 +536,7 @@ pub fn validate(file: FileConfig, source: &Path) -> Result<Config, Vec<Problem>>
                 key,
                 client_auth,
                 client_ca,
+                watch: tls.watch.unwrap_or(false),
             },
         },
         admin,

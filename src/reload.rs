@@ -1,0 +1,221 @@
+//! Live configuration: what a running bindgate can take from a new `proxy.yaml` without
+//! dropping a request (routes, upstreams, token and key settings, master and API tokens, DPoP,
+//! the server certificate, key and client CA), and what needs a binary upgrade instead
+//! (listen and admin addresses, thread count, the state engine).
+//!
+//! A reload builds the whole new configuration first; only when every part of it is good is it
+//! swapped in, in one store: requests that started before finish on the old one.
+
+use arc_swap::{ArcSwap, ArcSwapOption};
+use std::sync::Arc;
+
+use crate::admin::Readiness;
+use crate::auth::jwks::KeyStore;
+use crate::auth::Authoriser;
+use crate::config::Config;
+use crate::gateway::Live;
+use crate::metrics::Metrics;
+use crate::state::{StateService, Store};
+use crate::tls::{Material, ServerTls};
+
+/// The running configuration and everything built from it.
+pub struct Control {
+    config: ArcSwap<Config>,
+    pub live: Arc<ArcSwap<Live>>,
+    pub tls: Arc<ServerTls>,
+    /// The key store the JWKS refresher keeps fresh (replaced when `jwks` changes).
+    pub keys: Arc<ArcSwapOption<KeyStore>>,
+    metrics: Arc<Metrics>,
+    readiness: Arc<Readiness>,
+    /// The storage engine: fixed for the life of the process.
+    store: Option<Store>,
+    /// One reload at a time (SIGHUP, the certificate watcher).
+    reloading: tokio::sync::Mutex<()>,
+}
+
+/// The configuration's parts that need a process of their own to change.
+fn fixed_parts(c: &Config) -> Vec<(&'static str, String)> {
+    vec![
+        ("listen.address", c.listen.address.to_string()),
+        (
+            "admin.address",
+            c.admin
+                .as_ref()
+                .map(|a| a.address.to_string())
+                .unwrap_or_default(),
+        ),
+        ("server.threads", c.server.threads.to_string()),
+        (
+            "state",
+            format!("{:?} {:?}", c.state.path, c.state.redis.as_ref().map(|r| (&r.url, &r.cluster, &r.key_prefix))),
+        ),
+        ("server.upgrade_sock", c.server.upgrade_sock.display().to_string()),
+    ]
+}
+
+fn embedded(config: &Config) -> bool {
+    config.registration.target == crate::config::Target::Embedded
+        || config.session_store.target == crate::config::Target::Embedded
+}
+
+impl Control {
+    /// The first configuration, at start.
+    pub fn start(
+        config: Config,
+        metrics: Arc<Metrics>,
+        readiness: Arc<Readiness>,
+    ) -> Result<Arc<Control>, String> {
+        // The storage engine: for the embedded targets, and with Redis for the shared replay
+        // cache of DPoP proofs too.
+        let store = if embedded(&config) || config.state.redis.is_some() {
+            Some(Store::open_state(&config.state)?)
+        } else {
+            None
+        };
+        let material = Material::load(&config.listen.tls)?;
+        metrics.certificate_expiry(material.not_after);
+        let (live, keys) = build(&config, &metrics, &readiness, store.as_ref(), None)?;
+        Ok(Arc::new(Control {
+            config: ArcSwap::from_pointee(config),
+            live: Arc::new(ArcSwap::from_pointee(live)),
+            tls: ServerTls::new(material),
+            keys: Arc::new(ArcSwapOption::new(keys)),
+            metrics,
+            readiness,
+            store,
+            reloading: tokio::sync::Mutex::new(()),
+        }))
+    }
+
+    pub fn config(&self) -> Arc<Config> {
+        self.config.load_full()
+    }
+
+    /// The shared state engine (Redis), if any.
+    pub fn shared_store(&self) -> Option<Store> {
+        self.store.clone().filter(|s| s.redis().is_some())
+    }
+
+    pub fn store(&self) -> Option<Store> {
+        self.store.clone()
+    }
+
+    /// Reads the configuration file again and swaps it in, or keeps the running one and says
+    /// why (every problem, with its key path). Counted in `bindgate_config_reloads_total`.
+    pub async fn reload(&self) -> Result<(), Vec<String>> {
+        let _one = self.reloading.lock().await;
+        let outcome = self.try_reload().await;
+        match &outcome {
+            Ok(()) => {
+                self.metrics.reloads.with_label_values(&["ok"]).inc();
+                tracing::info!(target: "bindgate::reload", "configuration reloaded");
+            }
+            Err(problems) => {
+                self.metrics.reloads.with_label_values(&["failed"]).inc();
+                for p in problems {
+                    tracing::error!(target: "bindgate::reload", "reload refused: {p}");
+                }
+                tracing::error!(target: "bindgate::reload", "the running configuration is kept");
+            }
+        }
+        outcome
+    }
+
+    async fn try_reload(&self) -> Result<(), Vec<String>> {
+        let old = self.config();
+        let new = crate::config::load(&old.source)
+            .map_err(|e| e.problems.iter().map(|p| p.to_string()).collect::<Vec<_>>())?;
+        let changed: Vec<String> = fixed_parts(&old)
+            .into_iter()
+            .zip(fixed_parts(&new))
+            .filter(|(a, b)| a.1 != b.1)
+            .map(|(a, _)| {
+                format!(
+                    "{}: cannot change while running (needs a restart or `bindgate run --upgrade`)",
+                    a.0
+                )
+            })
+            .collect();
+        if !changed.is_empty() {
+            return Err(changed);
+        }
+        if embedded(&new) && self.store.is_none() {
+            return Err(vec![
+                "registration.target / session_store.target: the embedded state service was not running; it needs a restart or `bindgate run --upgrade`".into(),
+            ]);
+        }
+        let material = Material::load(&new.listen.tls).map_err(|e| vec![e])?;
+        let previous = self.live.load_full();
+        let (live, keys) = build(
+            &new,
+            &self.metrics,
+            &self.readiness,
+            self.store.as_ref(),
+            Some(previous.authoriser()),
+        )
+        .map_err(|e| vec![e])?;
+        // A new key set is fetched before it is served: a reload never answers with no keys.
+        let fresh_keys = keys
+            .as_ref()
+            .filter(|k| !self.keys.load_full().is_some_and(|old| Arc::ptr_eq(&old, k)));
+        if let Some(k) = fresh_keys {
+            if !k.refresh(true).await {
+                return Err(vec![
+                    "jwks: the new key set could not be loaded (see the key fetch errors)".into(),
+                ]);
+            }
+        }
+        self.metrics.certificate_expiry(material.not_after);
+        self.tls.replace(material);
+        self.keys.store(keys);
+        self.live.store(Arc::new(live));
+        self.config.store(Arc::new(new));
+        Ok(())
+    }
+
+    /// Re-reads certificate, key and client CA when their files changed (`listen.tls.watch`).
+    /// True when new material is served.
+    pub async fn reload_certificates_if_changed(&self) -> bool {
+        let config = self.config();
+        let now = crate::tls::stamps(&config.listen.tls);
+        if now == self.tls.current().stamp {
+            return false;
+        }
+        let _one = self.reloading.lock().await;
+        match Material::load(&config.listen.tls) {
+            Ok(material) => {
+                self.metrics.certificate_expiry(material.not_after);
+                self.tls.replace(material);
+                self.metrics.reloads.with_label_values(&["certificates"]).inc();
+                tracing::info!(target: "bindgate::reload", "server certificate reloaded");
+                true
+            }
+            Err(e) => {
+                // Half-written files (a copy, not a rename) fail here; the next look retries.
+                self.metrics.reloads.with_label_values(&["failed"]).inc();
+                tracing::warn!(target: "bindgate::reload", "certificate files changed but cannot be used yet: {e}");
+                false
+            }
+        }
+    }
+}
+
+/// Everything a request is decided by, from `config`; `previous` hands over what must survive
+/// a reload (verified tokens and keys when their settings are the same, DPoP replay records).
+fn build(
+    config: &Config,
+    metrics: &Arc<Metrics>,
+    readiness: &Arc<Readiness>,
+    store: Option<&Store>,
+    previous: Option<&Authoriser>,
+) -> Result<(Live, Option<Arc<KeyStore>>), String> {
+    let shared = store.cloned().filter(|s| s.redis().is_some());
+    let (authoriser, keys) =
+        Authoriser::new(config, metrics.clone(), readiness.clone(), shared, previous)?;
+    let state = match (store, embedded(config)) {
+        (Some(store), true) => Some(StateService::with_store(config, store.clone())),
+        _ => None,
+    };
+    let live = Live::new(config, authoriser, state, metrics.clone())?;
+    Ok((live, keys))
+}
