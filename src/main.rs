@@ -279,7 +279,10 @@ fn reload(path: &std::path::Path) -> ExitCode {
         .status()
         .is_ok_and(|s| s.success());
     if !sent {
-        eprintln!("cannot signal process {pid} (named by {})", pid_file.display());
+        eprintln!(
+            "cannot signal process {pid} (named by {})",
+            pid_file.display()
+        );
         return ExitCode::FAILURE;
     }
     println!(

@@ -150,7 +150,8 @@ impl Metrics {
 
     /// The served certificate expires at `not_after` (seconds since the epoch).
     pub fn certificate_expiry(&self, not_after: i64) {
-        self.certificate_not_after.store(not_after, Ordering::Relaxed);
+        self.certificate_not_after
+            .store(not_after, Ordering::Relaxed);
         self.tick();
     }
 

@@ -47,9 +47,19 @@ fn fixed_parts(c: &Config) -> Vec<(&'static str, String)> {
         ("server.threads", c.server.threads.to_string()),
         (
             "state",
-            format!("{:?} {:?}", c.state.path, c.state.redis.as_ref().map(|r| (&r.url, &r.cluster, &r.key_prefix))),
+            format!(
+                "{:?} {:?}",
+                c.state.path,
+                c.state
+                    .redis
+                    .as_ref()
+                    .map(|r| (&r.url, &r.cluster, &r.key_prefix))
+            ),
         ),
-        ("server.upgrade_sock", c.server.upgrade_sock.display().to_string()),
+        (
+            "server.upgrade_sock",
+            c.server.upgrade_sock.display().to_string(),
+        ),
     ]
 }
 
@@ -155,9 +165,12 @@ impl Control {
         )
         .map_err(|e| vec![e])?;
         // A new key set is fetched before it is served: a reload never answers with no keys.
-        let fresh_keys = keys
-            .as_ref()
-            .filter(|k| !self.keys.load_full().is_some_and(|old| Arc::ptr_eq(&old, k)));
+        let fresh_keys = keys.as_ref().filter(|k| {
+            !self
+                .keys
+                .load_full()
+                .is_some_and(|old| Arc::ptr_eq(&old, k))
+        });
         if let Some(k) = fresh_keys {
             if !k.refresh(true).await {
                 return Err(vec![
@@ -186,7 +199,10 @@ impl Control {
             Ok(material) => {
                 self.metrics.certificate_expiry(material.not_after);
                 self.tls.replace(material);
-                self.metrics.reloads.with_label_values(&["certificates"]).inc();
+                self.metrics
+                    .reloads
+                    .with_label_values(&["certificates"])
+                    .inc();
                 tracing::info!(target: "bindgate::reload", "server certificate reloaded");
                 true
             }

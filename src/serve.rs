@@ -13,9 +13,9 @@ use std::time::Duration;
 use crate::admin::{AdminApp, Readiness};
 use crate::auth::jwks::JwksRefresher;
 use crate::config::Config;
-use crate::reload::Control;
 use crate::gateway::Gateway;
 use crate::metrics::Metrics;
+use crate::reload::Control;
 use crate::tls;
 
 /// Marks the listener up once it completes a TLS handshake (a bare TCP probe would log a failed
@@ -260,8 +260,8 @@ pub fn run(config: Config, upgrade: bool) -> Result<(), String> {
     server.run(pingora::server::RunArgs::default());
     // After an upgrade the file names the new process: only our own pid is removed.
     if let Some(path) = &pid_file {
-        let ours = std::fs::read_to_string(path)
-            .is_ok_and(|p| p.trim() == std::process::id().to_string());
+        let ours =
+            std::fs::read_to_string(path).is_ok_and(|p| p.trim() == std::process::id().to_string());
         if ours {
             let _ = std::fs::remove_file(path);
         }
@@ -290,14 +290,14 @@ struct Operator {
 #[async_trait]
 impl BackgroundService for Operator {
     async fn start(&self, mut shutdown: ShutdownWatch) {
-        let mut hangup =
-            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
-                Ok(s) => Some(s),
-                Err(e) => {
-                    tracing::error!("SIGHUP cannot be received, reload by signal is off: {e}");
-                    None
-                }
-            };
+        let mut hangup = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+        {
+            Ok(s) => Some(s),
+            Err(e) => {
+                tracing::error!("SIGHUP cannot be received, reload by signal is off: {e}");
+                None
+            }
+        };
         loop {
             let signalled = async {
                 match hangup.as_mut() {

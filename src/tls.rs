@@ -4,12 +4,12 @@
 
 use arc_swap::ArcSwap;
 use async_trait::async_trait;
+use openssl::stack::Stack;
 use pingora::listeners::tls::TlsSettings;
 use pingora::listeners::TlsAccept;
 use pingora::protocols::tls::TlsRef;
 use pingora::tls::pkey::{PKey, Private};
 use pingora::tls::ssl::SslVerifyMode;
-use openssl::stack::Stack;
 use pingora::tls::x509::store::{X509Store, X509StoreBuilder};
 use pingora::tls::x509::{X509Name, X509};
 use std::any::Any;
@@ -230,8 +230,8 @@ pub fn peer_certificate(digest: Option<&pingora::protocols::Digest>) -> Option<P
 /// The listener's TLS settings: HTTP/2 and HTTP/1.1 by ALPN; certificate, key and client
 /// certificates from `tls` at every handshake.
 pub fn settings(tls: Arc<ServerTls>) -> Result<TlsSettings, String> {
-    let mut settings =
-        TlsSettings::with_callbacks(Box::new(Callbacks { tls })).map_err(|e| format!("TLS: {e}"))?;
+    let mut settings = TlsSettings::with_callbacks(Box::new(Callbacks { tls }))
+        .map_err(|e| format!("TLS: {e}"))?;
     settings.enable_h2();
     // Without a session id context a client's resumed handshake fails once it has sent a
     // certificate ("session id context uninitialized").

@@ -131,7 +131,18 @@ impl Node {
 
     fn create_session(&self, subject: &str) -> String {
         let o = self.sessions("POST", "", None, Some(&json!({"sub": subject})));
-        assert_eq!(o.status, 201, "{:?}\n{}", o.body, self.bg.logs().lines().filter(|l| l.contains("ERROR")).collect::<Vec<_>>().join("\n"));
+        assert_eq!(
+            o.status,
+            201,
+            "{:?}\n{}",
+            o.body,
+            self.bg
+                .logs()
+                .lines()
+                .filter(|l| l.contains("ERROR"))
+                .collect::<Vec<_>>()
+                .join("\n")
+        );
         o.body["sid"].as_str().unwrap().to_string()
     }
 

@@ -107,16 +107,86 @@ impl Bindgate {
         panic!("no free ports after three tries");
     }
 
+    /// As [`Bindgate::start`], with `files` written into the config's directory first (`{DIR}`
+    /// in `yaml` names it): files a test replaces while bindgate runs.
+    pub fn start_with_files(pki: &Pki, yaml: &str, files: &[(&str, Vec<u8>)]) -> Bindgate {
+        for _ in 0..3 {
+            let dir = tempfile::tempdir().expect("tempdir");
+            for (name, content) in files {
+                std::fs::write(dir.path().join(name), content).expect("write a file");
+            }
+            let mut b = Self::spawn_in(pki, yaml, &[], free_port(), free_port(), dir, &[]);
+            match b.ready_or_exit() {
+                Ok(()) => return b,
+                Err(log) if log.contains("cannot listen on") => continue,
+                Err(log) => panic!("bindgate exited:\n{log}"),
+            }
+        }
+        panic!("no free ports after three tries");
+    }
+
     pub fn spawn(pki: &Pki, yaml: &str, env: &[(&str, &str)]) -> Bindgate {
         let port = free_port();
         let admin_port = free_port();
         let dir = tempfile::tempdir().expect("tempdir");
-        let config = dir.path().join("proxy.yaml");
-        let text = yaml
-            .replace("{LISTEN}", &format!("127.0.0.1:{port}"))
+        Self::spawn_in(pki, yaml, env, port, admin_port, dir, &[])
+    }
+
+    /// `yaml` with the placeholders of [`Bindgate::start`] filled in for these ports.
+    fn fill(pki: &Pki, yaml: &str, port: u16, admin_port: u16, dir: &Path) -> String {
+        yaml.replace("{LISTEN}", &format!("127.0.0.1:{port}"))
             .replace("{PORT}", &port.to_string())
             .replace("{ADMIN}", &format!("127.0.0.1:{admin_port}"))
-            .replace("{PKI}", &pki.dir.path().display().to_string());
+            .replace("{PKI}", &pki.dir.path().display().to_string())
+            .replace("{DIR}", &dir.display().to_string())
+    }
+
+    /// The configuration file this process runs on.
+    pub fn config_path(&self) -> PathBuf {
+        self.dir.path().join("proxy.yaml")
+    }
+
+    /// The directory of the configuration file (`{DIR}` in a config).
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// Replaces the configuration file (placeholders filled in as at start), atomically.
+    pub fn rewrite_config(&self, pki: &Pki, yaml: &str) {
+        let text = Self::fill(pki, yaml, self.port, self.admin_port, self.dir.path());
+        let tmp = self.dir.path().join("proxy.yaml.new");
+        std::fs::write(&tmp, text).expect("write config");
+        std::fs::rename(&tmp, self.config_path()).expect("rename config");
+    }
+
+    /// A second process on this one's configuration file and ports, with `args` after
+    /// `run -c FILE` (e.g. `--upgrade`); its log in `log_name` in the same directory.
+    pub fn spawn_beside(&self, args: &[&str], log_name: &str) -> Child {
+        let log_file = std::fs::File::create(self.dir.path().join(log_name)).expect("log file");
+        Command::new(env!("CARGO_BIN_EXE_bindgate"))
+            .arg("run")
+            .arg("-c")
+            .arg(self.config_path())
+            .args(args)
+            .env("BINDGATE_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(log_file.try_clone().expect("log file"))
+            .stderr(log_file)
+            .spawn()
+            .expect("start bindgate")
+    }
+
+    fn spawn_in(
+        pki: &Pki,
+        yaml: &str,
+        env: &[(&str, &str)],
+        port: u16,
+        admin_port: u16,
+        dir: tempfile::TempDir,
+        args: &[&str],
+    ) -> Bindgate {
+        let config = dir.path().join("proxy.yaml");
+        let text = Self::fill(pki, yaml, port, admin_port, dir.path());
         std::fs::write(&config, text).expect("write config");
         let log = dir.path().join("bindgate.log");
         let log_file = std::fs::File::create(&log).expect("log file");
@@ -124,6 +194,7 @@ impl Bindgate {
         cmd.arg("run")
             .arg("-c")
             .arg(&config)
+            .args(args)
             .env("BINDGATE_LOG", "info")
             .stdin(Stdio::null())
             .stdout(log_file.try_clone().expect("log file"))

@@ -1,0 +1,376 @@
+//! Live operations under continuous load (issue 13): a reload that changes a route and a master
+//! token, a broken configuration, a certificate file replaced, a binary upgrade — each with
+//! every request answered and no connection reset by the server.
+
+mod harness;
+
+use harness::*;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+/// Registration embedded (master tokens from `{DIR}/master.token`), `/a` to the first upstream
+/// and, with `second_route`, `/b` to the second; a pid file for `bindgate reload`.
+fn config(a: &Upstream, b: &Upstream, second_route: bool, extra_tls: &str) -> String {
+    let route_b = if second_route {
+        "  - {prefix: /b, upstream: second}\n"
+    } else {
+        ""
+    };
+    format!(
+        r#"
+listen:
+  address: "{{LISTEN}}"
+  tls: {{cert: "{{DIR}}/server.crt", key: "{{DIR}}/server.key", client_auth: optional, client_ca: "{{PKI}}/ca.crt"{extra_tls}}}
+admin: {{address: "{{ADMIN}}"}}
+registration:
+  endpoint_uri: "https://idp.example.com/clients"
+  master_tokens: [{{file: "{{DIR}}/master.token"}}]
+upstreams:
+  first: {{address: "{a}"}}
+  second: {{address: "{b}"}}
+routes:
+  - {{prefix: /a, upstream: first}}
+{route_b}state: {{path: ":memory:"}}
+server: {{threads: 2, grace_period: 3s, pid_file: "{{DIR}}/bindgate.pid", upgrade_sock: "{{DIR}}/upgrade.sock"}}
+"#,
+        a = a.addr,
+        b = b.addr,
+    )
+}
+
+/// Starts bindgate with its certificate, key and master token in its own directory, for the
+/// test to replace.
+fn start(pki: &Pki, yaml: &str) -> Bindgate {
+    Bindgate::start_with_files(
+        pki,
+        yaml,
+        &[
+            ("server.crt", pki.read("server.crt")),
+            ("server.key", pki.read("server.key")),
+            ("master.token", b"first-master-token-0123456789".to_vec()),
+        ],
+    )
+}
+
+/// What the load saw.
+#[derive(Default, Debug)]
+struct Seen {
+    ok: u64,
+    failures: Vec<String>,
+}
+
+/// Keep-alive clients over HTTP/1.1 and HTTP/2 (made before, so that the process may change
+/// under them) sending `GET {base}/a/...` until `stop`; each request must be answered 200.
+fn clients(bg: &Bindgate, pki: &Pki) -> Vec<reqwest::blocking::Client> {
+    [Http::One, Http::Alpn, Http::One, Http::Alpn]
+        .into_iter()
+        .map(|http| bg.client(pki, Some("client1"), http))
+        .collect()
+}
+
+fn load(
+    clients: Vec<reqwest::blocking::Client>,
+    base: String,
+    stop: &AtomicBool,
+    seen: &Mutex<Seen>,
+) {
+    std::thread::scope(|s| {
+        for client in clients {
+            let base = &base;
+            s.spawn(move || {
+                let deadline = Instant::now() + Duration::from_secs(120);
+                let mut i = 0u64;
+                while !stop.load(Ordering::Relaxed) && Instant::now() < deadline && i < 200_000 {
+                    i += 1;
+                    let r = client.get(format!("{base}/a/{i}")).send();
+                    let mut seen = seen.lock().unwrap();
+                    match r {
+                        Ok(resp) if resp.status() == 200 => seen.ok += 1,
+                        Ok(resp) => seen.failures.push(format!("status {}", resp.status())),
+                        Err(e) => seen.failures.push(format!("{e:?}")),
+                    }
+                    drop(seen);
+                    std::thread::sleep(Duration::from_millis(2));
+                }
+            });
+        }
+    });
+}
+
+fn reloads(bg: &Bindgate, result: &str) -> u64 {
+    let needle = format!("bindgate_config_reloads_total{{result=\"{result}\"}} ");
+    bg.metrics()
+        .lines()
+        .find_map(|l| l.strip_prefix(&needle).and_then(|v| v.trim().parse().ok()))
+        .unwrap_or(0)
+}
+
+fn wait_for(what: &str, mut f: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !f() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn bindgate_reload(bg: &Bindgate) -> (bool, String) {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_bindgate"))
+        .args(["reload", "-c"])
+        .arg(bg.config_path())
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    )
+}
+
+fn register(bg: &Bindgate, pki: &Pki, token: &str) -> u16 {
+    bg.client(pki, None, Http::One)
+        .post(bg.url("/clients"))
+        .bearer_auth(token)
+        .json(&serde_json::json!({"redirect_uris": ["https://app.example.com/cb"]}))
+        .send()
+        .map(|r| r.status().as_u16())
+        .unwrap_or(0)
+}
+
+#[test]
+fn a_reload_changes_a_route_and_a_master_token_without_failing_a_request() {
+    let pki = Pki::new();
+    let (a, b) = (Upstream::start(), Upstream::start());
+    let bg = start(&pki, &config(&a, &b, false, ""));
+    let client = bg.client(&pki, None, Http::One);
+    assert_eq!(client.get(bg.url("/b/x")).send().unwrap().status(), 404);
+    assert_eq!(register(&bg, &pki, "first-master-token-0123456789"), 201);
+
+    let (stop, seen) = (AtomicBool::new(false), Mutex::new(Seen::default()));
+    std::thread::scope(|s| {
+        s.spawn(|| load(clients(&bg, &pki), bg.url(""), &stop, &seen));
+        std::thread::sleep(Duration::from_millis(500));
+        // The new file: a route to the second upstream, another master token.
+        std::fs::write(
+            bg.dir().join("master.token"),
+            "second-master-token-9876543210",
+        )
+        .unwrap();
+        bg.rewrite_config(&pki, &config(&a, &b, true, ""));
+        let (ok, out) = bindgate_reload(&bg);
+        assert!(ok, "{out}");
+        wait_for("the reload", || reloads(&bg, "ok") == 1);
+        std::thread::sleep(Duration::from_millis(500));
+        stop.store(true, Ordering::Relaxed);
+    });
+    let seen = seen.into_inner().unwrap();
+    assert!(seen.failures.is_empty(), "{:?}", seen.failures);
+    assert!(seen.ok > 100, "{seen:?}");
+    // New requests see the new configuration.
+    assert_eq!(client.get(bg.url("/b/x")).send().unwrap().status(), 200);
+    assert!(b.requests().iter().any(|r| r.target == "/b/x"));
+    assert_eq!(register(&bg, &pki, "first-master-token-0123456789"), 401);
+    assert_eq!(register(&bg, &pki, "second-master-token-9876543210"), 201);
+    assert!(bg.logs().contains("configuration reloaded"));
+}
+
+#[test]
+fn a_broken_or_unreloadable_config_keeps_the_running_one() {
+    let pki = Pki::new();
+    let (a, b) = (Upstream::start(), Upstream::start());
+    let bg = start(&pki, &config(&a, &b, false, ""));
+    let good = std::fs::read_to_string(bg.config_path()).unwrap();
+
+    let (stop, seen) = (AtomicBool::new(false), Mutex::new(Seen::default()));
+    std::thread::scope(|s| {
+        s.spawn(|| load(clients(&bg, &pki), bg.url(""), &stop, &seen));
+        std::thread::sleep(Duration::from_millis(300));
+        // Broken: two problems, both named with their key; `bindgate reload` refuses to signal.
+        let broken = good
+            .replace("upstream: first}", "upstream: nowhere}")
+            .replace("threads: 2", "threads: 0");
+        std::fs::write(bg.config_path(), &broken).unwrap();
+        let (ok, out) = bindgate_reload(&bg);
+        assert!(!ok, "{out}");
+        assert!(out.contains("routes[0].upstream"), "{out}");
+        // Signalled anyway (as systemd's ExecReload would): refused and counted.
+        bg.signal("HUP");
+        wait_for("the failed reload", || reloads(&bg, "failed") == 1);
+        let logs = bg.logs();
+        assert!(logs.contains("routes[0].upstream"), "{logs}");
+        assert!(logs.contains("server.threads"), "{logs}");
+        // A valid file changing what cannot change live: refused, the key named.
+        let moved = good.replace(
+            &format!("127.0.0.1:{}", bg.port),
+            &format!("127.0.0.1:{}", free_port()),
+        );
+        std::fs::write(bg.config_path(), &moved).unwrap();
+        bg.signal("HUP");
+        wait_for("the second failed reload", || reloads(&bg, "failed") == 2);
+        assert!(bg
+            .logs()
+            .contains("listen.address: cannot change while running"));
+        std::thread::sleep(Duration::from_millis(300));
+        stop.store(true, Ordering::Relaxed);
+    });
+    let seen = seen.into_inner().unwrap();
+    assert!(seen.failures.is_empty(), "{:?}", seen.failures);
+    assert_eq!(reloads(&bg, "ok"), 0);
+    assert!(bg.logs().contains("the running configuration is kept"));
+}
+
+/// A new server certificate for `localhost` from the test CA, with `serial`.
+fn server_certificate(pki: &Pki, serial: u32) -> (Vec<u8>, Vec<u8>) {
+    use openssl::asn1::{Asn1Integer, Asn1Time};
+    use openssl::bn::BigNum;
+    use openssl::ec::{EcGroup, EcKey};
+    use openssl::hash::MessageDigest;
+    use openssl::nid::Nid;
+    use openssl::pkey::PKey;
+    use openssl::x509::extension::SubjectAlternativeName;
+    use openssl::x509::{X509Builder, X509NameBuilder, X509};
+    let ca = X509::from_pem(&pki.read("ca.crt")).unwrap();
+    let ca_key = PKey::private_key_from_pem(&pki.read("ca.key")).unwrap();
+    let key = PKey::from_ec_key(
+        EcKey::generate(&EcGroup::from_curve_name(Nid::X9_62_PRIME256V1).unwrap()).unwrap(),
+    )
+    .unwrap();
+    let mut name = X509NameBuilder::new().unwrap();
+    name.append_entry_by_text("CN", "localhost").unwrap();
+    let name = name.build();
+    let mut b = X509Builder::new().unwrap();
+    b.set_version(2).unwrap();
+    b.set_serial_number(&Asn1Integer::from_bn(&BigNum::from_u32(serial).unwrap()).unwrap())
+        .unwrap();
+    b.set_subject_name(&name).unwrap();
+    b.set_issuer_name(ca.subject_name()).unwrap();
+    b.set_pubkey(&key).unwrap();
+    b.set_not_before(&Asn1Time::days_from_now(0).unwrap())
+        .unwrap();
+    b.set_not_after(&Asn1Time::days_from_now(30).unwrap())
+        .unwrap();
+    let san = SubjectAlternativeName::new()
+        .dns("localhost")
+        .build(&b.x509v3_context(Some(&ca), None))
+        .unwrap();
+    b.append_extension(san).unwrap();
+    b.sign(&ca_key, MessageDigest::sha256()).unwrap();
+    (
+        b.build().to_pem().unwrap(),
+        key.private_key_to_pem_pkcs8().unwrap(),
+    )
+}
+
+/// The serial of the certificate a new TLS handshake with the listener presents.
+fn served_serial(bg: &Bindgate) -> String {
+    let mut b = openssl::ssl::SslConnector::builder(openssl::ssl::SslMethod::tls()).unwrap();
+    b.set_verify(openssl::ssl::SslVerifyMode::NONE);
+    let tcp = std::net::TcpStream::connect(bg.listen).unwrap();
+    let tls = b.build().connect("localhost", tcp).unwrap();
+    let cert = tls.ssl().peer_certificate().unwrap();
+    cert.serial_number()
+        .to_bn()
+        .unwrap()
+        .to_dec_str()
+        .unwrap()
+        .to_string()
+}
+
+#[test]
+fn a_replaced_certificate_is_served_to_new_handshakes_and_old_connections_keep_working() {
+    let pki = Pki::new();
+    let (a, b) = (Upstream::start(), Upstream::start());
+    let yaml = config(&a, &b, false, ", watch: true");
+    let bg = start(&pki, &yaml);
+    let before = served_serial(&bg);
+    let expiry = |bg: &Bindgate| -> i64 {
+        bg.metrics()
+            .lines()
+            .find_map(|l| l.strip_prefix("bindgate_server_certificate_expiry_seconds "))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(0)
+    };
+    let first_expiry = expiry(&bg);
+    assert!(first_expiry > 86_400, "{first_expiry}");
+
+    let (stop, seen) = (AtomicBool::new(false), Mutex::new(Seen::default()));
+    std::thread::scope(|s| {
+        s.spawn(|| load(clients(&bg, &pki), bg.url(""), &stop, &seen));
+        std::thread::sleep(Duration::from_millis(300));
+        // As a certificate manager writes: new files beside, then renamed over (key first).
+        let (cert, key) = server_certificate(&pki, 4242);
+        std::fs::write(bg.dir().join("server.key.new"), key).unwrap();
+        std::fs::write(bg.dir().join("server.crt.new"), cert).unwrap();
+        std::fs::rename(bg.dir().join("server.key.new"), bg.dir().join("server.key")).unwrap();
+        std::fs::rename(bg.dir().join("server.crt.new"), bg.dir().join("server.crt")).unwrap();
+        wait_for("the new certificate", || served_serial(&bg) == "4242");
+        std::thread::sleep(Duration::from_millis(300));
+        stop.store(true, Ordering::Relaxed);
+    });
+    assert_ne!(before, "4242");
+    let seen = seen.into_inner().unwrap();
+    assert!(seen.failures.is_empty(), "{:?}", seen.failures);
+    assert!(reloads(&bg, "certificates") >= 1);
+    // 30 days now.
+    let now_expiry = expiry(&bg);
+    assert!(
+        now_expiry <= 30 * 86_400 && now_expiry > 29 * 86_400,
+        "{now_expiry}"
+    );
+    // A key that does not match is not served: the old pair stays.
+    let (other_cert, _) = server_certificate(&pki, 5151);
+    std::fs::write(bg.dir().join("server.crt"), other_cert).unwrap();
+    wait_for("the refused pair", || reloads(&bg, "failed") >= 1);
+    assert_eq!(served_serial(&bg), "4242");
+}
+
+#[test]
+fn a_binary_upgrade_hands_the_listeners_over_without_failing_a_request() {
+    let pki = Pki::new();
+    let (a, b) = (Upstream::start(), Upstream::start());
+    let yaml = config(&a, &b, false, "");
+    let mut old = start(&pki, &yaml);
+    let old_pid = old.pid();
+
+    let (stop, seen) = (AtomicBool::new(false), Mutex::new(Seen::default()));
+    let mut new = None;
+    let (load_clients, base) = (clients(&old, &pki), old.url(""));
+    std::thread::scope(|s| {
+        s.spawn(|| load(load_clients, base, &stop, &seen));
+        std::thread::sleep(Duration::from_millis(500));
+        // The documented steps: start the new binary with --upgrade, then SIGQUIT the old.
+        let mut child = old.spawn_beside(&["--upgrade"], "upgraded.log");
+        std::thread::sleep(Duration::from_millis(500));
+        old.signal("QUIT");
+        // The old process drains and exits; the new one serves on the same ports.
+        let exited = old.wait_exit(Duration::from_secs(30));
+        assert!(exited.is_some(), "the old process did not exit");
+        wait_for("the pid file to name the new process", || {
+            std::fs::read_to_string(old.dir().join("bindgate.pid"))
+                .is_ok_and(|p| p.trim() == child.id().to_string())
+        });
+        std::thread::sleep(Duration::from_millis(500));
+        stop.store(true, Ordering::Relaxed);
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "the new process exited"
+        );
+        new = Some(child);
+    });
+    let mut new = new.unwrap();
+    let seen = seen.into_inner().unwrap();
+    assert!(seen.failures.is_empty(), "{:?}", seen.failures);
+    assert!(seen.ok > 100, "{seen:?}");
+    // New connections reach the new process.
+    let client = old.client(&pki, Some("client1"), Http::One);
+    assert_eq!(
+        client.get(old.url("/a/after")).send().unwrap().status(),
+        200
+    );
+    assert_ne!(old_pid, new.id());
+    let _ = new.kill();
+    let _ = new.wait();
+}
