@@ -4,6 +4,7 @@
 #   make, perl, gcc  the OpenSSL that Pingora builds from source (openssl-src)
 #   curl, openssl    the tests' real-world clients and certificate checks
 #   redis-server     the tests' own Redis servers and Redis Cluster (state.redis)
+#   systemd          systemd-analyze, which checks deploy/bindgate.service
 need=()
 command -v cmake >/dev/null 2>&1 || need+=(cmake)
 command -v make >/dev/null 2>&1 || need+=(make)
@@ -12,6 +13,7 @@ command -v cc >/dev/null 2>&1 || need+=(gcc)
 command -v curl >/dev/null 2>&1 || need+=(curl)
 command -v openssl >/dev/null 2>&1 || need+=(openssl)
 { command -v redis-server >/dev/null 2>&1 && command -v redis-cli >/dev/null 2>&1; } || need+=(redis-server)
+command -v systemd-analyze >/dev/null 2>&1 || need+=(systemd)
 if [ "${#need[@]}" -gt 0 ]; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
     echo "installing missing packages: ${need[*]}" >&2

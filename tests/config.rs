@@ -442,3 +442,30 @@ fn state_redis_settings_are_checked_and_the_password_never_shown() {
         );
     }
 }
+
+#[test]
+fn the_systemd_unit_is_accepted_by_systemd_analyze() {
+    // The unit names the installed binary; verify a copy naming the one just built.
+    let unit = std::fs::read_to_string(repo_path("deploy/bindgate.service")).unwrap();
+    assert!(unit.contains("ExecReload=/bin/kill -HUP $MAINPID"));
+    assert!(unit.contains("NoNewPrivileges=yes") && unit.contains("ProtectSystem=strict"));
+    let dir = tempfile::tempdir().unwrap();
+    let copy = dir.path().join("bindgate.service");
+    std::fs::write(
+        &copy,
+        unit.replace("/usr/local/bin/bindgate", env!("CARGO_BIN_EXE_bindgate")),
+    )
+    .unwrap();
+    let out = std::process::Command::new("systemd-analyze")
+        .arg("verify")
+        .arg(&copy)
+        .output()
+        .expect("systemd-analyze (apt-get install -y systemd; scripts/test.sh installs it)");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "{text}");
+    assert!(!text.contains("bindgate.service"), "warnings: {text}");
+}
