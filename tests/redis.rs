@@ -477,21 +477,25 @@ fn b64(bytes: &[u8]) -> String {
 
 /// A DPoP proof by `key` for `POST https://idp.example.com{path}` with `token`.
 fn proof(key: &Signer, path: &str, token: &str) -> String {
+    proof_with_nonce(key, path, token, None)
+}
+
+fn proof_with_nonce(key: &Signer, path: &str, token: &str, nonce: Option<&str>) -> String {
     let mut id = [0u8; 16];
     openssl::rand::rand_bytes(&mut id).unwrap();
     let jwk = &key.jwk;
     let header = json!({"typ": "dpop+jwt", "alg": "ES256",
         "jwk": {"kty": jwk["kty"], "crv": jwk["crv"], "x": jwk["x"], "y": jwk["y"]}});
-    let claims = json!({"jti": b64(&id), "htm": "POST", "htu": format!("https://idp.example.com{path}"),
+    let mut claims = json!({"jti": b64(&id), "htm": "POST", "htu": format!("https://idp.example.com{path}"),
         "iat": now(), "ath": b64(&openssl::sha::sha256(token.as_bytes()))});
+    if let Some(n) = nonce {
+        claims["nonce"] = json!(n);
+    }
     raw_signed(key, &header, &claims.to_string())
 }
 
-#[test]
-fn a_dpop_proof_replayed_to_another_instance_is_refused() {
-    let redis = RedisServer::start();
-    let p = pair(&redis_state(&redis), false);
-    let holder = Signer::new(Algorithm::ES256, "holder");
+/// A DPoP-bound token for `holder` from `p`'s issuer.
+fn dpop_token(p: &Pair, holder: &Signer) -> String {
     let jwk = &holder.jwk;
     let canonical = format!(
         r#"{{"crv":"{}","kty":"EC","x":"{}","y":"{}"}}"#,
@@ -501,7 +505,50 @@ fn a_dpop_proof_replayed_to_another_instance_is_refused() {
     );
     let mut c = claims();
     c["cnf"] = json!({"jkt": b64(&openssl::sha::sha256(canonical.as_bytes()))});
-    let token = p.signer.sign(&c);
+    p.signer.sign(&c)
+}
+
+#[test]
+fn a_dpop_nonce_given_by_one_instance_is_good_on_another() {
+    let redis = RedisServer::start();
+    let pki = Pki::new();
+    let signer = Signer::new(Algorithm::ES256, "issuer-1");
+    let (jwks, idp) = key_server_and_provider(&[&signer]);
+    let yaml = config(&redis_state(&redis), jwks.addr, idp.addr, false)
+        .replace("max_age: 60s}", "max_age: 60s, require_nonce: true}");
+    let (a, b) = (Node::start(&pki, &yaml), Node::start(&pki, &yaml));
+    let p = Pair {
+        pki,
+        signer,
+        _jwks: jwks,
+        idp,
+        a,
+        b,
+    };
+    let holder = Signer::new(Algorithm::ES256, "holder");
+    let token = dpop_token(&p, &holder);
+    let send = |node: &Node, proof: &str| {
+        node.client
+            .post(node.bg.url("/api/things"))
+            .header("authorization", format!("DPoP {token}"))
+            .header("dpop", proof)
+            .body("{}")
+            .send()
+            .unwrap()
+    };
+    let first = send(&p.a, &proof(&holder, "/api/things", &token));
+    assert_eq!(first.status(), 401);
+    let nonce = first.headers()["dpop-nonce"].to_str().unwrap().to_string();
+    let with_nonce = proof_with_nonce(&holder, "/api/things", &token, Some(&nonce));
+    assert_eq!(send(&p.b, &with_nonce).status(), 200, "B takes A's nonce");
+}
+
+#[test]
+fn a_dpop_proof_replayed_to_another_instance_is_refused() {
+    let redis = RedisServer::start();
+    let p = pair(&redis_state(&redis), false);
+    let holder = Signer::new(Algorithm::ES256, "holder");
+    let token = dpop_token(&p, &holder);
     let send = |node: &Node, proof: &str| {
         out(node
             .client

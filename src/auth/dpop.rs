@@ -150,6 +150,12 @@ impl ProofChecker {
         })
     }
 
+    /// Signs and checks nonces with `secret` (shared by every instance on one Redis, so that a
+    /// nonce one instance gave is good on another).
+    pub fn use_nonce_secret(&mut self, secret: &[u8]) {
+        self.nonce_key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, secret);
+    }
+
     /// Takes over the replay cache and the nonce key of the checker a reload replaces.
     pub fn adopt(&mut self, old: &ProofChecker) {
         self.seen = old.seen.clone();

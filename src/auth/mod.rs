@@ -154,6 +154,17 @@ impl Authoriser {
         // Across a reload, proofs already seen stay seen and nonces already given stay good.
         if let (Some(new), Some(old)) = (dpop.as_mut(), previous.and_then(|p| p.dpop.as_ref())) {
             new.adopt(old);
+        } else if let (Some(checker), Some(redis)) =
+            (dpop.as_mut(), shared.as_ref().and_then(|s| s.redis()))
+        {
+            // Several instances: one nonce key, so that a nonce from one is good on another.
+            match redis.shared_secret("dpop-nonce") {
+                Ok(secret) => checker.use_nonce_secret(&secret),
+                Err(e) => tracing::warn!(
+                    target: "bindgate::state",
+                    "DPoP nonces: no shared key from Redis ({e}); this instance's nonces are its own"
+                ),
+            }
         }
         Ok((
             Authoriser {

@@ -368,6 +368,25 @@ impl RedisStore {
             .await;
     }
 
+    /// A 32-byte secret shared by every instance on this Redis under `name`: the first
+    /// instance to ask creates it (`SET NX`), the others read it.
+    pub fn shared_secret(&self, name: &str) -> Result<Vec<u8>> {
+        let me = self.clone();
+        let key = self.key(&format!("secret:{name}"));
+        let mut fresh = [0u8; 32];
+        openssl::rand::rand_bytes(&mut fresh).map_err(fail)?;
+        self.block(async move {
+            let _: Option<String> = me
+                .query(redis::cmd("SET").arg(&key).arg(fresh.as_slice()).arg("NX"))
+                .await?;
+            let secret: Option<Vec<u8>> = me.query(redis::cmd("GET").arg(&key)).await?;
+            me.replicated(Commit::Durable).await?;
+            secret
+                .filter(|s| s.len() == 32)
+                .ok_or_else(|| fail(format!("{key} does not hold a 32-byte secret")))
+        })
+    }
+
     // Health
 
     pub fn ping(&self) -> Result<()> {
