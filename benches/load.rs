@@ -65,6 +65,22 @@ struct Options {
     single_use: bool,
 }
 
+impl Options {
+    /// These options for credentials good once: at most `n` requests, less the one per
+    /// connection the warm-up takes.
+    fn bounded_to(&self, n: usize) -> Options {
+        let spare = n.saturating_sub(self.connections) as u64;
+        Options {
+            requests: if self.requests == 0 {
+                spare
+            } else {
+                self.requests.min(spare)
+            },
+            ..self.clone()
+        }
+    }
+}
+
 fn options() -> Options {
     let args: Vec<String> = std::env::args().collect();
     let get = |name: &str| {
@@ -1029,27 +1045,11 @@ fn main() {
                     minted.elapsed().as_secs_f64()
                 );
                 // The warm-up takes one proof per connection.
-                let spare = (n - o.connections) as u64;
-                let bounded = Options {
-                    requests: if o.requests == 0 {
-                        spare
-                    } else {
-                        o.requests.min(spare)
-                    },
-                    ..o.clone()
-                };
+                let bounded = o.bounded_to(n);
                 (Arc::new(pairs), bounded)
             } else if scenario == "c-fresh" {
                 // Each token registers once: the run stops when they are spent.
-                let spare = (tokens.len().saturating_sub(o.connections)) as u64;
-                let bounded = Options {
-                    requests: if o.requests == 0 {
-                        spare
-                    } else {
-                        o.requests.min(spare)
-                    },
-                    ..o.clone()
-                };
+                let bounded = o.bounded_to(tokens.len());
                 (tokens, bounded)
             } else {
                 (tokens, o.clone())

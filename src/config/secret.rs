@@ -65,69 +65,49 @@ impl SecretSet {
 
 /// Resolves one secret entry. `base` is the directory relative file paths start from.
 pub fn resolve(entry: &SecretFile, base: &Path) -> Result<SecretDigest, String> {
-    let given = [
-        entry.value.is_some(),
-        entry.sha256.is_some(),
-        entry.env.is_some(),
-        entry.file.is_some(),
-    ]
-    .iter()
-    .filter(|g| **g)
-    .count();
-    if given != 1 {
+    let Some(hex_digest) = &entry.sha256 else {
+        return plain(entry, base, "give exactly one of value, sha256, env, file")
+            .map(|secret| SecretDigest::of(&secret));
+    };
+    if entry.value.is_some() || entry.env.is_some() || entry.file.is_some() {
         return Err("give exactly one of value, sha256, env, file".into());
     }
-    if let Some(value) = &entry.value {
-        return non_empty(value.as_bytes()).map(SecretDigest::of);
-    }
-    if let Some(hex_digest) = &entry.sha256 {
-        let bytes =
-            hex::decode(hex_digest.trim()).map_err(|_| "sha256: not a hex string".to_string())?;
-        let digest: [u8; 32] = bytes
-            .try_into()
-            .map_err(|_| "sha256: must be 64 hex digits (a SHA-256 digest)".to_string())?;
-        return Ok(SecretDigest::from_digest(digest));
-    }
-    if let Some(var) = &entry.env {
-        let value = std::env::var(var).map_err(|_| format!("env: variable {var} is not set"))?;
-        return non_empty(value.as_bytes()).map(SecretDigest::of);
-    }
-    if let Some(file) = &entry.file {
-        let path = base.join(file);
-        let content = std::fs::read(&path)
-            .map_err(|e| format!("file: cannot read {}: {e}", path.display()))?;
-        // A trailing newline is what editors and `echo` add; it is not part of the token.
-        let trimmed = content.trim_ascii_end();
-        return non_empty(trimmed).map(SecretDigest::of);
-    }
-    unreachable!("exactly one source was checked above")
+    let bytes =
+        hex::decode(hex_digest.trim()).map_err(|_| "sha256: not a hex string".to_string())?;
+    let digest: [u8; 32] = bytes
+        .try_into()
+        .map_err(|_| "sha256: must be 64 hex digits (a SHA-256 digest)".to_string())?;
+    Ok(SecretDigest::from_digest(digest))
 }
 
 /// Resolves a secret bindgate must present (a password): `value`, `env` or `file`, as given
-/// (a trailing newline of a file dropped).
+/// (trailing whitespace of a file dropped).
 pub fn resolve_plain(entry: &SecretFile, base: &Path) -> Result<String, String> {
-    let given = [
-        entry.value.is_some(),
-        entry.env.is_some(),
-        entry.file.is_some(),
-    ]
-    .iter()
-    .filter(|g| **g)
-    .count();
-    if given != 1 || entry.sha256.is_some() {
+    if entry.sha256.is_some() {
         return Err("give exactly one of value, env, file".into());
     }
-    let secret = if let Some(value) = &entry.value {
-        value.clone()
-    } else if let Some(var) = &entry.env {
-        std::env::var(var).map_err(|_| format!("env: variable {var} is not set"))?
-    } else {
-        let path = base.join(entry.file.as_deref().unwrap_or_default());
-        let content = std::fs::read_to_string(&path)
-            .map_err(|e| format!("file: cannot read {}: {e}", path.display()))?;
-        content.trim_end_matches(['\n', '\r']).to_string()
+    let secret = plain(entry, base, "give exactly one of value, env, file")?;
+    String::from_utf8(secret).map_err(|_| "the secret is not UTF-8 text".to_string())
+}
+
+/// The secret of a `value`, `env` or `file` entry (exactly one given, else `one_of`), not empty.
+fn plain(entry: &SecretFile, base: &Path, one_of: &str) -> Result<Vec<u8>, String> {
+    let secret = match (&entry.value, &entry.env, &entry.file) {
+        (Some(value), None, None) => value.as_bytes().to_vec(),
+        (None, Some(var), None) => std::env::var(var)
+            .map_err(|_| format!("env: variable {var} is not set"))?
+            .into_bytes(),
+        (None, None, Some(file)) => {
+            let path = base.join(file);
+            let mut content = std::fs::read(&path)
+                .map_err(|e| format!("file: cannot read {}: {e}", path.display()))?;
+            // A trailing newline is what editors and `echo` add; it is not part of the secret.
+            content.truncate(content.trim_ascii_end().len());
+            content
+        }
+        _ => return Err(one_of.into()),
     };
-    non_empty(secret.as_bytes())?;
+    non_empty(&secret)?;
     Ok(secret)
 }
 
