@@ -286,7 +286,7 @@ pub struct State {
 }
 
 /// `state.redis`: one server (`url`) or a cluster (`cluster`, seed URLs).
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct RedisSettings {
     pub url: String,
     pub cluster: Vec<String>,
@@ -294,6 +294,37 @@ pub struct RedisSettings {
     pub password: Option<Password>,
     /// > 0: a write acknowledged to a client first waits for that many replicas (`WAIT`).
     pub wait_replicas: u32,
+}
+
+impl std::fmt::Debug for RedisSettings {
+    /// URLs without their user and password (`redis://user:secret@host` is allowed).
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisSettings")
+            .field("url", &redacted_url(&self.url))
+            .field(
+                "cluster",
+                &self
+                    .cluster
+                    .iter()
+                    .map(|u| redacted_url(u))
+                    .collect::<Vec<_>>(),
+            )
+            .field("key_prefix", &self.key_prefix)
+            .field("password", &self.password)
+            .field("wait_replicas", &self.wait_replicas)
+            .finish()
+    }
+}
+
+/// `url` with any `user:password@` replaced by `<redacted>@`.
+pub fn redacted_url(url: &str) -> String {
+    match url.split_once("://") {
+        Some((scheme, rest)) => match rest.split_once('@') {
+            Some((_, host)) => format!("{scheme}://<redacted>@{host}"),
+            None => url.to_string(),
+        },
+        None => url.to_string(),
+    }
 }
 
 /// A secret bindgate must present (not compare): kept as given, never shown by `Debug`.
@@ -342,5 +373,32 @@ pub(crate) fn resolve_against(source: &Path, path: &str) -> PathBuf {
     match source.parent() {
         Some(dir) if !dir.as_os_str().is_empty() => dir.join(p),
         _ => p.to_path_buf(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn redis_urls_lose_their_credentials_in_debug_output() {
+        use super::{redacted_url, Password, RedisSettings};
+        assert_eq!(
+            redacted_url("redis://user:s3cret@10.0.0.1:6379/0"),
+            "redis://<redacted>@10.0.0.1:6379/0"
+        );
+        assert_eq!(
+            redacted_url("redis://10.0.0.1:6379"),
+            "redis://10.0.0.1:6379"
+        );
+        let s = RedisSettings {
+            url: "rediss://:s3cret@h:1".into(),
+            cluster: vec!["redis://a:pw2@b:2".into()],
+            key_prefix: "p:".into(),
+            password: Some(Password::new("pw3".into())),
+            wait_replicas: 0,
+        };
+        let shown = format!("{s:?}");
+        for secret in ["s3cret", "pw2", "pw3"] {
+            assert!(!shown.contains(secret), "{shown}");
+        }
     }
 }
