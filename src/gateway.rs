@@ -454,6 +454,10 @@ impl ProxyHttp for Gateway {
         RequestCtx::new(self.live.load_full())
     }
 
+    /// No downstream modules: Pingora's default adds a (disabled) response-compression module,
+    /// which still runs on every request; bindgate compresses nothing.
+    fn init_downstream_modules(&self, _modules: &mut pingora::modules::http::HttpModules) {}
+
     async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
         let live = ctx.live.clone();
         live.request_filter(session, ctx).await
