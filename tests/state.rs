@@ -8,7 +8,12 @@ use serde_json::{json, Value};
 use std::path::Path;
 use std::time::Duration;
 
+/// `state_path`: a redb path (or `:memory:`), or `redis {...}` for a Redis engine.
 fn config(state_path: &str, max_body: &str) -> String {
+    let engine = match state_path.strip_prefix("redis ") {
+        Some(settings) => format!("redis: {settings}"),
+        None => format!("path: \"{state_path}\""),
+    };
     format!(
         r#"
 listen:
@@ -24,7 +29,7 @@ session_store:
   api_tokens:
     - file: "{{PKI}}/session-store.token"
 state:
-  path: "{state_path}"
+  {engine}
   sessions: {{max_life: 60, auth_life: 30, max_idle: 15}}
 server: {{threads: 2, max_body: {max_body}}}
 "#
@@ -134,8 +139,12 @@ fn start(pki: &Pki, state_path: &str) -> Bindgate {
 
 #[test]
 fn register_read_update_delete_a_client() {
+    register_read_update_delete_a_client_on(":memory:");
+}
+
+fn register_read_update_delete_a_client_on(state: &str) {
     let pki = Pki::new();
-    let bg = start(&pki, ":memory:");
+    let bg = start(&pki, state);
     let api = Api::new(&bg, &pki);
 
     let o = api.register(&json!({"redirect_uris": ["https://app.example.com/cb"], "client_name": "My app", "x_custom": {"kept": true}}));
@@ -265,8 +274,12 @@ fn register_read_update_delete_a_client() {
 
 #[test]
 fn invalid_client_metadata_names_the_field() {
+    invalid_client_metadata_names_the_field_on(":memory:");
+}
+
+fn invalid_client_metadata_names_the_field_on(state: &str) {
     let pki = Pki::new();
-    let bg = start(&pki, ":memory:");
+    let bg = start(&pki, state);
     let api = Api::new(&bg, &pki);
     let cases = [
         (
@@ -374,8 +387,12 @@ fn invalid_client_metadata_names_the_field() {
 
 #[test]
 fn session_store_operations() {
+    session_store_operations_on(":memory:");
+}
+
+fn session_store_operations_on(state: &str) {
     let pki = Pki::new();
-    let bg = start(&pki, ":memory:");
+    let bg = start(&pki, state);
     let api = Api::new(&bg, &pki);
     use reqwest::Method as M;
 
@@ -530,8 +547,12 @@ fn session_store_operations() {
 
 #[test]
 fn expired_sessions_are_never_returned() {
+    expired_sessions_are_never_returned_on(":memory:");
+}
+
+fn expired_sessions_are_never_returned_on(state: &str) {
     let pki = Pki::new();
-    let bg = start(&pki, ":memory:");
+    let bg = start(&pki, state);
     let api = Api::new(&bg, &pki);
     let long_ago = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -904,8 +925,12 @@ server: {{threads: 1}}
 
 #[test]
 fn delete_all_streams_over_http2_too() {
+    delete_all_streams_over_http2_too_on(":memory:");
+}
+
+fn delete_all_streams_over_http2_too_on(state: &str) {
     let pki = Pki::new();
-    let bg = start(&pki, ":memory:");
+    let bg = start(&pki, state);
     let api = Api::new(&bg, &pki);
     for i in 0..1200 {
         api.create_session(&format!(r#"{{"sub":"h2-{}"}}"#, i % 10));
@@ -924,8 +949,12 @@ fn delete_all_streams_over_http2_too() {
 
 #[test]
 fn a_deleted_session_stays_deleted_under_concurrent_reads_and_replaces() {
+    a_deleted_session_stays_deleted_under_concurrent_reads_and_replaces_on(":memory:");
+}
+
+fn a_deleted_session_stays_deleted_under_concurrent_reads_and_replaces_on(state: &str) {
     let pki = Pki::new();
-    let bg = start(&pki, ":memory:");
+    let bg = start(&pki, state);
     let api = Api::new(&bg, &pki);
     let token = pki.token("session-store.token");
     let url = bg.url("/session-store/rest/v2/sessions");
@@ -993,4 +1022,27 @@ fn a_deleted_session_stays_deleted_under_concurrent_reads_and_replaces() {
         );
         assert_eq!(listed.body, json!({}), "trial {trial}");
     }
+}
+
+/// The registry and session suites above, once on a three-master Redis Cluster (issue 12).
+#[test]
+fn the_registry_and_session_suites_on_a_redis_cluster() {
+    let cluster = harness::redis::RedisCluster::start();
+    let on = |prefix: &str| {
+        format!(
+            r#"redis {{cluster: {}, key_prefix: "{prefix}:"}}"#,
+            cluster.seeds()
+        )
+    };
+    register_read_update_delete_a_client_on(&on("registry"));
+    invalid_client_metadata_names_the_field_on(&on("metadata"));
+    session_store_operations_on(&on("sessions"));
+    expired_sessions_are_never_returned_on(&on("expiry"));
+    delete_all_streams_over_http2_too_on(&on("h2"));
+    a_deleted_session_stays_deleted_under_concurrent_reads_and_replaces_on(&on("races"));
+    assert!(
+        cluster.key_counts().iter().all(|n| *n > 0),
+        "keys on every master: {:?}",
+        cluster.key_counts()
+    );
 }
