@@ -673,3 +673,54 @@ fn wait_replicas_holds_the_answer_until_a_replica_has_the_write() {
     assert_eq!(o.status, 503, "{:?}", o.body);
     assert_eq!(o.body["error"], "temporarily_unavailable");
 }
+
+#[test]
+fn rediss_with_a_private_ca() {
+    let pki = Pki::new();
+    let redis = RedisServer::start_tls(
+        &pki.path("server.crt"),
+        &pki.path("server.key"),
+        &pki.path("ca.crt"),
+    );
+    let url = format!("rediss://localhost:{}/0", redis.port);
+    // The pair makes a PKI of its own: the CA that signed Redis' certificate is this one's.
+    let ca = pki.path("ca.crt");
+    let p = pair(
+        &format!(
+            r#"{{redis: {{url: "{url}", ca: "{}", key_prefix: "tls:"}}}}"#,
+            ca.display()
+        ),
+        false,
+    );
+    let sid = p.a.create_session("tess");
+    assert_eq!(p.b.sessions("GET", "", Some(&sid), None).status, 200);
+    assert_eq!(redis.cli(&["EXISTS", &format!("tls:s:0:{sid}")]), "1");
+    // Without the CA, the server's certificate is not trusted: no state, 503, not ready.
+    let pki2 = &p.pki;
+    let untrusted = Bindgate::spawn(
+        pki2,
+        &config(
+            &format!(r#"{{redis: {{url: "{url}", key_prefix: "tls:"}}}}"#),
+            p._jwks.addr,
+            p.idp.addr,
+            false,
+        ),
+        &[],
+    );
+    let client = untrusted.client(pki2, None, Http::One);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let status = loop {
+        let s = client
+            .post(untrusted.url("/session-store/rest/v2/sessions"))
+            .bearer_auth(pki2.token("session-store.token"))
+            .json(&json!({"sub": "x"}))
+            .send()
+            .map(|r| r.status().as_u16())
+            .unwrap_or(0);
+        if s != 0 || Instant::now() > deadline {
+            break s;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert_eq!(status, 503);
+}

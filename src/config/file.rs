@@ -165,6 +165,7 @@ pub struct RedisFile {
     pub key_prefix: Option<String>,
     pub password: Option<SecretFile>,
     pub wait_replicas: Option<u32>,
+    pub ca: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]

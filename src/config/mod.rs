@@ -294,6 +294,9 @@ pub struct RedisSettings {
     pub password: Option<Password>,
     /// > 0: a write acknowledged to a client first waits for that many replicas (`WAIT`).
     pub wait_replicas: u32,
+    /// A CA bundle (PEM) that a `rediss://` server's certificate must chain to; None: the
+    /// system's roots.
+    pub ca: Option<PathBuf>,
 }
 
 impl std::fmt::Debug for RedisSettings {
@@ -312,6 +315,7 @@ impl std::fmt::Debug for RedisSettings {
             .field("key_prefix", &self.key_prefix)
             .field("password", &self.password)
             .field("wait_replicas", &self.wait_replicas)
+            .field("ca", &self.ca)
             .finish()
     }
 }
@@ -395,6 +399,7 @@ mod tests {
             key_prefix: "p:".into(),
             password: Some(Password::new("pw3".into())),
             wait_replicas: 0,
+            ca: None,
         };
         let shown = format!("{s:?}");
         for secret in ["s3cret", "pw2", "pw3"] {

@@ -702,12 +702,24 @@ fn redis_settings(p: &mut Problems, r: &RedisFile, source: &Path) -> RedisSettin
             "is not supported with cluster yet (WAIT needs the connection that wrote)",
         );
     }
+    let ca = r.ca.as_deref().map(|c| base.join(c));
+    if let Some(ca) = &ca {
+        if !url.starts_with("rediss://") {
+            p.push(
+                "state.redis.ca",
+                "is for a rediss:// url (TLS); with cluster, the system's roots are used",
+            );
+        } else {
+            check_certificates(p, "state.redis.ca", ca);
+        }
+    }
     RedisSettings {
         url,
         cluster,
         key_prefix,
         password,
         wait_replicas,
+        ca,
     }
 }
 

@@ -112,7 +112,21 @@ impl RedisStore {
                 let redis = info.redis_settings().clone().set_password(p);
                 info = info.set_redis_settings(redis);
             }
-            let client = redis::Client::open(info).map_err(|e| format!("state.redis.url: {e}"))?;
+            let client = match &settings.ca {
+                None => redis::Client::open(info).map_err(|e| format!("state.redis.url: {e}"))?,
+                Some(ca) => {
+                    let pem = std::fs::read(ca)
+                        .map_err(|e| format!("state.redis.ca: {}: {e}", ca.display()))?;
+                    redis::Client::build_with_tls(
+                        info,
+                        redis::TlsCertificates {
+                            client_tls: None,
+                            root_cert: Some(pem),
+                        },
+                    )
+                    .map_err(|e| format!("state.redis.ca: {e}"))?
+                }
+            };
             let config = ConnectionManagerConfig::new()
                 .set_connection_timeout(Some(CONNECT_TIMEOUT))
                 .set_response_timeout(Some(RESPONSE_TIMEOUT))

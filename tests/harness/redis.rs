@@ -12,18 +12,22 @@ pub struct RedisServer {
     pub port: u16,
     dir: tempfile::TempDir,
     extra: Vec<String>,
+    /// `redis-cli` arguments for a TLS-only server (`--tls --cacert CA`).
+    cli_tls: Vec<String>,
 }
 
-fn answers(port: u16) -> bool {
+fn answers(port: u16, tls: &[String]) -> bool {
     Command::new("redis-cli")
-        .args(["-p", &port.to_string(), "PING"])
+        .args(["-p", &port.to_string()])
+        .args(tls)
+        .arg("PING")
         .output()
         .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "PONG")
 }
 
-fn wait_answers(port: u16, log: &Path) {
+fn wait_answers(port: u16, log: &Path, tls: &[String]) {
     let deadline = Instant::now() + Duration::from_secs(20);
-    while !answers(port) {
+    while !answers(port, tls) {
         assert!(
             Instant::now() < deadline,
             "redis-server on {port} did not start: {}",
@@ -46,6 +50,35 @@ impl RedisServer {
             port: free_port(),
             dir: tempfile::tempdir().expect("tempdir"),
             extra: extra.iter().map(|e| e.to_string()).collect(),
+            cli_tls: Vec::new(),
+        };
+        s.launch();
+        s
+    }
+
+    /// A server that speaks TLS only, with `cert` and `key` (clients need not present one).
+    pub fn start_tls(cert: &Path, key: &Path, ca: &Path) -> RedisServer {
+        let port = free_port();
+        let path = |p: &Path| p.display().to_string();
+        let mut s = RedisServer {
+            child: None,
+            port,
+            dir: tempfile::tempdir().expect("tempdir"),
+            extra: vec![
+                "--port".into(),
+                "0".into(),
+                "--tls-port".into(),
+                port.to_string(),
+                "--tls-cert-file".into(),
+                path(cert),
+                "--tls-key-file".into(),
+                path(key),
+                "--tls-ca-cert-file".into(),
+                path(ca),
+                "--tls-auth-clients".into(),
+                "no".into(),
+            ],
+            cli_tls: vec!["--tls".into(), "--cacert".into(), path(ca)],
         };
         s.launch();
         s
@@ -75,7 +108,7 @@ impl RedisServer {
             cmd.spawn()
                 .expect("redis-server (apt-get install -y redis-server)"),
         );
-        wait_answers(self.port, &log);
+        wait_answers(self.port, &log, &self.cli_tls);
     }
 
     pub fn url(&self) -> String {
@@ -100,6 +133,7 @@ impl RedisServer {
     pub fn cli(&self, args: &[&str]) -> String {
         let out = Command::new("redis-cli")
             .args(["-p", &self.port.to_string()])
+            .args(&self.cli_tls)
             .args(args)
             .output()
             .expect("redis-cli");
