@@ -36,6 +36,9 @@ routes:
   - prefix: /api
     upstream: idp
     token: {{require_proof_of_possession: true}}
+  - prefix: /userinfo
+    upstream: idp
+    token: {{scope: [client-reg]}}
 state: {state}
 server: {{threads: 2}}
 "#
@@ -609,7 +612,14 @@ fn redis_down_then_back_without_restart_and_nothing_acknowledged_lost() {
             );
             std::thread::sleep(Duration::from_millis(100));
         }
-        // What needs no state keeps working: a bad token is still refused, health answers.
+        // What needs no state keeps working: a bearer token on a protected route is checked
+        // and forwarded, a bad token is still refused, health answers.
+        let forwarded = out(a
+            .client
+            .get(a.bg.url("/userinfo"))
+            .bearer_auth(p.signer.sign(&claims()))
+            .send());
+        assert_eq!(forwarded.status, 200, "{:?}", forwarded.body);
         let bad_token = a.register("not-a-token", &json!({}));
         assert_eq!(bad_token.status, 401, "{:?}", bad_token.body);
         let health = reqwest::blocking::get(a.bg.admin_url("/healthz")).unwrap();
