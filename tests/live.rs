@@ -329,10 +329,33 @@ fn a_replaced_certificate_is_served_to_new_handshakes_and_old_connections_keep_w
 
 #[test]
 fn a_binary_upgrade_hands_the_listeners_over_without_failing_a_request() {
+    upgrade_with(r#"{path: ":memory:"}"#);
+}
+
+/// With a redb file the new process waits for the old one to release it (it has drained by
+/// then): nothing fails meanwhile, and the state carries over.
+#[test]
+fn a_binary_upgrade_with_a_redb_file_keeps_the_state() {
+    upgrade_with(r#"{path: "{DIR}/state.db"}"#);
+}
+
+fn upgrade_with(state: &str) {
     let pki = Pki::new();
     let (a, b) = (Upstream::start(), Upstream::start());
-    let yaml = config(&a, &b, false, "");
+    let yaml = config(&a, &b, false, "")
+        .replace(r#"state: {path: ":memory:"}"#, &format!("state: {state}"));
     let mut old = start(&pki, &yaml);
+    let master = "first-master-token-0123456789";
+    let before = old
+        .client(&pki, None, Http::One)
+        .post(old.url("/clients"))
+        .bearer_auth(master)
+        .json(&serde_json::json!({"redirect_uris": ["https://app.example.com/cb"]}))
+        .send()
+        .unwrap();
+    assert_eq!(before.status(), 201);
+    let registered: serde_json::Value = before.json().unwrap();
+    let client_id = registered["client_id"].as_str().unwrap().to_string();
     let old_pid = old.pid();
 
     let (stop, seen) = (AtomicBool::new(false), Mutex::new(Seen::default()));

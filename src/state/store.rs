@@ -12,6 +12,9 @@ use std::sync::Arc;
 
 use crate::config::StatePath;
 
+/// How long a start waits for another process to release the database file.
+const OPEN_WAIT: std::time::Duration = std::time::Duration::from_secs(60);
+
 const CLIENTS: TableDefinition<&str, &[u8]> = TableDefinition::new("clients");
 /// The single-use ledger of initial access tokens: key → expiry (seconds since the epoch).
 const USED: TableDefinition<&str, i64> = TableDefinition::new("used_tokens");
@@ -139,9 +142,29 @@ impl RedbStore {
                     std::fs::create_dir_all(dir)
                         .map_err(|e| format!("state.path: cannot create {}: {e}", dir.display()))?;
                 }
-                builder
-                    .create(file)
-                    .map_err(|e| format!("state.path: {}: {e}", file.display()))?
+                // During a binary upgrade the old process holds the file until it has drained:
+                // wait for it (its listeners keep the connections meanwhile), bounded.
+                let deadline = std::time::Instant::now() + OPEN_WAIT;
+                let mut told = false;
+                loop {
+                    match builder.create(file) {
+                        Ok(db) => break db,
+                        Err(redb::DatabaseError::DatabaseAlreadyOpen)
+                            if std::time::Instant::now() < deadline =>
+                        {
+                            if !told {
+                                tracing::info!(
+                                    target: "bindgate::state",
+                                    "{} is held by another process (an upgrade draining?): waiting",
+                                    file.display()
+                                );
+                                told = true;
+                            }
+                            std::thread::sleep(std::time::Duration::from_millis(50));
+                        }
+                        Err(e) => return Err(format!("state.path: {}: {e}", file.display())),
+                    }
+                }
             }
         };
         // Create the tables once, so that readers never meet a missing table, and drop session
