@@ -394,6 +394,15 @@ fn upgrade_with(state: &str) {
         200
     );
     assert_ne!(old_pid, new.id());
+    // What the old process stored, the new one serves (in memory, it starts empty).
+    let read = client
+        .get(old.url(&format!("/clients/{client_id}")))
+        .bearer_auth(master)
+        .send()
+        .unwrap()
+        .status();
+    let expected = if state.contains("memory") { 404 } else { 200 };
+    assert_eq!(read, expected, "{state}");
     let _ = new.kill();
     let _ = new.wait();
 }
