@@ -389,7 +389,8 @@ fn start_haproxy(o: &Options, m: &Material, upstream: u16) -> Proxy {
     let d = m.dir.display();
     let config = m.dir.join(format!("haproxy-{port}.cfg"));
     // The same job as far as HAProxy 2.6 can: TLS with the client certificate verified against
-    // the CA, jwt_verify with the same keys, exp/iss/aud/scope checks, and the RFC 8705 binding.
+    // the CA, jwt_verify with the same keys, exp/iss/aud/scope checks, the RFC 8705 binding, and
+    // the same headers to the upstream (Client-Cert, X-Forwarded-*, Forwarded).
     std::fs::write(
         &config,
         format!(
@@ -405,6 +406,16 @@ defaults
     option http-keep-alive
 frontend fe
     bind 127.0.0.1:{port} ssl crt {d}/server.pem ca-file {d}/ca.crt verify optional alpn {alpn}
+    # What bindgate does to every forwarded request: client-supplied copies dropped, then the
+    # client certificate (RFC 9440) and the forwarding headers set.
+    option forwardfor
+    http-request del-header Client-Cert
+    http-request del-header Client-Cert-Chain
+    http-request del-header Forwarded
+    http-request set-header Client-Cert ":%[ssl_c_der,base64]:" if {{ ssl_c_used }}
+    http-request set-header X-Forwarded-Proto https
+    http-request set-header X-Forwarded-Host %[req.hdr(host)]
+    http-request set-header Forwarded "for=%[src];proto=https"
     http-request allow if {{ path_beg /passthrough }}
     http-request deny deny_status 401 unless {{ req.hdr(authorization) -m beg "Bearer " }}
     http-request set-var(txn.bearer) http_auth_bearer
