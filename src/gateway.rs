@@ -438,11 +438,18 @@ fn served_host(
 /// The proxy: each request runs on the [`Live`] configuration current when it starts.
 pub struct Gateway {
     live: Arc<arc_swap::ArcSwap<Live>>,
+    /// Set once an upgrade or a shutdown has begun: every answer then closes its connection
+    /// (`Connection: close`), so that clients leave on a clean close instead of sending a
+    /// request into an idle connection the process is about to drop.
+    draining: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl Gateway {
-    pub fn new(live: Arc<arc_swap::ArcSwap<Live>>) -> Self {
-        Gateway { live }
+    pub fn new(
+        live: Arc<arc_swap::ArcSwap<Live>>,
+        draining: Arc<std::sync::atomic::AtomicBool>,
+    ) -> Self {
+        Gateway { live, draining }
     }
 }
 
@@ -459,6 +466,9 @@ impl ProxyHttp for Gateway {
     fn init_downstream_modules(&self, _modules: &mut pingora::modules::http::HttpModules) {}
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
+        if self.draining.load(std::sync::atomic::Ordering::Relaxed) {
+            session.set_keepalive(None);
+        }
         let live = ctx.live.clone();
         live.request_filter(session, ctx).await
     }

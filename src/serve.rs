@@ -199,7 +199,37 @@ pub fn run(config: Config, upgrade: bool) -> Result<(), String> {
     let source = config.source.clone();
     let control = Control::start(config, metrics.clone(), readiness.clone())?;
 
-    let gateway = Gateway::new(control.live.clone());
+    // From the moment an upgrade hands the sockets over (SIGQUIT) or a shutdown starts
+    // (SIGTERM), answers close their connections: clients move to a new connection (the new
+    // process's, after an upgrade) instead of racing the old process dropping idle ones.
+    let draining = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut phases = server.watch_execution_phase();
+    let flag = draining.clone();
+    std::thread::Builder::new()
+        .name("bindgate-phase".into())
+        .spawn(move || {
+            use pingora::server::ExecutionPhase as P;
+            use tokio::sync::broadcast::error::RecvError;
+            loop {
+                let phase = match phases.blocking_recv() {
+                    Ok(p) => p,
+                    Err(RecvError::Lagged(_)) => continue,
+                    Err(RecvError::Closed) => return,
+                };
+                if matches!(
+                    phase,
+                    P::GracefulUpgradeTransferringFds
+                        | P::GracefulUpgradeCloseTimeout
+                        | P::GracefulTerminate
+                        | P::ShutdownStarted
+                ) {
+                    flag.store(true, std::sync::atomic::Ordering::Relaxed);
+                    tracing::info!("draining: answers now close their connections");
+                }
+            }
+        })
+        .map_err(|e| format!("cannot start a thread: {e}"))?;
+    let gateway = Gateway::new(control.live.clone(), draining);
     let mut proxy =
         pingora::proxy::http_proxy_service_with_name(&server.configuration, gateway, "bindgate");
     let settings = tls::settings(control.tls.clone())?;
