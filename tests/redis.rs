@@ -734,3 +734,41 @@ fn rediss_with_a_private_ca() {
     };
     assert_eq!(status, 503);
 }
+
+/// Subjects become parts of Redis keys: glob characters, hash-tag braces, the key separator
+/// and control-free oddities must name exactly their own sessions, never others'.
+#[test]
+fn hostile_subjects_name_only_their_own_sessions_on_redis() {
+    let redis = RedisServer::start();
+    let p = pair(&redis_state(&redis), false);
+    let subjects = [
+        "a", "a*", "*", "a?", "[a]", "{a}", "a:b", "a\\", "s:0:x", "ä ö",
+    ];
+    let mut sids = Vec::new();
+    for s in subjects {
+        sids.push(p.a.create_session(s));
+    }
+    for (s, sid) in subjects.iter().zip(&sids) {
+        let q: String = form_urlencoded::byte_serialize(s.as_bytes()).collect();
+        let listed = p.b.sessions("GET", &format!("?subject={q}"), None, None);
+        assert_eq!(listed.status, 200, "{s}");
+        let map = listed.body.as_object().unwrap();
+        assert_eq!(map.len(), 1, "subject {s:?} listed {map:?}");
+        assert!(map.contains_key(sid), "{s}");
+    }
+    // Deleting the glob-looking subject deletes its session only.
+    let q: String = form_urlencoded::byte_serialize(b"*").collect();
+    assert_eq!(
+        p.a.sessions("DELETE", &format!("?subject={q}&quiet=true"), None, None)
+            .status,
+        204
+    );
+    for (s, sid) in subjects.iter().zip(&sids) {
+        let expected = if *s == "*" { 404 } else { 200 };
+        assert_eq!(
+            p.b.sessions("GET", "", Some(sid), None).status,
+            expected,
+            "{s}"
+        );
+    }
+}
