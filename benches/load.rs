@@ -15,7 +15,7 @@
 //! next to `a-es256`; bindgate only), `c-fresh` (`POST /clients` into the embedded registry
 //! with a fresh initial access token each time; with `--single-use` each is used up).
 //! `--state redis` puts bindgate's state on a `redis-server` the harness starts (durable:
-//! `appendfsync always`). Tokens and proofs are minted before timing starts. `--pin` runs the proxies on CPU 1 and the harness (load and upstream) on
+//! `appendfsync always`). `--verified-cache N` sets bindgate's verified-token cache (0: off). Tokens and proofs are minted before timing starts. `--pin` runs the proxies on CPU 1 and the harness (load and upstream) on
 //! CPU 0. Under `cargo test` (no `--bench` argument) a short smoke of every scenario runs and
 //! checks that every answer was a success; no timing is asserted.
 
@@ -63,6 +63,8 @@ struct Options {
     state: String,
     /// `registration.single_use: true` (scenario `c-fresh`).
     single_use: bool,
+    /// bindgate's `tokens.verified_cache_entries` (0: every request verifies its token).
+    verified_cache: u64,
 }
 
 impl Options {
@@ -128,6 +130,9 @@ fn options() -> Options {
             .filter(|r| *r > 0),
         state: get("--state").unwrap_or_else(|| "memory".into()),
         single_use: args.iter().any(|a| a == "--single-use"),
+        verified_cache: get("--verified-cache")
+            .map(|v| v.parse().expect("--verified-cache: a number of entries"))
+            .unwrap_or(100_000),
     }
 }
 
@@ -329,7 +334,7 @@ listen:
 admin: {{address: "127.0.0.1:{admin}"}}
 issuer: "{ISSUER}"
 jwks: {{file: "{d}/bench-jwks.json"}}
-tokens: {{algorithms: [RS256, ES256], verified_cache_entries: 100000}}
+tokens: {{algorithms: [RS256, ES256], verified_cache_entries: {verified_cache}}}
 registration:
   endpoint_uri: "{ENDPOINT}"
   target: {target}
@@ -349,6 +354,7 @@ server: {{threads: {threads}, grace_period: 1s}}
             d = dir.display(),
             threads = o.threads,
             single_use = o.single_use,
+            verified_cache = o.verified_cache,
             state = match redis {
                 Some(p) => format!(r#"{{redis: {{url: "redis://127.0.0.1:{p}/0", key_prefix: "bench-{port}:"}}}}"#),
                 None => r#"{path: ":memory:"}"#.to_string(),

@@ -624,3 +624,110 @@ fn error_logs_never_hold_a_query_token() {
     assert!(!log.contains("query-secret-789"), "{log}");
     assert!(!log.contains("header-secret-012"), "{log}");
 }
+
+/// A raw HTTP/1.1 upstream for one request: reports what it has received each time more
+/// arrives, and answers 200 once the whole `Content-Length` body is in.
+fn raw_upstream() -> (
+    std::net::SocketAddr,
+    std::sync::mpsc::Receiver<Vec<u8>>,
+    std::thread::JoinHandle<()>,
+) {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let worker = std::thread::spawn(move || {
+        let (mut s, _) = listener.accept().unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+        let mut got = Vec::new();
+        let mut buf = [0u8; 4096];
+        loop {
+            let n = s.read(&mut buf).unwrap_or(0);
+            if n == 0 {
+                return;
+            }
+            got.extend_from_slice(&buf[..n]);
+            let _ = tx.send(got.clone());
+            let text = String::from_utf8_lossy(&got).to_ascii_lowercase();
+            if let Some(end) = text.find("\r\n\r\n") {
+                let length: usize = text
+                    .lines()
+                    .find_map(|l| l.strip_prefix("content-length:"))
+                    .and_then(|v| v.trim().parse().ok())
+                    .unwrap_or(0);
+                if got.len() >= end + 4 + length {
+                    let _ = s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok");
+                    return;
+                }
+            }
+        }
+    });
+    (addr, rx, worker)
+}
+
+/// Waits (at most 10 s) until the upstream has received something `ready` accepts.
+fn upstream_sees(rx: &std::sync::mpsc::Receiver<Vec<u8>>, ready: impl Fn(&str) -> bool) -> bool {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while let Some(left) = deadline.checked_duration_since(std::time::Instant::now()) {
+        match rx.recv_timeout(left) {
+            Ok(got) if ready(&String::from_utf8_lossy(&got)) => return true,
+            Ok(_) => continue,
+            Err(_) => return false,
+        }
+    }
+    false
+}
+
+/// The upstream connection is written through a buffer (vendor/pingora-core), so that a
+/// header and a small body leave in one write. Nothing may wait in that buffer: a body that
+/// comes in parts reaches the upstream part by part, and a header with `Expect:
+/// 100-continue` reaches it before any body is sent.
+#[test]
+fn request_parts_reach_the_upstream_as_they_come() {
+    let pki = Pki::new();
+    for expect in [false, true] {
+        let (addr, rx, worker) = raw_upstream();
+        let bg = Bindgate::start(&pki, &passthrough_config(addr));
+        let mut s = tls_to(&bg);
+        let head = format!(
+            "POST /upload HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\nContent-Length: 10\r\n{}\r\n",
+            if expect { "Expect: 100-continue\r\n" } else { "" }
+        );
+        if expect {
+            s.write_all(head.as_bytes()).unwrap();
+            assert!(
+                upstream_sees(&rx, |got| got.contains("\r\n\r\n")),
+                "the header with Expect: 100-continue did not reach the upstream on its own"
+            );
+            s.write_all(b"part1").unwrap();
+        } else {
+            s.write_all(format!("{head}part1").as_bytes()).unwrap();
+        }
+        assert!(
+            upstream_sees(&rx, |got| got.ends_with("\r\n\r\npart1")),
+            "the first part of the body waited (expect: {expect})"
+        );
+        s.write_all(b"part2").unwrap();
+        let mut answer = Vec::new();
+        let _ = s.read_to_end(&mut answer);
+        let answer = String::from_utf8_lossy(&answer);
+        assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+        assert!(answer.ends_with("ok"), "{answer}");
+        worker.join().unwrap();
+    }
+}
+
+/// A TLS connection to bindgate without a client certificate, for raw HTTP/1.1.
+fn tls_to(bg: &Bindgate) -> openssl::ssl::SslStream<std::net::TcpStream> {
+    use openssl::ssl::{SslConnector, SslMethod, SslVerifyMode};
+    let mut b = SslConnector::builder(SslMethod::tls_client()).unwrap();
+    b.set_verify(SslVerifyMode::NONE);
+    b.set_alpn_protos(b"\x08http/1.1").unwrap();
+    let tcp = std::net::TcpStream::connect(bg.listen).unwrap();
+    tcp.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    b.build()
+        .configure()
+        .unwrap()
+        .verify_hostname(false)
+        .connect("localhost", tcp)
+        .unwrap()
+}

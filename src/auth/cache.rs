@@ -2,6 +2,12 @@
 //! time-independent claim checks, with the key that verified it. An entry lives until the
 //! token's `exp` (plus leeway) at the latest; the clock, the certificate binding and whether
 //! the key is still published with the same material are checked again on every hit.
+//!
+//! A token enters the cache on its second verification, not its first: a doorkeeper (one
+//! 64-bit tag per slot, a fixed array sized with the cache) remembers tokens seen once. A
+//! stream of tokens each used once (initial access tokens, a client minting a token per
+//! call, a flood of distinct valid tokens) then costs no insert, no memory and evicts none of
+//! the tokens in steady use; a token used again is verified twice, then served from the cache.
 
 use moka::sync::Cache;
 use moka::Expiry;
@@ -27,6 +33,35 @@ pub struct VerifiedCache {
     /// Bumped by every clear: a verification that began before a clear does not insert after
     /// it (its key may be the one that was revoked).
     epoch: AtomicU64,
+    /// Tokens verified once and not (yet) cached, by a tag of their digest.
+    doorkeeper: Doorkeeper,
+}
+
+/// Tokens seen once: slot `digest[0..8] mod len` holds `digest[8..16]`. A later token taking
+/// the slot makes the first one wait for a third verification; nothing more.
+struct Doorkeeper {
+    slots: Box<[AtomicU64]>,
+    mask: usize,
+}
+
+impl Doorkeeper {
+    fn new(entries: u64) -> Self {
+        // As many slots as cache entries (a power of two, 1 Ki .. 1 Mi: 8 KiB .. 8 MiB).
+        let len = (entries.clamp(1 << 10, 1 << 20) as usize).next_power_of_two();
+        Doorkeeper {
+            slots: (0..len).map(|_| AtomicU64::new(0)).collect(),
+            mask: len - 1,
+        }
+    }
+
+    /// Whether the token with `digest` was seen before; remembers it either way.
+    fn seen_again(&self, digest: &[u8; 32]) -> bool {
+        let (index, tag) = digest.split_at(8);
+        let index = u64::from_le_bytes(index.try_into().unwrap_or_default()) as usize;
+        // Never 0, the empty slot's value.
+        let tag = u64::from_le_bytes(tag[..8].try_into().unwrap_or_default()) | 1;
+        self.slots[index & self.mask].swap(tag, Ordering::Relaxed) == tag
+    }
 }
 
 struct UntilExpiry {
@@ -65,6 +100,7 @@ impl VerifiedCache {
                 .build(),
             leeway,
             epoch: AtomicU64::new(0),
+            doorkeeper: Doorkeeper::new(entries),
         }
     }
 
@@ -81,9 +117,13 @@ impl VerifiedCache {
         self.epoch.load(Ordering::Acquire)
     }
 
-    /// Keeps `entry` unless it has already expired or the cache was cleared since `epoch`.
+    /// Keeps `entry` unless it has already expired, the cache was cleared since `epoch`, or
+    /// this is the first time the token was verified (see the doorkeeper).
     pub fn insert(&self, digest: [u8; 32], entry: Arc<Entry>, now: f64, epoch: u64) {
-        if entry.verified.exp + self.leeway > now && self.epoch() == epoch {
+        if entry.verified.exp + self.leeway > now
+            && self.epoch() == epoch
+            && self.doorkeeper.seen_again(&digest)
+        {
             self.inner.insert(digest, entry);
             // A clear that raced with the insert: undo it rather than keep what it revoked.
             if self.epoch() != epoch {
@@ -125,6 +165,7 @@ mod tests {
         let cache = VerifiedCache::new(100, Duration::from_secs(0));
         let now = now_secs();
         let before = cache.epoch();
+        cache.insert([7; 32], entry(now + 600.0), now, before);
         cache.clear();
         cache.insert([7; 32], entry(now + 600.0), now, before);
         assert!(cache.get(&[7; 32]).is_none());
@@ -132,6 +173,29 @@ mod tests {
         assert!(cache.get(&[7; 32]).is_some());
         // Expired on arrival: not kept.
         cache.insert([8; 32], entry(now - 1.0), now, cache.epoch());
+        cache.insert([8; 32], entry(now - 1.0), now, cache.epoch());
         assert!(cache.get(&[8; 32]).is_none());
+    }
+
+    #[test]
+    fn a_token_is_cached_on_its_second_verification() {
+        let cache = VerifiedCache::new(100, Duration::from_secs(0));
+        let now = now_secs();
+        let mut once = [3u8; 32];
+        cache.insert([9; 32], entry(now + 600.0), now, cache.epoch());
+        assert!(cache.get(&[9; 32]).is_none(), "cached on first sight");
+        // 5 000 tokens each seen once (50 times the cache's size): none is kept.
+        for i in 0..5_000u32 {
+            once[..4].copy_from_slice(&i.to_le_bytes());
+            once[8..12].copy_from_slice(&i.to_be_bytes());
+            cache.insert(once, entry(now + 600.0), now, cache.epoch());
+        }
+        cache.inner.run_pending_tasks();
+        assert_eq!(cache.inner.entry_count(), 0);
+        // Seen again (the one-time tokens may have taken its slot: at most twice more).
+        for _ in 0..2 {
+            cache.insert([9; 32], entry(now + 600.0), now, cache.epoch());
+        }
+        assert!(cache.get(&[9; 32]).is_some(), "not cached when seen again");
     }
 }

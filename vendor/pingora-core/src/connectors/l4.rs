@@ -176,7 +176,14 @@ where
                         Ok(socket) => {
                             local_addr = connect_attempt.local_addr();
                             debug!("connected to new server: {}", peer.address());
-                            Ok(socket.into())
+                            // bindgate: a write buffer (downstream streams have one), so that
+                            // a request header not flushed leaves with its body in one write;
+                            // 16 KiB holds a header with a client certificate and a token.
+                            let mut stream: Stream = socket.into();
+                            stream.set_buffer(
+                                crate::protocols::l4::stream::L4BufferSettings::new(0, 16 * 1024),
+                            );
+                            Ok(stream)
                         }
                         Err(e) => {
                             let c = format!("Fail to connect to {peer}");

@@ -260,9 +260,11 @@ impl TransportConnector {
                         let mut stream = l.into_inner();
                         // test_reusable_stream: we assume server would never actively send data
                         // first on an idle stream.
+                        // bindgate: no `peer.matches_fd(stream.id())` here (a getpeername per
+                        // reused connection). The pool owns the stream, so its descriptor
+                        // cannot have been closed and reused for another peer meanwhile.
                         #[cfg(unix)]
-                        if peer.matches_fd(stream.id())
-                            && test_reusable_stream(&mut stream, &self.unexpected_data_conn_count)
+                        if test_reusable_stream(&mut stream, &self.unexpected_data_conn_count)
                         {
                             Some(stream)
                         } else {

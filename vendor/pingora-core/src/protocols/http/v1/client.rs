@@ -145,10 +145,22 @@ impl HttpSession {
             _ => Error::because(WriteError, "while writing request headers", e),
         })?;
 
-        self.underlying_stream
-            .flush()
-            .await
-            .or_err(WriteError, "flushing request header")?;
+        // bindgate: when a Content-Length body follows (and no `Expect: 100-continue` waits
+        // for the server), the header is not flushed on its own: it leaves with the first
+        // body write, which is flushed (`do_write_body`). One write for a small request.
+        let body_follows = req
+            .headers
+            .get(http::header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .is_some_and(|n| n > 0)
+            && !req.headers.contains_key(http::header::EXPECT);
+        if !body_follows {
+            self.underlying_stream
+                .flush()
+                .await
+                .or_err(WriteError, "flushing request header")?;
+        }
 
         // write was successful
         self.request_written = Some(req);
@@ -163,6 +175,12 @@ impl HttpSession {
 
         if let Ok(Some(num_bytes)) = written {
             self.bytes_sent += num_bytes;
+            // bindgate: nothing waits in the upstream write buffer (a header held back, a
+            // body chunk): each body write reaches the server as it did unbuffered.
+            self.underlying_stream
+                .flush()
+                .await
+                .or_err(WriteError, "flushing body")?;
         }
 
         written
