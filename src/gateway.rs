@@ -681,29 +681,22 @@ impl Live {
         if let Some(authority) = &target.authority {
             upstream_request.insert_header(http::header::HOST, authority.as_str())?;
         }
-        strip_hop_by_hop(upstream_request, session.is_upgrade_req());
+        strip_connection_listed(upstream_request, session.is_upgrade_req());
         let Some(upstream) = &ctx.upstream else {
             return Error::e_explain(ErrorType::InternalError, "no upstream chosen");
         };
-        // RFC 9440 §3: whatever the client sent under these names is not to be trusted.
-        for name in ["client-cert", "client-cert-chain"] {
-            while upstream_request.remove_header(name).is_some() {}
-        }
-        if let Some(name) = &upstream.config.client_cert_header {
-            while upstream_request.remove_header(name).is_some() {}
-            if let Some(cert) = &ctx.peer_certificate {
-                upstream_request.insert_header(name.clone(), cert.header_value())?;
-            }
-        }
-        for name in FORWARDING_HEADERS.iter().chain(PATH_OVERRIDE_HEADERS) {
-            while upstream_request.remove_header(*name).is_some() {}
-        }
-        if !matches!(ctx.operation, Some(Operation::Forward { .. })) {
-            // Protected routes too: the route's policy was decided with this method.
-            // The method was authorised: no framework behind may read another one.
-            for name in METHOD_OVERRIDE_HEADERS {
-                while upstream_request.remove_header(*name).is_some() {}
-            }
+        // Protected routes too: the route's policy was decided with this method. The method
+        // was authorised: no framework behind may read another one.
+        let method_bound = !matches!(ctx.operation, Some(Operation::Forward { .. }));
+        strip_untrusted(
+            upstream_request,
+            upstream.config.client_cert_header.as_ref(),
+            method_bound,
+        );
+        if let (Some(name), Some(cert)) =
+            (&upstream.config.client_cert_header, &ctx.peer_certificate)
+        {
+            upstream_request.insert_header(name.clone(), cert.header_value())?;
         }
         if upstream.config.forwarded_headers {
             let peer = session
@@ -911,8 +904,50 @@ fn forwarded(peer: Option<std::net::IpAddr>, host: &str) -> String {
     }
 }
 
-/// Removes hop-by-hop headers (RFC 9110 §7.6.1) so that only end-to-end headers travel on.
-fn strip_hop_by_hop(req: &mut RequestHeader, upgrade: bool) {
+/// Removes, in one pass over the request's header names (no lookup per name bindgate knows),
+/// every header that must not reach an upstream: the fixed hop-by-hop ones (RFC 9110
+/// §7.6.1; `TE` unless it is only `trailers`), the client certificate headers (RFC 9440 §3:
+/// whatever the client sent under these names, or under the configured one, is not to be
+/// trusted), the forwarding and path-override headers, and with `method_bound` the
+/// method-override headers.
+fn strip_untrusted(
+    req: &mut RequestHeader,
+    cert_header: Option<&http::HeaderName>,
+    method_bound: bool,
+) {
+    let doomed: Vec<http::HeaderName> = req
+        .headers
+        .iter()
+        .filter(|(name, value)| {
+            let n = name.as_str();
+            HOP_BY_HOP_HEADERS.contains(&n)
+                || (n == "te"
+                    && value
+                        .to_str()
+                        .map(|t| t.trim() != "trailers")
+                        .unwrap_or(true))
+                || CLIENT_CERT_HEADERS.contains(&n)
+                || cert_header.is_some_and(|c| c == *name)
+                || FORWARDING_HEADERS.contains(&n)
+                || PATH_OVERRIDE_HEADERS.contains(&n)
+                || (method_bound && METHOD_OVERRIDE_HEADERS.contains(&n))
+        })
+        .map(|(name, _)| name.clone())
+        .collect();
+    for name in doomed {
+        while req.remove_header(&name).is_some() {}
+    }
+}
+
+/// Hop-by-hop headers removed whatever `Connection` lists (RFC 9110 §7.6.1).
+const HOP_BY_HOP_HEADERS: &[&str] = &["keep-alive", "proxy-connection", "proxy-authorization"];
+
+/// RFC 9440 §3: a client's own certificate headers.
+const CLIENT_CERT_HEADERS: &[&str] = &["client-cert", "client-cert-chain"];
+
+/// Removes the headers `Connection` names as hop-by-hop (RFC 9110 §7.6.1), but `Upgrade` on
+/// an upgrade request; the fixed ones go in [`strip_untrusted`].
+fn strip_connection_listed(req: &mut RequestHeader, upgrade: bool) {
     let listed: Vec<String> = req
         .headers
         .get_all(http::header::CONNECTION)
@@ -928,14 +963,6 @@ fn strip_hop_by_hop(req: &mut RequestHeader, upgrade: bool) {
         }
         if name != "close" && name != "keep-alive" {
             req.remove_header(name.as_str());
-        }
-    }
-    for name in ["keep-alive", "proxy-connection", "proxy-authorization"] {
-        req.remove_header(name);
-    }
-    if let Some(te) = req.headers.get("te") {
-        if te.to_str().map(|t| t.trim() != "trailers").unwrap_or(true) {
-            req.remove_header("te");
         }
     }
 }

@@ -451,7 +451,7 @@ fn absolute_form_is_forwarded_as_its_normalised_path_with_its_host() {
 #[test]
 fn forwarding_headers_are_removed_and_set_by_bindgate() {
     let s = setup(Mode::Upstream);
-    let spoofed = "\r\nX-Original-URL: /clients\r\nX-Rewrite-URL: /clients\r\nX-HTTP-Method-Override: GET\r\nClient-Cert: :c3Bvb2Y=:\r\nClient-Cert: :dHdpY2U=:\r\nClient-Cert-Chain: :c3Bvb2Y=:\r\nX-Forwarded-For: 203.0.113.9\r\nX-Forwarded-For: 198.51.100.1\r\nX-Forwarded-Proto: http\r\nX-Forwarded-Host: evil.example.com\r\nX-Forwarded-Port: 80\r\nX-Real-IP: 203.0.113.9\r\nForwarded: for=203.0.113.9;proto=http";
+    let spoofed = "\r\nX-Original-URL: /clients\r\nX-Rewrite-URL: /clients\r\nX-HTTP-Method-Override: GET\r\nClient-Cert: :c3Bvb2Y=:\r\nClient-Cert: :dHdpY2U=:\r\nClient-Cert-Chain: :c3Bvb2Y=:\r\nX-Forwarded-For: 203.0.113.9\r\nX-Forwarded-For: 198.51.100.1\r\nX-Forwarded-Proto: http\r\nX-Forwarded-Host: evil.example.com\r\nX-Forwarded-Port: 80\r\nX-Real-IP: 203.0.113.9\r\nForwarded: for=203.0.113.9;proto=http\r\nProxy-Authorization: Basic Zm9vOmJhcg==\r\nProxy-Connection: keep-alive\r\nKeep-Alive: timeout=5\r\nTE: gzip";
     let host = format!("localhost:{}", s.bg.port);
     for identity in [None, Some("client1")] {
         let a = s.raw(
@@ -483,6 +483,16 @@ fn forwarding_headers_are_removed_and_set_by_bindgate() {
         assert!(r.all("x-real-ip").is_empty(), "request {i}");
         assert!(r.all("x-original-url").is_empty(), "request {i}");
         assert!(r.all("x-rewrite-url").is_empty(), "request {i}");
+        // Hop-by-hop (RFC 9110 §7.6.1): the client's proxy credentials go no further (bindgate
+        // removes them, and Pingora's own request sanitising does too).
+        for name in [
+            "proxy-authorization",
+            "proxy-connection",
+            "keep-alive",
+            "te",
+        ] {
+            assert!(r.all(name).is_empty(), "{name}, request {i}");
+        }
         // A route authorises no method: its method override is the application's business.
         assert_eq!(r.all("x-http-method-override"), vec!["GET"], "request {i}");
     }
