@@ -15,7 +15,8 @@
 //! next to `a-es256`; bindgate only), `c-fresh` (`POST /clients` into the embedded registry
 //! with a fresh initial access token each time; with `--single-use` each is used up).
 //! `--state redis` puts bindgate's state on a `redis-server` the harness starts (durable:
-//! `appendfsync always`). `--verified-cache N` sets bindgate's verified-token cache (0: off). Tokens and proofs are minted before timing starts. `--pin` runs the proxies on CPU 1 and the harness (load and upstream) on
+//! `appendfsync always`). `--verified-cache N` sets bindgate's verified-token cache (0: off);
+//! `--access-log` runs bindgate with its access log (its default; otherwise warnings only). Tokens and proofs are minted before timing starts. `--pin` runs the proxies on CPU 1 and the harness (load and upstream) on
 //! CPU 0. Under `cargo test` (no `--bench` argument) a short smoke of every scenario runs and
 //! checks that every answer was a success; no timing is asserted.
 
@@ -65,6 +66,9 @@ struct Options {
     single_use: bool,
     /// bindgate's `tokens.verified_cache_entries` (0: every request verifies its token).
     verified_cache: u64,
+    /// bindgate writes its access log (`BINDGATE_LOG=info`, its default) to a file; without
+    /// it, warnings only.
+    access_log: bool,
 }
 
 impl Options {
@@ -130,6 +134,7 @@ fn options() -> Options {
             .filter(|r| *r > 0),
         state: get("--state").unwrap_or_else(|| "memory".into()),
         single_use: args.iter().any(|a| a == "--single-use"),
+        access_log: args.iter().any(|a| a == "--access-log"),
         verified_cache: get("--verified-cache")
             .map(|v| v.parse().expect("--verified-cache: a number of entries"))
             .unwrap_or(100_000),
@@ -291,7 +296,7 @@ fn spawn(o: &Options, program: &str, args: &[&str], log: &Path) -> Child {
     std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
     cmd.args(&line[1..]);
     cmd.args(args)
-        .env("BINDGATE_LOG", "warn")
+        .env("BINDGATE_LOG", if o.access_log { "info" } else { "warn" })
         .stdin(Stdio::null())
         .stdout(std::fs::File::create(log).unwrap())
         .stderr(std::fs::File::create(log.with_extension("err")).unwrap())

@@ -92,8 +92,13 @@ fn load(
                     i += 1;
                     let url = format!("{base}/a/{i}");
                     let mut r = client.get(&url).send();
-                    let closed_early =
-                        |e: &reqwest::Error| format!("{e:?}").contains("IncompleteMessage");
+                    // The connection was closed (a FIN: IncompleteMessage) or reset (the
+                    // request reached a socket being closed) before any answer: a GET may be
+                    // sent again (RFC 9110 §9.2.2).
+                    let closed_early = |e: &reqwest::Error| {
+                        let e = format!("{e:?}");
+                        e.contains("IncompleteMessage") || e.contains("ConnectionReset")
+                    };
                     if retry_closed && r.as_ref().is_err_and(closed_early) {
                         seen.lock().unwrap().retried += 1;
                         r = client.get(&url).send();
