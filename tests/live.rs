@@ -384,7 +384,7 @@ fn upgrade_with(state: &str) {
         s.spawn(|| load(load_clients, base, &stop, &seen, true));
         std::thread::sleep(Duration::from_millis(500));
         // The documented steps: start the new binary with --upgrade, then SIGQUIT the old.
-        let mut child = old.spawn_beside(&["--upgrade"], "upgraded.log");
+        let mut child = Reaped(old.spawn_beside(&["--upgrade"], "upgraded.log"));
         std::thread::sleep(Duration::from_millis(500));
         old.signal("QUIT");
         // The old process drains and exits; the new one serves on the same ports.
@@ -392,17 +392,17 @@ fn upgrade_with(state: &str) {
         assert!(exited.is_some(), "the old process did not exit");
         wait_for("the pid file to name the new process", || {
             std::fs::read_to_string(old.dir().join("bindgate.pid"))
-                .is_ok_and(|p| p.trim() == child.id().to_string())
+                .is_ok_and(|p| p.trim() == child.0.id().to_string())
         });
         std::thread::sleep(Duration::from_millis(500));
         stop.store(true, Ordering::Relaxed);
         assert!(
-            child.try_wait().unwrap().is_none(),
+            child.0.try_wait().unwrap().is_none(),
             "the new process exited"
         );
         new = Some(child);
     });
-    let mut new = new.unwrap();
+    let new = new.unwrap();
     let seen = seen.into_inner().unwrap();
     assert!(seen.failures.is_empty(), "{:?}", seen.failures);
     // A rare race, not a pattern: at most one per client connection in flight at the switch.
@@ -418,7 +418,7 @@ fn upgrade_with(state: &str) {
         client.get(old.url("/a/after")).send().unwrap().status(),
         200
     );
-    assert_ne!(old_pid, new.id());
+    assert_ne!(old_pid, new.0.id());
     // What the old process stored, the new one serves (in memory, it starts empty).
     let read = client
         .get(old.url(&format!("/clients/{client_id}")))
@@ -428,6 +428,14 @@ fn upgrade_with(state: &str) {
         .status();
     let expected = if state.contains("memory") { 404 } else { 200 };
     assert_eq!(read, expected, "{state}");
-    let _ = new.kill();
-    let _ = new.wait();
+}
+
+/// The upgraded process, stopped when the test ends, failed or not.
+struct Reaped(std::process::Child);
+
+impl Drop for Reaped {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
 }
