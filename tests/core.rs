@@ -165,20 +165,26 @@ fn mtls_request(
     (reused, session, response)
 }
 
+/// Whether `buf` holds a whole HTTP/1.1 message: its header and its `Content-Length` body.
+fn whole_message(buf: &[u8]) -> bool {
+    let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") else {
+        return false;
+    };
+    let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
+    let len: usize = head
+        .lines()
+        .find_map(|l| l.strip_prefix("content-length:"))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0);
+    buf.len() >= end + 4 + len
+}
+
 fn read_one_response(stream: &mut impl Read) -> String {
     let mut buf = Vec::new();
     let mut chunk = [0u8; 4096];
     loop {
-        if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-            let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
-            let len: usize = head
-                .lines()
-                .find_map(|l| l.strip_prefix("content-length:"))
-                .and_then(|v| v.trim().parse().ok())
-                .unwrap_or(0);
-            if buf.len() >= end + 4 + len {
-                return String::from_utf8_lossy(&buf).to_string();
-            }
+        if whole_message(&buf) {
+            return String::from_utf8_lossy(&buf).to_string();
         }
         match stream.read(&mut chunk) {
             Ok(0) | Err(_) => return String::from_utf8_lossy(&buf).to_string(),
@@ -647,17 +653,9 @@ fn raw_upstream() -> (
             }
             got.extend_from_slice(&buf[..n]);
             let _ = tx.send(got.clone());
-            let text = String::from_utf8_lossy(&got).to_ascii_lowercase();
-            if let Some(end) = text.find("\r\n\r\n") {
-                let length: usize = text
-                    .lines()
-                    .find_map(|l| l.strip_prefix("content-length:"))
-                    .and_then(|v| v.trim().parse().ok())
-                    .unwrap_or(0);
-                if got.len() >= end + 4 + length {
-                    let _ = s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok");
-                    return;
-                }
+            if whole_message(&got) {
+                let _ = s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok");
+                return;
             }
         }
     });
