@@ -146,12 +146,12 @@ impl Drop for Flush {
 }
 
 /// One event's writer: tracing's formatter writes each event with one `write_all`.
-pub struct Line {
-    writer: BatchWriter,
+pub struct Line<'a> {
+    writer: &'a BatchWriter,
     urgent: bool,
 }
 
-impl Write for Line {
+impl Write for Line<'_> {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
         self.writer.append(buf, self.urgent);
         Ok(buf.len())
@@ -163,18 +163,18 @@ impl Write for Line {
 }
 
 impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for BatchWriter {
-    type Writer = Line;
+    type Writer = Line<'a>;
 
-    fn make_writer(&'a self) -> Line {
+    fn make_writer(&'a self) -> Line<'a> {
         Line {
-            writer: self.clone(),
+            writer: self,
             urgent: true,
         }
     }
 
-    fn make_writer_for(&'a self, meta: &tracing::Metadata<'_>) -> Line {
+    fn make_writer_for(&'a self, meta: &tracing::Metadata<'_>) -> Line<'a> {
         Line {
-            writer: self.clone(),
+            writer: self,
             urgent: meta.target() != "bindgate::access",
         }
     }
@@ -201,10 +201,7 @@ mod tests {
     }
 
     fn line(w: &BatchWriter, text: &str, urgent: bool) {
-        let mut l = Line {
-            writer: w.clone(),
-            urgent,
-        };
+        let mut l = Line { writer: w, urgent };
         l.write_all(text.as_bytes()).unwrap();
     }
 
