@@ -86,9 +86,21 @@ fn http2_request_carries_the_client_certificate_upstream() {
     let upstream = Upstream::start();
     let bg = Bindgate::start(&pki, &passthrough_config(upstream.addr));
     let client = bg.client(&pki, Some("client2"), Http::Alpn);
+    let spoof = rfc9440(&pki.der("client1"));
     for i in 0..3 {
-        let resp = client
-            .get(bg.url(&format!("/h2/{i}")))
+        // Spoofed headers, some twice, over HTTP/2 too; a POST with a body (one write to the
+        // HTTP/1.1 upstream) on the last one.
+        let request = if i == 2 {
+            client.post(bg.url("/h2/2")).body(r#"{"h2":"body"}"#)
+        } else {
+            client.get(bg.url(&format!("/h2/{i}")))
+        };
+        let resp = request
+            .header("client-cert", &spoof)
+            .header("client-cert", &spoof)
+            .header("x-forwarded-for", "203.0.113.9")
+            .header("x-original-url", "/clients")
+            .header("proxy-authorization", "Basic Zm9vOmJhcg==")
             .send()
             .expect("request");
         assert_eq!(resp.version(), reqwest::Version::HTTP_2);
@@ -96,12 +108,17 @@ fn http2_request_carries_the_client_certificate_upstream() {
     }
     let got = upstream.wait_for(3);
     assert_eq!(got.len(), 3);
-    for r in got {
+    for r in &got {
         assert_eq!(
-            r.header("client-cert"),
-            Some(rfc9440(&pki.der("client2")).as_str())
+            r.all("client-cert"),
+            vec![rfc9440(&pki.der("client2")).as_str()]
         );
+        assert_eq!(r.all("x-forwarded-for"), vec!["127.0.0.1"]);
+        assert!(r.all("x-original-url").is_empty());
+        assert!(r.all("proxy-authorization").is_empty());
     }
+    let post = got.iter().find(|r| r.method == "POST").expect("the POST");
+    assert_eq!(post.body, br#"{"h2":"body"}"#);
 }
 
 #[test]
