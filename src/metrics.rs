@@ -6,6 +6,26 @@ use prometheus::{
 };
 use std::sync::atomic::{AtomicI64, Ordering};
 
+/// The policy an authorisation decision was made under (the `policy` label).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Policy {
+    Registration,
+    SessionStore,
+    Route,
+}
+
+impl Policy {
+    const ALL: [Policy; 3] = [Policy::Registration, Policy::SessionStore, Policy::Route];
+
+    pub fn label(self) -> &'static str {
+        match self {
+            Policy::Registration => "registration",
+            Policy::SessionStore => "session_store",
+            Policy::Route => "route",
+        }
+    }
+}
+
 pub struct Metrics {
     registry: Registry,
     /// Requests by route, target and status.
@@ -16,6 +36,8 @@ pub struct Metrics {
     pub rejections: IntCounterVec,
     /// Authorisation decisions by policy, decision and reason.
     pub decisions: IntCounterVec,
+    /// `decisions` accepted, by [`Policy`], resolved once (the hot path hashes no labels).
+    accepted: [IntCounter; Policy::ALL.len()],
     /// JWKS fetches by outcome (ok, failed).
     pub jwks_fetches: IntCounterVec,
     /// Refetches triggered by tokens naming an unknown kid.
@@ -39,6 +61,18 @@ pub struct Metrics {
 }
 
 impl Metrics {
+    /// An accepted authorisation under `policy`.
+    pub fn accepted(&self, policy: Policy) {
+        self.accepted[policy as usize].inc();
+    }
+
+    /// A rejected authorisation under `policy`, with the rejection's reason.
+    pub fn rejected(&self, policy: Policy, reason: &str) {
+        self.decisions
+            .with_label_values(&[policy.label(), "rejected", reason])
+            .inc();
+    }
+
     pub fn new() -> Self {
         let registry =
             Registry::new_custom(Some("bindgate".into()), None).expect("a static prefix is valid");
@@ -133,6 +167,8 @@ impl Metrics {
             requests,
             latency,
             rejections,
+            accepted: Policy::ALL
+                .map(|p| decisions.with_label_values(&[p.label(), "accepted", "-"])),
             decisions,
             jwks_fetches,
             unknown_kid_refetches,

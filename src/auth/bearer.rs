@@ -4,13 +4,28 @@ use http::HeaderMap;
 
 use crate::rejection::Rejection;
 
+/// A `b64token` character other than the trailing `=` (RFC 6750 §2.1): `ALPHA / DIGIT / "-" /
+/// "." / "_" / "~" / "+" / "/"`. Branch-free, so that the check of a whole token compiles to
+/// vector compares (a token is checked on every authorised request).
+fn is_b64token_char(b: u8) -> bool {
+    let lower = b | 0x20;
+    (lower.wrapping_sub(b'a') < 26)
+        | (b.wrapping_sub(b'0') < 10)
+        | (b == b'-')
+        | (b == b'.')
+        | (b == b'_')
+        | (b == b'~')
+        | (b == b'+')
+        | (b == b'/')
+}
+
 /// RFC 6750 §2.1 `b64token`: `1*( ALPHA / DIGIT / "-" / "." / "_" / "~" / "+" / "/" ) *"="`.
-fn is_b64token(token: &str) -> bool {
-    let body = token.trim_end_matches('=');
-    !body.is_empty()
-        && body.bytes().all(|b| {
-            b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~' | b'+' | b'/')
-        })
+fn is_b64token(token: &[u8]) -> bool {
+    let body = match token.iter().rposition(|&b| b != b'=') {
+        Some(last) => &token[..=last],
+        None => return false,
+    };
+    body.iter().fold(true, |ok, &b| ok & is_b64token_char(b))
 }
 
 fn query_has_access_token(query: Option<&str>) -> bool {
@@ -71,23 +86,26 @@ pub fn access_token<'a>(
     let Some(value) = first else {
         return Ok(None);
     };
-    let value = value
-        .to_str()
-        .map_err(|_| Rejection::InvalidRequest("Malformed Authorization header"))?;
-    let scheme_of = |s: &str| {
-        if s.eq_ignore_ascii_case("bearer") {
+    // Only bytes are looked at until the token is known to be a b64token (ASCII): one pass
+    // over the token, not a UTF-8 check and then a character check.
+    let value = value.as_bytes();
+    let malformed = || Rejection::InvalidRequest("Malformed Authorization header");
+    let scheme_of = |s: &[u8]| {
+        if s.eq_ignore_ascii_case(b"bearer") {
             Some(Scheme::Bearer)
-        } else if s.eq_ignore_ascii_case("dpop") {
+        } else if s.eq_ignore_ascii_case(b"dpop") {
             Some(Scheme::Dpop)
         } else {
             None
         }
     };
-    let (scheme, rest) = match value.split_once(' ') {
-        Some((scheme, rest)) => match scheme_of(scheme) {
-            Some(s) => (s, rest),
-            None => return Ok(None),
-        },
+    let visible = |v: &[u8]| v.iter().all(|&b| b == b'\t' || (0x20..0x7f).contains(&b));
+    let split = value.iter().position(|&b| b == b' ');
+    let (scheme, rest) = match split.map(|i| (scheme_of(&value[..i]), &value[i + 1..])) {
+        Some((Some(scheme), rest)) => (scheme, rest),
+        // Another scheme: none of ours, if the header is well formed at all.
+        Some((None, _)) | None if !visible(value) => return Err(malformed()),
+        Some((None, _)) => return Ok(None),
         None if scheme_of(value).is_some() => {
             return Err(Rejection::InvalidRequest(
                 "Malformed Authorization header: no token",
@@ -95,12 +113,21 @@ pub fn access_token<'a>(
         }
         None => return Ok(None),
     };
-    let token = rest.trim_matches(' ');
+    let start = rest.iter().position(|&b| b != b' ').unwrap_or(rest.len());
+    let end = rest
+        .iter()
+        .rposition(|&b| b != b' ')
+        .map_or(start, |i| i + 1);
+    let token = &rest[start..end];
     if !is_b64token(token) {
-        return Err(Rejection::InvalidRequest(
-            "Malformed Authorization header: not a bearer token",
-        ));
+        return Err(if visible(value) {
+            Rejection::InvalidRequest("Malformed Authorization header: not a bearer token")
+        } else {
+            malformed()
+        });
     }
+    // A b64token is ASCII: this cannot fail, and costs one word-at-a-time pass.
+    let token = std::str::from_utf8(token).map_err(|_| malformed())?;
     Ok(Some(Presented { scheme, token }))
 }
 
@@ -154,6 +181,93 @@ mod tests {
         assert!(access_token(&with(&["DPoP"]), None).is_err());
         assert!(access_token(&with(&["DPoP a", "Bearer a"]), None).is_err());
         assert_eq!(access_token(&with(&["Basic x"]), None), Ok(None));
+    }
+
+    /// The branch-free character check against the grammar as RFC 6750 writes it.
+    #[test]
+    fn b64token_characters_are_the_rfc_s() {
+        for b in 0..=255u8 {
+            let rfc = b.is_ascii_alphanumeric() || b"-._~+/".contains(&b);
+            assert_eq!(is_b64token_char(b), rfc, "byte {b:#04x}");
+        }
+        assert!(is_b64token(b"a"));
+        assert!(is_b64token(b"a.b-c_d~e+f/g=="));
+        for bad in [
+            &b""[..],
+            b"=",
+            b"==",
+            b"=a",
+            b"a=b",
+            b"a b",
+            b"a\xff",
+            b"a,b",
+        ] {
+            assert!(!is_b64token(bad), "{:?}", String::from_utf8_lossy(bad));
+        }
+    }
+
+    /// The parse as first written (a UTF-8 check, then the grammar on the string), as a
+    /// reference for the byte-wise one.
+    fn reference(value: &[u8]) -> Result<Option<(Scheme, String)>, ()> {
+        let value = std::str::from_utf8(value)
+            .ok()
+            .filter(|v| v.bytes().all(|b| b == b'\t' || (0x20..0x7f).contains(&b)))
+            .ok_or(())?;
+        let scheme_of = |s: &str| {
+            if s.eq_ignore_ascii_case("bearer") {
+                Some(Scheme::Bearer)
+            } else if s.eq_ignore_ascii_case("dpop") {
+                Some(Scheme::Dpop)
+            } else {
+                None
+            }
+        };
+        let (scheme, rest) = match value.split_once(' ') {
+            Some((scheme, rest)) => match scheme_of(scheme) {
+                Some(s) => (s, rest),
+                None => return Ok(None),
+            },
+            None if scheme_of(value).is_some() => return Err(()),
+            None => return Ok(None),
+        };
+        let token = rest.trim_matches(' ');
+        let body = token.trim_end_matches('=');
+        let ok = !body.is_empty()
+            && body.bytes().all(|b| {
+                b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~' | b'+' | b'/')
+            });
+        if ok {
+            Ok(Some((scheme, token.to_string())))
+        } else {
+            Err(())
+        }
+    }
+
+    use proptest::prelude::*;
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(4000))]
+        #[test]
+        fn byte_wise_parse_is_the_reference(
+            scheme in proptest::sample::select(vec!["Bearer", "bearer", "DPoP", "dpop", "Basic", "", "Bearer\t"]),
+            spaces in 0usize..3,
+            token in proptest::collection::vec(any::<u8>().prop_map(|b| {
+                // Mostly token characters, some of everything else.
+                const COMMON: &[u8] = b"aZ09-._~+/= ";
+                if b < 200 { COMMON[b as usize % COMMON.len()] } else { b }
+            }), 0..40),
+        ) {
+            let mut value = scheme.as_bytes().to_vec();
+            value.extend(std::iter::repeat_n(b' ', spaces));
+            value.extend(&token);
+            let Ok(header) = http::HeaderValue::from_bytes(&value) else { return Ok(()) };
+            let mut h = HeaderMap::new();
+            h.insert(http::header::AUTHORIZATION, header);
+            let got = access_token(&h, None)
+                .map(|p| p.map(|p| (p.scheme, p.token.to_string())))
+                .map_err(|_| ());
+            prop_assert_eq!(got, reference(&value));
+        }
     }
 
     #[test]

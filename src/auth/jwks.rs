@@ -28,6 +28,9 @@ pub enum Lookup {
 #[derive(Default)]
 struct Status {
     kids: Vec<String>,
+    /// Each kid with the fingerprint of the key `by_kid` holds for it: a verified-token cache
+    /// hit is vouched for under the status lock already taken, without a cache lookup.
+    published: Vec<(String, [u8; 32])>,
     without_kid: Vec<Arc<VerifyKey>>,
     last_success: Option<Instant>,
     /// The last fetch failed: lookups are served from the last good keys.
@@ -163,6 +166,7 @@ impl KeyStore {
             tracing::warn!(target: "bindgate::jwks", "key skipped: {problem}");
         }
         let mut kids = Vec::new();
+        let mut published: Vec<(String, [u8; 32])> = Vec::new();
         let mut without_kid = Vec::new();
         // A kid whose key material changed (a leaked key replaced under the same kid) revokes
         // what the old key verified, as a removed kid does.
@@ -182,6 +186,10 @@ impl KeyStore {
                     {
                         tracing::warn!(target: "bindgate::jwks", kid = %kid, "key replaced under the same kid: tokens it verified are forgotten");
                         replaced = true;
+                    }
+                    match published.iter_mut().find(|(k, _)| *k == kid) {
+                        Some((_, fingerprint)) => *fingerprint = key.fingerprint,
+                        None => published.push((kid.clone(), key.fingerprint)),
                     }
                     self.by_kid.insert(kid, Arc::new(key));
                 }
@@ -210,6 +218,7 @@ impl KeyStore {
             }
             let first = s.last_success.is_none();
             s.kids = kids;
+            s.published = published;
             s.without_kid = without_kid;
             s.last_success = Some(Instant::now());
             s.failing = false;
@@ -246,6 +255,7 @@ impl KeyStore {
             if self.is_stale(&s) {
                 tracing::error!(target: "bindgate::jwks", "no successful key fetch within max_stale: signing keys dropped, tokens are refused");
                 s.kids.clear();
+                s.published.clear();
                 s.without_kid.clear();
                 s.last_success = None;
                 self.by_kid.invalidate_all();
@@ -312,16 +322,13 @@ impl KeyStore {
             return false;
         }
         match kid {
-            Some(kid) => self
-                .by_kid
-                .get(kid)
-                .is_some_and(|k| k.fingerprint == *fingerprint),
+            Some(kid) => s
+                .published
+                .iter()
+                .any(|(k, f)| k == kid && f == fingerprint),
             None => {
                 s.without_kid.iter().any(|k| k.fingerprint == *fingerprint)
-                    || self
-                        .by_kid
-                        .iter()
-                        .any(|(_, k)| k.fingerprint == *fingerprint)
+                    || s.published.iter().any(|(_, f)| f == fingerprint)
             }
         }
     }
@@ -384,5 +391,86 @@ impl BackgroundService for JwksRefresher {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    use base64::Engine as _;
+    use openssl::bn::{BigNum, BigNumContext};
+    use openssl::ec::{EcGroup, EcKey};
+    use openssl::nid::Nid;
+
+    /// A fresh P-256 public key as a JWK named `kid`.
+    fn ec_jwk(kid: &str) -> serde_json::Value {
+        let group = EcGroup::from_curve_name(Nid::X9_62_PRIME256V1).unwrap();
+        let key = EcKey::generate(&group).unwrap();
+        let (mut x, mut y) = (BigNum::new().unwrap(), BigNum::new().unwrap());
+        key.public_key()
+            .affine_coordinates(&group, &mut x, &mut y, &mut BigNumContext::new().unwrap())
+            .unwrap();
+        let coord = |n: &BigNum| URL_SAFE_NO_PAD.encode(n.to_vec_padded(32).unwrap());
+        serde_json::json!({"kty": "EC", "crv": "P-256", "kid": kid, "x": coord(&x), "y": coord(&y)})
+    }
+
+    fn fingerprint(store: &KeyStore, kid: &str) -> [u8; 32] {
+        match store.lookup(Some(kid), JwsAlgorithm::ES256) {
+            Ok(Lookup::Found(key)) => key.fingerprint,
+            _ => panic!("{kid} is not held"),
+        }
+    }
+
+    /// A cache hit is vouched for only while the key that verified it is published under the
+    /// same kid with the same material.
+    #[test]
+    fn vouches_only_for_keys_published_now() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("jwks.json");
+        let write = |keys: &[&serde_json::Value]| {
+            std::fs::write(&path, serde_json::json!({ "keys": keys }).to_string()).unwrap()
+        };
+        let jwks = Jwks {
+            source: JwksSource::File(path.clone()),
+            refresh_interval: Duration::from_secs(300),
+            min_refetch_interval: Duration::from_secs(30),
+            max_stale: Duration::from_secs(86400),
+            ca: None,
+            fetch_timeout: Duration::from_secs(5),
+        };
+        let store = KeyStore::new(
+            &jwks,
+            Arc::new(Metrics::new()),
+            Arc::new(Readiness::new(true)),
+            Box::new(|| {}),
+        )
+        .unwrap();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let (a1, b, a2) = (ec_jwk("a"), ec_jwk("b"), ec_jwk("a"));
+        // Nothing loaded yet: nothing is vouched for.
+        assert!(!store.vouches_for(Some("a"), &[0; 32]));
+
+        write(&[&a1, &b]);
+        assert!(rt.block_on(store.refresh(false)));
+        let (fa1, fb) = (fingerprint(&store, "a"), fingerprint(&store, "b"));
+        assert!(store.vouches_for(Some("a"), &fa1));
+        assert!(store.vouches_for(Some("b"), &fb));
+        assert!(!store.vouches_for(Some("a"), &fb), "another kid's key");
+        assert!(!store.vouches_for(Some("c"), &fa1), "a kid never published");
+        assert!(store.vouches_for(None, &fb), "no kid: any published key");
+
+        // `a` replaced under the same kid, `b` withdrawn.
+        write(&[&a2]);
+        assert!(rt.block_on(store.refresh(false)));
+        let fa2 = fingerprint(&store, "a");
+        assert_ne!(fa1, fa2);
+        assert!(!store.vouches_for(Some("a"), &fa1), "replaced material");
+        assert!(store.vouches_for(Some("a"), &fa2));
+        assert!(!store.vouches_for(Some("b"), &fb), "withdrawn kid");
+        assert!(!store.vouches_for(None, &fb), "withdrawn key");
     }
 }

@@ -17,7 +17,7 @@ use std::sync::Arc;
 use crate::admin::Readiness;
 use crate::certificate::PeerCertificate;
 use crate::config::{Config, SecretDigest, SecretSet};
-use crate::metrics::Metrics;
+use crate::metrics::{self, Metrics};
 use crate::rejection::Rejection;
 use crate::routing::{Credential, Operation};
 use bearer::{Presented, Scheme};
@@ -188,11 +188,11 @@ impl Authoriser {
     /// [`Operation::credential`], in one place.
     pub async fn authorise(&self, op: &Operation, facts: &Facts<'_>) -> Result<Grant, Rejection> {
         let credential = op.credential();
-        let label = match credential {
+        let policy = match credential {
             Credential::None => return Ok(Grant::Open),
-            Credential::SessionStoreToken => "session_store",
-            Credential::AccessToken { .. } => "route",
-            _ => "registration",
+            Credential::SessionStoreToken => metrics::Policy::SessionStore,
+            Credential::AccessToken { .. } => metrics::Policy::Route,
+            _ => metrics::Policy::Registration,
         };
         let outcome = match credential {
             Credential::None => Ok(Grant::Open),
@@ -203,16 +203,8 @@ impl Authoriser {
             Credential::AccessToken { route } => self.route_token(route, facts).await,
         };
         match &outcome {
-            Ok(_) => self
-                .metrics
-                .decisions
-                .with_label_values(&[label, "accepted", "-"])
-                .inc(),
-            Err(r) => self
-                .metrics
-                .decisions
-                .with_label_values(&[label, "rejected", r.reason()])
-                .inc(),
+            Ok(_) => self.metrics.accepted(policy),
+            Err(r) => self.metrics.rejected(policy, r.reason()),
         }
         outcome
     }
