@@ -933,7 +933,18 @@ pub(crate) fn request_target_has_forbidden_byte(path: &[u8]) -> bool {
 // TODO: change it to to_buf
 #[inline]
 pub fn http_req_header_to_wire(req: &RequestHeader) -> Option<BytesMut> {
-    let mut buf = BytesMut::with_capacity(512);
+    // bindgate: one allocation of the size the header takes, not 512 bytes doubled (a request
+    // header with a client certificate and a token grows it two or three times).
+    let size = req.method.as_str().len()
+        + req.raw_path().len()
+        + " HTTP/1.1\r\n\r\n".len()
+        + 1
+        + req
+            .headers
+            .iter()
+            .map(|(name, value)| name.as_str().len() + value.len() + 4)
+            .sum::<usize>();
+    let mut buf = BytesMut::with_capacity(size);
 
     // Request-Line
     let method = req.method.as_str().as_bytes();
