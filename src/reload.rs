@@ -46,10 +46,6 @@ fn fixed_parts(c: &Config) -> Vec<(&'static str, String)> {
         ),
         ("server.threads", c.server.threads.to_string()),
         (
-            "listen.tls.release_buffers",
-            c.listen.tls.release_buffers.to_string(),
-        ),
-        (
             "state",
             format!(
                 "{:?} {:?}",

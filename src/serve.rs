@@ -194,7 +194,6 @@ pub fn run(config: Config, upgrade: bool) -> Result<(), String> {
     let readiness = Arc::new(Readiness::new(config.jwks.is_some()));
     let pid_file = config.server.pid_file.clone();
     let listen = config.listen.address;
-    let release_buffers = config.listen.tls.release_buffers;
     let admin_address = config.admin.as_ref().map(|a| a.address);
     let threads = config.server.threads;
     let source = config.source.clone();
@@ -233,7 +232,7 @@ pub fn run(config: Config, upgrade: bool) -> Result<(), String> {
     let gateway = Gateway::new(control.live.clone(), draining);
     let mut proxy =
         pingora::proxy::http_proxy_service_with_name(&server.configuration, gateway, "bindgate");
-    let settings = tls::settings(control.tls.clone(), release_buffers)?;
+    let settings = tls::settings(control.tls.clone())?;
     proxy.add_tls_with_settings(&listen.to_string(), None, settings);
     server.add_service(proxy);
 

@@ -229,7 +229,7 @@ pub fn peer_certificate(digest: Option<&pingora::protocols::Digest>) -> Option<P
 
 /// The listener's TLS settings: HTTP/2 and HTTP/1.1 by ALPN; certificate, key and client
 /// certificates from `tls` at every handshake.
-pub fn settings(tls: Arc<ServerTls>, release_buffers: bool) -> Result<TlsSettings, String> {
+pub fn settings(tls: Arc<ServerTls>) -> Result<TlsSettings, String> {
     let mut settings = TlsSettings::with_callbacks(Box::new(Callbacks { tls }))
         .map_err(|e| format!("TLS: {e}"))?;
     settings.enable_h2();
@@ -238,66 +238,5 @@ pub fn settings(tls: Arc<ServerTls>, release_buffers: bool) -> Result<TlsSetting
     settings
         .set_session_id_context(b"bindgate")
         .map_err(|e| format!("TLS session id context: {e}"))?;
-    if !release_buffers {
-        keep_record_buffers(&mut settings);
-    }
     Ok(settings)
-}
-
-/// `SSL_CTRL_CLEAR_MODE` (openssl/ssl.h; openssl-sys names `SSL_CTRL_MODE` only).
-const SSL_CTRL_CLEAR_MODE: std::ffi::c_int = 78;
-
-/// Connections keep their TLS record buffers (`listen.tls.release_buffers: false`).
-/// rust-openssl's acceptor sets `SSL_MODE_RELEASE_BUFFERS`, with which OpenSSL frees its
-/// 16 KiB read and write buffers whenever they run empty and allocates them again for the next
-/// record: several 16 KiB allocations per request on a keep-alive connection.
-fn keep_record_buffers(settings: &mut TlsSettings) {
-    // SAFETY: the pointer is the live SSL_CTX the builder owns; SSL_CTRL_CLEAR_MODE clears
-    // mode bits on it and touches nothing else (SSL_CTX_clear_mode in C).
-    unsafe {
-        openssl_sys::SSL_CTX_ctrl(
-            settings.as_ptr(),
-            SSL_CTRL_CLEAR_MODE,
-            openssl_sys::SSL_MODE_RELEASE_BUFFERS as std::ffi::c_long,
-            std::ptr::null_mut(),
-        );
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::config::ClientAuth;
-    use openssl::ssl::SslMode;
-
-    /// Record buffers are kept unless `listen.tls.release_buffers` asks for OpenSSL's
-    /// release-when-empty mode.
-    #[test]
-    fn record_buffers_are_kept_unless_released_by_configuration() {
-        let dir = tempfile::tempdir().unwrap();
-        crate::devcerts::generate(dir.path()).unwrap();
-        let material = Material::load(&ListenTls {
-            cert: dir.path().join("server.crt"),
-            key: dir.path().join("server.key"),
-            client_auth: ClientAuth::Optional,
-            client_ca: None,
-            watch: false,
-            release_buffers: false,
-        })
-        .unwrap();
-        let server = ServerTls::new(material);
-        // `set_mode` with no bits answers the mode the context has.
-        let mut kept = settings(server.clone(), false).unwrap();
-        assert!(!kept
-            .set_mode(SslMode::empty())
-            .contains(SslMode::RELEASE_BUFFERS));
-        let mut released = settings(server, true).unwrap();
-        assert!(released
-            .set_mode(SslMode::empty())
-            .contains(SslMode::RELEASE_BUFFERS));
-        // The rest of rust-openssl's acceptor modes stay as they were.
-        assert!(kept
-            .set_mode(SslMode::empty())
-            .contains(SslMode::ACCEPT_MOVING_WRITE_BUFFER));
-    }
 }

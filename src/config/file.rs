@@ -60,7 +60,6 @@ pub struct ListenTlsFile {
     pub client_auth: Option<String>,
     pub client_ca: Option<String>,
     pub watch: Option<bool>,
-    pub release_buffers: Option<bool>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -114,10 +114,6 @@ pub struct ListenTls {
     pub client_ca: Option<PathBuf>,
     /// Re-read certificate, key and client CA when their files change.
     pub watch: bool,
-    /// Free a connection's TLS record buffers whenever they run empty (OpenSSL's
-    /// `SSL_MODE_RELEASE_BUFFERS`): less memory per idle connection, two 16 KiB allocations
-    /// per request and direction more.
-    pub release_buffers: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

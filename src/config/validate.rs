@@ -537,7 +537,6 @@ pub fn validate(file: FileConfig, source: &Path) -> Result<Config, Vec<Problem>>
                 client_auth,
                 client_ca,
                 watch: tls.watch.unwrap_or(false),
-                release_buffers: tls.release_buffers.unwrap_or(false),
             },
         },
         admin,
