@@ -219,16 +219,7 @@ fn mtls_request(
 
 /// Whether `buf` holds a whole HTTP/1.1 message: its header and its `Content-Length` body.
 fn whole_message(buf: &[u8]) -> bool {
-    let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") else {
-        return false;
-    };
-    let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
-    let len: usize = head
-        .lines()
-        .find_map(|l| l.strip_prefix("content-length:"))
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or(0);
-    buf.len() >= end + 4 + len
+    harness::http1::message_len(buf).is_some_and(|len| buf.len() >= len)
 }
 
 fn read_one_response(stream: &mut impl Read) -> String {

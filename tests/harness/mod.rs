@@ -2,6 +2,7 @@
 //! recording upstream, real HTTP clients.
 #![allow(dead_code)]
 
+pub mod http1;
 pub mod redis;
 pub mod tokens;
 pub mod upstream;
