@@ -27,7 +27,6 @@ pub enum Lookup {
 
 #[derive(Default)]
 struct Status {
-    kids: Vec<String>,
     /// Each kid with the fingerprint of the key `by_kid` holds for it: a verified-token cache
     /// hit is vouched for under the status lock already taken, without a cache lookup.
     published: Vec<(String, [u8; 32])>,
@@ -165,7 +164,6 @@ impl KeyStore {
         for problem in &set.skipped {
             tracing::warn!(target: "bindgate::jwks", "key skipped: {problem}");
         }
-        let mut kids = Vec::new();
         let mut published: Vec<(String, [u8; 32])> = Vec::new();
         let mut without_kid = Vec::new();
         // A kid whose key material changed (a leaked key replaced under the same kid) revokes
@@ -174,11 +172,6 @@ impl KeyStore {
         for key in set.keys {
             match key.kid.clone() {
                 Some(kid) => {
-                    if kids.contains(&kid) {
-                        tracing::warn!(target: "bindgate::jwks", "duplicate kid in the key set; the last one is used");
-                    } else {
-                        kids.push(kid.clone());
-                    }
                     if self
                         .by_kid
                         .get(&kid)
@@ -188,7 +181,10 @@ impl KeyStore {
                         replaced = true;
                     }
                     match published.iter_mut().find(|(k, _)| *k == kid) {
-                        Some((_, fingerprint)) => *fingerprint = key.fingerprint,
+                        Some((_, fingerprint)) => {
+                            tracing::warn!(target: "bindgate::jwks", "duplicate kid in the key set; the last one is used");
+                            *fingerprint = key.fingerprint;
+                        }
                         None => published.push((kid.clone(), key.fingerprint)),
                     }
                     self.by_kid.insert(kid, Arc::new(key));
@@ -201,10 +197,10 @@ impl KeyStore {
                 return;
             };
             let gone: Vec<String> = s
-                .kids
+                .published
                 .iter()
-                .filter(|k| !kids.contains(k))
-                .cloned()
+                .filter(|(old, _)| !published.iter().any(|(k, _)| k == old))
+                .map(|(kid, _)| kid.clone())
                 .collect();
             let removed = replaced
                 || !gone.is_empty()
@@ -217,13 +213,12 @@ impl KeyStore {
                 self.by_kid.invalidate(kid);
             }
             let first = s.last_success.is_none();
-            s.kids = kids;
             s.published = published;
             s.without_kid = without_kid;
             s.last_success = Some(Instant::now());
             s.failing = false;
             if first {
-                tracing::info!(target: "bindgate::jwks", keys = s.kids.len() + s.without_kid.len(), "signing keys loaded");
+                tracing::info!(target: "bindgate::jwks", keys = s.published.len() + s.without_kid.len(), "signing keys loaded");
             }
             removed
         };
@@ -254,7 +249,6 @@ impl KeyStore {
         if let Ok(mut s) = self.status.write() {
             if self.is_stale(&s) {
                 tracing::error!(target: "bindgate::jwks", "no successful key fetch within max_stale: signing keys dropped, tokens are refused");
-                s.kids.clear();
                 s.published.clear();
                 s.without_kid.clear();
                 s.last_success = None;
