@@ -25,6 +25,15 @@ pub fn free_port() -> u16 {
         .expect("a free loopback port")
 }
 
+/// Two different free TCP ports on loopback (listen and admin): both are held while the
+/// second is chosen, so the OS cannot hand out the same one twice.
+pub fn two_free_ports() -> (u16, u16) {
+    let port = |l: &TcpListener| l.local_addr().expect("a bound port").port();
+    let first = TcpListener::bind("127.0.0.1:0").expect("a free loopback port");
+    let second = TcpListener::bind("127.0.0.1:0").expect("a free loopback port");
+    (port(&first), port(&second))
+}
+
 /// Development certificates written by bindgate's own `dev-certs` into a temporary directory.
 pub struct Pki {
     pub dir: tempfile::TempDir,
@@ -116,7 +125,8 @@ impl Bindgate {
             for (name, content) in files {
                 std::fs::write(dir.path().join(name), content).expect("write a file");
             }
-            let mut b = Self::spawn_in(pki, yaml, &[], free_port(), free_port(), dir, &[]);
+            let (port, admin_port) = two_free_ports();
+            let mut b = Self::spawn_in(pki, yaml, &[], port, admin_port, dir, &[]);
             match b.ready_or_exit() {
                 Ok(()) => return b,
                 Err(log) if log.contains("cannot listen on") => continue,
@@ -127,8 +137,7 @@ impl Bindgate {
     }
 
     pub fn spawn(pki: &Pki, yaml: &str, env: &[(&str, &str)]) -> Bindgate {
-        let port = free_port();
-        let admin_port = free_port();
+        let (port, admin_port) = two_free_ports();
         let dir = tempfile::tempdir().expect("tempdir");
         Self::spawn_in(pki, yaml, env, port, admin_port, dir, &[])
     }
