@@ -696,7 +696,7 @@ impl Live {
         if let (Some(name), Some(cert)) =
             (&upstream.config.client_cert_header, &ctx.peer_certificate)
         {
-            upstream_request.insert_header(name.clone(), cert.header_value())?;
+            upstream_request.insert_header(name.clone(), cert.header_value().clone())?;
         }
         if upstream.config.forwarded_headers {
             let peer = session
@@ -705,7 +705,9 @@ impl Live {
                 .map(|a| a.ip());
             let host = ctx.served_host.as_deref().unwrap_or_default();
             if let Some(ip) = peer {
-                upstream_request.insert_header("x-forwarded-for", ip.to_string())?;
+                let mut node = String::with_capacity(15);
+                push_ip(&mut node, ip);
+                upstream_request.insert_header("x-forwarded-for", node)?;
             }
             upstream_request.insert_header("x-forwarded-proto", "https")?;
             if !host.is_empty() {
@@ -892,15 +894,48 @@ const METHOD_OVERRIDE_HEADERS: &[&str] = &[
 /// RFC 7239 `Forwarded`: `for` (an IPv6 address quoted in brackets), `proto`, `host` (quoted:
 /// `served_host` holds only authority characters, never `"` or `\`).
 fn forwarded(peer: Option<std::net::IpAddr>, host: &str) -> String {
-    let node = match peer {
-        Some(std::net::IpAddr::V4(ip)) => ip.to_string(),
-        Some(std::net::IpAddr::V6(ip)) => format!("\"[{ip}]\""),
-        None => "unknown".to_string(),
-    };
-    if host.is_empty() {
-        format!("for={node};proto=https")
-    } else {
-        format!("for={node};proto=https;host=\"{host}\"")
+    let mut value = String::with_capacity(64 + host.len());
+    value.push_str("for=");
+    match peer {
+        Some(ip @ std::net::IpAddr::V4(_)) => push_ip(&mut value, ip),
+        Some(ip @ std::net::IpAddr::V6(_)) => {
+            value.push_str("\"[");
+            push_ip(&mut value, ip);
+            value.push_str("]\"");
+        }
+        None => value.push_str("unknown"),
+    }
+    value.push_str(";proto=https");
+    if !host.is_empty() {
+        value.push_str(";host=\"");
+        value.push_str(host);
+        value.push('"');
+    }
+    value
+}
+
+/// Appends an address as `Display` writes it; IPv4, the common case, without the formatting
+/// machinery (it ran on every forwarded request).
+fn push_ip(out: &mut String, ip: std::net::IpAddr) {
+    match ip {
+        std::net::IpAddr::V4(v4) => {
+            for (i, octet) in v4.octets().into_iter().enumerate() {
+                if i > 0 {
+                    out.push('.');
+                }
+                if octet >= 100 {
+                    out.push(char::from(b'0' + octet / 100));
+                }
+                if octet >= 10 {
+                    out.push(char::from(b'0' + octet / 10 % 10));
+                }
+                out.push(char::from(b'0' + octet % 10));
+            }
+        }
+        std::net::IpAddr::V6(v6) => {
+            use std::fmt::Write;
+            let _ = write!(out, "{v6}");
+        }
     }
 }
 
@@ -964,5 +999,59 @@ fn strip_connection_listed(req: &mut RequestHeader, upgrade: bool) {
         if name != "close" && name != "keep-alive" {
             req.remove_header(name.as_str());
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+    use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+    fn shown(ip: IpAddr) -> String {
+        let mut s = String::new();
+        push_ip(&mut s, ip);
+        s
+    }
+
+    proptest! {
+        #[test]
+        fn addresses_are_written_as_display_writes_them(v4 in any::<u32>(), v6 in any::<u128>()) {
+            let v4 = IpAddr::V4(Ipv4Addr::from(v4));
+            let v6 = IpAddr::V6(Ipv6Addr::from(v6));
+            prop_assert_eq!(shown(v4), v4.to_string());
+            prop_assert_eq!(shown(v6), v6.to_string());
+        }
+    }
+
+    #[test]
+    fn address_edges_are_written_as_display_writes_them() {
+        for ip in [
+            "0.0.0.0",
+            "9.10.99.100",
+            "255.255.255.255",
+            "127.0.0.1",
+            "::1",
+            "::ffff:1.2.3.4",
+        ] {
+            let ip: IpAddr = ip.parse().unwrap();
+            assert_eq!(shown(ip), ip.to_string());
+        }
+    }
+
+    #[test]
+    fn forwarded_names_the_node_protocol_and_host() {
+        let v4: IpAddr = "192.0.2.60".parse().unwrap();
+        let v6: IpAddr = "2001:db8:cafe::17".parse().unwrap();
+        assert_eq!(
+            forwarded(Some(v4), "idp.example.com"),
+            "for=192.0.2.60;proto=https;host=\"idp.example.com\""
+        );
+        // RFC 7239 §6: an IPv6 node is bracketed and quoted.
+        assert_eq!(
+            forwarded(Some(v6), ""),
+            "for=\"[2001:db8:cafe::17]\";proto=https"
+        );
+        assert_eq!(forwarded(None, ""), "for=unknown;proto=https");
     }
 }
