@@ -349,7 +349,11 @@ impl HttpSession {
                         // while header_refs doesn't as it is still empty
                         let _num_headers = populate_headers(base, &mut header_refs, req.headers);
 
-                        let mut request_header = Box::new(RequestHeader::build(
+                        // bindgate: no case map. Header names are case-insensitive (RFC 9110
+                        // §5.1); keeping each name's case meant a second header map, written on
+                        // every append, insert, remove and clone of the request. Names are
+                        // forwarded titled when standard, else lowercase, as HAProxy does.
+                        let mut request_header = Box::new(RequestHeader::build_no_case(
                             req.method.unwrap_or(""),
                             // we path httparse to allow unsafe bytes in the str
                             req.path.unwrap_or("").as_bytes(),
