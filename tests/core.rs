@@ -757,6 +757,43 @@ fn request_parts_reach_the_upstream_as_they_come() {
     }
 }
 
+/// HTTP/1 header names are not kept in the client's case (`vendor/pingora-core`, change 5):
+/// they reach the upstream titled when standard and lowercase otherwise, as HAProxy sends
+/// them, each once and with its value untouched.
+#[test]
+fn header_names_reach_the_upstream_titled_or_lowercase() {
+    let pki = Pki::new();
+    let (addr, rx, worker) = raw_upstream();
+    let bg = Bindgate::start(&pki, &passthrough_config(addr));
+    let mut s = tls_to(&bg);
+    s.write_all(
+        b"POST /api/case HTTP/1.1\r\nHost: localhost\r\nX-Request-ID: Abc-1\r\n\
+          CONTENT-TYPE: text/plain\r\nconnection: close\r\ncontent-length: 2\r\n\r\nhi",
+    )
+    .unwrap();
+    let mut answer = Vec::new();
+    let _ = s.read_to_end(&mut answer);
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    worker.join().unwrap();
+    let mut got = String::new();
+    while let Ok(part) = rx.try_recv() {
+        got = String::from_utf8_lossy(&part).into_owned();
+    }
+    assert!(got.ends_with("\r\n\r\nhi"), "{got}");
+    let lines: Vec<&str> = got.split("\r\n").collect();
+    assert!(lines.contains(&"x-request-id: Abc-1"), "{got}");
+    assert!(lines.contains(&"Content-Type: text/plain"), "{got}");
+    assert!(lines.contains(&"Content-Length: 2"), "{got}");
+    for name in ["x-request-id:", "content-type:", "content-length:"] {
+        let n = lines
+            .iter()
+            .filter(|l| l.to_ascii_lowercase().starts_with(name))
+            .count();
+        assert_eq!(n, 1, "{name} {got}");
+    }
+}
+
 /// A TLS connection to bindgate without a client certificate, for raw HTTP/1.1.
 fn tls_to(bg: &Bindgate) -> openssl::ssl::SslStream<std::net::TcpStream> {
     use openssl::ssl::{SslConnector, SslMethod, SslVerifyMode};
