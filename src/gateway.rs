@@ -704,16 +704,21 @@ impl Live {
                 .and_then(|a| a.as_inet())
                 .map(|a| a.ip());
             let host = ctx.served_host.as_deref().unwrap_or_default();
-            if let Some(ip) = peer {
-                let mut node = String::with_capacity(15);
+            // The address is written once, for both headers.
+            let node = peer.map(|ip| {
+                let mut node = String::with_capacity(39);
                 push_ip(&mut node, ip);
+                node
+            });
+            let rfc7239 = forwarded(node.as_deref(), host);
+            if let Some(node) = node {
                 upstream_request.insert_header("x-forwarded-for", node)?;
             }
             upstream_request.insert_header("x-forwarded-proto", "https")?;
             if !host.is_empty() {
                 upstream_request.insert_header("x-forwarded-host", host)?;
             }
-            upstream_request.insert_header("forwarded", forwarded(peer, host))?;
+            upstream_request.insert_header("forwarded", rfc7239)?;
         }
         Ok(())
     }
@@ -893,16 +898,17 @@ const METHOD_OVERRIDE_HEADERS: &[&str] = &[
 
 /// RFC 7239 `Forwarded`: `for` (an IPv6 address quoted in brackets), `proto`, `host` (quoted:
 /// `served_host` holds only authority characters, never `"` or `\`).
-fn forwarded(peer: Option<std::net::IpAddr>, host: &str) -> String {
+/// `node` is the peer's address as [`push_ip`] writes it (an IPv6 one, and only it, has `:`).
+fn forwarded(node: Option<&str>, host: &str) -> String {
     let mut value = String::with_capacity(64 + host.len());
     value.push_str("for=");
-    match peer {
-        Some(ip @ std::net::IpAddr::V4(_)) => push_ip(&mut value, ip),
-        Some(ip @ std::net::IpAddr::V6(_)) => {
+    match node {
+        Some(v6) if v6.contains(':') => {
             value.push_str("\"[");
-            push_ip(&mut value, ip);
+            value.push_str(v6);
             value.push_str("]\"");
         }
+        Some(v4) => value.push_str(v4),
         None => value.push_str("unknown"),
     }
     value.push_str(";proto=https");
@@ -1041,15 +1047,15 @@ mod tests {
 
     #[test]
     fn forwarded_names_the_node_protocol_and_host() {
-        let v4: IpAddr = "192.0.2.60".parse().unwrap();
-        let v6: IpAddr = "2001:db8:cafe::17".parse().unwrap();
+        let v4 = shown("192.0.2.60".parse().unwrap());
+        let v6 = shown("2001:db8:cafe::17".parse().unwrap());
         assert_eq!(
-            forwarded(Some(v4), "idp.example.com"),
+            forwarded(Some(&v4), "idp.example.com"),
             "for=192.0.2.60;proto=https;host=\"idp.example.com\""
         );
         // RFC 7239 §6: an IPv6 node is bracketed and quoted.
         assert_eq!(
-            forwarded(Some(v6), ""),
+            forwarded(Some(&v6), ""),
             "for=\"[2001:db8:cafe::17]\";proto=https"
         );
         assert_eq!(forwarded(None, ""), "for=unknown;proto=https");

@@ -1,14 +1,14 @@
 //! The `bindgate` command line: run | check | thumbprint | dev-certs | dev-token | dev-proof.
 
 use clap::{Parser, Subcommand};
+use std::path::PathBuf;
+use std::process::ExitCode;
 
 /// mimalloc instead of glibc's allocator: a proxied request makes about a hundred small
 /// allocations, most inside Pingora; at a fixed 7 000 req/s it cut bindgate's CPU per request
 /// by about 10 % (BENCHMARKS.md, sixth run).
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-use std::path::PathBuf;
-use std::process::ExitCode;
 
 #[derive(Parser)]
 #[command(
