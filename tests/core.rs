@@ -768,7 +768,9 @@ fn header_names_reach_the_upstream_titled_or_lowercase() {
     let mut s = tls_to(&bg);
     s.write_all(
         b"POST /api/case HTTP/1.1\r\nHost: localhost\r\nX-Request-ID: Abc-1\r\n\
-          CONTENT-TYPE: text/plain\r\nconnection: close\r\ncontent-length: 2\r\n\r\nhi",
+          CONTENT-TYPE: text/plain\r\nX-Dup: a\r\nx-DUP: b\r\n\
+          X-FORWARDED-FOR: 203.0.113.9\r\nCLIENT-CERT: :c3Bvb2Y=:\r\n\
+          connection: close\r\ncontent-length: 2\r\n\r\nhi",
     )
     .unwrap();
     let mut answer = Vec::new();
@@ -785,7 +787,23 @@ fn header_names_reach_the_upstream_titled_or_lowercase() {
     assert!(lines.contains(&"x-request-id: Abc-1"), "{got}");
     assert!(lines.contains(&"Content-Type: text/plain"), "{got}");
     assert!(lines.contains(&"Content-Length: 2"), "{got}");
-    for name in ["x-request-id:", "content-type:", "content-length:"] {
+    // The same name twice, in two cases: both values, in order, under one spelling.
+    let dup: Vec<&&str> = lines
+        .iter()
+        .filter(|l| l.to_ascii_lowercase().starts_with("x-dup:"))
+        .collect();
+    assert_eq!(dup, [&"x-dup: a", &"x-dup: b"], "{got}");
+    // Spoofed in capitals, still stripped: bindgate's own X-Forwarded-For, no Client-Cert
+    // (this connection presented no certificate).
+    assert!(lines.contains(&"x-forwarded-for: 127.0.0.1"), "{got}");
+    assert!(!got.to_ascii_lowercase().contains("client-cert"), "{got}");
+    assert!(!got.contains("203.0.113.9"), "{got}");
+    for name in [
+        "x-request-id:",
+        "content-type:",
+        "content-length:",
+        "x-forwarded-for:",
+    ] {
         let n = lines
             .iter()
             .filter(|l| l.to_ascii_lowercase().starts_with(name))
