@@ -161,6 +161,7 @@ pub fn request_target(data: &[u8]) {
             prefix: "/".into(),
             upstream: "idp".into(),
             token: None,
+            upgrade: false,
         }],
     );
     for method in [

@@ -15,6 +15,7 @@ use std::time::Instant;
 use crate::auth::{Authoriser, Facts, Grant};
 use crate::certificate::PeerCertificate;
 use crate::config::{Config, Target, Upstream};
+use crate::headers;
 use crate::metrics::Metrics;
 use crate::rejection::Rejection;
 use crate::routing::{Operation, Router, SessionOp};
@@ -26,6 +27,8 @@ use crate::tls;
 pub struct UpstreamTarget {
     pub config: Upstream,
     peer: HttpPeer,
+    /// One permit per request in flight to this upstream (`max_connections`).
+    slots: Arc<tokio::sync::Semaphore>,
 }
 
 impl UpstreamTarget {
@@ -51,6 +54,7 @@ impl UpstreamTarget {
         Ok(UpstreamTarget {
             config: config.clone(),
             peer,
+            slots: Arc::new(tokio::sync::Semaphore::new(config.max_connections)),
         })
     }
 }
@@ -106,6 +110,8 @@ pub struct Live {
     state: Option<StateService>,
     upstreams: HashMap<String, Arc<UpstreamTarget>>,
     max_body: u64,
+    /// The whole request body must arrive within this.
+    body_timeout: std::time::Duration,
     /// How much of an unread request body is read and discarded after an early answer.
     linger_bytes: u64,
     metrics: Arc<Metrics>,
@@ -130,6 +136,11 @@ pub struct RequestCtx {
     rejection: Option<Rejection>,
     grant: Option<Grant>,
     body_bytes: u64,
+    /// The length of a request body read whole before the upstream was chosen (Pingora's
+    /// retry buffer holds it and sends it).
+    body_buffered: Option<u64>,
+    /// This request's place among the upstream's `max_connections`.
+    upstream_slot: Option<tokio::sync::OwnedSemaphorePermit>,
     /// A quiet delete on an upstream session store: the answer becomes a bodiless 204.
     quiet_delete: bool,
 }
@@ -168,6 +179,7 @@ impl Live {
             state,
             upstreams,
             max_body: config.server.max_body,
+            body_timeout: config.server.body_timeout,
             linger_bytes: config.server.max_body.saturating_mul(4).max(1 << 20),
             metrics,
         })
@@ -188,9 +200,18 @@ impl Live {
         if rejection.closes_connection() {
             session.set_keepalive(None);
         }
+        let lingers = rejection != Rejection::BodyTimeout;
+        if rejection == Rejection::BodyTimeout {
+            self.metrics
+                .connections_closed
+                .with_label_values(&["body_timeout"])
+                .inc();
+        }
         ctx.rejection = Some(rejection);
         write_answer(session, header, body).await?;
-        self.linger(session).await;
+        if lingers {
+            self.linger(session).await;
+        }
         Ok(true)
     }
 
@@ -238,26 +259,99 @@ impl Live {
         }
     }
 
-    /// Reads the whole request body for the embedded service, refusing it past `max_body`.
-    async fn read_body(&self, session: &mut Session) -> std::result::Result<Bytes, Rejection> {
-        let mut body = bytes::BytesMut::new();
-        loop {
-            match session.read_request_body().await {
-                Ok(Some(chunk)) => {
-                    if (body.len() + chunk.len()) as u64 > self.max_body {
-                        return Err(Rejection::BodyTooLarge {
-                            limit: self.max_body,
-                        });
-                    }
-                    body.extend_from_slice(&chunk);
-                }
-                Ok(None) => return Ok(body.freeze()),
-                Err(_) => {
+    /// Reads the whole request body within `body_timeout`, refusing it past `max_body`. With
+    /// `keep`, the bytes are returned (the embedded service); without, only their number
+    /// (the forwarder's buffer keeps them).
+    async fn read_body(
+        &self,
+        session: &mut Session,
+        keep: bool,
+    ) -> std::result::Result<(Bytes, u64), Rejection> {
+        if session.is_body_done() {
+            return Ok((Bytes::new(), 0));
+        }
+        // RFC 9110 §10.1.1: a client waiting for 100 Continue sends its body once told to.
+        // (HTTP/2 clients do not wait for it.)
+        let expects_continue = session
+            .req_header()
+            .headers
+            .get(http::header::EXPECT)
+            .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
+        if expects_continue && !session.is_http2() {
+            if let Ok(h) = pingora::http::ResponseHeader::build(100, Some(0)) {
+                if session
+                    .as_mut()
+                    .write_response_header(Box::new(h))
+                    .await
+                    .is_err()
+                {
                     return Err(Rejection::InvalidRequest(
                         "The request body could not be read",
-                    ))
+                    ));
                 }
             }
+        }
+        let max_body = self.max_body;
+        let read = async {
+            let mut body = bytes::BytesMut::new();
+            let mut len = 0u64;
+            loop {
+                match session.read_request_body().await {
+                    Ok(Some(chunk)) => {
+                        len += chunk.len() as u64;
+                        if len > max_body {
+                            return Err(Rejection::BodyTooLarge { limit: max_body });
+                        }
+                        if keep {
+                            body.extend_from_slice(&chunk);
+                        }
+                    }
+                    Ok(None) => return Ok((body.freeze(), len)),
+                    Err(_) => {
+                        return Err(Rejection::InvalidRequest(
+                            "The request body could not be read",
+                        ))
+                    }
+                }
+            }
+        };
+        tokio::time::timeout(self.body_timeout, read)
+            .await
+            .unwrap_or(Err(Rejection::BodyTimeout))
+    }
+
+    /// Reads the whole body of a request bound for an upstream (≤ `max_body`, within
+    /// `body_timeout`) before any upstream connection is taken: a body that never completes
+    /// never reaches, nor holds, the upstream.
+    async fn buffer_body(
+        &self,
+        session: &mut Session,
+        ctx: &mut RequestCtx,
+    ) -> std::result::Result<(), Rejection> {
+        if session.is_body_done() {
+            return Ok(());
+        }
+        session
+            .as_mut()
+            .enable_retry_buffering_up_to(usize::try_from(self.max_body).unwrap_or(usize::MAX));
+        let (_, len) = self.read_body(session, false).await?;
+        ctx.body_buffered = Some(len);
+        Ok(())
+    }
+
+    /// Takes a place among the upstream's `max_connections`, waiting at most its connect
+    /// timeout.
+    async fn upstream_slot(
+        upstream: &UpstreamTarget,
+    ) -> std::result::Result<tokio::sync::OwnedSemaphorePermit, Rejection> {
+        match tokio::time::timeout(
+            upstream.config.connect_timeout,
+            upstream.slots.clone().acquire_owned(),
+        )
+        .await
+        {
+            Ok(Ok(permit)) => Ok(permit),
+            _ => Err(Rejection::UpstreamBusy),
         }
     }
 
@@ -272,8 +366,8 @@ impl Live {
                 )
                 .await;
         };
-        let body = match self.read_body(session).await {
-            Ok(b) => b,
+        let body = match self.read_body(session, true).await {
+            Ok((b, _)) => b,
             Err(r) => return self.reject(session, ctx, r).await,
         };
         let query = ctx.target.as_ref().and_then(|t| t.query.as_deref());
@@ -386,6 +480,14 @@ impl Live {
             }
         }
         let operation = self.router.route(&req.method, &target.path)?;
+        if req.headers.contains_key(http::header::UPGRADE)
+            && !self.router.allows_upgrade(&operation)
+        {
+            // A tunnel would carry requests that no policy saw.
+            return Err(Rejection::InvalidRequest(
+                "Upgrade is not allowed on this path",
+            ));
+        }
         if matches!(operation, Operation::Sessions(_))
             && req.headers.get_all("sid").iter().nth(1).is_some()
         {
@@ -427,6 +529,10 @@ fn served_host(
         (Some(a), _, _) => a.as_bytes(),
         (None, Some(a), _) => a.as_str().as_bytes(),
         (None, None, Some(h)) => h.as_bytes(),
+        // RFC 9112 §3.2: an HTTP/1.1 request without Host is a 400.
+        (None, None, None) if req.version == http::Version::HTTP_11 => {
+            return Err(Rejection::InvalidRequest("Missing Host header"))
+        }
         (None, None, None) => b"",
     };
     if !host.is_empty() && !target::valid_authority(host) {
@@ -570,6 +676,8 @@ impl RequestCtx {
             rejection: None,
             grant: None,
             body_bytes: 0,
+            body_buffered: None,
+            upstream_slot: None,
             quiet_delete: false,
         }
     }
@@ -616,7 +724,15 @@ impl Live {
             }
             Target::Upstream(name) => match self.upstreams.get(&name) {
                 Some(u) => {
-                    ctx.upstream = Some(u.clone());
+                    let u = u.clone();
+                    if let Err(r) = self.buffer_body(session, ctx).await {
+                        return self.reject(session, ctx, r).await;
+                    }
+                    match Self::upstream_slot(&u).await {
+                        Ok(slot) => ctx.upstream_slot = Some(slot),
+                        Err(r) => return self.reject(session, ctx, r).await,
+                    }
+                    ctx.upstream = Some(u);
                     Ok(false)
                 }
                 // Validation guarantees every target names an upstream.
@@ -681,17 +797,25 @@ impl Live {
         if let Some(authority) = &target.authority {
             upstream_request.insert_header(http::header::HOST, authority.as_str())?;
         }
-        strip_connection_listed(upstream_request, session.is_upgrade_req());
+        headers::strip_connection_listed(upstream_request, session.is_upgrade_req());
+        if let Some(len) = ctx.body_buffered {
+            // The body was read whole: it travels with its length, whatever framing it came
+            // in (chunked, HTTP/2 frames), and any 100 Continue was bindgate's to send.
+            upstream_request.remove_header(&http::header::TRANSFER_ENCODING);
+            upstream_request.remove_header(&http::header::EXPECT);
+            upstream_request.insert_header(http::header::CONTENT_LENGTH, len)?;
+        }
         let Some(upstream) = &ctx.upstream else {
             return Error::e_explain(ErrorType::InternalError, "no upstream chosen");
         };
         // Protected routes too: the route's policy was decided with this method. The method
         // was authorised: no framework behind may read another one.
         let method_bound = !matches!(ctx.operation, Some(Operation::Forward { .. }));
-        strip_untrusted(
+        headers::strip_untrusted(
             upstream_request,
             upstream.config.client_cert_header.as_ref(),
             method_bound,
+            upstream.config.forward_underscore_headers,
         );
         if let (Some(name), Some(cert)) =
             (&upstream.config.client_cert_header, &ctx.peer_certificate)
@@ -872,30 +996,6 @@ impl Live {
     }
 }
 
-/// Headers an upstream may trust for the client's address, scheme or host: removed from every
-/// forwarded request; bindgate sets its own X-Forwarded-For/-Proto/-Host and Forwarded.
-const FORWARDING_HEADERS: &[&str] = &[
-    "forwarded",
-    "x-forwarded-for",
-    "x-forwarded-proto",
-    "x-forwarded-host",
-    "x-forwarded-port",
-    "x-forwarded-prefix",
-    "x-real-ip",
-];
-
-/// Headers some frameworks (Symfony, Zend, IIS rewrite) take as the request path instead of the
-/// target: a client's would route around what bindgate authorised, on any route.
-const PATH_OVERRIDE_HEADERS: &[&str] = &["x-original-url", "x-rewrite-url"];
-
-/// Headers some frameworks take as the request method: removed on the operations bindgate
-/// authorises by method (registration, session store).
-const METHOD_OVERRIDE_HEADERS: &[&str] = &[
-    "x-http-method-override",
-    "x-http-method",
-    "x-method-override",
-];
-
 /// RFC 7239 `Forwarded`: `for` (an IPv6 address quoted in brackets), `proto`, `host` (quoted:
 /// `served_host` holds only authority characters, never `"` or `\`).
 /// `node` is the peer's address as [`push_ip`] writes it (an IPv6 one, and only it, has `:`).
@@ -941,69 +1041,6 @@ fn push_ip(out: &mut String, ip: std::net::IpAddr) {
         std::net::IpAddr::V6(v6) => {
             use std::fmt::Write;
             let _ = write!(out, "{v6}");
-        }
-    }
-}
-
-/// Removes, in one pass over the request's header names (no lookup per name bindgate knows),
-/// every header that must not reach an upstream: the fixed hop-by-hop ones (RFC 9110
-/// §7.6.1; `TE` unless it is only `trailers`), the client certificate headers (RFC 9440 §3:
-/// whatever the client sent under these names, or under the configured one, is not to be
-/// trusted), the forwarding and path-override headers, and with `method_bound` the
-/// method-override headers.
-fn strip_untrusted(
-    req: &mut RequestHeader,
-    cert_header: Option<&http::HeaderName>,
-    method_bound: bool,
-) {
-    let doomed: Vec<http::HeaderName> = req
-        .headers
-        .iter()
-        .filter(|(name, value)| {
-            let n = name.as_str();
-            HOP_BY_HOP_HEADERS.contains(&n)
-                || (n == "te"
-                    && value
-                        .to_str()
-                        .map(|t| t.trim() != "trailers")
-                        .unwrap_or(true))
-                || CLIENT_CERT_HEADERS.contains(&n)
-                || cert_header.is_some_and(|c| c == *name)
-                || FORWARDING_HEADERS.contains(&n)
-                || PATH_OVERRIDE_HEADERS.contains(&n)
-                || (method_bound && METHOD_OVERRIDE_HEADERS.contains(&n))
-        })
-        .map(|(name, _)| name.clone())
-        .collect();
-    for name in doomed {
-        while req.remove_header(&name).is_some() {}
-    }
-}
-
-/// Hop-by-hop headers removed whatever `Connection` lists (RFC 9110 §7.6.1).
-const HOP_BY_HOP_HEADERS: &[&str] = &["keep-alive", "proxy-connection", "proxy-authorization"];
-
-/// RFC 9440 §3: a client's own certificate headers.
-const CLIENT_CERT_HEADERS: &[&str] = &["client-cert", "client-cert-chain"];
-
-/// Removes the headers `Connection` names as hop-by-hop (RFC 9110 §7.6.1), but `Upgrade` on
-/// an upgrade request; the fixed ones go in [`strip_untrusted`].
-fn strip_connection_listed(req: &mut RequestHeader, upgrade: bool) {
-    let listed: Vec<String> = req
-        .headers
-        .get_all(http::header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .map(|s| s.trim().to_ascii_lowercase())
-        .filter(|s| !s.is_empty())
-        .collect();
-    for name in listed {
-        if upgrade && name == "upgrade" {
-            continue;
-        }
-        if name != "close" && name != "keep-alive" {
-            req.remove_header(name.as_str());
         }
     }
 }

@@ -55,6 +55,13 @@ pub struct Metrics {
     pub dpop_proofs: IntCounterVec,
     /// Configuration reloads by result (`ok`, `failed`, `certificates`).
     pub reloads: IntCounterVec,
+    /// Connections ended by a deadline, by reason (idle_timeout, header_timeout,
+    /// handshake_timeout, body_timeout).
+    pub connections_closed: IntCounterVec,
+    /// Connections the listener could not accept for want of a file descriptor.
+    pub connections_refused: IntCounter,
+    /// Serialises the copy of Pingora's counters in [`Metrics::tick`].
+    deadline_sync: std::sync::Mutex<()>,
     /// Seconds until the served certificate's `notAfter` (negative once expired).
     certificate_expiry_seconds: IntGauge,
     certificate_not_after: AtomicI64,
@@ -140,6 +147,29 @@ impl Metrics {
             &["result"],
         )
         .expect("static metric definition");
+        let connections_closed = IntCounterVec::new(
+            Opts::new(
+                "connections_closed_total",
+                "Client connections bindgate closed on a deadline, by reason (idle_timeout, \
+                 header_timeout, handshake_timeout, body_timeout)",
+            ),
+            &["reason"],
+        )
+        .expect("static metric definition");
+        for reason in [
+            "idle_timeout",
+            "header_timeout",
+            "handshake_timeout",
+            "body_timeout",
+        ] {
+            connections_closed.with_label_values(&[reason]);
+        }
+        let connections_refused = IntCounter::new(
+            "connections_refused_total",
+            "Connections the listener could not accept: no file descriptor left (retried after \
+             100 ms; idle connections are closed by server.idle_timeout)",
+        )
+        .expect("static metric definition");
         let certificate_expiry_seconds = IntGauge::new(
             "server_certificate_expiry_seconds",
             "Seconds until the served certificate expires",
@@ -147,6 +177,8 @@ impl Metrics {
         .expect("static metric definition");
         for m in [
             Box::new(reloads.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(connections_closed.clone()),
+            Box::new(connections_refused.clone()),
             Box::new(certificate_expiry_seconds.clone()),
             Box::new(dpop_proofs.clone()),
             Box::new(requests.clone()),
@@ -179,6 +211,9 @@ impl Metrics {
             dpop_proofs,
             verified_cache,
             reloads,
+            connections_closed,
+            connections_refused,
+            deadline_sync: std::sync::Mutex::new(()),
             certificate_expiry_seconds,
             certificate_not_after: AtomicI64::new(0),
         }
@@ -201,6 +236,36 @@ impl Metrics {
         if not_after != 0 {
             self.certificate_expiry_seconds.set(not_after - now);
         }
+        self.copy_deadline_counts();
+    }
+
+    /// Brings the counts of Pingora's deadlines (kept in `pingora_core::apps::deadlines`) into
+    /// the registry.
+    fn copy_deadline_counts(&self) {
+        use pingora::apps::deadlines;
+        let Ok(_one_at_a_time) = self.deadline_sync.lock() else {
+            return;
+        };
+        let catch_up = |counter: &IntCounter, total: u64| {
+            let seen = counter.get();
+            if total > seen {
+                counter.inc_by(total - seen);
+            }
+        };
+        for (reason, total) in [
+            ("idle_timeout", &deadlines::IDLE),
+            ("header_timeout", &deadlines::HEADER),
+            ("handshake_timeout", &deadlines::HANDSHAKE),
+        ] {
+            catch_up(
+                &self.connections_closed.with_label_values(&[reason]),
+                total.load(Ordering::Relaxed),
+            );
+        }
+        catch_up(
+            &self.connections_refused,
+            deadlines::ACCEPT_FD_LIMIT.load(Ordering::Relaxed),
+        );
     }
 
     pub fn register(&self, collector: Box<dyn prometheus::core::Collector>) {

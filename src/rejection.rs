@@ -19,6 +19,10 @@ pub enum Rejection {
     BodyTooLarge { limit: u64 },
     /// The upstream refused, timed out or broke the connection.
     UpstreamUnavailable,
+    /// The request body did not arrive whole within `server.body_timeout`.
+    BodyTimeout,
+    /// `upstreams.<name>.max_connections` requests were in flight for the connect timeout.
+    UpstreamBusy,
     /// The embedded target does not serve this yet.
     NotImplemented(&'static str),
     /// RFC 6750 §3.1: the request carried no credentials at all. With DPoP enabled for the
@@ -59,6 +63,8 @@ impl Rejection {
             Rejection::BadPath(_) => 400,
             Rejection::BodyTooLarge { .. } => 413,
             Rejection::UpstreamUnavailable => 502,
+            Rejection::BodyTimeout => 408,
+            Rejection::UpstreamBusy => 503,
             Rejection::NotImplemented(_) => 501,
             Rejection::MissingCredentials { .. } => 401,
             Rejection::InvalidRequest(_) => 400,
@@ -84,6 +90,8 @@ impl Rejection {
             Rejection::BadPath(_) => "invalid_request",
             Rejection::BodyTooLarge { .. } => "request_too_large",
             Rejection::UpstreamUnavailable => "bad_gateway",
+            Rejection::BodyTimeout => "request_timeout",
+            Rejection::UpstreamBusy => "temporarily_unavailable",
             Rejection::NotImplemented(_) => "not_implemented",
             Rejection::MissingCredentials { .. } => "unauthorized",
             Rejection::InvalidRequest(_) => "invalid_request",
@@ -109,6 +117,8 @@ impl Rejection {
                 format!("The request body exceeds the limit of {limit} bytes")
             }
             Rejection::UpstreamUnavailable => "The upstream server is unavailable".into(),
+            Rejection::BodyTimeout => "The request body did not arrive in time".into(),
+            Rejection::UpstreamBusy => "The upstream server is busy".into(),
             Rejection::NotImplemented(what) => format!("Not implemented: {what}"),
             Rejection::MissingCredentials { .. } => "Missing access token".into(),
             Rejection::InvalidRequest(why) => (*why).to_string(),
@@ -137,6 +147,8 @@ impl Rejection {
             Rejection::BadPath(_) => "bad_path",
             Rejection::BodyTooLarge { .. } => "body_too_large",
             Rejection::UpstreamUnavailable => "upstream_unavailable",
+            Rejection::BodyTimeout => "body_timeout",
+            Rejection::UpstreamBusy => "upstream_busy",
             Rejection::NotImplemented(_) => "not_implemented",
             Rejection::MissingCredentials { .. } => "missing_credentials",
             Rejection::InvalidRequest(_) => "invalid_request",
@@ -197,7 +209,10 @@ impl Rejection {
 
     /// Whether the connection must close after the answer: the request body may be unread.
     pub fn closes_connection(&self) -> bool {
-        matches!(self, Rejection::BodyTooLarge { .. })
+        matches!(
+            self,
+            Rejection::BodyTooLarge { .. } | Rejection::BodyTimeout
+        )
     }
 
     /// The JSON body.
@@ -223,7 +238,7 @@ impl Rejection {
         if let Rejection::UseDpopNonce { nonce, .. } = self {
             let _ = header.insert_header("dpop-nonce", nonce.as_str());
         }
-        if let Rejection::StorageUnavailable = self {
+        if let Rejection::StorageUnavailable | Rejection::UpstreamBusy = self {
             // RFC 9110 §10.2.3: when to try again (the state probe runs every second).
             let _ = header.insert_header("retry-after", "1");
         }
@@ -268,6 +283,8 @@ mod tests {
                 "request_too_large",
             ),
             (Rejection::UpstreamUnavailable, 502, "bad_gateway"),
+            (Rejection::BodyTimeout, 408, "request_timeout"),
+            (Rejection::UpstreamBusy, 503, "temporarily_unavailable"),
             (Rejection::NotImplemented("x"), 501, "not_implemented"),
             (
                 Rejection::MissingCredentials { dpop_algs: None },

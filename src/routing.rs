@@ -92,6 +92,8 @@ struct Route {
     target: Target,
     label: String,
     protected: bool,
+    /// `upgrade: true`: requests with `Upgrade` (WebSocket, h2c) are forwarded.
+    upgrade: bool,
 }
 
 pub struct Router {
@@ -129,6 +131,7 @@ impl Router {
                     target: Target::Upstream(r.upstream.clone()),
                     label: format!("route:{}", r.prefix),
                     protected: r.token.is_some(),
+                    upgrade: r.upgrade,
                 })
                 .collect(),
         }
@@ -154,6 +157,17 @@ impl Router {
                 }
             })
             .ok_or(Rejection::NoRoute)
+    }
+
+    /// Whether a request with `Upgrade` may go on: only on a route that says `upgrade: true`
+    /// (a tunnel would carry requests no policy saw), never on the policy paths.
+    pub fn allows_upgrade(&self, op: &Operation) -> bool {
+        match op {
+            Operation::Registry(_) | Operation::Sessions(_) => false,
+            Operation::Forward { route } | Operation::Protected { route } => {
+                self.routes[*route].upgrade
+            }
+        }
     }
 
     /// Where the operation is served.
@@ -255,6 +269,7 @@ mod tests {
                 prefix: "/".into(),
                 upstream: "idp".into(),
                 token: None,
+                upgrade: false,
             }],
         )
     }

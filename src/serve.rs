@@ -196,6 +196,7 @@ pub fn run(config: Config, upgrade: bool) -> Result<(), String> {
     let listen = config.listen.address;
     let admin_address = config.admin.as_ref().map(|a| a.address);
     let threads = config.server.threads;
+    let config_server = config.server.clone();
     let source = config.source.clone();
     let control = Control::start(config, metrics.clone(), readiness.clone())?;
 
@@ -232,6 +233,9 @@ pub fn run(config: Config, upgrade: bool) -> Result<(), String> {
     let gateway = Gateway::new(control.live.clone(), draining);
     let mut proxy =
         pingora::proxy::http_proxy_service_with_name(&server.configuration, gateway, "bindgate");
+    if let Some(app) = proxy.app_logic_mut() {
+        app.server_options = Some(connection_deadlines(&config_server));
+    }
     let settings = tls::settings(control.tls.clone())?;
     proxy.add_tls_with_settings(&listen.to_string(), None, settings);
     server.add_service(proxy);
@@ -297,6 +301,18 @@ pub fn run(config: Config, upgrade: bool) -> Result<(), String> {
         }
     }
     Ok(())
+}
+
+/// The deadlines of a client connection (read at start; a reload does not change them): a
+/// connection without a request in progress closes after `idle_timeout` (HTTP/2: GOAWAY
+/// first); the TLS handshake, the HTTP/2 preface and each HTTP/1.1 request head from its first
+/// byte must complete within `header_timeout`. The body's deadline is the gateway's.
+fn connection_deadlines(server: &crate::config::Server) -> pingora::apps::HttpServerOptions {
+    let mut options = pingora::apps::HttpServerOptions::default();
+    options.h1_idle_timeout = Some(server.idle_timeout);
+    options.h2_idle_timeout = Some(server.idle_timeout);
+    options.header_timeout = Some(server.header_timeout);
+    options
 }
 
 fn install_hangup_handler() -> Result<(), String> {

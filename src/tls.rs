@@ -29,6 +29,12 @@ pub struct Material {
     client_ca: Option<Vec<X509>>,
     /// The served certificate's `notAfter`, seconds since the epoch.
     pub not_after: i64,
+    /// The TLS session id context of handshakes under this material: a digest of the served
+    /// chain, `client_auth` and the client CA set. A session (TLS 1.2 id or ticket, TLS 1.3
+    /// ticket) made under other material carries another context and is never resumed
+    /// (OpenSSL compares them), so a resumed session's certificate was verified under the
+    /// rules and CAs in force now.
+    session_context: [u8; 32],
     /// What the files were when read: a watcher reloads when this changes.
     pub stamp: Vec<FileStamp>,
 }
@@ -110,12 +116,14 @@ impl Material {
             }
         };
         let not_after = not_after_unix(&chain[0]);
+        let session_context = session_context(&chain, tls.client_auth, client_ca.as_deref())?;
         Ok(Material {
             chain,
             key,
             client_auth: tls.client_auth,
             client_ca,
             not_after,
+            session_context,
             stamp,
         })
     }
@@ -162,6 +170,67 @@ impl Material {
             }
             None => ssl.set_verify_callback(mode, |_, _| true),
         }
+    }
+}
+
+/// SHA-256 over the served chain, the client-certificate mode and the client CA set (each
+/// part length-prefixed, so no two inputs run together).
+fn session_context(
+    chain: &[X509],
+    client_auth: ClientAuth,
+    client_ca: Option<&[X509]>,
+) -> Result<[u8; 32], String> {
+    use sha2::{Digest, Sha256};
+    let mut h = Sha256::new();
+    h.update(b"bindgate tls session context v1");
+    let mut part = |tag: u8, der: &[u8]| {
+        h.update([tag]);
+        h.update((der.len() as u64).to_be_bytes());
+        h.update(der);
+    };
+    for c in chain {
+        part(
+            b'S',
+            &c.to_der().map_err(|e| format!("listen.tls.cert: {e}"))?,
+        );
+    }
+    let mode: &[u8] = match client_auth {
+        ClientAuth::None => b"none",
+        ClientAuth::Optional => b"optional",
+        ClientAuth::Required => b"required",
+    };
+    part(b'M', mode);
+    for c in client_ca.unwrap_or_default() {
+        part(
+            b'C',
+            &c.to_der()
+                .map_err(|e| format!("listen.tls.client_ca: {e}"))?,
+        );
+    }
+    Ok(h.finalize().into())
+}
+
+/// Sets the session id context of one handshake (OpenSSL's `SSL_set_session_id_context`; the
+/// openssl crate wraps only the context-wide setter).
+fn set_session_context(
+    ssl: &mut pingora::tls::ssl::SslRef,
+    context: &[u8; 32],
+) -> Result<(), openssl::error::ErrorStack> {
+    use foreign_types::ForeignTypeRef;
+    extern "C" {
+        fn SSL_set_session_id_context(
+            ssl: *mut openssl_sys::SSL,
+            sid_ctx: *const std::os::raw::c_uchar,
+            sid_ctx_len: std::os::raw::c_uint,
+        ) -> std::os::raw::c_int;
+    }
+    // SAFETY: `ssl` is a live SSL handed to the callback; OpenSSL copies the 32 bytes (at most
+    // SSL_MAX_SID_CTX_LENGTH) before returning.
+    let ok = unsafe { SSL_set_session_id_context(ssl.as_ptr(), context.as_ptr(), 32) };
+    if ok == 1 {
+        Ok(())
+    } else {
+        Err(openssl::error::ErrorStack::get())
     }
 }
 
@@ -230,7 +299,7 @@ pub fn peer_certificate(digest: Option<&pingora::protocols::Digest>) -> Option<P
 /// The listener's TLS settings: HTTP/2 and HTTP/1.1 by ALPN; certificate, key and client
 /// certificates from `tls` at every handshake.
 pub fn settings(tls: Arc<ServerTls>) -> Result<TlsSettings, String> {
-    let mut settings = TlsSettings::with_callbacks(Box::new(Callbacks { tls }))
+    let mut settings = TlsSettings::with_callbacks(Box::new(Callbacks { tls: tls.clone() }))
         .map_err(|e| format!("TLS: {e}"))?;
     settings.enable_h2();
     // Without a session id context a client's resumed handshake fails once it has sent a
@@ -238,5 +307,13 @@ pub fn settings(tls: Arc<ServerTls>) -> Result<TlsSettings, String> {
     settings
         .set_session_id_context(b"bindgate")
         .map_err(|e| format!("TLS session id context: {e}"))?;
+    // Each handshake takes the context of the material current when its ClientHello arrives,
+    // before OpenSSL looks at the session it offers: a session from before a change of
+    // certificate, client_auth or client CA is not resumed, a full handshake runs instead.
+    // Failing to set it fails the handshake.
+    settings.set_client_hello_callback(move |ssl, _alert| {
+        let context = tls.current.load().session_context;
+        set_session_context(ssl, &context).map(|()| pingora::tls::ssl::ClientHelloResponse::SUCCESS)
+    });
     Ok(settings)
 }

@@ -27,6 +27,7 @@ fn router() -> Router {
             prefix: "/".into(),
             upstream: "idp".into(),
             token: None,
+            upgrade: false,
         }],
     )
 }

@@ -139,6 +139,10 @@ pub struct UpstreamFile {
     pub connect_timeout: Option<String>,
     /// Extension: time allowed between two reads from the upstream (default 60s).
     pub read_timeout: Option<String>,
+    /// Requests in flight to this upstream, each on its own connection (default 256).
+    pub max_connections: Option<usize>,
+    /// Forward header names with `_` (default false: dropped, as nginx does).
+    pub forward_underscore_headers: Option<bool>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -147,6 +151,7 @@ pub struct RouteFile {
     pub prefix: String,
     pub upstream: String,
     pub token: Option<RouteTokenFile>,
+    pub upgrade: Option<bool>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -184,4 +189,7 @@ pub struct ServerFile {
     pub max_body: Option<String>,
     pub pid_file: Option<String>,
     pub upgrade_sock: Option<String>,
+    pub idle_timeout: Option<String>,
+    pub header_timeout: Option<String>,
+    pub body_timeout: Option<String>,
 }

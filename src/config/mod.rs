@@ -252,6 +252,11 @@ pub struct Upstream {
     pub ca: Option<PathBuf>,
     pub connect_timeout: Duration,
     pub read_timeout: Duration,
+    /// Requests in flight to this upstream at once (each holds one connection); more wait up
+    /// to `connect_timeout`, then get 503.
+    pub max_connections: usize,
+    /// Forward header names with `_` (but never one that folds to an identity header).
+    pub forward_underscore_headers: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -260,6 +265,8 @@ pub struct Route {
     pub upstream: String,
     /// None: forwarded without a token check.
     pub token: Option<RouteToken>,
+    /// Requests with `Upgrade` (WebSocket, h2c) are refused unless this is true.
+    pub upgrade: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -360,6 +367,14 @@ pub struct Server {
     pub pid_file: Option<PathBuf>,
     /// The socket a binary upgrade hands the listening sockets over.
     pub upgrade_sock: PathBuf,
+    /// A connection with no request in progress is closed after this long: a TLS handshake
+    /// done and no byte, HTTP/1.1 between requests, HTTP/2 without an open stream.
+    pub idle_timeout: Duration,
+    /// The TLS handshake, and then each request head from its first byte, must complete
+    /// within this (a total, not per read).
+    pub header_timeout: Duration,
+    /// The whole request body must arrive within this; else 408 and nothing is forwarded.
+    pub body_timeout: Duration,
 }
 
 impl Config {

@@ -19,6 +19,21 @@ impl Problems {
         });
     }
 
+    /// A deadline: more than 0 (a zero deadline would refuse everything) and at most a day.
+    fn positive_duration(
+        &mut self,
+        key: &str,
+        given: Option<&String>,
+        default: Duration,
+    ) -> Duration {
+        let d = self.duration(key, given, default);
+        if d.is_zero() || d > Duration::from_secs(86_400) {
+            self.push(key, "must be more than 0 and at most 24h");
+            return default;
+        }
+        d
+    }
+
     fn duration(&mut self, key: &str, given: Option<&String>, default: Duration) -> Duration {
         match given.map(|t| parse_duration(t)) {
             None => default,
@@ -30,24 +45,6 @@ impl Problems {
         }
     }
 }
-
-/// Headers bindgate or HTTP itself owns; an upstream's `client_cert_header` may not be one.
-const RESERVED_HEADERS: &[&str] = &[
-    "host",
-    "forwarded",
-    "x-forwarded-for",
-    "x-forwarded-proto",
-    "x-forwarded-host",
-    "client-cert-chain",
-    "authorization",
-    "content-length",
-    "transfer-encoding",
-    "connection",
-    "te",
-    "upgrade",
-    "cookie",
-    "sid",
-];
 
 pub fn validate(file: FileConfig, source: &Path) -> Result<Config, Vec<Problem>> {
     let mut p = Problems(Vec::new());
@@ -204,7 +201,7 @@ pub fn validate(file: FileConfig, source: &Path) -> Result<Config, Vec<Problem>>
             Some(given)
                 .filter(|h| !h.is_empty())
                 .and_then(|h| match http::HeaderName::from_bytes(h.as_bytes()) {
-                    Ok(n) if RESERVED_HEADERS.contains(&n.as_str()) => {
+                    Ok(n) if crate::headers::is_reserved(n.as_str()) => {
                         p.push(
                             format!("{key}.client_cert_header"),
                             format!(
@@ -250,6 +247,18 @@ pub fn validate(file: FileConfig, source: &Path) -> Result<Config, Vec<Problem>>
                 u.read_timeout.as_ref(),
                 Duration::from_secs(60),
             ),
+            forward_underscore_headers: u.forward_underscore_headers.unwrap_or(false),
+            max_connections: match u.max_connections {
+                None => 256,
+                Some(n) if (1..=65_536).contains(&n) => n,
+                Some(n) => {
+                    p.push(
+                        format!("{key}.max_connections"),
+                        format!("{n}: must be between 1 and 65536"),
+                    );
+                    256
+                }
+            },
         };
         upstreams.insert(name.clone(), upstream);
     }
@@ -396,6 +405,7 @@ pub fn validate(file: FileConfig, source: &Path) -> Result<Config, Vec<Problem>>
             prefix: r.prefix.clone(),
             upstream: r.upstream.clone(),
             token,
+            upgrade: r.upgrade.unwrap_or(false),
         });
     }
 
@@ -520,6 +530,21 @@ pub fn validate(file: FileConfig, source: &Path) -> Result<Config, Vec<Problem>>
         upgrade_sock: path_of(
             sv.and_then(|s| s.upgrade_sock.as_deref())
                 .unwrap_or("/tmp/bindgate_upgrade.sock"),
+        ),
+        idle_timeout: p.positive_duration(
+            "server.idle_timeout",
+            sv.and_then(|s| s.idle_timeout.as_ref()),
+            Duration::from_secs(60),
+        ),
+        header_timeout: p.positive_duration(
+            "server.header_timeout",
+            sv.and_then(|s| s.header_timeout.as_ref()),
+            Duration::from_secs(10),
+        ),
+        body_timeout: p.positive_duration(
+            "server.body_timeout",
+            sv.and_then(|s| s.body_timeout.as_ref()),
+            Duration::from_secs(30),
         ),
     };
 

@@ -14,6 +14,7 @@
 
 //! The abstraction and implementation interface for service application logic
 
+pub mod deadlines;
 pub mod http_app;
 
 use crate::server::ShutdownWatch;
@@ -57,6 +58,11 @@ pub trait ServerApp {
 
     /// This callback will be called once after the service stops listening to its endpoints.
     async fn cleanup(&self) {}
+
+    /// bindgate: the time a connection's TLS handshake may take (Pingora's fixed 60 s when None).
+    fn handshake_timeout(&self) -> Option<Duration> {
+        None
+    }
 }
 #[non_exhaustive]
 #[derive(Clone, Debug, Default)]
@@ -89,6 +95,16 @@ pub struct HttpServerOptions {
     ///
     /// Default: `None`
     pub h2_idle_timeout: Option<Duration>,
+
+    /// bindgate: close an HTTP/1.x connection that has not begun a request within this, on a
+    /// new connection and between requests. `None`: 60 s on a new connection, no limit between
+    /// requests (Pingora's behaviour).
+    pub h1_idle_timeout: Option<Duration>,
+
+    /// bindgate: the TLS handshake, and each HTTP/1.x request head from its first byte, must
+    /// complete within this (a total, not per read). `None`: 60 s for the handshake, no limit on
+    /// the head.
+    pub header_timeout: Option<Duration>,
 }
 
 /// Settings persisted across HTTP/1.x keepalive requests on the same downstream connection.
@@ -307,7 +323,20 @@ where
             });
 
             let h2_options = self.h2_options();
-            let h2_conn = match server::handshake(stream, h2_options).await {
+            // bindgate: the client's preface and SETTINGS within the header deadline.
+            let handshake = server::handshake(stream, h2_options);
+            let handshake = match self.server_options().and_then(|o| o.header_timeout) {
+                Some(t) => match pingora_timeout::timeout(t, handshake).await {
+                    Ok(h) => h,
+                    Err(_) => {
+                        deadlines::HEADER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        debug!("H2 preface not received within {t:?}");
+                        return None;
+                    }
+                },
+                None => handshake.await,
+            };
+            let h2_conn = match handshake {
                 Err(e) => {
                     error!("H2 handshake error {e}");
                     return None;
@@ -352,6 +381,14 @@ where
                 // default 60s
                 session.set_keepalive(Some(60));
             }
+            // bindgate: the idle and head deadlines of the server's options.
+            let idle = self.server_options().and_then(|o| o.h1_idle_timeout);
+            let header_timeout = self.server_options().and_then(|o| o.header_timeout);
+            let idle_secs = idle.map(|d| d.as_secs().max(1));
+            if let (Some(secs), false) = (idle_secs, *shutdown.borrow()) {
+                session.set_keepalive(Some(secs));
+            }
+            session.set_header_timeout(header_timeout);
             session.set_keepalive_reuses_remaining(
                 self.server_options()
                     .and_then(|opts| opts.keepalive_request_limit),
@@ -363,6 +400,11 @@ where
                 if let Some(persistent_settings) = persistent_settings {
                     persistent_settings.apply_to_session(&mut session);
                 }
+                // bindgate: between requests, the idle deadline (was: no limit).
+                if let (Some(secs), true) = (idle_secs, session.get_keepalive().is_some()) {
+                    session.set_keepalive(Some(secs));
+                }
+                session.set_header_timeout(header_timeout);
 
                 result = self.process_new_http(session, shutdown).await;
             }
@@ -372,6 +414,10 @@ where
 
     async fn cleanup(&self) {
         self.http_cleanup().await;
+    }
+
+    fn handshake_timeout(&self) -> Option<Duration> {
+        self.server_options().and_then(|o| o.header_timeout)
     }
 }
 

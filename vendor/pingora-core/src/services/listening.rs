@@ -229,9 +229,13 @@ impl<A: ServerApp + Send + Sync + 'static> Service<A> {
                 Ok(io) => {
                     let app = app_logic.clone();
                     let shutdown = shutdown.clone();
+                    // bindgate: the application's handshake deadline (was a fixed 60 s).
+                    let handshake_timeout = app
+                        .handshake_timeout()
+                        .unwrap_or(Duration::from_secs(60));
                     current_handle().spawn(async move {
                         let peer_addr = io.peer_addr();
-                        match timeout(Duration::from_secs(60), io.handshake()).await {
+                        match timeout(handshake_timeout, io.handshake()).await {
                             Ok(handshake) => {
                                 match handshake {
                                     Ok(io) => Self::handle_event(io, app, shutdown).await,
@@ -246,6 +250,8 @@ impl<A: ServerApp + Send + Sync + 'static> Service<A> {
                                 }
                             }
                             Err(_) => {
+                                crate::apps::deadlines::HANDSHAKE
+                                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                                 error!("Downstream handshake timeout");
                             }
                         }
@@ -260,10 +266,14 @@ impl<A: ServerApp + Send + Sync + 'static> Service<A> {
                     {
                         // 24: too many open files. In this case accept() will continue return this
                         // error without blocking, which could use up all the resources
-                        if io_error == 24 {
+                        // bindgate: 23 (ENFILE) too; counted, and retried after 100 ms rather
+                        // than 1 s: a descriptor freed by a deadline is taken up at once.
+                        if io_error == 24 || io_error == 23 {
+                            crate::apps::deadlines::ACCEPT_FD_LIMIT
+                                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                             // call sleep to calm the thread down and wait for others to release
                             // some resources
-                            tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+                            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
                         }
                     }
                 }

@@ -676,6 +676,24 @@ impl Session {
         }
     }
 
+    /// bindgate: buffers the request body for the upstream up to `limit` bytes (at least
+    /// Pingora's 64 KiB), so that a body read whole before the upstream is chosen is forwarded.
+    pub fn enable_retry_buffering_up_to(&mut self, limit: usize) {
+        match self {
+            Self::H1(s) => s.enable_retry_buffering_up_to(limit),
+            Self::H2(s) => s.enable_retry_buffering_up_to(limit),
+            Self::Subrequest(s) => s.enable_retry_buffering(),
+            Self::Custom(s) => s.enable_retry_buffering(),
+        }
+    }
+
+    /// bindgate: the time an HTTP/1.x request head may take from its first byte.
+    pub fn set_header_timeout(&mut self, timeout: Option<Duration>) {
+        if let Self::H1(s) = self {
+            s.set_header_timeout(timeout);
+        }
+    }
+
     pub fn get_retry_buffer(&self) -> Option<Bytes> {
         match self {
             Self::H1(s) => s.get_retry_buffer(),

@@ -102,6 +102,8 @@ pub struct HttpSession {
     /// timeouts:
     keepalive_timeout: KeepaliveStatus,
     read_timeout: Option<Duration>,
+    /// bindgate: the whole request head, from its first byte (a total, not per read).
+    header_timeout: Option<Duration>,
     write_timeout: Option<Duration>,
     /// How long to wait to make downstream session reusable, if body needs to be drained.
     total_drain_timeout: Option<Duration>,
@@ -187,6 +189,7 @@ impl HttpSession {
             response_written: None,
             request_header: None,
             read_timeout: Some(Duration::from_secs(60)),
+            header_timeout: None,
             write_timeout: None,
             total_drain_timeout: None,
             body_bytes_sent: 0,
@@ -221,6 +224,11 @@ impl HttpSession {
                     Ok(res) => res,
                     Err(e) => {
                         debug!("keepalive timeout {d:?} reached, {e}");
+                        if already_read == 0 {
+                            // bindgate: counted as an idle connection closed.
+                            crate::apps::deadlines::IDLE
+                                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        }
                         return Ok(None);
                     }
                 },
@@ -304,6 +312,10 @@ impl HttpSession {
         let mut already_read = buf.len();
         let mut skip_next_read = already_read != 0;
         let mut detached_suffix = None;
+        // bindgate: from the head's first byte, the rest must come within `header_timeout`.
+        let mut head_deadline = (already_read != 0)
+            .then(|| self.header_timeout.map(|t| tokio::time::Instant::now() + t))
+            .flatten();
         loop {
             if already_read > MAX_HEADER_SIZE {
                 /* NOTE: this check only blocks second read. The first large read is allowed
@@ -323,10 +335,40 @@ impl HttpSession {
             // this request and is waiting for our response).
             if skip_next_read {
                 skip_next_read = false;
-            } else if let Some(n) = self.read_request_buf(&mut buf, already_read).await? {
-                already_read += n;
             } else {
-                return Ok(None);
+                let read = match head_deadline {
+                    Some(deadline) => {
+                        match tokio::time::timeout_at(
+                            deadline,
+                            self.read_request_buf(&mut buf, already_read),
+                        )
+                        .await
+                        {
+                            Ok(read) => read,
+                            Err(_) => {
+                                crate::apps::deadlines::HEADER.fetch_add(
+                                    1,
+                                    std::sync::atomic::Ordering::Relaxed,
+                                );
+                                return Error::e_explain(
+                                    ReadTimedout,
+                                    "the request head did not arrive within header_timeout",
+                                );
+                            }
+                        }
+                    }
+                    None => self.read_request_buf(&mut buf, already_read).await,
+                };
+                match read? {
+                    Some(n) => {
+                        if already_read == 0 {
+                            head_deadline =
+                                self.header_timeout.map(|t| tokio::time::Instant::now() + t);
+                        }
+                        already_read += n;
+                    }
+                    None => return Ok(None),
+                }
             }
 
             // Use loop as GOTO to retry escaped request buffer, not a real loop
@@ -1168,6 +1210,13 @@ impl HttpSession {
         }
     }
 
+    /// bindgate: as [`Self::enable_retry_buffering`], holding up to `limit` bytes.
+    pub fn enable_retry_buffering_up_to(&mut self, limit: usize) {
+        if self.retry_buffer.is_none() {
+            self.retry_buffer = Some(FixedBuffer::new(limit.max(BODY_BUF_LIMIT)))
+        }
+    }
+
     pub fn get_retry_buffer(&self) -> Option<Bytes> {
         self.retry_buffer.as_ref().and_then(|b| {
             if b.is_truncated() {
@@ -1334,6 +1383,11 @@ impl HttpSession {
 
     /// Sets the downstream read timeout. This will trigger if we're unable
     /// to read from the stream after `timeout`.
+    /// bindgate: the time a request head may take from its first byte.
+    pub fn set_header_timeout(&mut self, timeout: Option<Duration>) {
+        self.header_timeout = timeout;
+    }
+
     pub fn set_read_timeout(&mut self, timeout: Option<Duration>) {
         self.read_timeout = timeout;
     }

@@ -175,6 +175,15 @@ pub(crate) async fn accept_downstream_sessions<F>(
                     // Idle with nothing in flight: drop `conn` to close the
                     // socket now (no graceful GOAWAY wait that could hang on
                     // a dead peer).
+                    // bindgate: but first say so with a GOAWAY (RFC 9113 §6.8), given at
+                    // most a second to leave.
+                    crate::apps::deadlines::IDLE
+                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    conn.abrupt_shutdown(h2::Reason::NO_ERROR);
+                    let _ = pingora_timeout::timeout(Duration::from_secs(1), async {
+                        while let Some(Ok(_)) = conn.accept().await {}
+                    })
+                    .await;
                     return;
                 }
             }
@@ -890,6 +899,13 @@ impl HttpSession {
     pub fn enable_retry_buffering(&mut self) {
         if self.retry_buffer.is_none() {
             self.retry_buffer = Some(FixedBuffer::new(BODY_BUF_LIMIT))
+        }
+    }
+
+    /// bindgate: as [`Self::enable_retry_buffering`], holding up to `limit` bytes.
+    pub fn enable_retry_buffering_up_to(&mut self, limit: usize) {
+        if self.retry_buffer.is_none() {
+            self.retry_buffer = Some(FixedBuffer::new(limit.max(BODY_BUF_LIMIT)))
         }
     }
 

@@ -1,0 +1,784 @@
+//! A hostile client against the real binary (issue 14): connection deadlines, descriptors
+//! running out, slow bodies, upstream connection limits, TLS resumption across a reload.
+
+mod harness;
+
+use harness::*;
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::time::{Duration, Instant};
+
+/// The passthrough configuration with the connection deadlines set short, and `extra_server`
+/// and `extra_upstream` lines added to `server:` and to the upstream.
+fn deadline_config(upstream: std::net::SocketAddr, extra_upstream: &str) -> String {
+    passthrough_config(upstream)
+        .replace(
+            "    client_cert_header: Client-Cert\n",
+            &format!("    client_cert_header: Client-Cert\n{extra_upstream}"),
+        )
+        .replace(
+            "  max_body: 1KiB\n",
+            "  max_body: 128KiB\n  idle_timeout: 2s\n  header_timeout: 2s\n  body_timeout: 2s\n",
+        )
+}
+
+fn connector(alpn: Option<&[u8]>) -> openssl::ssl::SslConnector {
+    use openssl::ssl::{SslConnector, SslMethod, SslVerifyMode};
+    let mut b = SslConnector::builder(SslMethod::tls_client()).unwrap();
+    b.set_verify(SslVerifyMode::NONE);
+    if let Some(alpn) = alpn {
+        b.set_alpn_protos(alpn).unwrap();
+    }
+    b.build()
+}
+
+/// A TLS connection to bindgate (no certificate), reads bounded by `read_timeout`.
+fn tls(
+    port: u16,
+    alpn: Option<&[u8]>,
+    read_timeout: Duration,
+) -> openssl::ssl::SslStream<TcpStream> {
+    let tcp = TcpStream::connect(("127.0.0.1", port)).expect("connect");
+    tcp.set_read_timeout(Some(read_timeout)).unwrap();
+    connector(alpn)
+        .configure()
+        .unwrap()
+        .verify_hostname(false)
+        .connect("localhost", tcp)
+        .expect("TLS handshake")
+}
+
+/// Reads until the peer closes; how long that took, or None if it was still open after `limit`.
+fn closed_within(stream: &mut impl Read, limit: Duration) -> Option<Duration> {
+    let start = Instant::now();
+    let mut buf = [0u8; 4096];
+    while start.elapsed() < limit {
+        match stream.read(&mut buf) {
+            Ok(0) => return Some(start.elapsed()),
+            Ok(_) => {}
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) => {}
+            Err(_) => return Some(start.elapsed()),
+        }
+    }
+    None
+}
+
+fn metric(bg: &Bindgate, series: &str) -> u64 {
+    bg.metrics()
+        .lines()
+        .find_map(|l| l.strip_prefix(series)?.trim().parse::<f64>().ok())
+        .map(|v| v as u64)
+        .unwrap_or(0)
+}
+
+fn read_response(stream: &mut impl Read) -> String {
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 4096];
+    loop {
+        if harness::http1::message_len(&buf).is_some_and(|len| buf.len() >= len) {
+            break;
+        }
+        match stream.read(&mut chunk) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+        }
+    }
+    String::from_utf8_lossy(&buf).into_owned()
+}
+
+#[test]
+fn an_idle_http1_connection_is_closed_after_any_answer() {
+    let pki = Pki::new();
+    let upstream = Upstream::start();
+    let bg = Bindgate::start(&pki, &deadline_config(upstream.addr, ""));
+
+    // TLS done, not a byte sent.
+    let mut silent = tls(bg.port, None, Duration::from_millis(200));
+    // A keep-alive connection after a credential-less refusal (405 on the admin-free path is
+    // not needed: any answer will do) and after a forwarded answer.
+    let mut after_answer = tls(bg.port, None, Duration::from_millis(200));
+    after_answer
+        .write_all(b"GET /x HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        .unwrap();
+    let first = read_response(&mut after_answer);
+    assert!(first.starts_with("HTTP/1.1 200"), "{first}");
+
+    let answered = Instant::now();
+    let watch = std::thread::spawn(move || closed_within(&mut silent, Duration::from_secs(6)));
+    let took = closed_within(&mut after_answer, Duration::from_secs(6))
+        .expect("after an answer: still open 6 s later (idle_timeout 2s)");
+    assert!(
+        took >= Duration::from_millis(1500),
+        "after an answer: closed after {took:?}, before idle_timeout"
+    );
+    // Idle since before `answered`: closed within the deadline, whenever it began.
+    watch
+        .join()
+        .unwrap()
+        .expect("TLS done, no byte: still open 6 s later (idle_timeout 2s)");
+    assert!(answered.elapsed() < Duration::from_secs(7));
+    assert!(
+        metric(
+            &bg,
+            "bindgate_connections_closed_total{reason=\"idle_timeout\"}"
+        ) >= 2
+    );
+}
+
+#[test]
+fn an_idle_http2_connection_gets_goaway_and_is_closed() {
+    let pki = Pki::new();
+    let upstream = Upstream::start();
+    let bg = Bindgate::start(&pki, &deadline_config(upstream.addr, ""));
+    let mut s = tls(bg.port, Some(b"\x02h2"), Duration::from_millis(200));
+    assert_eq!(s.ssl().selected_alpn_protocol(), Some(&b"h2"[..]));
+    s.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n").unwrap();
+    s.write_all(&[0, 0, 0, 4, 0, 0, 0, 0, 0]).unwrap(); // empty SETTINGS
+    let start = Instant::now();
+    let mut bytes = Vec::new();
+    let mut buf = [0u8; 4096];
+    let mut closed = None;
+    while start.elapsed() < Duration::from_secs(8) {
+        match s.read(&mut buf) {
+            Ok(0) => {
+                closed = Some(start.elapsed());
+                break;
+            }
+            Ok(n) => bytes.extend_from_slice(&buf[..n]),
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) => {}
+            Err(_) => {
+                closed = Some(start.elapsed());
+                break;
+            }
+        }
+    }
+    let took = closed.expect("an idle HTTP/2 connection still open 8 s later (idle_timeout 2s)");
+    assert!(took >= Duration::from_millis(1500), "closed after {took:?}");
+    // Walk the frames the server sent: a GOAWAY (type 7) among them.
+    let mut types = Vec::new();
+    let mut at = 0;
+    while at + 9 <= bytes.len() {
+        let len = usize::from(bytes[at]) << 16
+            | usize::from(bytes[at + 1]) << 8
+            | usize::from(bytes[at + 2]);
+        types.push(bytes[at + 3]);
+        at += 9 + len;
+    }
+    assert!(types.contains(&7), "no GOAWAY before the close: {types:?}");
+}
+
+#[test]
+fn a_request_head_must_arrive_within_header_timeout_in_total() {
+    let pki = Pki::new();
+    let upstream = Upstream::start();
+    let bg = Bindgate::start(&pki, &deadline_config(upstream.addr, ""));
+    let mut s = tls(bg.port, None, Duration::from_millis(100));
+    s.write_all(b"GET /slow HTTP/1.1\r\nHost: localhost\r\n")
+        .unwrap();
+    // One header byte every 300 ms: each read is quick, the head never ends.
+    let start = Instant::now();
+    let mut closed = false;
+    let mut buf = [0u8; 256];
+    while start.elapsed() < Duration::from_secs(8) {
+        if s.write_all(b"x").is_err() {
+            closed = true;
+            break;
+        }
+        match s.read(&mut buf) {
+            Ok(0) => {
+                closed = true;
+                break;
+            }
+            Ok(_) => {}
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) => {}
+            Err(_) => {
+                closed = true;
+                break;
+            }
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let took = start.elapsed();
+    assert!(
+        closed,
+        "a trickled head kept the connection 8 s (header_timeout 2s)"
+    );
+    assert!(took < Duration::from_secs(5), "closed only after {took:?}");
+    assert!(upstream.requests().is_empty(), "nothing is forwarded");
+    assert!(
+        metric(
+            &bg,
+            "bindgate_connections_closed_total{reason=\"header_timeout\"}"
+        ) >= 1
+    );
+}
+
+/// A request with `Content-Length: 100` whose body trickles a byte every 300 ms.
+fn trickled_post(port: u16) -> (String, Duration) {
+    let mut s = tls(port, None, Duration::from_millis(100));
+    s.write_all(
+        b"POST /upload HTTP/1.1\r\nHost: localhost\r\nContent-Type: text/plain\r\nContent-Length: 100\r\n\r\n",
+    )
+    .unwrap();
+    let start = Instant::now();
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    let mut writing = true;
+    while start.elapsed() < Duration::from_secs(10) {
+        // Once the server has closed its side of the writes, only the answer is left to read.
+        writing = writing && s.write_all(b"a").is_ok();
+        match s.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => got.extend_from_slice(&buf[..n]),
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) => {}
+            Err(_) => break,
+        }
+        if harness::http1::message_len(&got).is_some_and(|len| got.len() >= len) {
+            break;
+        }
+        if writing {
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+    (String::from_utf8_lossy(&got).into_owned(), start.elapsed())
+}
+
+#[test]
+fn a_body_that_does_not_arrive_within_body_timeout_is_408_and_never_forwarded() {
+    let pki = Pki::new();
+    let upstream = Upstream::start();
+    let bg = Bindgate::start(&pki, &deadline_config(upstream.addr, ""));
+    let (answer, took) = trickled_post(bg.port);
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    assert!(
+        answer.to_ascii_lowercase().contains("connection: close"),
+        "{answer}"
+    );
+    assert!(answer.contains("\"request_timeout\""), "{answer}");
+    assert!(took < Duration::from_secs(5), "answered after {took:?}");
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(
+        upstream.requests().is_empty(),
+        "a body that never completed reached the upstream"
+    );
+    assert!(
+        metric(
+            &bg,
+            "bindgate_connections_closed_total{reason=\"body_timeout\"}"
+        ) >= 1
+    );
+}
+
+#[test]
+fn slow_http2_bodies_never_reach_the_upstream() {
+    let pki = Pki::new();
+    let upstream = Upstream::start();
+    let bg = Bindgate::start(&pki, &deadline_config(upstream.addr, ""));
+    let client = bg.client(&pki, None, Http::Alpn);
+
+    /// A body of 1000 bytes that gives one byte, then stalls longer than `body_timeout`.
+    struct Stalling(usize);
+    impl Read for Stalling {
+        fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+            if self.0 == 0 {
+                self.0 += 1;
+                buf[0] = b'a';
+                return Ok(1);
+            }
+            std::thread::sleep(Duration::from_secs(5));
+            Err(std::io::Error::other("gave up"))
+        }
+    }
+    let threads: Vec<_> = (0..5)
+        .map(|_| {
+            let client = client.clone();
+            let url = bg.url("/slow-h2");
+            std::thread::spawn(move || {
+                client
+                    .post(url)
+                    .header("content-length", "1000")
+                    .body(reqwest::blocking::Body::sized(Stalling(0), 1000))
+                    .send()
+                    .map(|r| r.status().as_u16())
+            })
+        })
+        .collect();
+    for t in threads {
+        // An error is the stream reset: also a refusal.
+        if let Ok(status) = t.join().unwrap() {
+            assert_eq!(status, 408);
+        }
+    }
+    assert!(
+        upstream.requests().is_empty(),
+        "slow bodies reached the upstream: {}",
+        upstream.requests().len()
+    );
+    // A whole body still goes through, with its length.
+    let resp = client
+        .post(bg.url("/whole"))
+        .body(vec![b'z'; 100_000])
+        .send()
+        .expect("request");
+    assert_eq!(resp.status(), 200);
+    let got = upstream.wait_for(1);
+    assert_eq!(got[0].body.len(), 100_000);
+    assert_eq!(got[0].header("content-length"), Some("100000"));
+}
+
+#[test]
+fn a_chunked_body_is_read_whole_and_forwarded_with_its_length() {
+    let pki = Pki::new();
+    let upstream = Upstream::start();
+    let bg = Bindgate::start(&pki, &deadline_config(upstream.addr, ""));
+    let mut s = tls(bg.port, None, Duration::from_secs(5));
+    s.write_all(
+        b"POST /chunks HTTP/1.1\r\nHost: localhost\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n",
+    )
+    .unwrap();
+    let answer = read_response(&mut s);
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    let got = upstream.wait_for(1);
+    assert_eq!(got[0].body, b"hello world");
+    assert_eq!(got[0].header("content-length"), Some("11"));
+    assert_eq!(got[0].header("transfer-encoding"), None);
+}
+
+#[test]
+fn expect_100_continue_is_answered_by_bindgate_before_the_body() {
+    let pki = Pki::new();
+    let upstream = Upstream::start();
+    let bg = Bindgate::start(&pki, &deadline_config(upstream.addr, ""));
+    let mut s = tls(bg.port, None, Duration::from_secs(5));
+    s.write_all(
+        b"POST /expect HTTP/1.1\r\nHost: localhost\r\nContent-Length: 4\r\nExpect: 100-continue\r\n\r\n",
+    )
+    .unwrap();
+    let mut buf = [0u8; 64];
+    let n = s.read(&mut buf).expect("a 100 Continue before the body");
+    assert!(
+        buf[..n].starts_with(b"HTTP/1.1 100"),
+        "{}",
+        String::from_utf8_lossy(&buf[..n])
+    );
+    s.write_all(b"ping").unwrap();
+    let answer = read_response(&mut s);
+    assert!(
+        answer.contains("200 OK") || answer.starts_with("HTTP/1.1 200"),
+        "{answer}"
+    );
+    let got = upstream.wait_for(1);
+    assert_eq!(got[0].body, b"ping");
+    assert_eq!(got[0].header("expect"), None);
+}
+
+#[test]
+fn requests_beyond_max_connections_wait_then_get_503() {
+    let pki = Pki::new();
+    let upstream = Upstream::start();
+    upstream.set_delay(Duration::from_secs(4));
+    let bg = Bindgate::start(
+        &pki,
+        &deadline_config(
+            upstream.addr,
+            "    max_connections: 2\n    connect_timeout: 1s\n",
+        ),
+    );
+    let client = bg.client(&pki, None, Http::One);
+    let slow: Vec<_> = (0..2)
+        .map(|i| {
+            let c = client.clone();
+            let url = bg.url(&format!("/held/{i}"));
+            std::thread::spawn(move || c.get(url).send().map(|r| r.status().as_u16()))
+        })
+        .collect();
+    // Both in flight at the upstream.
+    upstream.wait_for(2);
+    let start = Instant::now();
+    let third = client.get(bg.url("/third")).send().expect("an answer");
+    let waited = start.elapsed();
+    assert_eq!(third.status(), 503);
+    assert_eq!(third.headers()["retry-after"], "1");
+    assert!(
+        waited >= Duration::from_millis(900) && waited < Duration::from_secs(3),
+        "answered after {waited:?} (connect_timeout 1s)"
+    );
+    for t in slow {
+        assert_eq!(t.join().unwrap().expect("the held requests finish"), 200);
+    }
+    assert_eq!(upstream.requests().len(), 2, "the third never reached it");
+    // Places free again: the next request goes through.
+    upstream.set_delay(Duration::ZERO);
+    assert_eq!(client.get(bg.url("/after")).send().unwrap().status(), 200);
+}
+
+#[test]
+fn with_few_descriptors_and_many_idle_connections_a_new_client_is_served() {
+    let pki = Pki::new();
+    let upstream = Upstream::start();
+    let bg = Bindgate::start(&pki, &deadline_config(upstream.addr, ""));
+    let ok = std::process::Command::new("prlimit")
+        .args(["--pid", &bg.pid().to_string(), "--nofile=128:128"])
+        .status()
+        .expect("prlimit")
+        .success();
+    assert!(ok, "prlimit failed");
+
+    // 60 connections that finish TLS and say nothing, then 90 that do not even start it:
+    // together more than the descriptors left.
+    let mut held = Vec::new();
+    for _ in 0..60 {
+        held.push(Box::new(tls(bg.port, None, Duration::from_millis(100))) as Box<dyn Send>);
+    }
+    for _ in 0..90 {
+        held.push(
+            Box::new(TcpStream::connect(("127.0.0.1", bg.port)).expect("connect")) as Box<dyn Send>,
+        );
+    }
+    let start = Instant::now();
+    let client = bg.client(&pki, None, Http::One);
+    let mut served = None;
+    while start.elapsed() < Duration::from_secs(15) {
+        if let Ok(r) = client.get(bg.url("/newcomer")).send() {
+            served = Some(r.status());
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let took = start.elapsed();
+    assert_eq!(
+        served.map(|s| s.as_u16()),
+        Some(200),
+        "a new client was not served within 15 s"
+    );
+    // idle_timeout (2s) + 5 s.
+    assert!(took < Duration::from_secs(7), "served after {took:?}");
+    assert!(metric(&bg, "bindgate_connections_refused_total") >= 1);
+    assert!(
+        metric(
+            &bg,
+            "bindgate_connections_closed_total{reason=\"idle_timeout\"}"
+        ) >= 1
+    );
+    drop(held);
+}
+
+// TLS session resumption across a reload (issue 14 §3).
+
+fn resumption_config(ca: &str, client_auth: &str, upstream: std::net::SocketAddr) -> String {
+    passthrough_config(upstream).replace(
+        "    client_auth: optional\n",
+        &format!("    client_auth: {client_auth}\n    client_ca: {{PKI}}/{ca}\n"),
+    )
+}
+
+fn session_connector(
+    pki: &Pki,
+    certificate: bool,
+    version: openssl::ssl::SslVersion,
+) -> openssl::ssl::SslConnector {
+    use openssl::ssl::{SslConnector, SslFiletype, SslMethod, SslSessionCacheMode};
+    let mut b = SslConnector::builder(SslMethod::tls_client()).unwrap();
+    b.set_ca_file(pki.path("ca.crt")).unwrap();
+    if certificate {
+        b.set_certificate_file(pki.path("client1.crt"), SslFiletype::PEM)
+            .unwrap();
+        b.set_private_key_file(pki.path("client1.key"), SslFiletype::PEM)
+            .unwrap();
+    }
+    b.set_min_proto_version(Some(version)).unwrap();
+    b.set_max_proto_version(Some(version)).unwrap();
+    b.set_session_cache_mode(SslSessionCacheMode::CLIENT);
+    b.build()
+}
+
+/// One request on a new connection, offering `session`: whether it was resumed, the session
+/// to offer next time, the answer (None: the handshake failed).
+fn resumed_request(
+    connector: &openssl::ssl::SslConnector,
+    port: u16,
+    session: Option<&openssl::ssl::SslSessionRef>,
+) -> (bool, Option<openssl::ssl::SslSession>, Option<String>) {
+    let mut ssl = connector
+        .configure()
+        .unwrap()
+        .into_ssl("localhost")
+        .unwrap();
+    if let Some(s) = session {
+        // Safety: the session was made by a connector of the same configuration.
+        unsafe { ssl.set_session(s).unwrap() };
+    }
+    let tcp = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    tcp.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let Ok(mut stream) = ssl.connect(tcp) else {
+        return (false, None, None);
+    };
+    if stream
+        .write_all(b"GET /resume HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        .is_err()
+    {
+        return (stream.ssl().session_reused(), None, None);
+    }
+    let answer = read_response(&mut stream);
+    let _ = stream.shutdown();
+    let reused = stream.ssl().session_reused();
+    let next = stream.ssl().session().map(|s| s.to_owned());
+    let answer = (!answer.is_empty()).then_some(answer);
+    (reused, next, answer)
+}
+
+fn reload_to(bg: &Bindgate, pki: &Pki, yaml: &str, reloads_before: u64) {
+    bg.rewrite_config(pki, yaml);
+    bg.signal("HUP");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while metric(bg, "bindgate_config_reloads_total{result=\"ok\"}") <= reloads_before {
+        assert!(Instant::now() < deadline, "no reload: {}", bg.logs());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn a_session_from_before_a_client_ca_change_is_not_resumed(version: openssl::ssl::SslVersion) {
+    let pki = Pki::new();
+    let upstream = Upstream::start();
+    let bg = Bindgate::start(
+        &pki,
+        &resumption_config("ca.crt", "optional", upstream.addr),
+    );
+    let with_cert = session_connector(&pki, true, version);
+
+    let (_, session, first) = resumed_request(&with_cert, bg.port, None);
+    assert!(first.expect("first answer").starts_with("HTTP/1.1 200"));
+    let session = session.expect("a session");
+    // Resumption works while nothing changed, and keeps client1's certificate.
+    let (reused, session2, second) = resumed_request(&with_cert, bg.port, Some(&session));
+    assert!(reused, "{version:?}: the unchanged listener resumes");
+    assert!(second.expect("second answer").starts_with("HTTP/1.1 200"));
+    let session = session2.unwrap_or(session);
+
+    // The client CA is replaced by one that did not sign client1.
+    reload_to(
+        &bg,
+        &pki,
+        &resumption_config("selfsigned.crt", "optional", upstream.addr),
+        0,
+    );
+    let seen = upstream.requests().len();
+    let (reused, _, answer) = resumed_request(&with_cert, bg.port, Some(&session));
+    assert!(
+        !reused,
+        "{version:?}: a session from before the CA change was resumed"
+    );
+    // A full handshake: client1 no longer verifies, and its certificate never reaches the
+    // upstream as the client's.
+    if answer.is_some() {
+        for r in &upstream.requests()[seen..] {
+            assert_eq!(r.header("client-cert"), None, "{version:?}");
+        }
+    }
+}
+
+#[test]
+fn a_tls12_session_from_before_a_client_ca_change_is_not_resumed() {
+    a_session_from_before_a_client_ca_change_is_not_resumed(openssl::ssl::SslVersion::TLS1_2);
+}
+
+#[test]
+fn a_tls13_session_from_before_a_client_ca_change_is_not_resumed() {
+    a_session_from_before_a_client_ca_change_is_not_resumed(openssl::ssl::SslVersion::TLS1_3);
+}
+
+fn a_certless_session_does_not_resume_after_optional_becomes_required(
+    version: openssl::ssl::SslVersion,
+) {
+    let pki = Pki::new();
+    let upstream = Upstream::start();
+    let bg = Bindgate::start(
+        &pki,
+        &resumption_config("ca.crt", "optional", upstream.addr),
+    );
+    let without_cert = session_connector(&pki, false, version);
+    let (_, session, first) = resumed_request(&without_cert, bg.port, None);
+    assert!(first.expect("first answer").starts_with("HTTP/1.1 200"));
+    let session = session.expect("a session");
+
+    reload_to(
+        &bg,
+        &pki,
+        &resumption_config("ca.crt", "required", upstream.addr),
+        0,
+    );
+    let seen = upstream.requests().len();
+    let (reused, _, answer) = resumed_request(&without_cert, bg.port, Some(&session));
+    assert!(
+        !reused,
+        "{version:?}: a cert-less session resumed under client_auth: required"
+    );
+    assert!(
+        answer.is_none() || upstream.requests().len() == seen,
+        "{version:?}: a request without a certificate was served under required: {answer:?}"
+    );
+}
+
+#[test]
+fn a_tls12_certless_session_does_not_resume_after_optional_becomes_required() {
+    a_certless_session_does_not_resume_after_optional_becomes_required(
+        openssl::ssl::SslVersion::TLS1_2,
+    );
+}
+
+#[test]
+fn a_tls13_certless_session_does_not_resume_after_optional_becomes_required() {
+    a_certless_session_does_not_resume_after_optional_becomes_required(
+        openssl::ssl::SslVersion::TLS1_3,
+    );
+}
+
+// Headers the upstream may read differently (issue 14 §6).
+
+/// One raw HTTP/1.1 request on a new connection; the answer.
+fn raw_request(port: u16, request: &[u8]) -> String {
+    let mut s = tls(port, None, Duration::from_secs(5));
+    s.write_all(request).unwrap();
+    read_response(&mut s)
+}
+
+#[test]
+fn header_names_with_underscores_are_dropped_unless_the_upstream_keeps_them() {
+    let pki = Pki::new();
+    let upstream = Upstream::start();
+    let spoofs = b"GET /u HTTP/1.1\r\nHost: localhost\r\nclient_cert: :c3Bvb2Y=:\r\n\
+x_forwarded_for: 203.0.113.9\r\nx_real_ip: 203.0.113.9\r\nx_original_url: /clients\r\n\
+x_custom: kept-or-not\r\nConnection: close\r\n\r\n";
+    for keep in [false, true] {
+        let extra = if keep {
+            "    forward_underscore_headers: true\n"
+        } else {
+            ""
+        };
+        let bg = Bindgate::start(&pki, &deadline_config(upstream.addr, extra));
+        let seen = upstream.requests().len();
+        let answer = raw_request(bg.port, spoofs);
+        assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+        let got = upstream.wait_for(seen + 1);
+        let r = &got[seen];
+        for name in [
+            "client_cert",
+            "x_forwarded_for",
+            "x_real_ip",
+            "x_original_url",
+        ] {
+            assert_eq!(
+                r.header(name),
+                None,
+                "{name} reached the upstream (keep: {keep})"
+            );
+        }
+        assert_eq!(r.header("x-real-ip"), None);
+        assert_eq!(r.header("client-cert"), None);
+        assert_eq!(r.header("x-forwarded-for"), Some("127.0.0.1"));
+        assert_eq!(
+            r.header("x_custom").is_some(),
+            keep,
+            "an ordinary underscore header (keep: {keep})"
+        );
+    }
+}
+
+#[test]
+fn client_cert_header_may_not_be_an_identity_header() {
+    let pki = Pki::new();
+    for name in [
+        "X-Real-IP",
+        "X-Original-URL",
+        "X-HTTP-Method-Override",
+        "DPoP",
+    ] {
+        let yaml = deadline_config("127.0.0.1:9".parse().unwrap(), "")
+            .replace(
+                "client_cert_header: Client-Cert",
+                &format!("client_cert_header: {name}"),
+            )
+            .replace("{LISTEN}", "127.0.0.1:1")
+            .replace("{ADMIN}", "127.0.0.1:2");
+        let (ok, out) = check(&pki, &yaml);
+        assert!(!ok, "{name} accepted as client_cert_header");
+        assert!(out.contains("upstreams.idp.client_cert_header"), "{out}");
+    }
+}
+
+#[test]
+fn upgrade_is_refused_unless_the_route_allows_it() {
+    let pki = Pki::new();
+    let upstream = Upstream::start();
+    let websocket = b"GET /ws HTTP/1.1\r\nHost: localhost\r\nConnection: Upgrade\r\n\
+Upgrade: websocket\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n";
+    let h2c = b"GET / HTTP/1.1\r\nHost: localhost\r\nConnection: Upgrade, HTTP2-Settings\r\n\
+Upgrade: h2c\r\nHTTP2-Settings: AAMAAABkAAQAAP__\r\n\r\n";
+    let bg = Bindgate::start(&pki, &deadline_config(upstream.addr, ""));
+    for request in [&websocket[..], &h2c[..]] {
+        let answer = raw_request(bg.port, request);
+        assert!(answer.starts_with("HTTP/1.1 400"), "{answer}");
+        assert!(answer.contains("Upgrade is not allowed"), "{answer}");
+    }
+    // On the registration path too, whatever the routes say.
+    let answer = raw_request(
+        bg.port,
+        b"POST /clients HTTP/1.1\r\nHost: localhost\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nContent-Length: 0\r\n\r\n",
+    );
+    assert!(answer.starts_with("HTTP/1.1 400"), "{answer}");
+    assert!(
+        upstream.requests().is_empty(),
+        "an upgrade reached the upstream"
+    );
+
+    // A route that says upgrade: true forwards it, Upgrade header included.
+    let allowed = deadline_config(upstream.addr, "").replace(
+        "routes:\n  - prefix: /\n    upstream: idp\n",
+        "routes:\n  - prefix: /ws\n    upstream: idp\n    upgrade: true\n  - prefix: /\n    upstream: idp\n",
+    );
+    let bg = Bindgate::start(&pki, &allowed);
+    let _ = raw_request(bg.port, websocket);
+    let got = upstream.wait_for(1);
+    assert_eq!(got[0].target, "/ws");
+    assert_eq!(got[0].header("upgrade"), Some("websocket"));
+    let answer = raw_request(bg.port, h2c);
+    assert!(answer.starts_with("HTTP/1.1 400"), "{answer}");
+}
+
+#[test]
+fn an_http11_request_without_host_is_400() {
+    let pki = Pki::new();
+    let upstream = Upstream::start();
+    let bg = Bindgate::start(&pki, &deadline_config(upstream.addr, ""));
+    let answer = raw_request(
+        bg.port,
+        b"GET /nohost HTTP/1.1\r\nConnection: close\r\n\r\n",
+    );
+    assert!(answer.starts_with("HTTP/1.1 400"), "{answer}");
+    assert!(answer.contains("Missing Host header"), "{answer}");
+    // HTTP/1.0 has no Host requirement.
+    let answer = raw_request(bg.port, b"GET /old HTTP/1.0\r\n\r\n");
+    assert!(
+        answer.starts_with("HTTP/1.1 200") || answer.starts_with("HTTP/1.0 200"),
+        "{answer}"
+    );
+    let got = upstream.wait_for(1);
+    assert_eq!(got.len(), 1);
+    assert_eq!(got[0].target, "/old");
+}
