@@ -141,6 +141,9 @@ pub struct RequestCtx {
     body_buffered: Option<u64>,
     /// This request's place among the upstream's `max_connections`.
     upstream_slot: Option<tokio::sync::OwnedSemaphorePermit>,
+    /// A single-use token taken for a registration forwarded to an upstream: given back at the
+    /// end unless the provider answered 2xx.
+    taken_token: Option<crate::state::Ledger>,
     /// A quiet delete on an upstream session store: the answer becomes a bodiless 204.
     quiet_delete: bool,
 }
@@ -678,6 +681,7 @@ impl RequestCtx {
             body_bytes: 0,
             body_buffered: None,
             upstream_slot: None,
+            taken_token: None,
             quiet_delete: false,
         }
     }
@@ -731,6 +735,20 @@ impl Live {
                     match Self::upstream_slot(&u).await {
                         Ok(slot) => ctx.upstream_slot = Some(slot),
                         Err(r) => return self.reject(session, ctx, r).await,
+                    }
+                    // Single use in front of a provider: the token is taken before the
+                    // registration is forwarded, given back if the provider does not register.
+                    if let Some(Grant::InitialAccessToken { ledger: Some(l) }) = &ctx.grant {
+                        let Some(state) = &self.state else {
+                            return self
+                                .reject(session, ctx, Rejection::StorageUnavailable)
+                                .await;
+                        };
+                        let l = l.clone();
+                        if let Err(r) = state.take_token(&l).await {
+                            return self.reject(session, ctx, r).await;
+                        }
+                        ctx.taken_token = Some(l);
                     }
                     ctx.upstream = Some(u);
                     Ok(false)
@@ -853,6 +871,10 @@ impl Live {
         upstream_response: &mut pingora::http::ResponseHeader,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
+        if upstream_response.status.is_success() {
+            // The provider registered the client: the single-use token stays used.
+            ctx.taken_token = None;
+        }
         // `quiet=true` is honoured even when the provider ignores it: a successful delete
         // becomes 204 No Content and its body is dropped.
         if ctx.quiet_delete && upstream_response.status.is_success() {
@@ -954,6 +976,10 @@ impl Live {
     }
 
     async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut RequestCtx) {
+        if let (Some(l), Some(state)) = (ctx.taken_token.take(), &self.state) {
+            // Forwarded and not registered (an error answer, no answer): usable again.
+            state.give_back_token(&l).await;
+        }
         let status = session
             .response_written()
             .map(|r| r.status.as_u16())

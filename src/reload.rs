@@ -68,6 +68,12 @@ fn embedded(config: &Config) -> bool {
         || config.session_store.target == crate::config::Target::Embedded
 }
 
+/// Whether the state service runs: for the embedded targets, and for the single-use ledger of a
+/// registration forwarded to an upstream.
+fn needs_state(config: &Config) -> bool {
+    embedded(config) || config.registration.single_use
+}
+
 impl Control {
     /// The first configuration, at start.
     pub fn start(
@@ -77,7 +83,7 @@ impl Control {
     ) -> Result<Arc<Control>, String> {
         // The storage engine: for the embedded targets, and with Redis for the shared replay
         // cache of DPoP proofs too.
-        let store = if embedded(&config) || config.state.redis.is_some() {
+        let store = if needs_state(&config) || config.state.redis.is_some() {
             Some(Store::open_state(&config.state)?)
         } else {
             None
@@ -149,9 +155,9 @@ impl Control {
         if !changed.is_empty() {
             return Err(changed);
         }
-        if embedded(&new) && self.store.is_none() {
+        if needs_state(&new) && self.store.is_none() {
             return Err(vec![
-                "registration.target / session_store.target: the embedded state service was not running; it needs a restart or `bindgate run --upgrade`".into(),
+                "registration.target / session_store.target / registration.single_use: the state service was not running; it needs a restart or `bindgate run --upgrade`".into(),
             ]);
         }
         let material = Material::load(&new.listen.tls).map_err(|e| vec![e])?;
@@ -228,7 +234,7 @@ fn build(
     let shared = store.cloned().filter(|s| s.redis().is_some());
     let (authoriser, keys) =
         Authoriser::new(config, metrics.clone(), readiness.clone(), shared, previous)?;
-    let state = match (store, embedded(config)) {
+    let state = match (store, needs_state(config)) {
         (Some(store), true) => Some(StateService::with_store(config, store.clone())),
         _ => None,
     };

@@ -75,6 +75,14 @@ pub struct Authoriser {
     /// to another instance is refused.
     shared: Option<crate::state::Store>,
     single_use: bool,
+    /// `tokens.leeway`: a single-use token is accepted, so kept in the ledger, until `exp` +
+    /// this.
+    leeway: f64,
+}
+
+/// A JWS compact token's signing input: everything before the last `.`.
+fn signing_input(token: &str) -> &str {
+    token.rsplit_once('.').map_or(token, |(input, _)| input)
 }
 
 impl Authoriser {
@@ -179,6 +187,7 @@ impl Authoriser {
                 metrics,
                 shared,
                 single_use: config.registration.single_use,
+                leeway: config.tokens.leeway.as_secs_f64(),
             },
             store,
         ))
@@ -227,18 +236,28 @@ impl Authoriser {
         let entry = self
             .access_token(&self.registration, presented, &digest, facts)
             .await?;
-        // Single use: the ledger key is the token's jti, else its SHA-256; the entry expires
-        // with the token.
+        // Single use: the ledger key is the token's jti, else the SHA-256 of its signing input
+        // (header.payload: not of the signature, which a holder can re-encode — ECDSA's
+        // s → n − s — into another valid token); the entry lasts as long as the token is
+        // accepted, `exp` + leeway.
         let ledger = self.single_use.then(|| {
             use sha2::Digest;
             let key = match &entry.verified.jti {
                 Some(jti) => format!("jti:{}", hex::encode(sha2::Sha256::digest(jti.as_bytes()))),
-                None => format!("sha:{}", hex::encode(digest.bytes())),
+                None => {
+                    let signed = signing_input(presented.token);
+                    format!(
+                        "sig:{}",
+                        hex::encode(sha2::Sha256::digest(signed.as_bytes()))
+                    )
+                }
             };
-            crate::state::Ledger {
+            crate::state::Ledger::new(
                 key,
-                expires: entry.verified.exp.ceil().clamp(1.0, i64::MAX as f64) as i64,
-            }
+                (entry.verified.exp + self.leeway)
+                    .ceil()
+                    .clamp(1.0, i64::MAX as f64) as i64,
+            )
         });
         Ok(Grant::InitialAccessToken { ledger })
     }

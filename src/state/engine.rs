@@ -53,16 +53,36 @@ impl Store {
         }
     }
 
-    /// A new client, unless the single-use `ledger` entry (key, expiry) was taken: false.
+    /// A new client, unless the single-use `ledger` entry was taken: false. A failure leaves
+    /// neither the client nor the ledger entry behind.
     pub fn register_client(
         &self,
-        ledger: Option<(String, i64)>,
+        ledger: Option<&super::Ledger>,
         id: &str,
         record: &[u8],
     ) -> Result<bool> {
         match self {
-            Store::Redb(s) => s.register_client(ledger, id, record),
+            Store::Redb(s) => {
+                s.register_client(ledger.map(|l| (l.key.as_str(), l.expires)), id, record)
+            }
             Store::Redis(s) => s.register_client(ledger, id, record),
+        }
+    }
+
+    /// Takes a single-use token for a registration served elsewhere (an upstream): false if
+    /// it was taken already. On an error the caller gives it back (the write may still land).
+    pub fn take_token(&self, ledger: &super::Ledger) -> Result<bool> {
+        match self {
+            Store::Redb(s) => s.take_token(&ledger.key, ledger.expires),
+            Store::Redis(s) => s.take_token(ledger),
+        }
+    }
+
+    /// Gives back a token [`Store::take_token`] took, if this request still holds it.
+    pub fn give_back_token(&self, ledger: &super::Ledger) -> Result<()> {
+        match self {
+            Store::Redb(s) => s.give_back_token(&ledger.key),
+            Store::Redis(s) => s.give_back_token(ledger),
         }
     }
 

@@ -131,11 +131,36 @@ pub struct StateService {
 }
 
 /// A single-use initial access token's entry in the ledger: its key (from `jti`, else the
-/// token's SHA-256) and when it expires.
+/// SHA-256 of its signing input), when it expires (`exp` + leeway) and the request that takes
+/// it (a random value: only that request gives it back, even after a timeout).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Ledger {
     pub key: String,
     pub expires: i64,
+    pub holder: String,
+}
+
+impl Ledger {
+    pub fn new(key: String, expires: i64) -> Self {
+        let mut bytes = [0u8; 16];
+        // A holder only needs to differ from another request's: on an RNG failure the time
+        // and a counter do.
+        if openssl::rand::rand_bytes(&mut bytes).is_err() {
+            static N: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+            let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let t = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_nanos() as u64)
+                .unwrap_or(0);
+            bytes[..8].copy_from_slice(&n.to_be_bytes());
+            bytes[8..].copy_from_slice(&t.to_be_bytes());
+        }
+        Ledger {
+            key,
+            expires,
+            holder: hex::encode(bytes),
+        }
+    }
 }
 
 /// The parameters of a session-store request.
@@ -236,6 +261,36 @@ impl StateService {
     }
 
     /// A registry operation, authorised by `grant`.
+    /// Takes a single-use token before its registration is forwarded to an upstream: 401 if
+    /// it was used, 503 (the token given back) if the store does not answer.
+    pub async fn take_token(&self, ledger: &Ledger) -> Result<(), Rejection> {
+        let l = ledger.clone();
+        let taken = self
+            .blocking(move |me| match me.store.take_token(&l) {
+                Ok(taken) => Ok(taken),
+                Err(e) => {
+                    let _ = me.store.give_back_token(&l);
+                    Err(storage(e))
+                }
+            })
+            .await?;
+        if taken {
+            Ok(())
+        } else {
+            Err(Rejection::InvalidToken(
+                "The initial access token was already used (single use)".into(),
+            ))
+        }
+    }
+
+    /// Gives back a token [`StateService::take_token`] took: the upstream did not register.
+    pub async fn give_back_token(&self, ledger: &Ledger) {
+        let l = ledger.clone();
+        let _ = self
+            .blocking(move |me| me.store.give_back_token(&l).map_err(storage))
+            .await;
+    }
+
     pub async fn registration(
         &self,
         op: &RegistryOp,
@@ -262,9 +317,7 @@ impl StateService {
                 let bytes =
                     serde_json::to_vec(&client).map_err(|_| Rejection::StorageUnavailable)?;
                 let ledger = match grant {
-                    Grant::InitialAccessToken { ledger: Some(l) } => {
-                        Some((l.key.clone(), l.expires))
-                    }
+                    Grant::InitialAccessToken { ledger: Some(l) } => Some(l),
                     _ => None,
                 };
                 if !self

@@ -46,6 +46,12 @@ const WAIT_TIMEOUT: Duration = Duration::from_millis(1500);
 /// Keys per `SCAN` / `SSCAN` step.
 const SCAN_COUNT: usize = 512;
 
+/// Compare-and-delete of a single-use ledger entry: only the request that took it gives it back.
+const GIVE_BACK: &str = r#"
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"#;
+
 /// Compare-and-set of one session record: written only if it is still exactly what was read,
 /// so that nothing deleted or replaced in between is written back.
 const CAS: &str = r#"
@@ -432,25 +438,15 @@ impl RedisStore {
     /// client fails, so a failed registration does not use the token up.
     pub fn register_client(
         &self,
-        ledger: Option<(String, i64)>,
+        ledger: Option<&super::Ledger>,
         id: &str,
         record: &[u8],
     ) -> Result<bool> {
         let (me, key, record) = (self.clone(), self.key(&format!("c:{id}")), record.to_vec());
+        let ledger = ledger.cloned();
         self.block(async move {
-            let used_key = ledger.as_ref().map(|(k, _)| me.key(&format!("u:{k}")));
-            if let (Some(used), Some((_, exp))) = (&used_key, &ledger) {
-                let taken: Option<String> = me
-                    .query(
-                        redis::cmd("SET")
-                            .arg(used)
-                            .arg(1)
-                            .arg("NX")
-                            .arg("EXAT")
-                            .arg((*exp).max(1)),
-                    )
-                    .await?;
-                if taken.is_none() {
+            if let Some(l) = &ledger {
+                if !me.take(l).await? {
                     return Ok(false);
                 }
             }
@@ -461,12 +457,72 @@ impl RedisStore {
             }
             .await;
             if let Err(e) = stored {
-                if let Some(used) = &used_key {
-                    let _ = me.query::<i64>(redis::cmd("DEL").arg(used)).await;
+                // Nothing left behind: not the client (a WAIT that failed after the SET), not
+                // the token. Both are sent after the SET on the same connection, so they run
+                // after it even when it timed out here.
+                if let Err(d) = me.query::<i64>(redis::cmd("DEL").arg(&key)).await {
+                    tracing::warn!(target: "bindgate::state", "a failed registration's client record could not be removed: {d}");
+                }
+                if let Some(l) = &ledger {
+                    me.give_back(l).await;
                 }
                 return Err(e);
             }
             Ok(true)
+        })
+    }
+
+    /// Takes the ledger entry of `l` with this request's holder value (`SET NX EXAT`): whether
+    /// it was free. On an error (a timeout: the `SET` may still run) it is given back.
+    async fn take(&self, l: &super::Ledger) -> Result<bool> {
+        let used = self.key(&format!("u:{}", l.key));
+        let taken: Result<Option<String>> = self
+            .query(
+                redis::cmd("SET")
+                    .arg(&used)
+                    .arg(&l.holder)
+                    .arg("NX")
+                    .arg("EXAT")
+                    .arg(l.expires.max(1)),
+            )
+            .await;
+        match taken {
+            Ok(t) => Ok(t.is_some()),
+            Err(e) => {
+                self.give_back(l).await;
+                Err(e)
+            }
+        }
+    }
+
+    /// Deletes the ledger entry of `l` if this request's holder value is still what it holds
+    /// (compare-and-delete: never another request's).
+    async fn give_back(&self, l: &super::Ledger) {
+        let used = self.key(&format!("u:{}", l.key));
+        let script = Script::new(GIVE_BACK);
+        let mut invocation = script.key(&used);
+        invocation.arg(&l.holder);
+        let done: Result<i64> = match self.link().await {
+            Ok(mut c) => invocation.invoke_async(&mut c).await.map_err(fail),
+            Err(e) => Err(e),
+        };
+        if let Err(e) = done {
+            tracing::warn!(target: "bindgate::state", "a single-use token could not be given back: {e}");
+        }
+    }
+
+    /// [`RedisStore::take`], blocking.
+    pub fn take_token(&self, l: &super::Ledger) -> Result<bool> {
+        let (me, l) = (self.clone(), l.clone());
+        self.block(async move { me.take(&l).await })
+    }
+
+    /// [`RedisStore::give_back`], blocking.
+    pub fn give_back_token(&self, l: &super::Ledger) -> Result<()> {
+        let (me, l) = (self.clone(), l.clone());
+        self.block(async move {
+            me.give_back(&l).await;
+            Ok(())
         })
     }
 

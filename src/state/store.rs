@@ -260,23 +260,46 @@ impl RedbStore {
     /// does not use the token up, and of two concurrent uses exactly one commits.
     pub fn register_client(
         &self,
-        ledger: Option<(String, i64)>,
+        ledger: Option<(&str, i64)>,
         id: &str,
         record: &[u8],
     ) -> Result<bool> {
         self.write(Commit::Durable, |txn| {
-            if let Some((key, exp)) = &ledger {
+            if let Some((key, exp)) = ledger {
                 let mut used = txn.open_table(USED).map_err(fail)?;
-                if used.get(key.as_str()).map_err(fail)?.is_some() {
+                if used.get(key).map_err(fail)?.is_some() {
                     return Ok(false);
                 }
-                used.insert(key.as_str(), *exp).map_err(fail)?;
+                used.insert(key, exp).map_err(fail)?;
             }
             txn.open_table(CLIENTS)
                 .map_err(fail)?
                 .insert(id, record)
                 .map_err(fail)?;
             Ok(true)
+        })
+    }
+
+    /// Takes ledger entry `key` (until `exp`) unless it is taken: whether it was free.
+    pub fn take_token(&self, key: &str, exp: i64) -> Result<bool> {
+        self.write(Commit::Durable, |txn| {
+            let mut used = txn.open_table(USED).map_err(fail)?;
+            if used.get(key).map_err(fail)?.is_some() {
+                return Ok(false);
+            }
+            used.insert(key, exp).map_err(fail)?;
+            Ok(true)
+        })
+    }
+
+    /// Gives ledger entry `key` back (one process holds it: no other request took it since).
+    pub fn give_back_token(&self, key: &str) -> Result<()> {
+        self.write(Commit::Durable, |txn| {
+            txn.open_table(USED)
+                .map_err(fail)?
+                .remove(key)
+                .map_err(fail)?;
+            Ok(())
         })
     }
 
