@@ -58,6 +58,9 @@ impl BackgroundService for Housekeeping {
 struct StateProbe {
     store: crate::state::Store,
     readiness: Arc<Readiness>,
+    /// The live configuration: an instance that started while Redis was down takes the shared
+    /// DPoP nonce key once Redis answers.
+    live: Arc<arc_swap::ArcSwap<crate::gateway::Live>>,
 }
 
 #[async_trait]
@@ -66,8 +69,16 @@ impl BackgroundService for StateProbe {
         let mut was_up = true;
         loop {
             let store = self.store.clone();
+            let live = self.live.load_full();
             let up = matches!(
-                tokio::task::spawn_blocking(move || store.ping()).await,
+                tokio::task::spawn_blocking(move || {
+                    let up = store.ping();
+                    if up.is_ok() {
+                        live.authoriser().adopt_shared_nonce_key();
+                    }
+                    up
+                })
+                .await,
                 Ok(Ok(()))
             );
             self.readiness.set_state_up(up);
@@ -273,6 +284,7 @@ pub fn run(config: Config, upgrade: bool) -> Result<(), String> {
             state: control.shared_store().map(|store| StateProbe {
                 store,
                 readiness: readiness.clone(),
+                live: control.live.clone(),
             }),
             operator: Operator {
                 control: control.clone(),

@@ -22,19 +22,34 @@ struct Setup {
 }
 
 fn setup(require_nonce: bool) -> Setup {
-    let issuer = Signer::new(Algorithm::ES256, "issuer-1");
-    let pki = Pki::new();
-    let (jwks_server, idp) = key_server_and_provider(&[&issuer]);
-    let yaml = format!(
-        r#"{LISTENERS}issuer: "{ISSUER}"
-jwks: {{uri: "http://{jwks}/jwks.json"}}
-tokens: {{leeway: 5s}}
-dpop:
+    setup_with(require_nonce, "")
+}
+
+/// The test configuration; `dpop_extra` goes under `dpop:` (e.g. `replay_cache_entries`), and
+/// `dpop_extra` "off" leaves DPoP out.
+fn yaml(
+    jwks: std::net::SocketAddr,
+    idp: std::net::SocketAddr,
+    require_nonce: bool,
+    dpop_extra: &str,
+) -> String {
+    let dpop = if dpop_extra == "off" {
+        String::new()
+    } else {
+        format!(
+            r#"dpop:
   origins: ["https://localhost:{{PORT}}"]
   max_age: 60s
   require_nonce: {require_nonce}
   algorithms: [ES256, RS256, PS256, EdDSA]
-registration:
+{dpop_extra}"#
+        )
+    };
+    format!(
+        r#"{LISTENERS}issuer: "{ISSUER}"
+jwks: {{uri: "http://{jwks}/jwks.json"}}
+tokens: {{leeway: 5s}}
+{dpop}registration:
   endpoint_uri: "{ENDPOINT}"
   target: idp
   master_tokens: [{{file: "{{PKI}}/master.token"}}]
@@ -51,10 +66,15 @@ routes:
   - prefix: /open
     upstream: idp
 server: {{threads: 2}}
-"#,
-        jwks = jwks_server.addr,
-        idp = idp.addr,
-    );
+"#
+    )
+}
+
+fn setup_with(require_nonce: bool, dpop_extra: &str) -> Setup {
+    let issuer = Signer::new(Algorithm::ES256, "issuer-1");
+    let pki = Pki::new();
+    let (jwks_server, idp) = key_server_and_provider(&[&issuer]);
+    let yaml = yaml(jwks_server.addr, idp.addr, require_nonce, dpop_extra);
     let bg = Bindgate::start(&pki, &yaml);
     Setup {
         pki,
@@ -641,4 +661,168 @@ fn protected_routes() {
     // A route without `token` is as it was.
     assert_eq!(s.send("GET", "/open/x", None, &[], None).status, 200);
     assert_eq!(s.idp.requests().len(), 4);
+}
+
+// The replay record fails closed (issue 14 §5).
+
+fn metric(bg: &Bindgate, series: &str) -> u64 {
+    bg.metrics()
+        .lines()
+        .find_map(|l| l.strip_prefix(series)?.trim().parse::<f64>().ok())
+        .map(|v| v as u64)
+        .unwrap_or(0)
+}
+
+impl Setup {
+    /// A DPoP-bound access token for `/api` and a fresh proof of `key` for one GET of it.
+    fn api_call(&self, key: &Signer) -> (String, String) {
+        let jkt = thumbprint(&public(&key.jwk));
+        let token = self.token(json!({"jkt": jkt}), &["openid"], ENDPOINT);
+        let proof = self.proof(key, "GET", "/api/x", &token).sign();
+        (token, proof)
+    }
+
+    fn call(&self, token: &str, proof: &str) -> Answer {
+        self.send(
+            "GET",
+            "/api/x",
+            Some(format!("DPoP {token}")),
+            &[proof.to_string()],
+            None,
+        )
+    }
+
+    fn reload(&self, yaml: &str, before: u64) {
+        self.bg.rewrite_config(&self.pki, yaml);
+        self.bg.signal("HUP");
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while metric(&self.bg, "bindgate_config_reloads_total{result=\"ok\"}") <= before {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "no reload:\n{}",
+                self.bg.logs()
+            );
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+    }
+}
+
+#[test]
+fn a_full_replay_record_refuses_new_proofs_and_still_refuses_replays() {
+    let s = setup_with(false, "  replay_cache_entries: 3\n");
+    let key = Signer::new(Algorithm::ES256, "proof-key");
+    let used: Vec<(String, String)> = (0..3).map(|_| s.api_call(&key)).collect();
+    for (t, p) in &used {
+        assert_eq!(s.call(t, p).status, 200);
+    }
+    // Full: a new proof is refused, never accepted unrecorded.
+    let (t, p) = s.api_call(&key);
+    let a = s.call(&t, &p);
+    assert_eq!(a.status, 503, "{a:?}");
+    assert_eq!(a.body["error"], "temporarily_unavailable");
+    assert_eq!(
+        metric(
+            &s.bg,
+            "bindgate_dpop_proofs_total{reason=\"replay_record_full\",result=\"refused\"}"
+        ),
+        1
+    );
+    // The recorded ones (the victims) are still refused as replays.
+    for (t, p) in &used {
+        assert_proof_refused(&s.call(t, p), "a replay while the record is full");
+    }
+    // The refused one was not recorded: once there is room it is good.
+    assert_eq!(s.idp.requests().len(), 3);
+}
+
+#[test]
+fn a_reload_keeps_the_replay_record_whatever_it_changes() {
+    let issuer = Signer::new(Algorithm::ES256, "issuer-1");
+    let pki = Pki::new();
+    let (jwks, idp) = key_server_and_provider(&[&issuer]);
+    let bg = Bindgate::start(&pki, &yaml(jwks.addr, idp.addr, false, ""));
+    let s = Setup {
+        pki,
+        issuer,
+        _jwks: jwks,
+        idp,
+        bg,
+    };
+    let key = Signer::new(Algorithm::ES256, "proof-key");
+    let (t, p) = s.api_call(&key);
+    assert_eq!(s.call(&t, &p).status, 200);
+    // A wider window and another size: the proof stays recorded.
+    s.reload(
+        &yaml(
+            s._jwks.addr,
+            s.idp.addr,
+            false,
+            "  replay_cache_entries: 50\n",
+        )
+        .replace("max_age: 60s", "max_age: 120s"),
+        0,
+    );
+    assert_proof_refused(&s.call(&t, &p), "after a reload that widened the window");
+    // DPoP off, then on again: still recorded.
+    let off = yaml(s._jwks.addr, s.idp.addr, false, "off")
+        .replace("    token: {require_proof_of_possession: true}\n", "");
+    s.reload(&off, 1);
+    s.reload(&yaml(s._jwks.addr, s.idp.addr, false, ""), 2);
+    assert_proof_refused(&s.call(&t, &p), "after DPoP was off and on");
+    assert_eq!(s.idp.requests().len(), 1);
+}
+
+#[test]
+fn after_a_restart_proofs_from_before_it_are_refused() {
+    let issuer = Signer::new(Algorithm::ES256, "issuer-1");
+    let pki = Pki::new();
+    let (jwks, idp) = key_server_and_provider(&[&issuer]);
+    let config = yaml(jwks.addr, idp.addr, false, "");
+    let first = Bindgate::start(&pki, &config);
+    let s = Setup {
+        pki,
+        issuer,
+        _jwks: jwks,
+        idp,
+        bg: first,
+    };
+    let key = Signer::new(Algorithm::ES256, "proof-key");
+    let (t, p) = s.api_call(&key);
+    assert_eq!(s.call(&t, &p).status, 200);
+    // The same proof against a new process (its record is new and empty), a second later.
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    let Setup {
+        pki,
+        issuer,
+        _jwks,
+        idp,
+        bg,
+    } = s;
+    drop(bg);
+    let s = Setup {
+        bg: Bindgate::start(&pki, &config),
+        pki,
+        issuer,
+        _jwks,
+        idp,
+    };
+    // The new process listens on other ports: the proof names the new origin, as a replayer
+    // in front of a restarted process on the same address would send it.
+    let moved = Proof {
+        iat: now() - 2,
+        ..s.proof(&key, "GET", "/api/x", &t)
+    }
+    .sign();
+    let a = s.call(&t, &moved);
+    assert_proof_refused(&a, "a proof issued before the process started");
+    assert!(
+        a.body["error_description"]
+            .as_str()
+            .unwrap()
+            .contains("before"),
+        "{a:?}"
+    );
+    // A proof issued since is fine.
+    let (t2, p2) = s.api_call(&key);
+    assert_eq!(s.call(&t2, &p2).status, 200);
 }

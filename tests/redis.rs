@@ -933,3 +933,52 @@ fn single_use_in_front_of_a_provider() {
     assert_eq!(a.register(&a.master, &metadata).status, 201);
     assert_eq!(a.register(&a.master, &metadata).status, 201);
 }
+
+#[test]
+fn an_instance_started_while_redis_was_down_takes_the_shared_nonce_key_once_it_is_back() {
+    let mut redis = RedisServer::start();
+    let pki = Pki::new();
+    let signer = Signer::new(Algorithm::ES256, "issuer-1");
+    let (jwks, idp) = key_server_and_provider(&[&signer]);
+    let yaml = config(&redis_state(&redis), jwks.addr, idp.addr, false)
+        .replace("max_age: 60s}", "max_age: 60s, require_nonce: true}");
+    redis.kill();
+    let a = Bindgate::spawn(&pki, &yaml, &[]);
+    a.wait_log("listening on");
+    redis.restart();
+    a.wait_ready();
+    let a = Node {
+        client: a.client(&pki, None, Http::One),
+        bg: a,
+        master: pki.token("master.token"),
+        st: pki.token("session-store.token"),
+    };
+    let b = Node::start(&pki, &yaml);
+    let p = Pair {
+        pki,
+        signer,
+        _jwks: jwks,
+        idp,
+        a,
+        b,
+    };
+    let holder = Signer::new(Algorithm::ES256, "holder");
+    let token = dpop_token(&p, &holder);
+    let send = |node: &Node, proof: &str| {
+        node.client
+            .post(node.bg.url("/api/things"))
+            .header("authorization", format!("DPoP {token}"))
+            .header("dpop", proof)
+            .body("{}")
+            .send()
+            .unwrap()
+    };
+    // Each way: a nonce one instance gives is good on the other.
+    for (giver, taker) in [(&p.b, &p.a), (&p.a, &p.b)] {
+        let first = send(giver, &proof(&holder, "/api/things", &token));
+        assert_eq!(first.status(), 401);
+        let nonce = first.headers()["dpop-nonce"].to_str().unwrap().to_string();
+        let with_nonce = proof_with_nonce(&holder, "/api/things", &token, Some(&nonce));
+        assert_eq!(send(taker, &with_nonce).status(), 200);
+    }
+}

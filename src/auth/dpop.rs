@@ -14,8 +14,10 @@ use std::borrow::Cow;
 use std::sync::Arc;
 use std::time::Duration;
 
+use super::cache::now_secs;
 use super::jwk::{parse_jwk, Curve, KeyMaterial, VerifyKey};
 use super::jws::{split, verify_signature};
+use super::replay::{Recorded, ReplayRecord};
 use crate::config::{Dpop, JwsAlgorithm};
 use crate::metrics::Metrics;
 use crate::rejection::Rejection;
@@ -54,15 +56,25 @@ pub struct ProofChecker {
     require_nonce: bool,
     /// `algs="..."` of the challenges.
     pub algs: Arc<str>,
-    /// SHA-256(jkt ‖ jti) of every proof accepted within `max_age` + leeway.
-    seen: Cache<[u8; 32], ()>,
+    /// SHA-256(jkt ‖ jti) of every proof accepted within `max_age` + leeway; shared with the
+    /// checker a reload replaces, and kept while DPoP is off.
+    seen: Arc<ReplayRecord>,
+    /// Whether the record is shared by every instance (Redis): else a proof issued before
+    /// this record began is refused (it may have been used on a process whose record is gone).
+    shared_record: bool,
     /// Proof keys already parsed and checked, by their exact `jwk` text: a client signs its
     /// proofs with one key, so a proof costs its signature, not a key parse (`check_key`).
     keys: Cache<Box<str>, Arc<ProofKey>>,
-    nonce_key: ring::hmac::Key,
+    /// Signs and checks server nonces; replaced by the key every instance shares once Redis
+    /// gives it (at start, or when Redis answers again).
+    nonce_key: arc_swap::ArcSwap<ring::hmac::Key>,
+    /// Whether `nonce_key` is the shared one.
+    nonce_key_shared: std::sync::atomic::AtomicBool,
     metrics: Arc<Metrics>,
     /// How long a proof is acceptable: `max_age` + leeway (the replay window).
     window: Duration,
+    /// `replay_cache_entries`.
+    capacity: u64,
 }
 
 /// A proof key and its RFC 7638 thumbprint.
@@ -136,30 +148,67 @@ impl ProofChecker {
                 .collect::<Vec<_>>()
                 .join(" ")
                 .into(),
-            seen: Cache::builder()
-                .max_capacity(config.replay_cache_entries)
-                .time_to_live(window)
-                .build(),
+            seen: Arc::new(ReplayRecord::new(
+                config.replay_cache_entries,
+                window.as_secs_f64(),
+                now_secs(),
+            )),
+            shared_record: false,
             keys: Cache::builder()
                 .max_capacity(10_000)
                 .time_to_idle(Duration::from_secs(3600))
                 .build(),
-            nonce_key,
+            nonce_key: arc_swap::ArcSwap::from_pointee(nonce_key),
+            nonce_key_shared: std::sync::atomic::AtomicBool::new(false),
             metrics,
             window,
+            capacity: config.replay_cache_entries,
         })
     }
 
     /// Signs and checks nonces with `secret` (shared by every instance on one Redis, so that a
     /// nonce one instance gave is good on another).
-    pub fn use_nonce_secret(&mut self, secret: &[u8]) {
-        self.nonce_key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, secret);
+    pub fn use_nonce_secret(&self, secret: &[u8]) {
+        self.nonce_key.store(Arc::new(ring::hmac::Key::new(
+            ring::hmac::HMAC_SHA256,
+            secret,
+        )));
+        self.nonce_key_shared
+            .store(true, std::sync::atomic::Ordering::Relaxed);
     }
 
-    /// Takes over the replay cache and the nonce key of the checker a reload replaces.
+    /// Whether the nonce key is the one every instance shares.
+    pub fn has_shared_nonce_key(&self) -> bool {
+        self.nonce_key_shared
+            .load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Takes over the replay record and the nonce key of the checker a reload replaces.
     pub fn adopt(&mut self, old: &ProofChecker) {
-        self.seen = old.seen.clone();
-        self.nonce_key = old.nonce_key.clone();
+        self.adopt_record(old.seen.clone());
+        self.nonce_key.store(old.nonce_key.load_full());
+        self.nonce_key_shared.store(
+            old.has_shared_nonce_key(),
+            std::sync::atomic::Ordering::Relaxed,
+        );
+    }
+
+    /// Takes over `record` (what was recorded stays recorded), with this checker's size and
+    /// window.
+    pub fn adopt_record(&mut self, record: Arc<ReplayRecord>) {
+        let capacity = self.capacity;
+        record.configure(capacity, self.window.as_secs_f64());
+        self.seen = record;
+    }
+
+    /// The replay record, to be kept across a reload that turns DPoP off.
+    pub fn record(&self) -> Arc<ReplayRecord> {
+        self.seen.clone()
+    }
+
+    /// The record is shared by every instance (Redis): proofs from before it began are fine.
+    pub fn share_record(&mut self) {
+        self.shared_record = true;
     }
 
     /// How long a proof is acceptable (`max_age` + leeway): a replay cache must remember
@@ -305,8 +354,19 @@ impl ProofChecker {
         h.update(jkt);
         h.update(jti.as_bytes());
         let replay_key: [u8; 32] = h.finalize().into();
-        if !self.seen.entry(replay_key).or_insert(()).is_fresh() {
-            return Err(bad("replay", "The DPoP proof was already used (jti)"));
+        // A process never accepts a proof it cannot know it has not seen.
+        if !self.shared_record && iat < self.seen.began() {
+            return Err(bad(
+                "before_record",
+                "The DPoP proof was issued before this server's replay record began (iat)",
+            ));
+        }
+        match self.seen.record(replay_key, req.now) {
+            Recorded::Fresh => {}
+            Recorded::Replay => {
+                return Err(bad("replay", "The DPoP proof was already used (jti)"));
+            }
+            Recorded::Full => return Err(("replay_record_full", Rejection::StorageUnavailable)),
         }
         Ok(ValidProof { jkt, replay_key })
     }
@@ -351,7 +411,7 @@ impl ProofChecker {
     /// A server nonce: its time and an HMAC over it, valid for `max_age`.
     pub fn nonce(&self, now: f64) -> String {
         let t = (now as u64).to_be_bytes();
-        let tag = ring::hmac::sign(&self.nonce_key, &t);
+        let tag = ring::hmac::sign(&self.nonce_key.load(), &t);
         let mut raw = t.to_vec();
         raw.extend_from_slice(&tag.as_ref()[..16]);
         URL_SAFE_NO_PAD.encode(raw)
@@ -364,7 +424,7 @@ impl ProofChecker {
         if raw.len() != 24 {
             return false;
         }
-        let tag = ring::hmac::sign(&self.nonce_key, &raw[..8]);
+        let tag = ring::hmac::sign(&self.nonce_key.load(), &raw[..8]);
         if !bool::from(subtle::ConstantTimeEq::ct_eq(
             &tag.as_ref()[..16],
             &raw[8..],

@@ -9,6 +9,7 @@ pub mod dpop;
 pub mod jwk;
 pub mod jwks;
 pub mod jws;
+pub mod replay;
 pub mod token;
 
 use http::{HeaderMap, Method};
@@ -75,6 +76,8 @@ pub struct Authoriser {
     /// to another instance is refused.
     shared: Option<crate::state::Store>,
     single_use: bool,
+    /// The DPoP replay record, kept across reloads (also those that turn DPoP off).
+    replay_record: Option<Arc<replay::ReplayRecord>>,
     /// `tokens.leeway`: a single-use token is accepted, so kept in the ledger, until `exp` +
     /// this.
     leeway: f64,
@@ -159,9 +162,24 @@ impl Authoriser {
             .as_ref()
             .map(|d| ProofChecker::new(d, config.tokens.leeway, metrics.clone()))
             .transpose()?;
-        // Across a reload, proofs already seen stay seen and nonces already given stay good.
+        // Across a reload, proofs already seen stay seen and nonces already given stay good;
+        // the record is kept while DPoP is off, for when it comes back.
+        let kept_record = previous.and_then(|p| p.replay_record.clone());
         if let (Some(new), Some(old)) = (dpop.as_mut(), previous.and_then(|p| p.dpop.as_ref())) {
             new.adopt(old);
+        } else if let (Some(new), Some(record)) = (dpop.as_mut(), kept_record.clone()) {
+            new.adopt_record(record);
+        }
+        if let (Some(checker), true) = (
+            dpop.as_mut(),
+            shared.as_ref().is_some_and(|s| s.redis().is_some()),
+        ) {
+            // Every instance records proofs in Redis: the record outlives this process.
+            checker.share_record();
+        }
+        let replay_record = dpop.as_ref().map(ProofChecker::record).or(kept_record);
+        if previous.is_some_and(|p| p.dpop.is_some()) {
+            // Nonces: kept from the checker adopted above.
         } else if let (Some(checker), Some(redis)) =
             (dpop.as_mut(), shared.as_ref().and_then(|s| s.redis()))
         {
@@ -187,10 +205,33 @@ impl Authoriser {
                 metrics,
                 shared,
                 single_use: config.registration.single_use,
+                replay_record,
                 leeway: config.tokens.leeway.as_secs_f64(),
             },
             store,
         ))
+    }
+
+    /// With DPoP on several instances: takes the nonce key every instance shares from Redis if
+    /// this instance does not have it yet (it started while Redis was down). Blocking.
+    pub fn adopt_shared_nonce_key(&self) {
+        let (Some(checker), Some(redis)) =
+            (&self.dpop, self.shared.as_ref().and_then(|s| s.redis()))
+        else {
+            return;
+        };
+        if checker.has_shared_nonce_key() {
+            return;
+        }
+        match redis.shared_secret("dpop-nonce") {
+            Ok(secret) => {
+                checker.use_nonce_secret(&secret);
+                tracing::info!(target: "bindgate::state", "DPoP nonces: the shared key from Redis is in use");
+            }
+            Err(e) => {
+                tracing::debug!(target: "bindgate::state", "DPoP nonces: no shared key yet ({e})")
+            }
+        }
     }
 
     /// The grant for `op`, or the rejection: what each operation needs is
