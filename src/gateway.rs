@@ -339,6 +339,10 @@ impl Live {
             .enable_retry_buffering_up_to(usize::try_from(self.max_body).unwrap_or(usize::MAX));
         let (_, len) = self.read_body(session, false).await?;
         ctx.body_buffered = Some(len);
+        if needs_body_token_check(session.req_header(), ctx) {
+            let body = session.as_ref().get_retry_buffer().unwrap_or_default();
+            no_body_token(session.req_header(), &body)?;
+        }
         Ok(())
     }
 
@@ -369,8 +373,13 @@ impl Live {
                 )
                 .await;
         };
-        let body = match self.read_body(session, true).await {
-            Ok((b, _)) => b,
+        let body = match self.read_body(session, true).await.and_then(|(b, _)| {
+            if needs_body_token_check(session.req_header(), ctx) {
+                no_body_token(session.req_header(), &b)?;
+            }
+            Ok(b)
+        }) {
+            Ok(b) => b,
             Err(r) => return self.reject(session, ctx, r).await,
         };
         let query = ctx.target.as_ref().and_then(|t| t.query.as_deref());
@@ -498,6 +507,57 @@ impl Live {
             return Err(Rejection::InvalidRequest("More than one SID header"));
         }
         Ok((target, served_host, operation))
+    }
+}
+
+/// Whether the request's body is a form that could carry an access token and its operation
+/// takes one: then the token must not be in the body too.
+fn needs_body_token_check(req: &RequestHeader, ctx: &RequestCtx) -> bool {
+    let takes_token = ctx
+        .operation
+        .as_ref()
+        .is_some_and(|op| op.credential() != crate::routing::Credential::None);
+    takes_token && form_kind(req).is_some()
+}
+
+/// `Some(true)` for `application/x-www-form-urlencoded`, `Some(false)` for
+/// `multipart/form-data`, else None.
+fn form_kind(req: &RequestHeader) -> Option<bool> {
+    let mut types = req.headers.get_all(http::header::CONTENT_TYPE).iter();
+    let first = types.next()?.to_str().ok()?;
+    let media = first.split(';').next().unwrap_or_default().trim();
+    if media.eq_ignore_ascii_case("application/x-www-form-urlencoded") {
+        Some(true)
+    } else if media.eq_ignore_ascii_case("multipart/form-data") {
+        Some(false)
+    } else {
+        None
+    }
+}
+
+/// RFC 6750 §2.2: an access token in a form body, next to the one in the header, is an invalid
+/// request (the server behind could take either).
+fn no_body_token(req: &RequestHeader, body: &[u8]) -> std::result::Result<(), Rejection> {
+    let found = match form_kind(req) {
+        Some(true) => crate::auth::bearer::form_has_access_token(body),
+        // A multipart part named access_token, in any case or quoting.
+        Some(false) => {
+            let lower = body.to_ascii_lowercase();
+            lower
+                .windows(b"name=\"access_token".len())
+                .any(|w| w == b"name=\"access_token")
+                || lower
+                    .windows(b"name=access_token".len())
+                    .any(|w| w == b"name=access_token")
+        }
+        None => false,
+    };
+    if found {
+        Err(Rejection::InvalidRequest(
+            "The access token was sent more than once",
+        ))
+    } else {
+        Ok(())
     }
 }
 
@@ -704,10 +764,17 @@ impl Live {
             peer: ctx.peer_certificate.as_ref(),
         };
         let grant = self.authoriser.authorise(&operation, &facts).await;
+        // The session store's parameters, checked for every method and target: the provider
+        // behind reads them too.
         let quiet = match operation {
-            Operation::Sessions(SessionOp::Delete) => {
-                SessionQuery::parse(target.query.as_deref()).map(|q| q.quiet)
-            }
+            Operation::Sessions(op) => SessionQuery::parse(target.query.as_deref()).and_then(|q| {
+                if q.all && (q.subject.is_some() || req.headers.contains_key("sid")) {
+                    return Err(Rejection::InvalidInput(
+                        "all=true cannot be combined with subject or an SID header".into(),
+                    ));
+                }
+                Ok(op == SessionOp::Delete && q.quiet)
+            }),
             _ => Ok(false),
         };
         ctx.target = Some(target);

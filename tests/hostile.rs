@@ -782,3 +782,89 @@ fn an_http11_request_without_host_is_400() {
     assert_eq!(got.len(), 1);
     assert_eq!(got[0].target, "/old");
 }
+
+#[test]
+fn control_bytes_and_other_illegal_bytes_in_the_target_are_400_and_never_forwarded() {
+    let pki = Pki::new();
+    let upstream = Upstream::start();
+    let bg = Bindgate::start(&pki, &deadline_config(upstream.addr, ""));
+    for target in [
+        &b"/a\x01b"[..],
+        b"/a\x7fb",
+        b"/a\tb",
+        b"/caf\xc3\xa9",
+        b"/x?q=\x0b",
+    ] {
+        let mut request = b"GET ".to_vec();
+        request.extend_from_slice(target);
+        request.extend_from_slice(b" HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n");
+        let answer = raw_request(bg.port, &request);
+        assert!(
+            answer.starts_with("HTTP/1.1 400"),
+            "{}: {answer}",
+            String::from_utf8_lossy(target)
+        );
+    }
+    assert!(
+        upstream.requests().is_empty(),
+        "forwarded: {:?}",
+        upstream
+            .requests()
+            .iter()
+            .map(|r| &r.target)
+            .collect::<Vec<_>>()
+    );
+}
+
+fn session_store_config(upstream: std::net::SocketAddr, target: &str) -> String {
+    format!(
+        r#"{LISTENERS}session_store:
+  target: {target}
+  api_tokens: [{{file: "{{PKI}}/session-store.token"}}]
+upstreams:
+  idp: {{address: "{upstream}"}}
+routes:
+  - {{prefix: /, upstream: idp}}
+state: {{path: ":memory:"}}
+"#
+    )
+}
+
+#[test]
+fn session_store_parameters_are_checked_for_every_method_and_target() {
+    let pki = Pki::new();
+    let upstream = Upstream::start();
+    let token = pki.token("session-store.token");
+    for target in ["embedded", "idp"] {
+        let bg = Bindgate::start(&pki, &session_store_config(upstream.addr, target));
+        let client = bg.client(&pki, None, Http::One);
+        let send = |method: &str, query: &str, sid: Option<&str>| {
+            let mut r = client
+                .request(
+                    method.parse().unwrap(),
+                    bg.url(&format!("/session-store/rest/v2/sessions{query}")),
+                )
+                .bearer_auth(&token);
+            if let Some(sid) = sid {
+                r = r.header("SID", sid);
+            }
+            let r = r.send().unwrap();
+            (r.status().as_u16(), r.text().unwrap_or_default())
+        };
+        for (method, query, sid) in [
+            ("DELETE", "?all=true&subject=alice", None),
+            ("DELETE", "?all=true&quiet=true", Some("abc")),
+            ("GET", "?all=true&subject=alice", None),
+            ("GET", "?subject=alice&subject=bob", None),
+            ("PUT", "?quiet=maybe", Some("abc")),
+            ("POST", "?all=true&all=false", None),
+        ] {
+            let (status, body) = send(method, query, sid);
+            assert_eq!(status, 400, "{target}: {method} {query} {sid:?}: {body}");
+        }
+        assert!(
+            upstream.requests().is_empty(),
+            "{target}: a refused parameter reached the provider"
+        );
+    }
+}

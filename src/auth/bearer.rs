@@ -29,9 +29,17 @@ fn is_b64token(token: &[u8]) -> bool {
 }
 
 fn query_has_access_token(query: Option<&str>) -> bool {
-    query.is_some_and(|q| {
-        q.split('&')
-            .any(|pair| pair.split('=').next() == Some("access_token"))
+    query.is_some_and(|q| form_has_access_token(q.as_bytes()))
+}
+
+/// Whether a form-encoded text (a query, an `application/x-www-form-urlencoded` body) carries
+/// an `access_token` parameter (RFC 6750 §2.2, §2.3), its name read as the servers behind may
+/// read it: percent-decoded (`access%5Ftoken`), `+` as a space, `&` or `;` between pairs,
+/// `access_token[...]` as PHP reads it.
+pub fn form_has_access_token(form: &[u8]) -> bool {
+    form.split(|&b| b == b';').any(|part| {
+        form_urlencoded::parse(part)
+            .any(|(name, _)| name == "access_token" || name.starts_with("access_token["))
     })
 }
 
@@ -302,6 +310,29 @@ mod tests {
             bearer_token(&with(&[]), Some("x=1&access_token=a")),
             Err(Rejection::InvalidRequest(_))
         ));
+        // Other spellings of the name that servers read as access_token.
+        for q in [
+            "access%5Ftoken=a",
+            "%61ccess_token=a",
+            "x=1;access_token=a",
+            "access_token[]=a",
+            "access_token",
+        ] {
+            assert!(
+                matches!(
+                    bearer_token(&with(&["Bearer a"]), Some(q)),
+                    Err(Rejection::InvalidRequest(_))
+                ),
+                "{q}"
+            );
+        }
+        for q in ["access_tokens=a", "x=access_token", "my_access_token=a"] {
+            assert_eq!(
+                bearer_token(&with(&["Bearer a"]), Some(q)),
+                Ok(Some("a")),
+                "{q}"
+            );
+        }
         let mut h = HeaderMap::new();
         h.insert(
             http::header::AUTHORIZATION,

@@ -86,18 +86,25 @@ struct RawClaims<'a> {
     scp: Option<&'a RawValue>,
     #[serde(borrow)]
     scope: Option<&'a RawValue>,
-    #[serde(borrow)]
+    /// `null` is kept (as the raw `null`): a `cnf` written as null is malformed, never absent.
+    #[serde(borrow, default, deserialize_with = "present")]
     cnf: Option<&'a RawValue>,
     #[serde(borrow)]
     jti: Option<&'a RawValue>,
 }
 
+/// A member that is present, whatever its value — `null` included, which serde's `Option`
+/// would read as absent.
+fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<&'de RawValue>, D::Error> {
+    <&RawValue as Deserialize>::deserialize(d).map(Some)
+}
+
 /// The confirmation claim (RFC 7800); other confirmation methods are ignored.
 #[derive(Deserialize)]
 struct RawCnf<'a> {
-    #[serde(rename = "x5t#S256", borrow)]
+    #[serde(rename = "x5t#S256", borrow, default, deserialize_with = "present")]
     x5t_s256: Option<&'a RawValue>,
-    #[serde(borrow)]
+    #[serde(borrow, default, deserialize_with = "present")]
     jkt: Option<&'a RawValue>,
 }
 
@@ -372,6 +379,10 @@ mod tests {
         assert!(err(&with("cnf", json!("x"))).contains("cnf"));
         assert!(err(&with("cnf", json!({"x5t#S256": 5}))).contains("x5t#S256"));
         assert!(err(&with("cnf", json!({"jkt": ["x"]}))).contains("jkt"));
+        // An issuer-signed null is malformed, never "unbound".
+        assert!(err(&with("cnf", json!(null))).contains("cnf"));
+        assert!(err(&with("cnf", json!({"x5t#S256": null}))).contains("x5t#S256"));
+        assert!(err(&with("cnf", json!({"jkt": null}))).contains("jkt"));
         // A string that is no thumbprint is a binding nothing matches (the mismatch answer
         // comes from the per-request check), not a malformed token.
         for t in [

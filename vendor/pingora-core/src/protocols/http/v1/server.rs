@@ -495,7 +495,12 @@ impl HttpSession {
                                 }
                             }
                             // try to escape URI
-                            if let Some(new_buf) = escape_illegal_request_line(&buf) {
+                            // bindgate: never. A target with bytes RFC 9112 does not allow
+                            // there (controls, space, non-ASCII, `<>"`) is refused (400), not
+                            // percent-encoded into another, valid target and served.
+                            if let Some(new_buf) = escape_illegal_request_line(&buf)
+                                .filter(|_| !REFUSE_ILLEGAL_REQUEST_LINE)
+                            {
                                 buf = new_buf;
                                 already_read = buf.len();
                             } else {
@@ -1811,6 +1816,9 @@ impl HttpSession {
         self.underlying_stream
     }
 }
+
+/// bindgate: request lines Pingora would escape are refused instead.
+const REFUSE_ILLEGAL_REQUEST_LINE: bool = true;
 
 // Regex to parse request line that has illegal chars in it
 static REQUEST_LINE_REGEX: Lazy<Regex> =
