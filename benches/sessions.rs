@@ -69,6 +69,7 @@ impl Engine {
                     key_prefix: prefix.clone(),
                     password: None,
                     wait_replicas: 0,
+                    allow_eviction: false,
                     ca: None,
                 }),
             ),

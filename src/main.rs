@@ -279,6 +279,11 @@ fn reload(path: &std::path::Path) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    let verdict_file = bindgate::reload::verdict_path(&pid_file);
+    let header = |text: &str| text.lines().next().unwrap_or_default().to_string();
+    let before = std::fs::read_to_string(&verdict_file)
+        .map(|t| header(&t))
+        .unwrap_or_default();
     let sent = std::process::Command::new("kill")
         .args(["-HUP", &pid.to_string()])
         .status()
@@ -290,11 +295,38 @@ fn reload(path: &std::path::Path) -> ExitCode {
         );
         return ExitCode::FAILURE;
     }
-    println!(
-        "{}: ok; SIGHUP sent to bindgate (pid {pid}): see its log and bindgate_config_reloads_total",
+    // The running process's own verdict: it may refuse what this check accepted (a key set
+    // that cannot be fetched, a part that needs a restart, a certificate not valid now).
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let ours = format!("pid {pid} reload ");
+    while std::time::Instant::now() < deadline {
+        if let Ok(text) = std::fs::read_to_string(&verdict_file) {
+            let h = header(&text);
+            if h != before && h.starts_with(&ours) {
+                let mut lines = text.lines().skip(1);
+                return match lines.next() {
+                    Some("ok") => {
+                        println!("{}: reloaded by bindgate (pid {pid})", path.display());
+                        ExitCode::SUCCESS
+                    }
+                    _ => {
+                        eprintln!("{}: bindgate (pid {pid}) refused it:", path.display());
+                        for problem in lines {
+                            eprintln!("  {problem}");
+                        }
+                        eprintln!("not reloaded: the running bindgate keeps its configuration");
+                        ExitCode::FAILURE
+                    }
+                };
+            }
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    eprintln!(
+        "{}: SIGHUP sent to bindgate (pid {pid}), but it gave no verdict within 30 s: see its log and bindgate_config_reloads_total",
         path.display()
     );
-    ExitCode::SUCCESS
+    ExitCode::FAILURE
 }
 
 fn main() -> ExitCode {

@@ -31,6 +31,18 @@ pub struct Control {
     store: Option<Store>,
     /// One reload at a time (SIGHUP, the certificate watcher).
     reloading: tokio::sync::Mutex<()>,
+    /// The certificate files the watcher last refused, and why: retried every second, logged
+    /// and counted once per change of the files or of the reason.
+    refused_certificates: std::sync::Mutex<Option<(Vec<crate::tls::FileStamp>, String)>>,
+    /// Reloads this process has done (SIGHUP), numbering its verdicts.
+    reloads_done: std::sync::atomic::AtomicU64,
+}
+
+/// Where a process with `pid_file` writes its reload verdicts.
+pub fn verdict_path(pid_file: &std::path::Path) -> std::path::PathBuf {
+    let mut name = pid_file.as_os_str().to_owned();
+    name.push(".reload");
+    std::path::PathBuf::from(name)
 }
 
 /// The configuration's parts that need a process of their own to change.
@@ -61,6 +73,13 @@ fn fixed_parts(c: &Config) -> Vec<(&'static str, String)> {
             c.server.upgrade_sock.display().to_string(),
         ),
     ]
+}
+
+fn unix_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
 }
 
 fn embedded(config: &Config) -> bool {
@@ -100,6 +119,8 @@ impl Control {
             readiness,
             store,
             reloading: tokio::sync::Mutex::new(()),
+            refused_certificates: std::sync::Mutex::new(None),
+            reloads_done: std::sync::atomic::AtomicU64::new(0),
         }))
     }
 
@@ -134,7 +155,37 @@ impl Control {
                 tracing::error!(target: "bindgate::reload", "the running configuration is kept");
             }
         }
+        self.write_verdict(&outcome);
         outcome
+    }
+
+    /// Writes this reload's verdict beside the pid file (`server.pid_file` + `.reload`), for
+    /// `bindgate reload` to report: `pid P reload N`, then `ok` or `refused` and the problems.
+    fn write_verdict(&self, outcome: &Result<(), Vec<String>>) {
+        let Some(pid_file) = self.config().server.pid_file.clone() else {
+            return;
+        };
+        let n = self
+            .reloads_done
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+            + 1;
+        let mut text = format!("pid {} reload {n}\n", std::process::id());
+        match outcome {
+            Ok(()) => text.push_str("ok\n"),
+            Err(problems) => {
+                text.push_str("refused\n");
+                for p in problems {
+                    text.push_str(p);
+                    text.push('\n');
+                }
+            }
+        }
+        let path = verdict_path(&pid_file);
+        let tmp = path.with_extension("reload.tmp");
+        let written = std::fs::write(&tmp, text).and_then(|()| std::fs::rename(&tmp, &path));
+        if let Err(e) = written {
+            tracing::warn!(target: "bindgate::reload", "{}: cannot write the reload verdict: {e}", path.display());
+        }
     }
 
     async fn try_reload(&self) -> Result<(), Vec<String>> {
@@ -161,6 +212,7 @@ impl Control {
             ]);
         }
         let material = Material::load(&new.listen.tls).map_err(|e| vec![e])?;
+        material.valid_at(unix_now()).map_err(|e| vec![e])?;
         let previous = self.live.load_full();
         let (live, keys) = build(
             &new,
@@ -201,7 +253,7 @@ impl Control {
             return false;
         }
         let _one = self.reloading.lock().await;
-        match Material::load(&config.listen.tls) {
+        match Material::load(&config.listen.tls).and_then(|m| m.valid_at(unix_now()).map(|()| m)) {
             Ok(material) => {
                 self.metrics.certificate_expiry(material.not_after);
                 self.tls.replace(material);
@@ -213,9 +265,18 @@ impl Control {
                 true
             }
             Err(e) => {
-                // Half-written files (a copy, not a rename) fail here; the next look retries.
-                self.metrics.reloads.with_label_values(&["failed"]).inc();
-                tracing::warn!(target: "bindgate::reload", "certificate files changed but cannot be used yet: {e}");
+                // Half-written files (a copy, not a rename), an expired or not-yet-valid
+                // certificate fail here; the next look (a second later) retries.
+                let mut last = self
+                    .refused_certificates
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner());
+                let seen = last.as_ref().is_some_and(|(s, why)| *s == now && *why == e);
+                if !seen {
+                    self.metrics.reloads.with_label_values(&["failed"]).inc();
+                    tracing::warn!(target: "bindgate::reload", "certificate files changed but cannot be used yet: {e}");
+                    *last = Some((now, e));
+                }
                 false
             }
         }

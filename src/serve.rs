@@ -61,26 +61,39 @@ struct StateProbe {
     /// The live configuration: an instance that started while Redis was down takes the shared
     /// DPoP nonce key once Redis answers.
     live: Arc<arc_swap::ArcSwap<crate::gateway::Live>>,
+    /// `state.redis.allow_eviction`.
+    allow_eviction: bool,
 }
 
 #[async_trait]
 impl BackgroundService for StateProbe {
     async fn start(&self, mut shutdown: ShutdownWatch) {
         let mut was_up = true;
+        let mut was_evicting = false;
         loop {
             let store = self.store.clone();
             let live = self.live.load_full();
-            let up = matches!(
-                tokio::task::spawn_blocking(move || {
-                    let up = store.ping();
-                    if up.is_ok() {
-                        live.authoriser().adopt_shared_nonce_key();
-                    }
-                    up
-                })
-                .await,
-                Ok(Ok(()))
-            );
+            let probed = tokio::task::spawn_blocking(move || {
+                store.ping()?;
+                live.authoriser().adopt_shared_nonce_key();
+                // A Redis that does not say (INFO refused) is taken at its word: up.
+                Ok::<_, crate::state::store::StoreError>(store.eviction_policy().ok().flatten())
+            })
+            .await;
+            let (up, policy) = match probed {
+                Ok(Ok(policy)) => (true, policy),
+                _ => (false, None),
+            };
+            if up {
+                // Keys an evicting policy may drop: the single-use ledger, the replay record.
+                let evicting =
+                    policy.as_deref().is_some_and(|p| p != "noeviction") && !self.allow_eviction;
+                if evicting && !was_evicting {
+                    tracing::error!(target: "bindgate::state", "Redis maxmemory-policy is {}: single-use tokens and DPoP replay records could be evicted; not ready (set maxmemory-policy noeviction, or state.redis.allow_eviction: true)", policy.as_deref().unwrap_or_default());
+                }
+                was_evicting = evicting;
+                self.readiness.set_state_evicts(evicting);
+            }
             self.readiness.set_state_up(up);
             if up != was_up {
                 if up {
@@ -202,7 +215,15 @@ pub fn run(config: Config, upgrade: bool) -> Result<(), String> {
     server.bootstrap();
 
     let metrics = Arc::new(Metrics::new());
-    let readiness = Arc::new(Readiness::new(config.jwks.is_some()));
+    let readiness = Arc::new(Readiness::with_state_probe(
+        config.jwks.is_some(),
+        config.state.redis.is_some(),
+    ));
+    let allow_eviction = config
+        .state
+        .redis
+        .as_ref()
+        .is_some_and(|r| r.allow_eviction);
     let pid_file = config.server.pid_file.clone();
     let listen = config.listen.address;
     let admin_address = config.admin.as_ref().map(|a| a.address);
@@ -285,6 +306,7 @@ pub fn run(config: Config, upgrade: bool) -> Result<(), String> {
                 store,
                 readiness: readiness.clone(),
                 live: control.live.clone(),
+                allow_eviction,
             }),
             operator: Operator {
                 control: control.clone(),

@@ -29,6 +29,8 @@ pub struct Material {
     client_ca: Option<Vec<X509>>,
     /// The served certificate's `notAfter`, seconds since the epoch.
     pub not_after: i64,
+    /// Its `notBefore`.
+    not_before: i64,
     /// The TLS session id context of handshakes under this material: a digest of the served
     /// chain, `client_auth` and the client CA set. A session (TLS 1.2 id or ticket, TLS 1.3
     /// ticket) made under other material carries another context and is never resumed
@@ -116,6 +118,7 @@ impl Material {
             }
         };
         let not_after = not_after_unix(&chain[0]);
+        let not_before = asn1_unix(chain[0].not_before());
         let session_context = session_context(&chain, tls.client_auth, client_ca.as_deref())?;
         Ok(Material {
             chain,
@@ -123,6 +126,7 @@ impl Material {
             client_auth: tls.client_auth,
             client_ca,
             not_after,
+            not_before,
             session_context,
             stamp,
         })
@@ -235,13 +239,39 @@ fn set_session_context(
 }
 
 fn not_after_unix(cert: &X509) -> i64 {
+    asn1_unix(cert.not_after())
+}
+
+fn asn1_unix(t: &openssl::asn1::Asn1TimeRef) -> i64 {
     let Ok(epoch) = openssl::asn1::Asn1Time::from_unix(0) else {
         return 0;
     };
     epoch
-        .diff(cert.not_after())
+        .diff(t)
         .map(|d| i64::from(d.days) * 86_400 + i64::from(d.secs))
         .unwrap_or(0)
+}
+
+impl Material {
+    /// Whether the served certificate is valid at `now` (seconds since the epoch): a reload
+    /// never swaps in an expired or not-yet-valid one.
+    pub fn valid_at(&self, now: i64) -> Result<(), String> {
+        // The reasons name the certificate's own times (seconds since the epoch), not the
+        // distance to now: a retry that fails for the same reason says the same thing.
+        if now < self.not_before {
+            return Err(format!(
+                "listen.tls.cert: not valid yet (notBefore {})",
+                self.not_before
+            ));
+        }
+        if now >= self.not_after {
+            return Err(format!(
+                "listen.tls.cert: expired (notAfter {})",
+                self.not_after
+            ));
+        }
+        Ok(())
+    }
 }
 
 /// The material being served; replaced as a whole.

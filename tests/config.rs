@@ -417,6 +417,19 @@ fn state_redis_settings_are_checked_and_the_password_never_shown() {
             r#"{redis: {cluster: []}}"#,
             "state.redis.cluster: lists no seed URL",
         ),
+        // What `run` refuses, `check` refuses: the client's own parse, the URL not repeated.
+        (
+            r#"{redis: {url: "redis://:s3cret@127.0.0.1:6379/zero"}}"#,
+            "state.redis.url: is not a Redis URL bindgate can connect with",
+        ),
+        (
+            r#"{redis: {url: "redis://"}}"#,
+            "state.redis.url: is not a Redis URL bindgate can connect with",
+        ),
+        (
+            r#"{redis: {cluster: ["redis://a:1", "redis://b:1/x"]}}"#,
+            "state.redis.cluster[1]: is not a Redis URL",
+        ),
         (
             r#"{redis: {url: "redis://a:1", password: {sha256: "00"}}}"#,
             "state.redis.password: bindgate presents this secret",
@@ -468,4 +481,33 @@ fn the_systemd_unit_is_accepted_by_systemd_analyze() {
     );
     assert!(out.status.success(), "{text}");
     assert!(!text.contains("bindgate.service"), "warnings: {text}");
+}
+
+#[test]
+fn a_secret_written_in_the_wrong_shape_is_never_echoed_by_check_or_run() {
+    let pki = Pki::new();
+    for extra in [
+        "registration: {master_tokens: [\"s3cr3t-master-token\"]}\n",
+        "session_store: {api_tokens: [\"s3cr3t-master-token\"]}\n",
+        "state: {redis: {url: \"redis://127.0.0.1:6379\", password: \"s3cr3t-master-token\"}}\n",
+    ] {
+        let yaml = format!("{GOOD}{extra}");
+        let (ok, out) = check(&pki, &yaml);
+        assert!(!ok, "{out}");
+        assert!(!out.contains("s3cr3t"), "check echoed the secret: {out}");
+        assert!(
+            out.contains("master_tokens[0]")
+                || out.contains("api_tokens[0]")
+                || out.contains("password"),
+            "{out}"
+        );
+        let mut bg = Bindgate::spawn(&pki, &yaml, &[]);
+        bg.wait_exit(std::time::Duration::from_secs(20))
+            .expect("run exits");
+        assert!(
+            !bg.logs().contains("s3cr3t"),
+            "run echoed the secret: {}",
+            bg.logs()
+        );
+    }
 }

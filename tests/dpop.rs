@@ -837,43 +837,46 @@ fn a_token_in_a_form_body_or_a_spelled_query_name_next_to_the_header_is_400() {
         &["openid", "profile"],
         "https://api.example.com",
     );
-    let client = s.bg.client(&s.pki, None, Http::One);
-    let send = |path: &str, content_type: &str, body: &str| {
-        let r = client
-            .post(s.url(path))
-            .header("authorization", format!("Bearer {good}"))
-            .header("content-type", content_type)
-            .body(body.to_string())
-            .send()
-            .unwrap();
-        (r.status().as_u16(), r.text().unwrap_or_default())
-    };
-    for (content_type, body) in [
-        ("application/x-www-form-urlencoded", "a=1&access_token=other"),
-        ("application/x-www-form-urlencoded; charset=utf-8", "access%5Ftoken=other"),
-        (
-            "multipart/form-data; boundary=XX",
-            "--XX\r\nContent-Disposition: form-data; name=\"access_token\"\r\n\r\nother\r\n--XX--\r\n",
-        ),
-    ] {
-        let (status, body) = send("/userinfo", content_type, body);
-        assert_eq!(status, 400, "{content_type}: {body}");
-        assert!(body.contains("more than once"), "{body}");
+    for http in [Http::One, Http::Alpn] {
+        let client = s.bg.client(&s.pki, None, http);
+        let send = |path: &str, content_type: &str, body: &str| {
+            let r = client
+                .post(s.url(path))
+                .header("authorization", format!("Bearer {good}"))
+                .header("content-type", content_type)
+                .body(body.to_string())
+                .send()
+                .unwrap();
+            (r.status().as_u16(), r.text().unwrap_or_default())
+        };
+        for (content_type, body) in [
+            ("application/x-www-form-urlencoded", "a=1&access_token=other"),
+            ("application/x-www-form-urlencoded; charset=utf-8", "access%5Ftoken=other"),
+            (
+                "multipart/form-data; boundary=XX",
+                "--XX\r\nContent-Disposition: form-data; name=\"access_token\"\r\n\r\nother\r\n--XX--\r\n",
+            ),
+        ] {
+            let (status, body) = send("/userinfo", content_type, body);
+            assert_eq!(status, 400, "{content_type}: {body}");
+            assert!(body.contains("more than once"), "{body}");
+        }
+        for query in [
+            "?access%5Ftoken=other",
+            "?%61ccess_token=x",
+            "?x=1;access_token=y",
+        ] {
+            let (status, _) = send(&format!("/userinfo{query}"), "application/json", "{}");
+            assert_eq!(status, 400, "{query}");
+        }
+        assert!(
+            s.idp.requests().is_empty(),
+            "a request with two tokens was forwarded"
+        );
+        // A form body without a token goes through.
+        let (status, _) = send("/userinfo", "application/x-www-form-urlencoded", "a=1&b=2");
+        assert_eq!(status, 200);
+        assert_eq!(s.idp.wait_for(1)[0].body, b"a=1&b=2");
+        s.idp.clear();
     }
-    for query in [
-        "?access%5Ftoken=other",
-        "?%61ccess_token=x",
-        "?x=1;access_token=y",
-    ] {
-        let (status, _) = send(&format!("/userinfo{query}"), "application/json", "{}");
-        assert_eq!(status, 400, "{query}");
-    }
-    assert!(
-        s.idp.requests().is_empty(),
-        "a request with two tokens was forwarded"
-    );
-    // A form body without a token goes through.
-    let (status, _) = send("/userinfo", "application/x-www-form-urlencoded", "a=1&b=2");
-    assert_eq!(status, 200);
-    assert_eq!(s.idp.wait_for(1)[0].body, b"a=1&b=2");
 }

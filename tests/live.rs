@@ -5,6 +5,7 @@
 mod harness;
 
 use harness::*;
+use openssl::asn1::Asn1Time;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -181,7 +182,9 @@ fn a_reload_changes_a_route_and_a_master_token_without_failing_a_request() {
         bg.rewrite_config(&pki, &config(&a, &b, true, ""));
         let (ok, out) = bindgate_reload(&bg);
         assert!(ok, "{out}");
-        wait_for("the reload", || reloads(&bg, "ok") == 1);
+        assert!(out.contains("reloaded by bindgate"), "{out}");
+        // The verdict came from the process: the reload is done when the command returns.
+        assert_eq!(reloads(&bg, "ok"), 1);
         std::thread::sleep(Duration::from_millis(500));
         stop.store(true, Ordering::Relaxed);
     });
@@ -227,7 +230,14 @@ fn a_broken_or_unreloadable_config_keeps_the_running_one() {
             &format!("127.0.0.1:{}", free_port()),
         );
         std::fs::write(bg.config_path(), &moved).unwrap();
-        bg.signal("HUP");
+        // `bindgate reload` passes its own check, then reports the running process's refusal.
+        let (ok, out) = bindgate_reload(&bg);
+        assert!(!ok, "{out}");
+        assert!(
+            out.contains("listen.address: cannot change while running"),
+            "{out}"
+        );
+        assert!(out.contains("keeps its configuration"), "{out}");
         wait_for("the second failed reload", || reloads(&bg, "failed") == 2);
         assert!(bg
             .logs()
@@ -243,7 +253,22 @@ fn a_broken_or_unreloadable_config_keeps_the_running_one() {
 
 /// A new server certificate for `localhost` from the test CA, with `serial`.
 fn server_certificate(pki: &Pki, serial: u32) -> (Vec<u8>, Vec<u8>) {
-    use openssl::asn1::{Asn1Integer, Asn1Time};
+    server_certificate_between(
+        pki,
+        serial,
+        &Asn1Time::days_from_now(0).unwrap(),
+        &Asn1Time::days_from_now(30).unwrap(),
+    )
+}
+
+/// A server certificate valid from `not_before` to `not_after`, and its key.
+fn server_certificate_between(
+    pki: &Pki,
+    serial: u32,
+    not_before: &openssl::asn1::Asn1TimeRef,
+    not_after: &openssl::asn1::Asn1TimeRef,
+) -> (Vec<u8>, Vec<u8>) {
+    use openssl::asn1::Asn1Integer;
     use openssl::bn::BigNum;
     use openssl::ec::{EcGroup, EcKey};
     use openssl::hash::MessageDigest;
@@ -267,10 +292,8 @@ fn server_certificate(pki: &Pki, serial: u32) -> (Vec<u8>, Vec<u8>) {
     b.set_subject_name(&name).unwrap();
     b.set_issuer_name(ca.subject_name()).unwrap();
     b.set_pubkey(&key).unwrap();
-    b.set_not_before(&Asn1Time::days_from_now(0).unwrap())
-        .unwrap();
-    b.set_not_after(&Asn1Time::days_from_now(30).unwrap())
-        .unwrap();
+    b.set_not_before(not_before).unwrap();
+    b.set_not_after(not_after).unwrap();
     let san = SubjectAlternativeName::new()
         .dns("localhost")
         .build(&b.x509v3_context(Some(&ca), None))
@@ -344,6 +367,57 @@ fn a_replaced_certificate_is_served_to_new_handshakes_and_old_connections_keep_w
     std::fs::write(bg.dir().join("server.crt"), other_cert).unwrap();
     wait_for("the refused pair", || reloads(&bg, "failed") >= 1);
     assert_eq!(served_serial(&bg), "4242");
+
+    // An expired certificate is not served, and counted once, not at every retry.
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
+    let replace = |serial: u32, from: i64, to: i64| {
+        let (cert, key) = server_certificate_between(
+            &pki,
+            serial,
+            &Asn1Time::from_unix(from).unwrap(),
+            &Asn1Time::from_unix(to).unwrap(),
+        );
+        std::fs::write(bg.dir().join("server.key.new"), key).unwrap();
+        std::fs::write(bg.dir().join("server.crt.new"), cert).unwrap();
+        std::fs::rename(bg.dir().join("server.key.new"), bg.dir().join("server.key")).unwrap();
+        std::fs::rename(bg.dir().join("server.crt.new"), bg.dir().join("server.crt")).unwrap();
+    };
+    let failed = reloads(&bg, "failed");
+    replace(6161, now - 7200, now - 3600);
+    wait_for("the refused expired certificate", || {
+        reloads(&bg, "failed") > failed
+    });
+    // (A rename of the key before the certificate may be refused once on its own.)
+    std::thread::sleep(Duration::from_millis(300));
+    let counted = reloads(&bg, "failed");
+    std::thread::sleep(Duration::from_millis(2500));
+    assert_eq!(
+        served_serial(&bg),
+        "4242",
+        "an expired certificate was served"
+    );
+    assert_eq!(
+        reloads(&bg, "failed"),
+        counted,
+        "counted once, not per retry"
+    );
+    assert!(bg.logs().contains("expired"), "the reason is logged");
+    // Not valid yet: refused, then served once it is (the watcher retries).
+    replace(7171, now + 5, now + 86_400);
+    wait_for("the refused early certificate", || {
+        reloads(&bg, "failed") > counted
+    });
+    assert_eq!(
+        served_serial(&bg),
+        "4242",
+        "a not-yet-valid certificate was served"
+    );
+    wait_for("the certificate once valid", || {
+        served_serial(&bg) == "7171"
+    });
 }
 
 #[test]

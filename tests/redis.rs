@@ -982,3 +982,59 @@ fn an_instance_started_while_redis_was_down_takes_the_shared_nonce_key_once_it_i
         assert_eq!(send(taker, &with_nonce).status(), 200);
     }
 }
+
+fn readyz(bg: &Bindgate) -> (u16, String) {
+    reqwest::blocking::Client::new()
+        .get(bg.admin_url("/readyz"))
+        .timeout(Duration::from_secs(3))
+        .send()
+        .map(|r| (r.status().as_u16(), r.text().unwrap_or_default()))
+        .unwrap_or((0, String::new()))
+}
+
+#[test]
+fn not_ready_before_the_first_state_probe_nor_under_an_evicting_policy() {
+    let pki = Pki::new();
+    let signer = Signer::new(Algorithm::ES256, "issuer-1");
+    let (jwks, idp) = key_server_and_provider(&[&signer]);
+
+    // Redis down from the start: never ready, not even for a moment.
+    let mut down = RedisServer::start();
+    let yaml = config(&redis_state(&down), jwks.addr, idp.addr, true);
+    down.kill();
+    let bg = Bindgate::spawn(&pki, &yaml, &[]);
+    bg.wait_log("listening on");
+    let (status, body) = readyz(&bg);
+    assert_eq!(status, 503, "{body}");
+    assert!(body.contains("does not answer"), "{body}");
+    drop(bg);
+
+    // An evicting policy: not ready, and says why; allow_eviction accepts it.
+    let evicting = RedisServer::start_with(&["--maxmemory-policy", "allkeys-lru"]);
+    let yaml = config(&redis_state(&evicting), jwks.addr, idp.addr, true);
+    let bg = Bindgate::spawn(&pki, &yaml, &[]);
+    bg.wait_log("maxmemory-policy");
+    let (status, body) = readyz(&bg);
+    assert_eq!(status, 503, "{body}");
+    assert!(body.contains("evicts"), "{body}");
+    drop(bg);
+    let allowed = config(
+        &format!(
+            r#"{{redis: {{url: "{}", key_prefix: "bg-test:", allow_eviction: true}}}}"#,
+            evicting.url()
+        ),
+        jwks.addr,
+        idp.addr,
+        true,
+    );
+    let bg = Bindgate::start(&pki, &allowed);
+    assert_eq!(readyz(&bg).0, 200);
+    // Told at runtime: Redis switched to noeviction makes the first instance ready.
+    let bg2 = Bindgate::spawn(&pki, &yaml, &[]);
+    bg2.wait_log("maxmemory-policy");
+    assert_eq!(
+        evicting.cli(&["CONFIG", "SET", "maxmemory-policy", "noeviction"]),
+        "OK"
+    );
+    bg2.wait_ready();
+}

@@ -170,6 +170,8 @@ pub struct RedisFile {
     pub key_prefix: Option<String>,
     pub password: Option<SecretFile>,
     pub wait_replicas: Option<u32>,
+    /// Accept an evicting `maxmemory-policy` (default false: not ready under one).
+    pub allow_eviction: Option<bool>,
     pub ca: Option<String>,
 }
 

@@ -178,10 +178,36 @@ fn describe(segments: &[Segment], message: &str) -> (Problem, bool) {
     (
         Problem {
             key: render(segments),
-            reason: message,
+            reason: without_value(&message),
         },
         removable,
     )
+}
+
+/// serde's "invalid type: string \"x\", expected …" quotes the value given, which may be a
+/// secret written in the wrong shape (`master_tokens: ["s3cret"]`): the problem names what
+/// kind of value was given and what was expected, never the value.
+fn without_value(message: &str) -> String {
+    let Some((kind, rest)) = message.split_once(": ") else {
+        return message.to_string();
+    };
+    if !matches!(kind, "invalid type" | "invalid value" | "invalid length") {
+        return message.to_string();
+    }
+    let given = rest
+        .split([' ', ','])
+        .next()
+        .filter(|w| !w.is_empty() && w.bytes().all(|b| b.is_ascii_alphabetic()))
+        .unwrap_or("value");
+    let expected = message
+        .split_once(", expected ")
+        .map(|(_, e)| e.replace('`', ""))
+        .unwrap_or_else(|| "another value".into());
+    let expected = match expected.as_str() {
+        "struct SecretFile" => "a secret: a mapping with one of value, sha256, env, file".into(),
+        _ => expected,
+    };
+    format!("{kind}: a {given} was given, expected {expected}")
 }
 
 fn removable_path(segments: &[Segment], message: &str) -> Vec<Segment> {
@@ -267,6 +293,26 @@ mod tests {
             found[0].starts_with("server.threads: invalid type"),
             "{found:?}"
         );
+    }
+
+    #[test]
+    fn a_secret_in_the_wrong_shape_is_never_echoed() {
+        for yaml in [
+            "registration: {master_tokens: [\"s3cr3t-master\"]}",
+            "session_store: {api_tokens: [\"s3cr3t-master\"]}",
+            "state: {redis: {url: \"redis://x\", password: \"s3cr3t-master\"}}",
+            "state: {redis: {url: \"redis://x\", password: [\"s3cr3t-master\"]}}",
+            "registration: {master_tokens: \"s3cr3t-master\"}",
+        ] {
+            let all = problems(yaml).join("\n");
+            assert!(!all.contains("s3cr3t"), "{yaml}: {all}");
+            assert!(
+                all.contains("master_tokens")
+                    || all.contains("api_tokens")
+                    || all.contains("password"),
+                "{yaml}: {all}"
+            );
+        }
     }
 
     #[test]

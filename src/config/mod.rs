@@ -301,6 +301,8 @@ pub struct RedisSettings {
     pub password: Option<Password>,
     /// > 0: a write acknowledged to a client first waits for that many replicas (`WAIT`).
     pub wait_replicas: u32,
+    /// Ready even under an evicting `maxmemory-policy`.
+    pub allow_eviction: bool,
     /// A CA bundle (PEM) that a `rediss://` server's certificate must chain to; None: the
     /// system's roots.
     pub ca: Option<PathBuf>,
@@ -414,6 +416,7 @@ mod tests {
             key_prefix: "p:".into(),
             password: Some(Password::new("pw3".into())),
             wait_replicas: 0,
+            allow_eviction: false,
             ca: None,
         };
         let shown = format!("{s:?}");

@@ -684,6 +684,8 @@ fn redis_settings(p: &mut Problems, r: &RedisFile, source: &Path) -> RedisSettin
     }
     if r.url.is_some() && !redis_url(&url) {
         p.push("state.redis.url", "must start with redis:// or rediss://");
+    } else if r.url.is_some() && !usable_redis_url(&url) {
+        p.push("state.redis.url", UNUSABLE_REDIS_URL);
     }
     if r.cluster.is_some() && cluster.is_empty() {
         p.push("state.redis.cluster", "lists no seed URL");
@@ -694,6 +696,8 @@ fn redis_settings(p: &mut Problems, r: &RedisFile, source: &Path) -> RedisSettin
                 format!("state.redis.cluster[{i}]"),
                 "must start with redis:// or rediss://",
             );
+        } else if !usable_redis_url(u) {
+            p.push(format!("state.redis.cluster[{i}]"), UNUSABLE_REDIS_URL);
         }
     }
     let key_prefix = r.key_prefix.clone().unwrap_or_else(|| "bindgate:".into());
@@ -744,6 +748,7 @@ fn redis_settings(p: &mut Problems, r: &RedisFile, source: &Path) -> RedisSettin
         key_prefix,
         password,
         wait_replicas,
+        allow_eviction: r.allow_eviction.unwrap_or(false),
         ca,
     }
 }
@@ -826,4 +831,15 @@ fn check_cert_and_key(p: &mut Problems, key: &str, cert: &PathBuf, private_key: 
             );
         }
     }
+}
+
+/// The reason for a URL the Redis client cannot use (the URL itself is not repeated: it may
+/// hold a password).
+const UNUSABLE_REDIS_URL: &str =
+    "is not a Redis URL bindgate can connect with (redis[s]://[user:password@]host[:port][/db])";
+
+/// Whether the Redis client `run` uses parses `url` (so that `check` refuses what `run` would).
+fn usable_redis_url(url: &str) -> bool {
+    use redis::IntoConnectionInfo;
+    url.into_connection_info().is_ok()
 }

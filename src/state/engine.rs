@@ -38,6 +38,15 @@ impl Store {
         }
     }
 
+    /// The shared state's `maxmemory-policy` (Redis; None with redb or when Redis does not
+    /// say). Blocking.
+    pub fn eviction_policy(&self) -> Result<Option<String>> {
+        match self {
+            Store::Redb(_) => Ok(None),
+            Store::Redis(r) => r.eviction_policy(),
+        }
+    }
+
     /// Whether the storage answers (readiness). Blocking.
     pub fn ping(&self) -> Result<()> {
         match self {

@@ -106,6 +106,11 @@ fn is_loopback(host: &url::Host<&str>) -> bool {
 /// a private-use scheme of a native app. Script-carrying schemes are refused.
 fn check_redirect_uri(i: usize, uri: &str) -> Result<(), Rejection> {
     let field = format!("redirect_uris[{i}]");
+    if !plain(uri) {
+        return Err(redirect(format!(
+            "{field} holds spaces or control characters"
+        )));
+    }
     let parsed =
         url::Url::parse(uri).map_err(|_| redirect(format!("{field} is not an absolute URI")))?;
     if parsed.fragment().is_some() || uri.contains('#') {
@@ -125,9 +130,46 @@ fn check_redirect_uri(i: usize, uri: &str) -> Result<(), Rejection> {
                 "{field} must use https (http is allowed for loopback hosts only)"
             ))),
         },
-        // A private-use URI scheme (RFC 8252 §7.1), e.g. com.example.app:/callback.
-        _ => Ok(()),
+        // A private-use URI scheme (RFC 8252 §7.1) is a reverse domain name, with a period:
+        // com.example.app:/callback. Others (view-source:, feed:, jar:, ...) are browser or
+        // platform schemes, not an app's.
+        s if s.contains('.') => Ok(()),
+        _ => Err(redirect(format!(
+            "{field} must use https, http on a loopback host, or a private-use scheme with a period (RFC 8252 §7.1)"
+        ))),
     }
+}
+
+/// Whether `uri` holds no space and no control character: what is stored is exactly what was
+/// validated (a URL parser trims them; a client or provider may not).
+fn plain(uri: &str) -> bool {
+    !uri.bytes().any(|b| b <= b' ' || b == 0x7f)
+}
+
+/// Metadata that names a web page or document of the client: absolute `https` URIs only.
+const HTTPS_URI_FIELDS: &[&str] = &[
+    "client_uri",
+    "logo_uri",
+    "tos_uri",
+    "policy_uri",
+    "jwks_uri",
+    "sector_identifier_uri",
+    "initiate_login_uri",
+];
+
+fn check_https_uris(m: &Map<String, Value>) -> Result<(), Rejection> {
+    for field in HTTPS_URI_FIELDS {
+        let Some(v) = m.get(*field) else { continue };
+        let ok = v.as_str().is_some_and(|uri| {
+            plain(uri)
+                && !uri.contains('#')
+                && url::Url::parse(uri).is_ok_and(|u| u.scheme() == "https" && u.host().is_some())
+        });
+        if !ok {
+            return Err(meta(format!("{field} must be an absolute https URI")));
+        }
+    }
+    Ok(())
 }
 
 /// Checks `input` and returns the metadata to store, with RFC 7591 defaults filled in.
@@ -236,11 +278,7 @@ pub fn validate(input: Value) -> Result<Map<String, Value>, Rejection> {
             return Err(meta("jwks must be a JWK set (an object with a keys array)"));
         }
     }
-    if let Some(Value::String(uri)) = m.get("jwks_uri") {
-        if !url::Url::parse(uri).is_ok_and(|u| u.scheme() == "https" && u.host().is_some()) {
-            return Err(meta("jwks_uri must be an https URI"));
-        }
-    }
+    check_https_uris(&m)?;
     let subject_fields: Vec<&str> = TLS_SUBJECT_FIELDS
         .iter()
         .copied()
@@ -296,6 +334,33 @@ mod tests {
     }
 
     #[test]
+    fn uri_metadata_is_absolute_https() {
+        let cb = json!(["https://app.example.com/cb"]);
+        for field in HTTPS_URI_FIELDS {
+            assert!(
+                validate(json!({"redirect_uris": cb, *field: "https://app.example.com/x"})).is_ok(),
+                "{field}"
+            );
+            for bad in [
+                json!("http://app.example.com/x"),
+                json!("javascript:alert(1)"),
+                json!("/relative"),
+                json!("https://app.example.com/x\t"),
+                json!("https://app.example.com/x#f"),
+                json!(5),
+            ] {
+                assert!(
+                    matches!(
+                        err(json!({"redirect_uris": cb, *field: bad})),
+                        Rejection::InvalidClientMetadata(_)
+                    ),
+                    "{field}: {bad}"
+                );
+            }
+        }
+    }
+
+    #[test]
     fn redirect_uris() {
         for ok in [
             "https://app.example.com/cb?x=1",
@@ -315,6 +380,13 @@ mod tests {
             "vbscript:msgbox",
             "http://app.example.com/cb",
             "not a uri",
+            "view-source:https://app.example.com/cb",
+            "feed:https://app.example.com/cb",
+            "jar:https://app.example.com/x.jar!/",
+            "myapp:/cb",
+            "https://app.example.com/cb\n",
+            " https://app.example.com/cb",
+            "https://app.example.com/c b",
         ] {
             assert!(
                 matches!(

@@ -409,6 +409,19 @@ impl RedisStore {
 
     // Health
 
+    /// `maxmemory_policy` as `INFO memory` reports it (works where `CONFIG` is renamed away).
+    /// On a cluster, the first master's, which the others are expected to share.
+    pub fn eviction_policy(&self) -> Result<Option<String>> {
+        let me = self.clone();
+        self.block(async move {
+            let info: String = me.query(redis::cmd("INFO").arg("memory")).await?;
+            Ok(info.lines().find_map(|l| {
+                l.strip_prefix("maxmemory_policy:")
+                    .map(|p| p.trim().to_string())
+            }))
+        })
+    }
+
     pub fn ping(&self) -> Result<()> {
         let me = self.clone();
         self.block(async move {

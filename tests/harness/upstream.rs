@@ -120,6 +120,12 @@ impl Upstream {
         self.requests.lock().expect("lock").clone()
     }
 
+    /// Forgets the requests recorded so far.
+    #[allow(dead_code)]
+    pub fn clear(&self) {
+        self.requests.lock().expect("lock").clear();
+    }
+
     /// Waits (bounded) until at least `n` requests arrived.
     pub fn wait_for(&self, n: usize) -> Vec<Recorded> {
         let deadline = Instant::now() + Duration::from_secs(10);
