@@ -665,14 +665,6 @@ fn protected_routes() {
 
 // The replay record fails closed (issue 14 §5).
 
-fn metric(bg: &Bindgate, series: &str) -> u64 {
-    bg.metrics()
-        .lines()
-        .find_map(|l| l.strip_prefix(series)?.trim().parse::<f64>().ok())
-        .map(|v| v as u64)
-        .unwrap_or(0)
-}
-
 impl Setup {
     /// A DPoP-bound access token for `/api` and a fresh proof of `key` for one GET of it.
     fn api_call(&self, key: &Signer) -> (String, String) {
@@ -696,7 +688,11 @@ impl Setup {
         self.bg.rewrite_config(&self.pki, yaml);
         self.bg.signal("HUP");
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-        while metric(&self.bg, "bindgate_config_reloads_total{result=\"ok\"}") <= before {
+        while self
+            .bg
+            .metric("bindgate_config_reloads_total{result=\"ok\"}")
+            <= before
+        {
             assert!(
                 std::time::Instant::now() < deadline,
                 "no reload:\n{}",
@@ -721,10 +717,7 @@ fn a_full_replay_record_refuses_new_proofs_and_still_refuses_replays() {
     assert_eq!(a.status, 503, "{a:?}");
     assert_eq!(a.body["error"], "temporarily_unavailable");
     assert_eq!(
-        metric(
-            &s.bg,
-            "bindgate_dpop_proofs_total{reason=\"replay_record_full\",result=\"refused\"}"
-        ),
+        s.bg.metric("bindgate_dpop_proofs_total{reason=\"replay_record_full\",result=\"refused\"}"),
         1
     );
     // The recorded ones (the victims) are still refused as replays.

@@ -67,14 +67,6 @@ fn closed_within(stream: &mut impl Read, limit: Duration) -> Option<Duration> {
     None
 }
 
-fn metric(bg: &Bindgate, series: &str) -> u64 {
-    bg.metrics()
-        .lines()
-        .find_map(|l| l.strip_prefix(series)?.trim().parse::<f64>().ok())
-        .map(|v| v as u64)
-        .unwrap_or(0)
-}
-
 fn read_response(stream: &mut impl Read) -> String {
     let mut buf = Vec::new();
     let mut chunk = [0u8; 4096];
@@ -121,12 +113,7 @@ fn an_idle_http1_connection_is_closed_after_any_answer() {
         .unwrap()
         .expect("TLS done, no byte: still open 6 s later (idle_timeout 2s)");
     assert!(answered.elapsed() < Duration::from_secs(7));
-    assert!(
-        metric(
-            &bg,
-            "bindgate_connections_closed_total{reason=\"idle_timeout\"}"
-        ) >= 2
-    );
+    assert!(bg.metric("bindgate_connections_closed_total{reason=\"idle_timeout\"}") >= 2);
 }
 
 #[test]
@@ -217,12 +204,7 @@ fn a_request_head_must_arrive_within_header_timeout_in_total() {
     );
     assert!(took < Duration::from_secs(5), "closed only after {took:?}");
     assert!(upstream.requests().is_empty(), "nothing is forwarded");
-    assert!(
-        metric(
-            &bg,
-            "bindgate_connections_closed_total{reason=\"header_timeout\"}"
-        ) >= 1
-    );
+    assert!(bg.metric("bindgate_connections_closed_total{reason=\"header_timeout\"}") >= 1);
 }
 
 /// A request with `Content-Length: 100` whose body trickles a byte every 300 ms.
@@ -277,12 +259,7 @@ fn a_body_that_does_not_arrive_within_body_timeout_is_408_and_never_forwarded() 
         upstream.requests().is_empty(),
         "a body that never completed reached the upstream"
     );
-    assert!(
-        metric(
-            &bg,
-            "bindgate_connections_closed_total{reason=\"body_timeout\"}"
-        ) >= 1
-    );
+    assert!(bg.metric("bindgate_connections_closed_total{reason=\"body_timeout\"}") >= 1);
 }
 
 #[test]
@@ -469,13 +446,8 @@ fn with_few_descriptors_and_many_idle_connections_a_new_client_is_served() {
     );
     // idle_timeout (2s) + 5 s.
     assert!(took < Duration::from_secs(7), "served after {took:?}");
-    assert!(metric(&bg, "bindgate_connections_refused_total") >= 1);
-    assert!(
-        metric(
-            &bg,
-            "bindgate_connections_closed_total{reason=\"idle_timeout\"}"
-        ) >= 1
-    );
+    assert!(bg.metric("bindgate_connections_refused_total") >= 1);
+    assert!(bg.metric("bindgate_connections_closed_total{reason=\"idle_timeout\"}") >= 1);
     drop(held);
 }
 
@@ -547,7 +519,7 @@ fn reload_to(bg: &Bindgate, pki: &Pki, yaml: &str, reloads_before: u64) {
     bg.rewrite_config(pki, yaml);
     bg.signal("HUP");
     let deadline = Instant::now() + Duration::from_secs(10);
-    while metric(bg, "bindgate_config_reloads_total{result=\"ok\"}") <= reloads_before {
+    while bg.metric("bindgate_config_reloads_total{result=\"ok\"}") <= reloads_before {
         assert!(Instant::now() < deadline, "no reload: {}", bg.logs());
         std::thread::sleep(Duration::from_millis(50));
     }

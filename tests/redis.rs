@@ -529,22 +529,7 @@ fn a_dpop_nonce_given_by_one_instance_is_good_on_another() {
         a,
         b,
     };
-    let holder = Signer::new(Algorithm::ES256, "holder");
-    let token = dpop_token(&p, &holder);
-    let send = |node: &Node, proof: &str| {
-        node.client
-            .post(node.bg.url("/api/things"))
-            .header("authorization", format!("DPoP {token}"))
-            .header("dpop", proof)
-            .body("{}")
-            .send()
-            .unwrap()
-    };
-    let first = send(&p.a, &proof(&holder, "/api/things", &token));
-    assert_eq!(first.status(), 401);
-    let nonce = first.headers()["dpop-nonce"].to_str().unwrap().to_string();
-    let with_nonce = proof_with_nonce(&holder, "/api/things", &token, Some(&nonce));
-    assert_eq!(send(&p.b, &with_nonce).status(), 200, "B takes A's nonce");
+    nonce_given_by_one_is_good_on_the_other(&p, &p.a, &p.b);
 }
 
 #[test]
@@ -962,25 +947,9 @@ fn an_instance_started_while_redis_was_down_takes_the_shared_nonce_key_once_it_i
         a,
         b,
     };
-    let holder = Signer::new(Algorithm::ES256, "holder");
-    let token = dpop_token(&p, &holder);
-    let send = |node: &Node, proof: &str| {
-        node.client
-            .post(node.bg.url("/api/things"))
-            .header("authorization", format!("DPoP {token}"))
-            .header("dpop", proof)
-            .body("{}")
-            .send()
-            .unwrap()
-    };
     // Each way: a nonce one instance gives is good on the other.
-    for (giver, taker) in [(&p.b, &p.a), (&p.a, &p.b)] {
-        let first = send(giver, &proof(&holder, "/api/things", &token));
-        assert_eq!(first.status(), 401);
-        let nonce = first.headers()["dpop-nonce"].to_str().unwrap().to_string();
-        let with_nonce = proof_with_nonce(&holder, "/api/things", &token, Some(&nonce));
-        assert_eq!(send(taker, &with_nonce).status(), 200);
-    }
+    nonce_given_by_one_is_good_on_the_other(&p, &p.b, &p.a);
+    nonce_given_by_one_is_good_on_the_other(&p, &p.a, &p.b);
 }
 
 fn readyz(bg: &Bindgate) -> (u16, String) {
@@ -1037,4 +1006,28 @@ fn not_ready_before_the_first_state_probe_nor_under_an_evicting_policy() {
         "OK"
     );
     bg2.wait_ready();
+}
+
+/// A DPoP nonce that `giver` hands out (to a proof without one) is accepted by `taker`.
+fn nonce_given_by_one_is_good_on_the_other(p: &Pair, giver: &Node, taker: &Node) {
+    let holder = Signer::new(Algorithm::ES256, "holder");
+    let token = dpop_token(p, &holder);
+    let send = |node: &Node, proof: &str| {
+        node.client
+            .post(node.bg.url("/api/things"))
+            .header("authorization", format!("DPoP {token}"))
+            .header("dpop", proof)
+            .body("{}")
+            .send()
+            .unwrap()
+    };
+    let first = send(giver, &proof(&holder, "/api/things", &token));
+    assert_eq!(first.status(), 401);
+    let nonce = first.headers()["dpop-nonce"].to_str().unwrap().to_string();
+    let with_nonce = proof_with_nonce(&holder, "/api/things", &token, Some(&nonce));
+    assert_eq!(
+        send(taker, &with_nonce).status(),
+        200,
+        "the other instance takes the nonce"
+    );
 }

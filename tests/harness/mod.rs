@@ -333,6 +333,17 @@ impl Bindgate {
             .expect("metrics")
     }
 
+    /// The value of one series of `/metrics` (its name and labels as written there), 0 when
+    /// absent.
+    #[allow(dead_code)]
+    pub fn metric(&self, series: &str) -> u64 {
+        self.metrics()
+            .lines()
+            .find_map(|l| l.strip_prefix(series)?.trim().parse::<f64>().ok())
+            .map(|v| v as u64)
+            .unwrap_or(0)
+    }
+
     /// A reqwest client that trusts the test CA, pins `localhost` to the listener and presents
     /// the certificate `identity` (a PKI stem like `client1`) when given.
     pub fn client(
