@@ -295,10 +295,23 @@ impl Live {
             }
         }
         let max_body = self.max_body;
+        let deadline = std::time::Instant::now() + self.body_timeout;
+        let http2 = session.is_http2();
+        let per_read = session.as_mut().get_read_timeout();
         let read = async {
             let mut body = bytes::BytesMut::new();
             let mut len = 0u64;
             loop {
+                if !http2 {
+                    // HTTP/1.1: each read's own timeout (Pingora's timer, there anyway) is cut to
+                    // what is left of the body's: one deadline, no second timer.
+                    let left = deadline.saturating_duration_since(std::time::Instant::now());
+                    if left.is_zero() {
+                        return Err(Rejection::BodyTimeout);
+                    }
+                    let cut = per_read.map_or(left, |t| t.min(left));
+                    session.as_mut().set_read_timeout(Some(cut));
+                }
                 match session.read_request_body().await {
                     Ok(Some(chunk)) => {
                         len += chunk.len() as u64;
@@ -310,6 +323,12 @@ impl Live {
                         }
                     }
                     Ok(None) => return Ok((body.freeze(), len)),
+                    Err(e)
+                        if *e.etype() == ErrorType::ReadTimedout
+                            || std::time::Instant::now() >= deadline =>
+                    {
+                        return Err(Rejection::BodyTimeout)
+                    }
                     Err(_) => {
                         return Err(Rejection::InvalidRequest(
                             "The request body could not be read",
@@ -318,9 +337,19 @@ impl Live {
                 }
             }
         };
-        tokio::time::timeout(self.body_timeout, read)
-            .await
-            .unwrap_or(Err(Rejection::BodyTimeout))
+        let read = if http2 {
+            // HTTP/2 reads have no timeout of their own: Pingora's timer, created only if the
+            // body is not there at once.
+            pingora::prelude::timeout(self.body_timeout, read)
+                .await
+                .unwrap_or(Err(Rejection::BodyTimeout))
+        } else {
+            read.await
+        };
+        if !http2 {
+            session.as_mut().set_read_timeout(per_read);
+        }
+        read
     }
 
     /// Reads the whole body of a request bound for an upstream (≤ `max_body`, within
@@ -351,7 +380,11 @@ impl Live {
     async fn upstream_slot(
         upstream: &UpstreamTarget,
     ) -> std::result::Result<tokio::sync::OwnedSemaphorePermit, Rejection> {
-        match tokio::time::timeout(
+        // A free place is taken at once; only a full upstream makes a request wait.
+        if let Ok(permit) = upstream.slots.clone().try_acquire_owned() {
+            return Ok(permit);
+        }
+        match pingora::prelude::timeout(
             upstream.config.connect_timeout,
             upstream.slots.clone().acquire_owned(),
         )
@@ -885,10 +918,21 @@ impl Live {
         headers::strip_connection_listed(upstream_request, session.is_upgrade_req());
         if let Some(len) = ctx.body_buffered {
             // The body was read whole: it travels with its length, whatever framing it came
-            // in (chunked, HTTP/2 frames), and any 100 Continue was bindgate's to send.
-            upstream_request.remove_header(&http::header::TRANSFER_ENCODING);
+            // in (chunked, HTTP/2 frames), and any 100 Continue was bindgate's to send. The
+            // common case, a Content-Length that was right, is left as it is.
+            let framed = upstream_request
+                .headers
+                .get(http::header::CONTENT_LENGTH)
+                .and_then(|v| v.to_str().ok()?.parse::<u64>().ok())
+                .is_some_and(|given| given == len)
+                && !upstream_request
+                    .headers
+                    .contains_key(http::header::TRANSFER_ENCODING);
+            if !framed {
+                upstream_request.remove_header(&http::header::TRANSFER_ENCODING);
+                upstream_request.insert_header(http::header::CONTENT_LENGTH, len)?;
+            }
             upstream_request.remove_header(&http::header::EXPECT);
-            upstream_request.insert_header(http::header::CONTENT_LENGTH, len)?;
         }
         let Some(upstream) = &ctx.upstream else {
             return Error::e_explain(ErrorType::InternalError, "no upstream chosen");

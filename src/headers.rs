@@ -97,7 +97,7 @@ pub fn strip_untrusted(
         .iter()
         .filter(|(name, value)| {
             let n = name.as_str();
-            if n.contains('_') {
+            if n.as_bytes().contains(&b'_') {
                 if !keep_underscores {
                     return true;
                 }

@@ -18,6 +18,8 @@ use bytes::{Bytes, BytesMut};
 /// all the data will be held in the buffer. Otherwise, the buffer will report to be truncated.
 pub struct FixedBuffer {
     buffer: BytesMut,
+    /// bindgate: a body that came in one piece, kept as that piece (no copy in, none out).
+    single: Option<Bytes>,
     capacity: usize,
     truncated: bool,
 }
@@ -26,6 +28,7 @@ impl FixedBuffer {
     pub fn new(capacity: usize) -> Self {
         FixedBuffer {
             buffer: BytesMut::new(),
+            single: None,
             capacity,
             truncated: false,
         }
@@ -36,28 +39,40 @@ impl FixedBuffer {
         if self.truncated {
             return;
         }
-
-        if self.buffer.len() + data.len() <= self.capacity {
-            self.buffer.extend_from_slice(data);
-        } else {
+        let held = self.buffer.len() + self.single.as_ref().map_or(0, Bytes::len);
+        if held + data.len() > self.capacity {
             // Buffered data is no longer usable for a retry, so release its allocation.
             self.buffer = BytesMut::new();
+            self.single = None;
             self.truncated = true;
+            return;
         }
+        if held == 0 {
+            self.single = Some(data.clone());
+            return;
+        }
+        if let Some(first) = self.single.take() {
+            self.buffer.extend_from_slice(&first);
+        }
+        self.buffer.extend_from_slice(data);
     }
 
     pub fn clear(&mut self) {
         self.truncated = false;
         self.buffer.clear();
+        self.single = None;
     }
     pub fn is_empty(&self) -> bool {
-        self.buffer.len() == 0
+        self.buffer.is_empty() && self.single.as_ref().is_none_or(Bytes::is_empty)
     }
     pub fn is_truncated(&self) -> bool {
         self.truncated
     }
     pub fn get_buffer(&self) -> Option<Bytes> {
         // TODO: return None if truncated?
+        if let Some(single) = self.single.as_ref().filter(|s| !s.is_empty()) {
+            return Some(single.clone());
+        }
         if !self.is_empty() {
             Some(self.buffer.clone().freeze())
         } else {
