@@ -301,17 +301,24 @@ impl Live {
         let read = async {
             let mut body = bytes::BytesMut::new();
             let mut len = 0u64;
+            let mut first = true;
             loop {
                 if !http2 {
                     // HTTP/1.1: each read's own timeout (Pingora's timer, there anyway) is cut to
-                    // what is left of the body's: one deadline, no second timer.
-                    let left = deadline.saturating_duration_since(std::time::Instant::now());
+                    // what is left of the body's: one deadline, no second timer. (The first
+                    // read has all of it: no clock read for a body that comes at once.)
+                    let left = if first {
+                        self.body_timeout
+                    } else {
+                        deadline.saturating_duration_since(std::time::Instant::now())
+                    };
                     if left.is_zero() {
                         return Err(Rejection::BodyTimeout);
                     }
                     let cut = per_read.map_or(left, |t| t.min(left));
                     session.as_mut().set_read_timeout(Some(cut));
                 }
+                first = false;
                 match session.read_request_body().await {
                     Ok(Some(chunk)) => {
                         len += chunk.len() as u64;
@@ -320,6 +327,9 @@ impl Live {
                         }
                         if keep {
                             body.extend_from_slice(&chunk);
+                        }
+                        if session.is_body_done() {
+                            return Ok((body.freeze(), len));
                         }
                     }
                     Ok(None) => return Ok((body.freeze(), len)),

@@ -312,10 +312,9 @@ impl HttpSession {
         let mut already_read = buf.len();
         let mut skip_next_read = already_read != 0;
         let mut detached_suffix = None;
-        // bindgate: from the head's first byte, the rest must come within `header_timeout`.
-        let mut head_deadline = (already_read != 0)
-            .then(|| self.header_timeout.map(|t| tokio::time::Instant::now() + t))
-            .flatten();
+        // bindgate: once a head is known to be partial, the rest must come within
+        // `header_timeout` (a head read whole at once costs no clock read).
+        let mut head_deadline: Option<tokio::time::Instant> = None;
         loop {
             if already_read > MAX_HEADER_SIZE {
                 /* NOTE: this check only blocks second read. The first large read is allowed
@@ -360,13 +359,7 @@ impl HttpSession {
                     None => self.read_request_buf(&mut buf, already_read).await,
                 };
                 match read? {
-                    Some(n) => {
-                        if already_read == 0 {
-                            head_deadline =
-                                self.header_timeout.map(|t| tokio::time::Instant::now() + t);
-                        }
-                        already_read += n;
-                    }
+                    Some(n) => already_read += n,
                     None => return Ok(None),
                 }
             }
@@ -477,6 +470,11 @@ impl HttpSession {
                         return Ok(Some(s));
                     }
                     HeaderParseState::Partial => {
+                        // bindgate: the head's deadline starts with its first partial read.
+                        if head_deadline.is_none() {
+                            head_deadline =
+                                self.header_timeout.map(|t| tokio::time::Instant::now() + t);
+                        }
                         break; /* continue the read loop */
                     }
                     HeaderParseState::Invalid(e) => match e {
