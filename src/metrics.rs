@@ -166,8 +166,8 @@ impl Metrics {
         }
         let connections_refused = IntCounter::new(
             "connections_refused_total",
-            "Connections the listener could not accept: no file descriptor left (retried after \
-             100 ms; idle connections are closed by server.idle_timeout)",
+            "Connections the listener refused: past the connection cap (the file descriptor \
+             limit less a reserve for upstream connections) or no descriptor left",
         )
         .expect("static metric definition");
         let certificate_expiry_seconds = IntGauge::new(

@@ -11,3 +11,58 @@ pub static HEADER: AtomicU64 = AtomicU64::new(0);
 pub static HANDSHAKE: AtomicU64 = AtomicU64::new(0);
 /// `accept()` failures for want of a file descriptor (EMFILE, ENFILE).
 pub static ACCEPT_FD_LIMIT: AtomicU64 = AtomicU64::new(0);
+
+/// Client connections open now: accepted, and not yet ended.
+pub static OPEN: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+/// The most client connections the listener keeps open: the descriptor limit (`RLIMIT_NOFILE`,
+/// read at each accept, so that a raised or lowered limit counts at once) less a reserve — a
+/// quarter of it, 64 at least — for upstream connections, files and the process's own.
+/// Past it, a new connection is accepted and closed at once (counted in [`ACCEPT_FD_LIMIT`]):
+/// the client sees a refusal it can retry instead of a server that has no descriptor left to
+/// reach its upstream with.
+pub fn connection_cap() -> usize {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes the struct it is given and nothing else.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0
+        || limit.rlim_cur == libc::RLIM_INFINITY
+    {
+        return usize::MAX;
+    }
+    let soft = usize::try_from(limit.rlim_cur).unwrap_or(usize::MAX);
+    soft.saturating_sub((soft / 4).max(64))
+}
+
+/// Held by a client connection's task: one of [`OPEN`].
+pub struct OpenConnection(());
+
+impl OpenConnection {
+    /// A place for a new client connection, or None when [`connection_cap`] is reached.
+    pub fn take() -> Option<Self> {
+        let cap = connection_cap();
+        let mut now = OPEN.load(std::sync::atomic::Ordering::Relaxed);
+        loop {
+            if now >= cap {
+                return None;
+            }
+            match OPEN.compare_exchange_weak(
+                now,
+                now + 1,
+                std::sync::atomic::Ordering::Relaxed,
+                std::sync::atomic::Ordering::Relaxed,
+            ) {
+                Ok(_) => return Some(OpenConnection(())),
+                Err(seen) => now = seen,
+            }
+        }
+    }
+}
+
+impl Drop for OpenConnection {
+    fn drop(&mut self) {
+        OPEN.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+    }
+}

@@ -227,6 +227,15 @@ impl<A: ServerApp + Send + Sync + 'static> Service<A> {
             };
             match new_io {
                 Ok(io) => {
+                    // bindgate: past the connection cap (the descriptor limit less a reserve),
+                    // closed at once: a refusal the client can retry, never a process with no
+                    // descriptor left for the upstream.
+                    let Some(place) = crate::apps::deadlines::OpenConnection::take() else {
+                        crate::apps::deadlines::ACCEPT_FD_LIMIT
+                            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        drop(io);
+                        continue;
+                    };
                     let app = app_logic.clone();
                     let shutdown = shutdown.clone();
                     // bindgate: the application's handshake deadline (was a fixed 60 s).
@@ -234,6 +243,7 @@ impl<A: ServerApp + Send + Sync + 'static> Service<A> {
                         .handshake_timeout()
                         .unwrap_or(Duration::from_secs(60));
                     current_handle().spawn(async move {
+                        let _place = place;
                         let peer_addr = io.peer_addr();
                         match timeout(handshake_timeout, io.handshake()).await {
                             Ok(handshake) => {
