@@ -370,7 +370,9 @@ impl Live {
         session: &mut Session,
         ctx: &mut RequestCtx,
     ) -> std::result::Result<(), Rejection> {
-        if session.is_body_done() {
+        // An upgrade (allowed on its route) has no body before its 101: what follows is the
+        // tunnel, which Pingora carries once the upstream has switched.
+        if session.is_body_done() || session.is_upgrade_req() {
             return Ok(());
         }
         session

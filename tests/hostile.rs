@@ -898,3 +898,60 @@ fn session_store_parameters_are_checked_for_every_method_and_target() {
         );
     }
 }
+
+#[test]
+fn an_allowed_upgrade_becomes_a_tunnel_both_ways() {
+    // An upstream that switches protocols and then echoes what it gets.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    std::thread::spawn(move || {
+        let Ok((mut s, _)) = listener.accept() else {
+            return;
+        };
+        let _ = s.set_read_timeout(Some(Duration::from_secs(10)));
+        let mut head = Vec::new();
+        let mut byte = [0u8; 1];
+        while !head.ends_with(b"\r\n\r\n") && s.read(&mut byte).unwrap_or(0) == 1 {
+            head.push(byte[0]);
+        }
+        let _ = s.write_all(
+            b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n",
+        );
+        let mut buf = [0u8; 64];
+        if let Ok(n) = s.read(&mut buf) {
+            let _ = s.write_all(&buf[..n]);
+        }
+    });
+    let pki = Pki::new();
+    let allowed = deadline_config(addr, "").replace(
+        "routes:\n  - prefix: /\n    upstream: idp\n",
+        "routes:\n  - prefix: /ws\n    upstream: idp\n    upgrade: true\n  - prefix: /\n    upstream: idp\n",
+    );
+    let bg = Bindgate::start(&pki, &allowed);
+    let mut s = tls(bg.port, None, Duration::from_secs(5));
+    s.write_all(
+        b"GET /ws HTTP/1.1\r\nHost: localhost\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
+Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
+    )
+    .unwrap();
+    let mut got = Vec::new();
+    let mut buf = [0u8; 256];
+    while !got.windows(4).any(|w| w == b"\r\n\r\n") {
+        let n = s.read(&mut buf).expect("the switch");
+        assert!(n > 0, "closed before the switch");
+        got.extend_from_slice(&buf[..n]);
+    }
+    assert!(
+        got.starts_with(b"HTTP/1.1 101"),
+        "{}",
+        String::from_utf8_lossy(&got)
+    );
+    s.write_all(b"ping-through-the-tunnel").unwrap();
+    let mut echoed = Vec::new();
+    while echoed.len() < b"ping-through-the-tunnel".len() {
+        let n = s.read(&mut buf).expect("the echo");
+        assert!(n > 0, "the tunnel closed");
+        echoed.extend_from_slice(&buf[..n]);
+    }
+    assert_eq!(echoed, b"ping-through-the-tunnel");
+}
