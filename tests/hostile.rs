@@ -573,14 +573,11 @@ fn resumed_request(
     (reused, next, answer)
 }
 
-fn reload_to(bg: &Bindgate, pki: &Pki, yaml: &str, reloads_before: u64) {
-    bg.rewrite_config(pki, yaml);
-    bg.signal("HUP");
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while bg.metric("bindgate_config_reloads_total{result=\"ok\"}") <= reloads_before {
-        assert!(Instant::now() < deadline, "no reload: {}", bg.logs());
-        std::thread::sleep(Duration::from_millis(50));
-    }
+/// The session of a first, served request.
+fn first_session(connector: &openssl::ssl::SslConnector, port: u16) -> openssl::ssl::SslSession {
+    let (_, session, first) = resumed_request(connector, port, None);
+    assert!(first.expect("first answer").starts_with("HTTP/1.1 200"));
+    session.expect("a session")
 }
 
 fn a_session_from_before_a_client_ca_change_is_not_resumed(version: openssl::ssl::SslVersion) {
@@ -591,10 +588,7 @@ fn a_session_from_before_a_client_ca_change_is_not_resumed(version: openssl::ssl
         &resumption_config("ca.crt", "optional", upstream.addr),
     );
     let with_cert = session_connector(&pki, true, version);
-
-    let (_, session, first) = resumed_request(&with_cert, bg.port, None);
-    assert!(first.expect("first answer").starts_with("HTTP/1.1 200"));
-    let session = session.expect("a session");
+    let session = first_session(&with_cert, bg.port);
     // Resumption works while nothing changed, and keeps client1's certificate.
     let (reused, session2, second) = resumed_request(&with_cert, bg.port, Some(&session));
     assert!(reused, "{version:?}: the unchanged listener resumes");
@@ -602,11 +596,9 @@ fn a_session_from_before_a_client_ca_change_is_not_resumed(version: openssl::ssl
     let session = session2.unwrap_or(session);
 
     // The client CA is replaced by one that did not sign client1.
-    reload_to(
-        &bg,
+    bg.reload_with(
         &pki,
         &resumption_config("selfsigned.crt", "optional", upstream.addr),
-        0,
     );
     let seen = upstream.requests().len();
     let (reused, _, answer) = resumed_request(&with_cert, bg.port, Some(&session));
@@ -643,15 +635,11 @@ fn a_certless_session_does_not_resume_after_optional_becomes_required(
         &resumption_config("ca.crt", "optional", upstream.addr),
     );
     let without_cert = session_connector(&pki, false, version);
-    let (_, session, first) = resumed_request(&without_cert, bg.port, None);
-    assert!(first.expect("first answer").starts_with("HTTP/1.1 200"));
-    let session = session.expect("a session");
+    let session = first_session(&without_cert, bg.port);
 
-    reload_to(
-        &bg,
+    bg.reload_with(
         &pki,
         &resumption_config("ca.crt", "required", upstream.addr),
-        0,
     );
     let seen = upstream.requests().len();
     let (reused, _, answer) = resumed_request(&without_cert, bg.port, Some(&session));

@@ -333,6 +333,21 @@ impl Bindgate {
             .expect("metrics")
     }
 
+    /// Rewrites the configuration, sends SIGHUP and waits (10 s at most) until the process
+    /// counts one more successful reload.
+    #[allow(dead_code)]
+    pub fn reload_with(&self, pki: &Pki, yaml: &str) {
+        let ok = "bindgate_config_reloads_total{result=\"ok\"}";
+        let before = self.metric(ok);
+        self.rewrite_config(pki, yaml);
+        self.signal("HUP");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while self.metric(ok) <= before {
+            assert!(Instant::now() < deadline, "no reload:\n{}", self.logs());
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
     /// The value of one series of `/metrics` (its name and labels as written there), 0 when
     /// absent.
     #[allow(dead_code)]
