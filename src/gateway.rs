@@ -149,6 +149,11 @@ pub struct RequestCtx {
 }
 
 impl Live {
+    /// The process's DPoP replay record (the same across reloads).
+    pub fn replay_record(&self) -> Arc<crate::auth::replay::ReplayRecord> {
+        self.authoriser.replay_record()
+    }
+
     pub fn new(
         config: &Config,
         authoriser: Authoriser,

@@ -6,12 +6,17 @@ use pingora::server::configuration::ServerConf;
 use pingora::server::{Server, ShutdownWatch};
 use pingora::services::background::{background_service, BackgroundService};
 use pingora::services::listening::Service;
+use std::io::Write;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener};
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
 use crate::admin::{AdminApp, Readiness};
+use crate::auth::cache::now_secs;
 use crate::auth::jwks::JwksRefresher;
+use crate::auth::replay::{ReplayRecord, Snapshot};
 use crate::config::Config;
 use crate::gateway::Gateway;
 use crate::metrics::Metrics;
@@ -211,6 +216,12 @@ pub fn run(config: Config, upgrade: bool) -> Result<(), String> {
         ..Default::default()
     };
     let mut server = Server::new_with_opt_and_conf(Some(opt), conf);
+    // The old process writes its DPoP replay record here once it hands the sockets over; one
+    // left from an earlier upgrade is not this one's.
+    let handover = handover_path(&config.server.upgrade_sock);
+    if upgrade {
+        let _ = std::fs::remove_file(&handover);
+    }
     // With `upgrade`: waits here for the old process's listening sockets.
     server.bootstrap();
 
@@ -230,7 +241,14 @@ pub fn run(config: Config, upgrade: bool) -> Result<(), String> {
     let threads = config.server.threads;
     let config_server = config.server.clone();
     let source = config.source.clone();
+    let leeway = config.tokens.leeway;
+    let shared_state = config.state.redis.is_some();
     let control = Control::start(config, metrics.clone(), readiness.clone())?;
+    if upgrade && !shared_state {
+        // Before serving: no proof the old process accepted is good here. (With Redis, the
+        // record every instance shares already holds them.)
+        take_over_replay_record(&control, &handover, leeway);
+    }
 
     // From the moment an upgrade hands the sockets over (SIGQUIT) or a shutdown starts
     // (SIGTERM), answers close their connections: clients move to a new connection (the new
@@ -238,26 +256,32 @@ pub fn run(config: Config, upgrade: bool) -> Result<(), String> {
     let draining = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let mut phases = server.watch_execution_phase();
     let flag = draining.clone();
+    let live = control.live.clone();
     std::thread::Builder::new()
         .name("bindgate-phase".into())
         .spawn(move || {
             use pingora::server::ExecutionPhase as P;
             use tokio::sync::broadcast::error::RecvError;
+            let mut handed_over = false;
             loop {
                 let phase = match phases.blocking_recv() {
                     Ok(p) => p,
                     Err(RecvError::Lagged(_)) => continue,
                     Err(RecvError::Closed) => return,
                 };
-                if matches!(
+                let upgrading = matches!(
                     phase,
-                    P::GracefulUpgradeTransferringFds
-                        | P::GracefulUpgradeCloseTimeout
-                        | P::GracefulTerminate
-                        | P::ShutdownStarted
-                ) {
-                    flag.store(true, std::sync::atomic::Ordering::Relaxed);
+                    P::GracefulUpgradeTransferringFds | P::GracefulUpgradeCloseTimeout
+                );
+                let stopping = matches!(phase, P::GracefulTerminate | P::ShutdownStarted);
+                if (upgrading || stopping) && !flag.swap(true, std::sync::atomic::Ordering::Relaxed)
+                {
                     tracing::info!("draining: answers now close their connections");
+                }
+                // Once, at the first upgrade phase seen (a lagging receiver may miss one).
+                if upgrading && !shared_state && !handed_over {
+                    handed_over = true;
+                    hand_over_replay_record(&live.load().replay_record(), &handover);
                 }
             }
         })
@@ -335,6 +359,91 @@ pub fn run(config: Config, upgrade: bool) -> Result<(), String> {
         }
     }
     Ok(())
+}
+
+/// Where an old process leaves its DPoP replay record for the new one: beside the upgrade
+/// socket both are configured with.
+fn handover_path(upgrade_sock: &Path) -> PathBuf {
+    let mut name = upgrade_sock.as_os_str().to_owned();
+    name.push(".dpop");
+    PathBuf::from(name)
+}
+
+/// The old process, as it hands its sockets over: seals the replay record (from now on it
+/// refuses every DPoP proof, 503; its answers close their connections) and writes what it
+/// holds for the new process (owner-only; written whole, then renamed into place).
+fn hand_over_replay_record(record: &ReplayRecord, path: &Path) {
+    let snapshot = record.seal();
+    let count = snapshot.entries.len();
+    let written = (|| {
+        let mut tmp = path.as_os_str().to_owned();
+        tmp.push(".tmp");
+        let tmp = PathBuf::from(tmp);
+        let mut file = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&tmp)?;
+        file.write_all(&snapshot.encode())?;
+        file.sync_all()?;
+        std::fs::rename(&tmp, path)
+    })();
+    match written {
+        Ok(()) => tracing::info!(
+            proofs = count,
+            path = %path.display(),
+            "DPoP replay record handed over; this process refuses DPoP proofs from now on"
+        ),
+        Err(e) => tracing::error!(
+            path = %path.display(),
+            "DPoP replay record: cannot hand it over ({e}); the new process refuses proofs issued before its start and the leeway"
+        ),
+    }
+}
+
+/// The new process, before it serves: takes the old process's replay record in. Without it
+/// (the old one could not write it, or predates the hand-over) the record begins after the
+/// leeway: a proof the old process accepted may be dated that far ahead.
+fn take_over_replay_record(control: &Control, path: &Path, leeway: Duration) {
+    let record = control.live.load().replay_record();
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        match std::fs::read(path) {
+            Ok(bytes) => {
+                let _ = std::fs::remove_file(path);
+                match Snapshot::decode(&bytes) {
+                    Some(snapshot) => {
+                        record.take_over(&snapshot, now_secs());
+                        tracing::info!(
+                            proofs = snapshot.entries.len(),
+                            "DPoP replay record taken over from the old process"
+                        );
+                        return;
+                    }
+                    None => {
+                        tracing::error!(path = %path.display(), "DPoP replay record from the old process is not whole");
+                        break;
+                    }
+                }
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => {
+                tracing::error!(path = %path.display(), "DPoP replay record from the old process: {e}");
+                break;
+            }
+        }
+        if std::time::Instant::now() > deadline {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let from = now_secs() + leeway.as_secs_f64();
+    record.begin_at(from);
+    tracing::warn!(
+        "no DPoP replay record from the old process: proofs issued before the next {}s are refused",
+        leeway.as_secs()
+    );
 }
 
 /// The deadlines of a client connection (read at start; a reload does not change them): a

@@ -858,3 +858,74 @@ fn a_token_in_a_form_body_or_a_spelled_query_name_next_to_the_header_is_400() {
         s.idp.clear();
     }
 }
+
+/// A binary upgrade hands the replay record over: a proof the old process accepted is a replay
+/// on the new one — also one dated ahead within the leeway (which a new, empty record would
+/// take as issued after it began).
+#[test]
+fn a_binary_upgrade_hands_the_replay_record_over() {
+    let issuer = Signer::new(Algorithm::ES256, "issuer-1");
+    let pki = Pki::new();
+    let (jwks, idp) = key_server_and_provider(&[&issuer]);
+    let config = yaml(jwks.addr, idp.addr, false, "").replace(
+        "server: {threads: 2}",
+        r#"server: {threads: 2, grace_period: 2s, pid_file: "{DIR}/bindgate.pid", upgrade_sock: "{DIR}/upgrade.sock"}"#,
+    );
+    let mut s = Setup {
+        bg: Bindgate::start(&pki, &config),
+        pki,
+        issuer,
+        _jwks: jwks,
+        idp,
+    };
+    let key = Signer::new(Algorithm::ES256, "proof-key");
+    let (t, _) = s.api_call(&key);
+    // Dated 4 s ahead (the leeway is 5 s), and one of now.
+    let ahead = Proof {
+        iat: now() + 4,
+        ..s.proof(&key, "GET", "/api/x", &t)
+    }
+    .sign();
+    let (t2, p2) = s.api_call(&key);
+    assert_eq!(s.call(&t, &ahead).status, 200);
+    assert_eq!(s.call(&t2, &p2).status, 200);
+
+    // The documented steps: the new binary with --upgrade, then SIGQUIT to the old one.
+    let _new = Reaped(s.bg.spawn_beside(&["--upgrade"], "upgraded.log"));
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    s.bg.signal("QUIT");
+    let exited = s.bg.wait_exit(std::time::Duration::from_secs(20));
+    let upgraded_log = || std::fs::read_to_string(s.bg.dir().join("upgraded.log")).unwrap();
+    assert!(exited.is_some(), "the old process did not exit");
+    assert!(
+        s.bg.logs().contains("DPoP replay record handed over"),
+        "{}",
+        s.bg.logs()
+    );
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !upgraded_log().contains("bindgate starting") {
+        assert!(std::time::Instant::now() < deadline, "{}", upgraded_log());
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    assert!(
+        upgraded_log().contains("taken over from the old process"),
+        "{}",
+        upgraded_log()
+    );
+
+    // Both proofs are replays on the new process; a fresh one is good.
+    for (token, proof) in [(&t, &ahead), (&t2, &p2)] {
+        let a = s.call(token, proof);
+        assert_proof_refused(&a, "a proof the old process accepted");
+        assert!(
+            a.body["error_description"]
+                .as_str()
+                .unwrap()
+                .contains("already used"),
+            "{a:?}"
+        );
+    }
+    let (t3, p3) = s.api_call(&key);
+    assert_eq!(s.call(&t3, &p3).status, 200);
+    assert_eq!(s.idp.requests().len(), 3);
+}

@@ -503,13 +503,3 @@ fn upgrade_with(state: &str) {
     let expected = if state.contains("memory") { 404 } else { 200 };
     assert_eq!(read, expected, "{state}");
 }
-
-/// The upgraded process, stopped when the test ends, failed or not.
-struct Reaped(std::process::Child);
-
-impl Drop for Reaped {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}

@@ -367,6 +367,10 @@ impl ProofChecker {
                 return Err(bad("replay", "The DPoP proof was already used (jti)"));
             }
             Recorded::Full => return Err(("replay_record_full", Rejection::StorageUnavailable)),
+            // Draining after a binary upgrade: the new process holds the record now.
+            Recorded::HandedOver => {
+                return Err(("replay_record_handed_over", Rejection::StorageUnavailable))
+            }
         }
         Ok(ValidProof { jkt, replay_key })
     }

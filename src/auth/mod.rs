@@ -77,7 +77,9 @@ pub struct Authoriser {
     shared: Option<crate::state::Store>,
     single_use: bool,
     /// The DPoP replay record, kept across reloads (also those that turn DPoP off).
-    replay_record: Option<Arc<replay::ReplayRecord>>,
+    /// The DPoP replay record: one per process, kept across reloads (also while DPoP is off)
+    /// and handed over in a binary upgrade.
+    replay_record: Arc<replay::ReplayRecord>,
     /// `tokens.leeway`: a single-use token is accepted, so kept in the ledger, until `exp` +
     /// this.
     leeway: f64,
@@ -164,7 +166,7 @@ impl Authoriser {
             .transpose()?;
         // Across a reload, proofs already seen stay seen and nonces already given stay good;
         // the record is kept while DPoP is off, for when it comes back.
-        let kept_record = previous.and_then(|p| p.replay_record.clone());
+        let kept_record = previous.map(|p| p.replay_record.clone());
         if let (Some(new), Some(old)) = (dpop.as_mut(), previous.and_then(|p| p.dpop.as_ref())) {
             new.adopt(old);
         } else if let (Some(new), Some(record)) = (dpop.as_mut(), kept_record.clone()) {
@@ -177,7 +179,18 @@ impl Authoriser {
             // Every instance records proofs in Redis: the record outlives this process.
             checker.share_record();
         }
-        let replay_record = dpop.as_ref().map(ProofChecker::record).or(kept_record);
+        let replay_record = dpop
+            .as_ref()
+            .map(ProofChecker::record)
+            .or(kept_record)
+            .unwrap_or_else(|| {
+                // DPoP off: an empty record for when it comes on (the defaults size it then).
+                Arc::new(replay::ReplayRecord::new(
+                    100_000,
+                    60.0 + config.tokens.leeway.as_secs_f64(),
+                    cache::now_secs(),
+                ))
+            });
         if previous.is_some_and(|p| p.dpop.is_some()) {
             // Nonces: kept from the checker adopted above.
         } else if let (Some(checker), Some(redis)) =
@@ -210,6 +223,11 @@ impl Authoriser {
             },
             store,
         ))
+    }
+
+    /// The DPoP replay record (the same for the whole process).
+    pub fn replay_record(&self) -> Arc<replay::ReplayRecord> {
+        self.replay_record.clone()
     }
 
     /// With DPoP on several instances: takes the nonce key every instance shares from Redis if

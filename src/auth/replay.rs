@@ -1,8 +1,13 @@
 //! The record of accepted DPoP proofs (RFC 9449 §11.1): every proof is refused again for as
 //! long as it is acceptable. The record never forgets a proof to make room: when it is full, the
 //! next proof is refused (fail closed) until old ones age out.
+//!
+//! A binary upgrade hands the record over: the old process seals it (from then on it refuses
+//! every proof) and writes what it holds for the new process, which takes it in before it
+//! serves. No proof the old process accepted is good on the new one.
 
 use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 
 /// What recording a proof found.
@@ -14,13 +19,62 @@ pub enum Recorded {
     Replay,
     /// Not seen, but the record holds `capacity` proofs still in their window: not recorded.
     Full,
+    /// The record was handed over to a new process (a binary upgrade): this one records no
+    /// more proofs.
+    HandedOver,
+}
+
+/// What a sealed record held, for the process that takes over.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Snapshot {
+    pub began: f64,
+    /// (proof key, when it was accepted), oldest first.
+    pub entries: Vec<([u8; 32], f64)>,
+}
+
+const MAGIC: &[u8; 8] = b"BGDPOP1\n";
+
+impl Snapshot {
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(24 + self.entries.len() * 40);
+        out.extend_from_slice(MAGIC);
+        out.extend_from_slice(&self.began.to_le_bytes());
+        out.extend_from_slice(&(self.entries.len() as u64).to_le_bytes());
+        for (key, at) in &self.entries {
+            out.extend_from_slice(key);
+            out.extend_from_slice(&at.to_le_bytes());
+        }
+        out
+    }
+
+    /// `None` for anything but a whole snapshot.
+    pub fn decode(bytes: &[u8]) -> Option<Snapshot> {
+        let rest = bytes.strip_prefix(MAGIC.as_slice())?;
+        let (began, rest) = rest.split_first_chunk::<8>()?;
+        let (count, mut rest) = rest.split_first_chunk::<8>()?;
+        let count = usize::try_from(u64::from_le_bytes(*count)).ok()?;
+        if rest.len() != count.checked_mul(40)? {
+            return None;
+        }
+        let mut entries = Vec::with_capacity(count);
+        while let Some((key, tail)) = rest.split_first_chunk::<32>() {
+            let (at, tail) = tail.split_first_chunk::<8>()?;
+            entries.push((*key, f64::from_le_bytes(*at)));
+            rest = tail;
+        }
+        Some(Snapshot {
+            began: f64::from_le_bytes(*began),
+            entries,
+        })
+    }
 }
 
 pub struct ReplayRecord {
     inner: Mutex<Inner>,
-    /// When this record began (seconds since the epoch). A proof issued before it may have been
-    /// accepted by a process whose record is gone (a restart, an upgrade).
-    began: f64,
+    /// When this record began (seconds since the epoch, as f64 bits). A proof issued before it
+    /// may have been accepted by a process whose record is gone (a restart). Taking over an old
+    /// process's record moves it back to when that one began.
+    began: AtomicU64,
 }
 
 struct Inner {
@@ -32,6 +86,8 @@ struct Inner {
     /// How long a proof stays acceptable: `max_age` + leeway, as configured now (a reload that
     /// widens it keeps the proofs already recorded for the wider window).
     window: f64,
+    /// Handed over: every proof is refused from now on.
+    sealed: bool,
 }
 
 impl ReplayRecord {
@@ -42,15 +98,56 @@ impl ReplayRecord {
                 order: VecDeque::new(),
                 capacity: usize::try_from(capacity).unwrap_or(usize::MAX),
                 window,
+                sealed: false,
             }),
             // Whole seconds, as a proof's `iat` is written: a proof of the second the record
             // began is taken as after it.
-            began: now.floor(),
+            began: AtomicU64::new(now.floor().to_bits()),
         }
     }
 
     pub fn began(&self) -> f64 {
-        self.began
+        f64::from_bits(self.began.load(Ordering::Relaxed))
+    }
+
+    /// Refuses every proof from now on and returns what is recorded: one lock for both, so
+    /// that no proof is accepted after the snapshot.
+    pub fn seal(&self) -> Snapshot {
+        let mut inner = self.lock();
+        inner.sealed = true;
+        Snapshot {
+            began: self.began(),
+            entries: inner.order.iter().copied().collect(),
+        }
+    }
+
+    /// Takes in what an old process recorded (before this one serves): its proofs stay
+    /// replays here, and this record begins when the old one began. Entries past their window
+    /// at `now` are left out; the rest are kept even beyond the capacity (never forgotten:
+    /// the record refuses new proofs until they age out).
+    pub fn take_over(&self, old: &Snapshot, now: f64) {
+        let mut inner = self.lock();
+        let window = inner.window;
+        for &(key, at) in &old.entries {
+            if at + window > now && !inner.seen.contains_key(&key) {
+                inner.seen.insert(key, at);
+                inner.order.push_back((key, at));
+            }
+        }
+        // Keep acceptance order (the oldest leave first).
+        inner
+            .order
+            .make_contiguous()
+            .sort_by(|a, b| a.1.total_cmp(&b.1));
+        if old.began < self.began() {
+            self.began.store(old.began.to_bits(), Ordering::Relaxed);
+        }
+    }
+
+    /// Refuses proofs issued before `at` (an old process's record is missing: what it
+    /// accepted cannot be known, up to the future-dated proofs the leeway lets in).
+    pub fn begin_at(&self, at: f64) {
+        self.began.store(at.ceil().to_bits(), Ordering::Relaxed);
     }
 
     /// Applies a reloaded size and window to what is recorded.
@@ -65,6 +162,9 @@ impl ReplayRecord {
     pub fn record(&self, key: [u8; 32], now: f64) -> Recorded {
         let mut inner = self.lock();
         let inner = &mut *inner;
+        if inner.sealed {
+            return Recorded::HandedOver;
+        }
         let window = inner.window;
         while let Some(&(k, at)) = inner.order.front() {
             if at + window > now {
@@ -140,6 +240,48 @@ mod tests {
         assert_eq!(r.record(key(1), 250.0), Recorded::Replay);
         r.configure(1, 300.0);
         assert_eq!(r.record(key(2), 250.0), Recorded::Full);
+    }
+
+    #[test]
+    fn a_sealed_record_refuses_and_its_snapshot_is_a_replay_on_the_next() {
+        let old = ReplayRecord::new(10, 60.0, 900.0);
+        assert_eq!(old.record(key(1), 1000.0), Recorded::Fresh);
+        assert_eq!(old.record(key(2), 1001.0), Recorded::Fresh);
+        let snapshot = old.seal();
+        assert_eq!(old.record(key(3), 1002.0), Recorded::HandedOver);
+        assert_eq!(old.record(key(1), 1002.0), Recorded::HandedOver);
+        let bytes = snapshot.encode();
+        let read = Snapshot::decode(&bytes).unwrap();
+        assert_eq!(read, snapshot);
+        // Truncated or padded: not a snapshot.
+        assert!(Snapshot::decode(&bytes[..bytes.len() - 1]).is_none());
+        assert!(Snapshot::decode(&[bytes.as_slice(), &[0]].concat()).is_none());
+        assert!(Snapshot::decode(b"BGDPOP1\n").is_none());
+
+        let new = ReplayRecord::new(10, 60.0, 1003.0);
+        assert_eq!(new.began(), 1003.0);
+        new.take_over(&read, 1003.0);
+        assert_eq!(new.began(), 900.0);
+        assert_eq!(new.record(key(1), 1003.0), Recorded::Replay);
+        assert_eq!(new.record(key(2), 1003.0), Recorded::Replay);
+        assert_eq!(new.record(key(3), 1003.0), Recorded::Fresh);
+        // The taken-over ones leave at the end of their own window.
+        assert_eq!(new.record(key(1), 1060.0), Recorded::Fresh);
+        assert_eq!(new.record(key(2), 1060.5), Recorded::Replay);
+    }
+
+    #[test]
+    fn a_taken_over_record_beyond_the_capacity_is_kept_and_refuses_new_proofs() {
+        let old = ReplayRecord::new(10, 60.0, 0.0);
+        for n in 0..5 {
+            assert_eq!(old.record(key(n), 10.0), Recorded::Fresh);
+        }
+        let new = ReplayRecord::new(2, 60.0, 11.0);
+        new.take_over(&old.seal(), 11.0);
+        assert_eq!(new.record(key(9), 12.0), Recorded::Full);
+        for n in 0..5 {
+            assert_eq!(new.record(key(n), 12.0), Recorded::Replay);
+        }
     }
 
     #[test]

@@ -474,3 +474,14 @@ pub fn check(pki: &Pki, yaml: &str) -> (bool, String) {
 pub fn repo_path(rel: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join(rel)
 }
+
+/// A process started beside a `Bindgate` (an upgrade), stopped when the test ends, failed or
+/// not.
+pub struct Reaped(pub std::process::Child);
+
+impl Drop for Reaped {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
