@@ -8,7 +8,7 @@
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
-use bindgate::admin::Readiness;
+use bindgate::readiness::Readiness;
 use bindgate::auth::cache::{now_secs, VerifiedCache};
 use bindgate::auth::claims::Policy;
 use bindgate::auth::jwks::{KeyStore, Lookup};

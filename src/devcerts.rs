@@ -2,8 +2,6 @@
 //! `127.0.0.1`, two client certificates issued by the CA and one self-signed client certificate,
 //! plus random development tokens for the shipped `proxy.yaml`. For development only.
 
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use base64::Engine;
 use openssl::asn1::Asn1Time;
 use openssl::bn::{BigNum, MsbOption};
 use openssl::ec::{EcGroup, EcKey};
@@ -195,13 +193,6 @@ fn write_pair(dir: &Path, stem: &str, cert: &X509, key: &PKey<Private>) -> Resul
     write(dir, &format!("{stem}.key"), &key_pem, true)
 }
 
-/// A random token of 256 bits, base64url.
-pub fn random_token() -> Result<String> {
-    let mut bytes = [0u8; 32];
-    openssl::rand::rand_bytes(&mut bytes).map_err(err("random"))?;
-    Ok(URL_SAFE_NO_PAD.encode(bytes))
-}
-
 /// Whether every development file is already in `dir`.
 pub fn complete(dir: &Path) -> bool {
     FILES.iter().all(|f| dir.join(f).is_file())
@@ -243,13 +234,13 @@ pub fn generate(dir: &Path) -> Result<Vec<PathBuf>> {
     write(
         dir,
         "master.token",
-        format!("{}\n", random_token()?).as_bytes(),
+        format!("{}\n", crate::devtoken::random_token()?).as_bytes(),
         true,
     )?;
     write(
         dir,
         "session-store.token",
-        format!("{}\n", random_token()?).as_bytes(),
+        format!("{}\n", crate::devtoken::random_token()?).as_bytes(),
         true,
     )?;
     Ok(FILES.iter().map(|f| dir.join(f)).collect())

@@ -13,6 +13,13 @@ fn err(what: &str) -> impl Fn(openssl::error::ErrorStack) -> String + '_ {
     move |e| format!("{what}: {e}")
 }
 
+/// A random token of 256 bits, base64url.
+pub fn random_token() -> Result<String, String> {
+    let mut bytes = [0u8; 32];
+    openssl::rand::rand_bytes(&mut bytes).map_err(err("random"))?;
+    Ok(b64(&bytes))
+}
+
 fn b64(bytes: &[u8]) -> String {
     URL_SAFE_NO_PAD.encode(bytes)
 }
@@ -74,7 +81,7 @@ pub fn dpop_proof(
         .map(|d| d.as_secs())
         .unwrap_or(0);
     let mut claims = json!({
-        "jti": crate::devcerts::random_token()?,
+        "jti": random_token()?,
         "htm": htm,
         "htu": htu,
         "iat": now,

@@ -13,6 +13,7 @@ pub mod gateway;
 pub mod headers;
 pub mod logwriter;
 pub mod metrics;
+pub mod readiness;
 pub mod rejection;
 pub mod reload;
 pub mod routing;

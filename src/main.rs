@@ -229,7 +229,7 @@ fn dev_token(a: DevTokenArgs) -> Result<String, String> {
         "sub": a.sub,
         "iat": iat,
         "exp": exp,
-        "jti": bindgate::devcerts::random_token()?,
+        "jti": bindgate::devtoken::random_token()?,
     });
     if !scope.is_empty() {
         claims["scp"] = serde_json::json!(scope.split(' ').collect::<Vec<_>>());

@@ -9,7 +9,7 @@
 use arc_swap::{ArcSwap, ArcSwapOption};
 use std::sync::Arc;
 
-use crate::admin::Readiness;
+use crate::readiness::Readiness;
 use crate::auth::jwks::KeyStore;
 use crate::auth::Authoriser;
 use crate::config::Config;

@@ -13,7 +13,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::admin::{AdminApp, Readiness};
+use crate::admin::AdminApp;
+use crate::readiness::Readiness;
 use crate::auth::cache::now_secs;
 use crate::auth::jwks::JwksRefresher;
 use crate::auth::replay::{ReplayRecord, Snapshot};

@@ -15,6 +15,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::cache::now_secs;
+use crate::target::split_uri;
 use super::jwk::{parse_jwk, Curve, KeyMaterial, VerifyKey};
 use super::jws::{split, verify_signature};
 use super::replay::{Recorded, ReplayRecord};
@@ -460,34 +461,6 @@ fn proof_key(jwk: Option<&RawValue>, algs: &Arc<str>) -> Result<VerifyKey, Rejec
     }
 }
 
-/// `scheme://authority` normalised (lower-case scheme and host, default port dropped) and the
-/// path ("/" when empty).
-fn split_uri(uri: &str) -> Option<(String, &str)> {
-    let (scheme, rest) = uri.split_once("://")?;
-    let scheme = scheme.to_ascii_lowercase();
-    if scheme != "https" && scheme != "http" {
-        return None;
-    }
-    let end = rest.find('/').unwrap_or(rest.len());
-    let (authority, path) = rest.split_at(end);
-    if authority.is_empty() || authority.contains('@') {
-        return None;
-    }
-    let authority = authority.to_ascii_lowercase();
-    let default = if scheme == "https" { ":443" } else { ":80" };
-    let authority = authority.strip_suffix(default).unwrap_or(&authority);
-    let path = if path.is_empty() { "/" } else { path };
-    Some((format!("{scheme}://{authority}"), path))
-}
-
-/// An origin as written in the configuration, normalised like `htu`'s.
-pub fn normalise_origin(origin: &str) -> Option<String> {
-    match split_uri(origin) {
-        Some((o, "/")) if !origin.ends_with('/') || origin.matches('/').count() == 3 => Some(o),
-        _ => None,
-    }
-}
-
 /// RFC 7638 §3: SHA-256 over the required members of the key, in lexicographic order, with no
 /// whitespace — made from the validated key, not from the JWK text.
 pub fn thumbprint(key: &VerifyKey) -> [u8; 32] {
@@ -542,28 +515,4 @@ mod tests {
         );
     }
 
-    #[test]
-    fn origins_and_htu_uris_normalise() {
-        assert_eq!(
-            split_uri("HTTPS://IdP.Example.com:443/a/./b"),
-            Some(("https://idp.example.com".into(), "/a/./b"))
-        );
-        assert_eq!(split_uri("http://h:80"), Some(("http://h".into(), "/")));
-        assert_eq!(
-            split_uri("https://h:8443/x"),
-            Some(("https://h:8443".into(), "/x"))
-        );
-        assert_eq!(split_uri("ftp://h/x"), None);
-        assert_eq!(split_uri("https://u@h/x"), None);
-        assert_eq!(split_uri("https:///x"), None);
-        assert_eq!(
-            normalise_origin("https://IDP.example.com"),
-            Some("https://idp.example.com".into())
-        );
-        assert_eq!(
-            normalise_origin("https://idp.example.com/"),
-            Some("https://idp.example.com".into())
-        );
-        assert_eq!(normalise_origin("https://idp.example.com/path"), None);
-    }
 }

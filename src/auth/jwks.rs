@@ -10,7 +10,7 @@ use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
 use super::jwk::{parse_jwk_set, ParsedSet, VerifyKey};
-use crate::admin::Readiness;
+use crate::readiness::Readiness;
 use crate::config::{Jwks, JwksSource, JwsAlgorithm};
 use crate::metrics::Metrics;
 use crate::rejection::Rejection;

@@ -15,7 +15,7 @@ pub mod token;
 use http::{HeaderMap, Method};
 use std::sync::Arc;
 
-use crate::admin::Readiness;
+use crate::readiness::Readiness;
 use crate::certificate::PeerCertificate;
 use crate::config::{Config, SecretDigest, SecretSet};
 use crate::metrics::{self, Metrics};

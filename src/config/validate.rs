@@ -413,7 +413,7 @@ pub fn validate(file: FileConfig, source: &Path) -> Result<Config, Vec<Problem>>
     let dpop = file.dpop.as_ref().map(|d| {
         let mut origins = Vec::new();
         for (i, o) in d.origins.iter().enumerate() {
-            match crate::auth::dpop::normalise_origin(o) {
+            match crate::target::normalise_origin(o) {
                 Some(n) => origins.push(n),
                 None => p.push(
                     format!("dpop.origins[{i}]"),
