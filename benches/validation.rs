@@ -8,7 +8,6 @@
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
-use bindgate::readiness::Readiness;
 use bindgate::auth::cache::{now_secs, VerifiedCache};
 use bindgate::auth::claims::Policy;
 use bindgate::auth::jwks::{KeyStore, Lookup};
@@ -17,6 +16,7 @@ use bindgate::auth::token::TokenValidator;
 use bindgate::certificate::PeerCertificate;
 use bindgate::config::{Jwks, JwksSource, JwsAlgorithm, SecretDigest, SecretSet};
 use bindgate::metrics::Metrics;
+use bindgate::readiness::Readiness;
 use criterion::{black_box, criterion_group, criterion_main, Criterion};
 use openssl::bn::BigNumContext;
 use openssl::ec::{EcGroup, EcKey};

@@ -289,3 +289,44 @@ impl Default for Metrics {
         Self::new()
     }
 }
+
+/// The request metrics of one place (route), resolved once: the hot path increments counters
+/// instead of hashing label values on every request.
+pub struct PlaceMetrics {
+    latency: prometheus::Histogram,
+    /// By status code (100..=599), created on first use.
+    requests: Box<[std::sync::OnceLock<prometheus::IntCounter>]>,
+    route: String,
+    target: String,
+}
+
+impl PlaceMetrics {
+    pub fn new(metrics: &Metrics, route: &str, target: &str) -> Self {
+        PlaceMetrics {
+            latency: metrics.latency.with_label_values(&[route, target]),
+            requests: (100..600).map(|_| std::sync::OnceLock::new()).collect(),
+            route: route.to_string(),
+            target: target.to_string(),
+        }
+    }
+
+    pub fn count(&self, metrics: &Metrics, status: u16, elapsed: std::time::Duration) {
+        self.latency.observe(elapsed.as_secs_f64());
+        match self.requests.get(usize::from(status).wrapping_sub(100)) {
+            Some(slot) => slot
+                .get_or_init(|| {
+                    metrics.requests.with_label_values(&[
+                        &self.route,
+                        &self.target,
+                        &status.to_string(),
+                    ])
+                })
+                .inc(),
+            // No answer written (status 0): rare, looked up.
+            None => metrics
+                .requests
+                .with_label_values(&[&self.route, &self.target, &status.to_string()])
+                .inc(),
+        }
+    }
+}

@@ -9,12 +9,12 @@
 use arc_swap::{ArcSwap, ArcSwapOption};
 use std::sync::Arc;
 
-use crate::readiness::Readiness;
 use crate::auth::jwks::KeyStore;
 use crate::auth::Authoriser;
 use crate::config::Config;
 use crate::gateway::Live;
 use crate::metrics::Metrics;
+use crate::readiness::Readiness;
 use crate::state::{StateService, Store};
 use crate::tls::{Material, ServerTls};
 
@@ -292,7 +292,9 @@ fn build(
     store: Option<&Store>,
     previous: Option<&Authoriser>,
 ) -> Result<(Live, Option<Arc<KeyStore>>), String> {
-    let shared = store.cloned().filter(|s| s.redis().is_some());
+    let shared = store
+        .and_then(Store::redis)
+        .map(|r| Arc::new(r.clone()) as Arc<dyn crate::auth::SharedRecord>);
     let (authoriser, keys) =
         Authoriser::new(config, metrics.clone(), readiness.clone(), shared, previous)?;
     let state = match (store, needs_state(config)) {

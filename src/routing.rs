@@ -3,7 +3,7 @@
 //! down compares paths again. A path under a policy's prefix that is none of its operations is
 //! answered here (404 / 405), never handed on under a weaker check.
 
-use http::Method;
+use http::{HeaderMap, Method};
 
 use crate::config::{Config, Route as RouteConfig, Target};
 use crate::rejection::Rejection;
@@ -47,6 +47,104 @@ pub enum SessionOp {
     Replace,
     /// `DELETE` by `SID`, `?subject=` or `?all=true`.
     Delete,
+}
+
+/// A session-store request as read once, before anything acts on it: its operation, its
+/// `SID` header and its parameters.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SessionRequest {
+    pub op: SessionOp,
+    pub sid: Sid,
+    pub subject: Option<String>,
+    /// `all=true` (delete every session).
+    pub all: bool,
+    /// `quiet=true`: a delete answers 204 without the deleted sessions.
+    pub quiet: bool,
+}
+
+/// The request's `SID` header.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Sid {
+    Absent,
+    /// 1 to 128 base64url characters (surrounding spaces trimmed).
+    Given(String),
+    /// Present, but not a session id: the embedded store refuses it; a provider behind gets
+    /// it as it came.
+    Malformed,
+}
+
+impl SessionRequest {
+    /// Reads the parameters this API takes. A parameter or `SID` given twice is refused,
+    /// since another reader of the same request (the provider behind) could take the other
+    /// value; so is `all=true` beside a subject or an `SID`.
+    pub fn read(
+        op: SessionOp,
+        query: Option<&str>,
+        headers: &HeaderMap,
+    ) -> Result<Self, Rejection> {
+        let mut sids = headers.get_all("sid").iter();
+        let sid = match (sids.next(), sids.next()) {
+            (None, _) => Sid::Absent,
+            (Some(_), Some(_)) => {
+                return Err(Rejection::InvalidRequest("More than one SID header"));
+            }
+            (Some(v), None) => match v.to_str().map(str::trim) {
+                Ok(s) if valid_sid(s) => Sid::Given(s.to_string()),
+                _ => Sid::Malformed,
+            },
+        };
+        let mut request = SessionRequest {
+            op,
+            sid,
+            subject: None,
+            all: false,
+            quiet: false,
+        };
+        let (mut all, mut quiet) = (false, false);
+        for (k, v) in form_urlencoded::parse(query.unwrap_or_default().as_bytes()) {
+            let twice = match &*k {
+                "subject" => request.subject.replace(v.into_owned()).is_some(),
+                "all" => std::mem::replace(&mut all, true) || !set_flag(&mut request.all, &v),
+                "quiet" => std::mem::replace(&mut quiet, true) || !set_flag(&mut request.quiet, &v),
+                _ => false,
+            };
+            if twice {
+                return Err(Rejection::InvalidInput(format!(
+                    "The {k} parameter is given twice or is not true / false"
+                )));
+            }
+        }
+        if request.all && (request.subject.is_some() || request.sid != Sid::Absent) {
+            return Err(Rejection::InvalidInput(
+                "all=true cannot be combined with subject or an SID header".into(),
+            ));
+        }
+        Ok(request)
+    }
+
+    /// A delete whose answer is a bodiless 204 (`quiet=true`), also when a provider behind
+    /// ignores the parameter.
+    pub fn quiet_delete(&self) -> bool {
+        self.op == SessionOp::Delete && self.quiet
+    }
+}
+
+/// `true` / `false` into `flag`; false when the value is neither.
+fn set_flag(flag: &mut bool, value: &str) -> bool {
+    match value {
+        "true" => *flag = true,
+        "false" => *flag = false,
+        _ => return false,
+    }
+    true
+}
+
+/// A session id as clients may send it: 1 to 128 base64url characters.
+pub fn valid_sid(sid: &str) -> bool {
+    (1..=128).contains(&sid.len())
+        && sid
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
 }
 
 /// The credential an operation needs: the authoriser's whole policy table is this function.

@@ -14,13 +14,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::admin::AdminApp;
-use crate::readiness::Readiness;
 use crate::auth::cache::now_secs;
 use crate::auth::jwks::JwksRefresher;
 use crate::auth::replay::{ReplayRecord, Snapshot};
 use crate::config::Config;
 use crate::gateway::Gateway;
 use crate::metrics::Metrics;
+use crate::readiness::Readiness;
 use crate::reload::Control;
 use crate::tls;
 

@@ -15,13 +15,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::cache::now_secs;
-use crate::target::split_uri;
 use super::jwk::{parse_jwk, Curve, KeyMaterial, VerifyKey};
 use super::jws::{split, verify_signature};
 use super::replay::{Recorded, ReplayRecord};
 use crate::config::{Dpop, JwsAlgorithm};
 use crate::metrics::Metrics;
 use crate::rejection::Rejection;
+use crate::target::split_uri;
 
 /// Longest `jti` taken (RFC 9449 leaves it open; 256 characters hold any sane identifier).
 const MAX_JTI: usize = 256;
@@ -514,5 +514,4 @@ mod tests {
             "NzbLsXh8uDCcd-6MNwXF4W_7noWXFZAfHkxZsRGC9Xs"
         );
     }
-
 }

@@ -10,9 +10,9 @@ use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
 use super::jwk::{parse_jwk_set, ParsedSet, VerifyKey};
-use crate::readiness::Readiness;
 use crate::config::{Jwks, JwksSource, JwsAlgorithm};
 use crate::metrics::Metrics;
+use crate::readiness::Readiness;
 use crate::rejection::Rejection;
 
 /// A JWK set document larger than this is refused.

@@ -9,44 +9,45 @@ pub mod dpop;
 pub mod jwk;
 pub mod jwks;
 pub mod jws;
+pub mod permit;
 pub mod replay;
 pub mod token;
 
 use http::{HeaderMap, Method};
 use std::sync::Arc;
 
-use crate::readiness::Readiness;
 use crate::certificate::PeerCertificate;
 use crate::config::{Config, SecretDigest, SecretSet};
 use crate::metrics::{self, Metrics};
+use crate::readiness::Readiness;
 use crate::rejection::Rejection;
-use crate::routing::{Credential, Operation};
+use crate::routing::{Credential, Operation, SessionRequest};
 use bearer::{Presented, Scheme};
 use cache::{now_secs, Entry, VerifiedCache};
 use claims::Policy;
 use dpop::{ProofChecker, ProofRequest, ValidProof};
 use jwks::KeyStore;
+pub use permit::{Ledger, Permit, RegistryGrant, RegistryPermit, RoutePermit, SessionPermit};
 use token::TokenValidator;
 
-/// Why a request was let through.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Grant {
-    /// No authorisation applies (a `routes` entry without `token`).
-    Open,
-    /// A registration master token.
-    MasterToken,
-    /// A valid initial access token (RFC 7591 §3); with `registration.single_use`, its entry
-    /// in the ledger, recorded with the registration.
-    InitialAccessToken {
-        ledger: Option<crate::state::Ledger>,
-    },
-    /// A bearer token on a client's own URI: the target checks it as that client's
-    /// registration access token (RFC 7592 §3).
-    ClientToken { digest: [u8; 32] },
-    /// A session store API token.
-    SessionStoreToken,
-    /// A valid access token for a protected route.
-    AccessToken,
+/// What the authoriser needs of the state every instance shares (Redis). The state engines
+/// provide it; `auth` does not depend on them.
+#[async_trait::async_trait]
+pub trait SharedRecord: Send + Sync {
+    /// Records `key` for `ttl`: true the first time, false when it is recorded already.
+    async fn first_use(&self, key: &str, ttl: std::time::Duration) -> Result<bool, SharedError>;
+    /// The secret every instance shares under `name` (made by the first that asks). Blocking.
+    fn shared_secret(&self, name: &str) -> Result<Vec<u8>, SharedError>;
+}
+
+/// The shared state did not answer, or not as it should.
+#[derive(Debug)]
+pub struct SharedError(pub String);
+
+impl std::fmt::Display for SharedError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
 }
 
 /// What the authoriser reads of a request besides its operation.
@@ -74,7 +75,7 @@ pub struct Authoriser {
     metrics: Arc<Metrics>,
     /// The shared state (Redis): DPoP proofs are recorded there too, so that a proof replayed
     /// to another instance is refused.
-    shared: Option<crate::state::Store>,
+    shared: Option<Arc<dyn SharedRecord>>,
     single_use: bool,
     /// The DPoP replay record, kept across reloads (also those that turn DPoP off).
     /// The DPoP replay record: one per process, kept across reloads (also while DPoP is off)
@@ -97,7 +98,7 @@ impl Authoriser {
         config: &Config,
         metrics: Arc<Metrics>,
         readiness: Arc<Readiness>,
-        shared: Option<crate::state::Store>,
+        shared: Option<Arc<dyn SharedRecord>>,
         previous: Option<&Authoriser>,
     ) -> Result<(Self, Option<Arc<KeyStore>>), String> {
         let mut store = None;
@@ -172,10 +173,7 @@ impl Authoriser {
         } else if let (Some(new), Some(record)) = (dpop.as_mut(), kept_record.clone()) {
             new.adopt_record(record);
         }
-        if let (Some(checker), true) = (
-            dpop.as_mut(),
-            shared.as_ref().is_some_and(|s| s.redis().is_some()),
-        ) {
+        if let (Some(checker), true) = (dpop.as_mut(), shared.is_some()) {
             // Every instance records proofs in Redis: the record outlives this process.
             checker.share_record();
         }
@@ -193,9 +191,7 @@ impl Authoriser {
             });
         if previous.is_some_and(|p| p.dpop.is_some()) {
             // Nonces: kept from the checker adopted above.
-        } else if let (Some(checker), Some(redis)) =
-            (dpop.as_mut(), shared.as_ref().and_then(|s| s.redis()))
-        {
+        } else if let (Some(checker), Some(redis)) = (dpop.as_mut(), shared.as_ref()) {
             // Several instances: one nonce key, so that a nonce from one is good on another.
             match redis.shared_secret("dpop-nonce") {
                 Ok(secret) => checker.use_nonce_secret(&secret),
@@ -233,9 +229,7 @@ impl Authoriser {
     /// With DPoP on several instances: takes the nonce key every instance shares from Redis if
     /// this instance does not have it yet (it started while Redis was down). Blocking.
     pub fn adopt_shared_nonce_key(&self) {
-        let (Some(checker), Some(redis)) =
-            (&self.dpop, self.shared.as_ref().and_then(|s| s.redis()))
-        else {
+        let (Some(checker), Some(redis)) = (&self.dpop, self.shared.as_ref()) else {
             return;
         };
         if checker.has_shared_nonce_key() {
@@ -252,27 +246,65 @@ impl Authoriser {
         }
     }
 
-    /// The grant for `op`, or the rejection: what each operation needs is
-    /// [`Operation::credential`], in one place.
-    pub async fn authorise(&self, op: &Operation, facts: &Facts<'_>) -> Result<Grant, Rejection> {
+    /// The permit for `op`, or the rejection: what each operation needs is
+    /// [`Operation::credential`], in one place. `session` is the session-store request as read
+    /// with the operation.
+    pub async fn authorise(
+        &self,
+        op: &Operation,
+        session: Option<SessionRequest>,
+        facts: &Facts<'_>,
+    ) -> Result<Permit, Rejection> {
         let credential = op.credential();
         let policy = match credential {
-            Credential::None => return Ok(Grant::Open),
-            Credential::SessionStoreToken => metrics::Policy::SessionStore,
-            Credential::AccessToken { .. } => metrics::Policy::Route,
-            _ => metrics::Policy::Registration,
+            Credential::None => None,
+            Credential::SessionStoreToken => Some(metrics::Policy::SessionStore),
+            Credential::AccessToken { .. } => Some(metrics::Policy::Route),
+            _ => Some(metrics::Policy::Registration),
         };
-        let outcome = match credential {
-            Credential::None => Ok(Grant::Open),
-            Credential::InitialAccessOrMaster => self.initial_access(facts).await,
-            Credential::Master => self.master(facts),
-            Credential::RegistrationAccessOrMaster => self.registration_access(facts),
-            Credential::SessionStoreToken => self.session_store(facts),
-            Credential::AccessToken { route } => self.route_token(route, facts).await,
+        let registry = |grant| match op {
+            Operation::Registry(op) => Ok(Permit::Registry(RegistryPermit {
+                op: op.clone(),
+                grant,
+            })),
+            _ => Err(no_policy()),
         };
-        match &outcome {
-            Ok(_) => self.metrics.accepted(policy),
-            Err(r) => self.metrics.rejected(policy, r.reason()),
+        let outcome = match (credential, op) {
+            (Credential::None, Operation::Forward { route }) => {
+                return Ok(Permit::Route(RoutePermit {
+                    route: *route,
+                    protected: false,
+                }))
+            }
+            (Credential::InitialAccessOrMaster, _) => {
+                self.initial_access(facts).await.and_then(registry)
+            }
+            (Credential::Master, _) => self.master(facts).and_then(registry),
+            (Credential::RegistrationAccessOrMaster, _) => {
+                self.registration_access(facts).and_then(registry)
+            }
+            (Credential::SessionStoreToken, Operation::Sessions(_)) => {
+                self.session_store(facts).and_then(|()| {
+                    let request = session.ok_or_else(no_policy)?;
+                    Ok(Permit::Sessions(SessionPermit { request }))
+                })
+            }
+            (Credential::AccessToken { route }, Operation::Protected { .. }) => {
+                self.route_token(route, facts).await.map(|()| {
+                    Permit::Route(RoutePermit {
+                        route,
+                        protected: true,
+                    })
+                })
+            }
+            // The table above pairs every operation with its credential.
+            _ => Err(no_policy()),
+        };
+        if let Some(policy) = policy {
+            match &outcome {
+                Ok(_) => self.metrics.accepted(policy),
+                Err(r) => self.metrics.rejected(policy, r.reason()),
+            }
         }
         outcome
     }
@@ -285,12 +317,12 @@ impl Authoriser {
     }
 
     /// `POST` on the registration collection: a master token or an initial access token.
-    async fn initial_access(&self, facts: &Facts<'_>) -> Result<Grant, Rejection> {
+    async fn initial_access(&self, facts: &Facts<'_>) -> Result<RegistryGrant, Rejection> {
         let presented =
             bearer::access_token(facts.headers, facts.query)?.ok_or_else(|| self.missing())?;
         let digest = SecretDigest::of(presented.token.as_bytes());
         if presented.scheme == Scheme::Bearer && self.master_tokens.contains_digest(&digest) {
-            return Ok(Grant::MasterToken);
+            return Ok(RegistryGrant::MasterToken);
         }
         let entry = self
             .access_token(&self.registration, presented, &digest, facts)
@@ -311,18 +343,18 @@ impl Authoriser {
                     )
                 }
             };
-            crate::state::Ledger::new(
+            Ledger::new(
                 key,
                 (entry.verified.exp + self.leeway)
                     .ceil()
                     .clamp(1.0, i64::MAX as f64) as i64,
             )
         });
-        Ok(Grant::InitialAccessToken { ledger })
+        Ok(RegistryGrant::InitialAccessToken { ledger })
     }
 
     /// A protected route: an access token that satisfies the route's policy.
-    async fn route_token(&self, route: usize, facts: &Facts<'_>) -> Result<Grant, Rejection> {
+    async fn route_token(&self, route: usize, facts: &Facts<'_>) -> Result<(), Rejection> {
         let Some(Some(policy)) = self.routes.get(route) else {
             // The router names protected routes only: nothing to check means a bug, refused.
             return Err(Rejection::InvalidToken(
@@ -334,7 +366,7 @@ impl Authoriser {
         let digest = SecretDigest::of(presented.token.as_bytes());
         self.access_token(policy, presented, &digest, facts)
             .await
-            .map(|_| Grant::AccessToken)
+            .map(|_| ())
     }
 
     /// A JWT access token against `policy`: signature and claims (cached), clock, audience,
@@ -449,11 +481,11 @@ impl Authoriser {
         if let Some(shared) = &self.shared {
             let key = hex::encode(valid.replay_key);
             match shared.first_use(&key, checker.window()).await {
-                None | Some(Ok(true)) => {}
-                Some(Ok(false)) => {
+                Ok(true) => {}
+                Ok(false) => {
                     return Err(checker.refused("replay", "The DPoP proof was already used (jti)"))
                 }
-                Some(Err(e)) => {
+                Err(e) => {
                     tracing::error!(target: "bindgate::state", "DPoP replay check: {e}");
                     return Err(Rejection::StorageUnavailable);
                 }
@@ -463,11 +495,11 @@ impl Authoriser {
     }
 
     /// Listing every client: a master token only.
-    fn master(&self, facts: &Facts<'_>) -> Result<Grant, Rejection> {
+    fn master(&self, facts: &Facts<'_>) -> Result<RegistryGrant, Rejection> {
         let token =
             bearer::bearer_token(facts.headers, facts.query)?.ok_or_else(|| self.missing())?;
         if self.master_tokens.contains(token.as_bytes()) {
-            Ok(Grant::MasterToken)
+            Ok(RegistryGrant::MasterToken)
         } else {
             Err(Rejection::InvalidToken(
                 "Listing clients requires a master token".into(),
@@ -477,27 +509,32 @@ impl Authoriser {
 
     /// A client's own URI: a master token, or a bearer token that the target checks as that
     /// client's registration access token.
-    fn registration_access(&self, facts: &Facts<'_>) -> Result<Grant, Rejection> {
+    fn registration_access(&self, facts: &Facts<'_>) -> Result<RegistryGrant, Rejection> {
         let token =
             bearer::bearer_token(facts.headers, facts.query)?.ok_or_else(|| self.missing())?;
         let digest = SecretDigest::of(token.as_bytes());
         if self.master_tokens.contains_digest(&digest) {
-            return Ok(Grant::MasterToken);
+            return Ok(RegistryGrant::MasterToken);
         }
-        Ok(Grant::ClientToken {
+        Ok(RegistryGrant::ClientToken {
             digest: *digest.bytes(),
         })
     }
 
-    fn session_store(&self, facts: &Facts<'_>) -> Result<Grant, Rejection> {
+    fn session_store(&self, facts: &Facts<'_>) -> Result<(), Rejection> {
         let token = bearer::bearer_token(facts.headers, facts.query)?
             .ok_or(Rejection::MissingCredentials { dpop_algs: None })?;
         if self.session_tokens.contains(token.as_bytes()) {
-            Ok(Grant::SessionStoreToken)
+            Ok(())
         } else {
             Err(Rejection::InvalidToken(
                 "Invalid session store API token".into(),
             ))
         }
     }
+}
+
+/// An operation paired with a credential it does not take: a bug, refused.
+fn no_policy() -> Rejection {
+    Rejection::InvalidToken("No policy for this operation".into())
 }

@@ -10,15 +10,15 @@ pub mod store;
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use http::HeaderValue;
 use pingora::server::ShutdownWatch;
 use pingora::services::background::BackgroundService;
 use std::time::Duration;
 
-use crate::auth::Grant;
+pub use crate::auth::Ledger;
+use crate::auth::{RegistryGrant, RegistryPermit, SessionPermit};
 use crate::config::{Config, SessionLimits};
 use crate::rejection::Rejection;
-use crate::routing::{RegistryOp, SessionOp};
+use crate::routing::{RegistryOp, SessionOp, SessionRequest, Sid};
 use clients::StoredClient;
 pub use engine::Store;
 use sessions::Record;
@@ -130,83 +130,6 @@ pub struct StateService {
     registration_uri: String,
 }
 
-/// A single-use initial access token's entry in the ledger: its key (from `jti`, else the
-/// SHA-256 of its signing input), when it expires (`exp` + leeway) and the request that takes
-/// it (a random value: only that request gives it back, even after a timeout).
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Ledger {
-    pub key: String,
-    pub expires: i64,
-    pub holder: String,
-}
-
-impl Ledger {
-    pub fn new(key: String, expires: i64) -> Self {
-        let mut bytes = [0u8; 16];
-        // A holder only needs to differ from another request's: on an RNG failure the time
-        // and a counter do.
-        if openssl::rand::rand_bytes(&mut bytes).is_err() {
-            static N: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-            let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            let t = std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map(|d| d.as_nanos() as u64)
-                .unwrap_or(0);
-            bytes[..8].copy_from_slice(&n.to_be_bytes());
-            bytes[8..].copy_from_slice(&t.to_be_bytes());
-        }
-        Ledger {
-            key,
-            expires,
-            holder: hex::encode(bytes),
-        }
-    }
-}
-
-/// The parameters of a session-store request.
-pub struct SessionQuery {
-    pub subject: Option<String>,
-    pub all: bool,
-    pub quiet: bool,
-}
-
-impl SessionQuery {
-    /// The parameters this API reads; one given twice is refused, since another reader of
-    /// the same query (the provider behind) could take the other value.
-    pub fn parse(query: Option<&str>) -> Result<SessionQuery, Rejection> {
-        let mut q = SessionQuery {
-            subject: None,
-            all: false,
-            quiet: false,
-        };
-        let (mut all, mut quiet) = (false, false);
-        for (k, v) in form_urlencoded::parse(query.unwrap_or_default().as_bytes()) {
-            let seen = match &*k {
-                "subject" => q.subject.replace(v.into_owned()).is_some(),
-                "all" => std::mem::replace(&mut all, true) || !set_flag(&mut q.all, &v),
-                "quiet" => std::mem::replace(&mut quiet, true) || !set_flag(&mut q.quiet, &v),
-                _ => false,
-            };
-            if seen {
-                return Err(Rejection::InvalidInput(format!(
-                    "The {k} parameter is given twice or is not true / false"
-                )));
-            }
-        }
-        Ok(q)
-    }
-}
-
-/// `true` / `false` into `flag`; false when the value is neither.
-fn set_flag(flag: &mut bool, value: &str) -> bool {
-    match value {
-        "true" => *flag = true,
-        "false" => *flag = false,
-        _ => return false,
-    }
-    true
-}
-
 impl StateService {
     pub fn new(config: &Config) -> Result<Self, String> {
         Ok(Self::with_store(config, Store::open_state(&config.state)?))
@@ -291,14 +214,14 @@ impl StateService {
             .await;
     }
 
+    /// A registry operation, as its permit says.
     pub async fn registration(
         &self,
-        op: &RegistryOp,
-        grant: &Grant,
+        permit: &RegistryPermit,
         body: Bytes,
     ) -> Result<Reply, Rejection> {
-        let grant = grant.clone();
-        let op = op.clone();
+        let grant = permit.grant().clone();
+        let op = permit.op().clone();
         self.blocking(move |me| me.registration_blocking(&op, &grant, &body))
             .await
     }
@@ -306,7 +229,7 @@ impl StateService {
     fn registration_blocking(
         &self,
         op: &RegistryOp,
-        grant: &Grant,
+        grant: &RegistryGrant,
         body: &[u8],
     ) -> Result<Reply, Rejection> {
         let id = match op {
@@ -317,7 +240,7 @@ impl StateService {
                 let bytes =
                     serde_json::to_vec(&client).map_err(|_| Rejection::StorageUnavailable)?;
                 let ledger = match grant {
-                    Grant::InitialAccessToken { ledger: Some(l) } => Some(l),
+                    RegistryGrant::InitialAccessToken { ledger } => ledger.as_ref(),
                     _ => None,
                 };
                 if !self
@@ -338,7 +261,7 @@ impl StateService {
                 });
             }
             RegistryOp::List => {
-                if *grant != Grant::MasterToken {
+                if *grant != RegistryGrant::MasterToken {
                     return Err(Rejection::InvalidToken(
                         "Listing clients requires a master token".into(),
                     ));
@@ -367,9 +290,9 @@ impl StateService {
         // RFC 7592 §2: a registration access token for a client that does not exist, or of
         // another client, is answered 401 alike; a master token learns that it does not exist.
         let client = match (grant, client) {
-            (Grant::MasterToken, Some(c)) => c,
-            (Grant::MasterToken, None) => return Err(Rejection::NotFound("Client")),
-            (Grant::ClientToken { digest }, Some(c)) if c.token_matches(digest) => c,
+            (RegistryGrant::MasterToken, Some(c)) => c,
+            (RegistryGrant::MasterToken, None) => return Err(Rejection::NotFound("Client")),
+            (RegistryGrant::ClientToken { digest }, Some(c)) if c.token_matches(digest) => c,
             _ => {
                 return Err(Rejection::InvalidToken(
                     "The registration access token is not valid for this client".into(),
@@ -402,31 +325,22 @@ impl StateService {
         }
     }
 
-    /// A session-store operation; `query` is the request's query, `sid_header` its `SID`.
-    pub async fn sessions(
-        &self,
-        op: SessionOp,
-        query: Option<&str>,
-        sid_header: Option<&HeaderValue>,
-        body: Bytes,
-    ) -> Result<Reply, Rejection> {
-        let sid = match sid_header {
-            None => None,
-            Some(v) => match v.to_str() {
-                Ok(s) if sessions::valid_sid(s.trim()) => Some(s.trim().to_string()),
-                _ => return Err(Rejection::InvalidInput("Malformed SID header".into())),
-            },
+    /// A session-store operation, as its permit read it.
+    pub async fn sessions(&self, permit: &SessionPermit, body: Bytes) -> Result<Reply, Rejection> {
+        let request = permit.request().clone();
+        let sid = match request.sid {
+            Sid::Absent => None,
+            Sid::Given(ref sid) => Some(sid.clone()),
+            Sid::Malformed => return Err(Rejection::InvalidInput("Malformed SID header".into())),
         };
-        let q = SessionQuery::parse(query)?;
-        self.blocking(move |me| me.sessions_blocking(op, sid, q, &body))
+        self.blocking(move |me| me.sessions_blocking(sid, request, &body))
             .await
     }
 
     fn sessions_blocking(
         &self,
-        op: SessionOp,
         sid: Option<String>,
-        q: SessionQuery,
+        q: SessionRequest,
         body: &[u8],
     ) -> Result<Reply, Rejection> {
         let at = now();
@@ -435,7 +349,7 @@ impl StateService {
                 "Give the SID header, or the subject (or all=true for delete) parameter".into(),
             )
         };
-        match op {
+        match q.op {
             SessionOp::Create => {
                 let record = sessions::record_from_body(body, &self.limits, at, at)?;
                 let sid = sessions::new_sid()?;

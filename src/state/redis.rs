@@ -919,6 +919,24 @@ enum LinkConn {
     Cluster(redis::cluster_async::ClusterConnection),
 }
 
+/// The record every instance shares, as the authoriser uses it (DPoP proofs, the nonce key).
+#[async_trait::async_trait]
+impl crate::auth::SharedRecord for RedisStore {
+    async fn first_use(
+        &self,
+        key: &str,
+        ttl: Duration,
+    ) -> std::result::Result<bool, crate::auth::SharedError> {
+        RedisStore::first_use(self, key, ttl)
+            .await
+            .map_err(|e| crate::auth::SharedError(e.to_string()))
+    }
+
+    fn shared_secret(&self, name: &str) -> std::result::Result<Vec<u8>, crate::auth::SharedError> {
+        RedisStore::shared_secret(self, name).map_err(|e| crate::auth::SharedError(e.to_string()))
+    }
+}
+
 impl ConnectionLike for LinkConn {
     fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> redis::RedisFuture<'a, Value> {
         match self {

@@ -261,17 +261,10 @@ pub fn new_sid() -> Result<String, Rejection> {
     Ok(URL_SAFE_NO_PAD.encode(bytes))
 }
 
-/// A session id as clients may send it: 1 to 128 base64url characters.
-pub fn valid_sid(sid: &str) -> bool {
-    (1..=128).contains(&sid.len())
-        && sid
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::routing::valid_sid;
 
     fn limits() -> SessionLimits {
         SessionLimits {

@@ -1,0 +1,118 @@
+//! What the authoriser lets through: one permit per request, for exactly the operation it was
+//! issued for. The embedded registry and session store, and the forwarder, act on a permit,
+//! never on an operation alone; permits are made here only (their fields are private to
+//! `auth`), so a request that was not authorised cannot reach them — a missing decision does
+//! not compile, it is not a default.
+
+use crate::routing::{RegistryOp, SessionRequest};
+
+/// A single-use initial access token's entry in the ledger: its key (from `jti`, else the
+/// SHA-256 of its signing input), when it expires (`exp` + leeway) and the request that takes
+/// it (a random value: only that request gives it back, even after a timeout).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Ledger {
+    pub key: String,
+    pub expires: i64,
+    pub holder: String,
+}
+
+impl Ledger {
+    pub fn new(key: String, expires: i64) -> Self {
+        let mut bytes = [0u8; 16];
+        // A holder only needs to differ from another request's: on an RNG failure the time
+        // and a counter do.
+        if openssl::rand::rand_bytes(&mut bytes).is_err() {
+            static N: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+            let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let t = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_nanos() as u64)
+                .unwrap_or(0);
+            bytes[..8].copy_from_slice(&n.to_be_bytes());
+            bytes[8..].copy_from_slice(&t.to_be_bytes());
+        }
+        Ledger {
+            key,
+            expires,
+            holder: hex::encode(bytes),
+        }
+    }
+}
+
+/// Why a registry operation was let through.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RegistryGrant {
+    /// A registration master token.
+    MasterToken,
+    /// A valid initial access token (RFC 7591 §3); with `registration.single_use`, its entry
+    /// in the ledger, recorded with the registration.
+    InitialAccessToken { ledger: Option<Ledger> },
+    /// A bearer token on a client's own URI: the registry checks it as that client's
+    /// registration access token (RFC 7592 §3).
+    ClientToken { digest: [u8; 32] },
+}
+
+/// A registry operation and why it was let through.
+#[derive(Debug)]
+pub struct RegistryPermit {
+    pub(super) op: RegistryOp,
+    pub(super) grant: RegistryGrant,
+}
+
+impl RegistryPermit {
+    pub fn op(&self) -> &RegistryOp {
+        &self.op
+    }
+
+    pub fn grant(&self) -> &RegistryGrant {
+        &self.grant
+    }
+
+    /// The single-use token's ledger entry, when there is one.
+    pub fn ledger(&self) -> Option<&Ledger> {
+        match &self.grant {
+            RegistryGrant::InitialAccessToken { ledger } => ledger.as_ref(),
+            _ => None,
+        }
+    }
+}
+
+/// A session-store request (read once: operation, `SID`, parameters) with a valid session
+/// store API token.
+#[derive(Debug)]
+pub struct SessionPermit {
+    pub(super) request: SessionRequest,
+}
+
+impl SessionPermit {
+    pub fn request(&self) -> &SessionRequest {
+        &self.request
+    }
+}
+
+/// A `routes` entry: without `token`, or with an access token that satisfied its policy.
+#[derive(Debug)]
+pub struct RoutePermit {
+    pub(super) route: usize,
+    pub(super) protected: bool,
+}
+
+impl RoutePermit {
+    pub fn route(&self) -> usize {
+        self.route
+    }
+
+    /// The route's policy was checked with this method: no framework behind may read
+    /// another one (method-override headers are dropped).
+    pub fn method_bound(&self) -> bool {
+        self.protected
+    }
+}
+
+/// The authoriser's answer for one request.
+#[derive(Debug)]
+pub enum Permit {
+    Registry(RegistryPermit),
+    Sessions(SessionPermit),
+    Route(RoutePermit),
+}

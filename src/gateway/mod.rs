@@ -1,0 +1,331 @@
+//! The Pingora `ProxyHttp`: read → authorise → served here or forwarded. The hooks alone live
+//! here; the decisions are made by `routing` (the operation) and `auth` (the permit), the
+//! answers by `rejection`.
+//!
+//! Which hook sets what (see `journey` for the stages):
+//!
+//! | hook | reads | sets |
+//! |---|---|---|
+//! | `request_filter` | head, client certificate | `Read` (refused or served here) or `Forwarding` (body read whole, upstream place taken, single-use token taken) |
+//! | `request_body_filter` | body chunks | `body_bytes` (413 past `max_body`) |
+//! | `upstream_peer` | `Forwarding.upstream` | — |
+//! | `upstream_request_filter` | `Reading`, `Forwarding` | the head that goes upstream |
+//! | `response_filter` / `response_body_filter` | upstream answer | token kept on 2xx; quiet delete → 204 |
+//! | `fail_to_proxy` | Pingora's error | the contract's answer |
+//! | `logging` | everything | token given back unless kept; metrics; access log |
+
+mod answer;
+mod body;
+mod journey;
+mod live;
+mod upstream;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use pingora::http::RequestHeader;
+use pingora::prelude::*;
+use pingora::proxy::{FailToProxy, ProxyHttp, Session};
+use pingora::upstreams::peer::HttpPeer;
+use pingora::{ErrorSource, ErrorType};
+use std::sync::Arc;
+
+use crate::auth::Facts;
+use crate::config::Target;
+use crate::rejection::Rejection;
+use crate::tls;
+use answer::write_answer;
+use journey::{RequestCtx, Stage};
+pub use live::Live;
+pub use upstream::UpstreamTarget;
+
+/// The proxy: each request runs on the [`Live`] configuration current when it starts.
+pub struct Gateway {
+    live: Arc<arc_swap::ArcSwap<Live>>,
+    /// Set once an upgrade or a shutdown has begun: every answer then closes its connection
+    /// (`Connection: close`), so that clients leave on a clean close instead of sending a
+    /// request into an idle connection the process is about to drop.
+    draining: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl Gateway {
+    pub fn new(
+        live: Arc<arc_swap::ArcSwap<Live>>,
+        draining: Arc<std::sync::atomic::AtomicBool>,
+    ) -> Self {
+        Gateway { live, draining }
+    }
+}
+
+#[async_trait]
+impl ProxyHttp for Gateway {
+    type CTX = RequestCtx;
+
+    fn new_ctx(&self) -> RequestCtx {
+        RequestCtx::new(self.live.load_full())
+    }
+
+    /// No downstream modules: Pingora's default adds a (disabled) response-compression module,
+    /// which still runs on every request; bindgate compresses nothing.
+    fn init_downstream_modules(&self, _modules: &mut pingora::modules::http::HttpModules) {}
+
+    async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
+        if self.draining.load(std::sync::atomic::Ordering::Relaxed) {
+            session.set_keepalive(None);
+        }
+        let live = ctx.live.clone();
+        ctx.peer_certificate = tls::peer_certificate(session.digest());
+        let (reading, session_request) = match live.read(session) {
+            Ok(read) => read,
+            Err(rejection) => return live.reject(session, ctx, rejection).await,
+        };
+        let req = session.req_header();
+        let facts = Facts {
+            method: &req.method,
+            path: &reading.target.path,
+            headers: &req.headers,
+            query: reading.target.query.as_deref(),
+            peer: ctx.peer_certificate.as_ref(),
+        };
+        let permit = live
+            .authoriser
+            .authorise(&reading.operation, session_request, &facts)
+            .await;
+        let permit = match permit {
+            Ok(permit) => permit,
+            Err(rejection) => {
+                ctx.stage = Stage::Read(reading);
+                return live.reject(session, ctx, rejection).await;
+            }
+        };
+        match live.router.target(&reading.operation) {
+            Target::Embedded => {
+                let operation = reading.operation.clone();
+                ctx.stage = Stage::Read(reading);
+                live.serve_embedded(session, ctx, &operation, permit).await
+            }
+            Target::Upstream(name) => live.forward(session, ctx, reading, permit, name).await,
+        }
+    }
+
+    async fn request_body_filter(
+        &self,
+        _session: &mut Session,
+        body: &mut Option<Bytes>,
+        _end_of_stream: bool,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        if let Some(chunk) = body {
+            ctx.body_bytes += chunk.len() as u64;
+            let limit = ctx.live.max_body;
+            if ctx.body_bytes > limit {
+                // A body without Content-Length (chunked, HTTP/2) that grows past the limit.
+                ctx.rejection = Some(Rejection::BodyTooLarge { limit });
+                *body = None;
+                return Err(Error::explain(
+                    ErrorType::HTTPStatus(413),
+                    "request body over server.max_body",
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    async fn upstream_peer(
+        &self,
+        _session: &mut Session,
+        ctx: &mut RequestCtx,
+    ) -> Result<Box<HttpPeer>> {
+        let (_, forwarding) = ctx.forwarding()?;
+        Ok(Box::new(forwarding.upstream.peer.clone()))
+    }
+
+    async fn upstream_request_filter(
+        &self,
+        session: &mut Session,
+        upstream_request: &mut RequestHeader,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        let client = session
+            .client_addr()
+            .and_then(|a| a.as_inet())
+            .map(|a| a.ip());
+        let upgrade = session.is_upgrade_req();
+        let certificate = ctx.peer_certificate.take();
+        let prepared = ctx.forwarding().and_then(|(reading, forwarding)| {
+            upstream::prepare_request(
+                upstream_request,
+                reading,
+                forwarding,
+                certificate.as_ref(),
+                client,
+                upgrade,
+            )
+        });
+        ctx.peer_certificate = certificate;
+        prepared
+    }
+
+    async fn response_filter(
+        &self,
+        _session: &mut Session,
+        upstream_response: &mut pingora::http::ResponseHeader,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        let (_, forwarding) = ctx.forwarding()?;
+        if upstream_response.status.is_success() {
+            // The provider registered the client: the single-use token stays used.
+            forwarding.taken_token = None;
+        }
+        // `quiet=true` is honoured even when the provider ignores it: a successful delete
+        // becomes 204 No Content and its body is dropped.
+        if forwarding.quiet_delete && upstream_response.status.is_success() {
+            upstream_response.set_status(204)?;
+            for name in [
+                "content-length",
+                "content-type",
+                "transfer-encoding",
+                "content-encoding",
+            ] {
+                upstream_response.remove_header(name);
+            }
+        } else {
+            forwarding.quiet_delete = false;
+        }
+        Ok(())
+    }
+
+    fn response_body_filter(
+        &self,
+        _session: &mut Session,
+        body: &mut Option<Bytes>,
+        _end_of_stream: bool,
+        ctx: &mut RequestCtx,
+    ) -> Result<Option<std::time::Duration>> {
+        if ctx.forwarding().is_ok_and(|(_, f)| f.quiet_delete) {
+            *body = None;
+        }
+        Ok(None)
+    }
+
+    /// What Pingora's own error log lines name the request by: never the query, which may hold
+    /// a token (RFC 6750 §2.3).
+    fn request_summary(&self, session: &Session, _ctx: &RequestCtx) -> String {
+        let req = session.req_header();
+        let host = req
+            .headers
+            .get(http::header::HOST)
+            .and_then(|h| h.to_str().ok())
+            .or_else(|| req.uri.host())
+            .unwrap_or("-");
+        format!("{} {}, Host: {host}", req.method, req.uri.path())
+    }
+
+    fn fail_to_connect(
+        &self,
+        _session: &mut Session,
+        _peer: &HttpPeer,
+        _ctx: &mut RequestCtx,
+        mut e: Box<Error>,
+    ) -> Box<Error> {
+        // A refused or timed-out connection is answered at once, not retried into a hang.
+        e.set_retry(false);
+        e
+    }
+
+    async fn fail_to_proxy(
+        &self,
+        session: &mut Session,
+        e: &Error,
+        ctx: &mut RequestCtx,
+    ) -> FailToProxy {
+        let live = ctx.live.clone();
+        let rejection = match e.etype() {
+            ErrorType::HTTPStatus(413) => Some(Rejection::BodyTooLarge {
+                limit: live.max_body,
+            }),
+            _ => match e.esource() {
+                ErrorSource::Upstream => Some(Rejection::UpstreamUnavailable),
+                ErrorSource::Downstream => match e.etype() {
+                    ErrorType::WriteError | ErrorType::ReadError | ErrorType::ConnectionClosed => {
+                        None
+                    }
+                    _ => Some(Rejection::InvalidRequest("Malformed request")),
+                },
+                ErrorSource::Internal | ErrorSource::Unset => Some(Rejection::UpstreamUnavailable),
+            },
+        };
+        let Some(rejection) = rejection else {
+            return FailToProxy {
+                error_code: 0,
+                can_reuse_downstream: false,
+            };
+        };
+        let code = rejection.status();
+        if session.response_written().is_none() {
+            // The connection is not reused after a failure: say so, so that clients do not
+            // send the next request into a closing connection.
+            session.set_keepalive(None);
+            let (header, body) = rejection.response();
+            if write_answer(session, header, body).await.is_ok() {
+                live.linger(session).await;
+            }
+        }
+        ctx.rejection.get_or_insert(rejection);
+        FailToProxy {
+            error_code: code,
+            can_reuse_downstream: false,
+        }
+    }
+
+    async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut RequestCtx) {
+        let live = ctx.live.clone();
+        let taken = ctx
+            .forwarding()
+            .ok()
+            .and_then(|(_, f)| f.taken_token.take());
+        if let (Some(l), Some(state)) = (taken, &live.state) {
+            // Forwarded and not registered (an error answer, no answer): usable again.
+            state.give_back_token(&l).await;
+        }
+        let status = session
+            .response_written()
+            .map(|r| r.status.as_u16())
+            .unwrap_or(0);
+        let operation = ctx.reading().map(|r| &r.operation);
+        let (route, target) = match operation {
+            Some(op) => (live.router.label(op), live.router.target(op).label()),
+            None => ("none", "none"),
+        };
+        let elapsed = ctx.started.elapsed();
+        let place = match operation {
+            Some(op) => live.router.place(op),
+            None => live.place_metrics.len() - 1,
+        };
+        if let Some(m) = live.place_metrics.get(place) {
+            m.count(&live.metrics, status, elapsed);
+        }
+        let reason = ctx.rejection.as_ref().map(Rejection::reason);
+        if let Some(reason) = reason {
+            live.metrics.rejections.with_label_values(&[reason]).inc();
+        }
+        let req = session.req_header();
+        // The path only: a query may carry a token (RFC 6750 §2.3) and is never logged.
+        let path = match ctx.reading() {
+            Some(r) => r.target.path.as_str(),
+            None => req.uri.path(),
+        };
+        tracing::info!(
+            target: "bindgate::access",
+            method = %req.method,
+            path = %path,
+            status,
+            route,
+            target,
+            latency_us = elapsed.as_micros() as u64,
+            reason = reason.unwrap_or("-"),
+            client_cert = ctx.peer_certificate.as_ref().map(|c| c.thumbprint()).unwrap_or("-"),
+            client = %session.client_addr().map(|a| a.to_string()).unwrap_or_default(),
+            error = %e.map(|e| e.etype().as_str()).unwrap_or("-"),
+        );
+    }
+}

@@ -1,0 +1,243 @@
+//! Upstream peers and what travels to them: the peer and its place limit, the authorised
+//! target, the forwarding headers (RFC 7239 `Forwarded`, `X-Forwarded-*`), the identity
+//! headers bindgate writes after stripping what a client sent under the same names.
+
+use pingora::http::RequestHeader;
+use pingora::prelude::*;
+use pingora::upstreams::peer::HttpPeer;
+use std::sync::Arc;
+
+use super::journey::{Forwarding, Reading};
+use crate::certificate::PeerCertificate;
+use crate::config::Upstream;
+use crate::headers;
+use crate::rejection::Rejection;
+
+/// An upstream with its connection settings made once.
+pub struct UpstreamTarget {
+    pub config: Upstream,
+    pub(super) peer: HttpPeer,
+    /// One permit per request in flight to this upstream (`max_connections`).
+    slots: Arc<tokio::sync::Semaphore>,
+}
+
+impl UpstreamTarget {
+    pub fn new(config: &Upstream) -> Result<Self, String> {
+        let mut peer = HttpPeer::new(config.address, config.tls, config.sni.clone());
+        peer.options.connection_timeout = Some(config.connect_timeout);
+        peer.options.total_connection_timeout = Some(config.connect_timeout);
+        peer.options.read_timeout = Some(config.read_timeout);
+        peer.options.write_timeout = Some(config.read_timeout);
+        peer.options.idle_timeout = Some(std::time::Duration::from_secs(60));
+        if config.tls {
+            peer.options.verify_cert = true;
+            // Without an SNI name there is no name to check the certificate against.
+            peer.options.verify_hostname = !config.sni.is_empty();
+            if let Some(ca) = &config.ca {
+                let pem = std::fs::read(ca)
+                    .map_err(|e| format!("upstreams.{}.ca: {}: {e}", config.name, ca.display()))?;
+                let certs = pingora::tls::x509::X509::stack_from_pem(&pem)
+                    .map_err(|e| format!("upstreams.{}.ca: {e}", config.name))?;
+                peer.options.ca = Some(Arc::new(certs.into_boxed_slice()));
+            }
+        }
+        Ok(UpstreamTarget {
+            config: config.clone(),
+            peer,
+            slots: Arc::new(tokio::sync::Semaphore::new(config.max_connections)),
+        })
+    }
+
+    /// Takes a place among the upstream's `max_connections`, waiting at most its connect
+    /// timeout.
+    pub(super) async fn slot(
+        &self,
+    ) -> std::result::Result<tokio::sync::OwnedSemaphorePermit, Rejection> {
+        // A free place is taken at once; only a full upstream makes a request wait.
+        if let Ok(permit) = self.slots.clone().try_acquire_owned() {
+            return Ok(permit);
+        }
+        match pingora::prelude::timeout(
+            self.config.connect_timeout,
+            self.slots.clone().acquire_owned(),
+        )
+        .await
+        {
+            Ok(Ok(permit)) => Ok(permit),
+            _ => Err(Rejection::UpstreamBusy),
+        }
+    }
+}
+
+/// Rewrites the head that goes upstream: the authorised target, the body's framing when it
+/// was read whole, the header policy (untrusted and hop-by-hop names out, identity headers
+/// written by bindgate), the forwarding headers.
+pub(super) fn prepare_request(
+    upstream_request: &mut RequestHeader,
+    reading: &Reading,
+    forwarding: &Forwarding,
+    peer_certificate: Option<&PeerCertificate>,
+    client: Option<std::net::IpAddr>,
+    upgrade: bool,
+) -> Result<()> {
+    let target = &reading.target;
+    let uri = target
+        .path_and_query()
+        .parse::<http::Uri>()
+        .or_err(ErrorType::InternalError, "normalised target is not a URI")?;
+    upstream_request.set_uri(uri);
+    if let Some(authority) = &target.authority {
+        upstream_request.insert_header(http::header::HOST, authority.as_str())?;
+    }
+    headers::strip_connection_listed(upstream_request, upgrade);
+    if let Some(len) = forwarding.body_buffered {
+        // The body was read whole: it travels with its length, whatever framing it came
+        // in (chunked, HTTP/2 frames), and any 100 Continue was bindgate's to send. The
+        // common case, a Content-Length that was right, is left as it is.
+        let framed = upstream_request
+            .headers
+            .get(http::header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok()?.parse::<u64>().ok())
+            .is_some_and(|given| given == len)
+            && !upstream_request
+                .headers
+                .contains_key(http::header::TRANSFER_ENCODING);
+        if !framed {
+            upstream_request.remove_header(&http::header::TRANSFER_ENCODING);
+            upstream_request.insert_header(http::header::CONTENT_LENGTH, len)?;
+        }
+        upstream_request.remove_header(&http::header::EXPECT);
+    }
+    let upstream = &forwarding.upstream.config;
+    headers::strip_untrusted(
+        upstream_request,
+        upstream.client_cert_header.as_ref(),
+        forwarding.method_bound,
+        upstream.forward_underscore_headers,
+    );
+    if let (Some(name), Some(cert)) = (&upstream.client_cert_header, peer_certificate) {
+        upstream_request.insert_header(name.clone(), cert.header_value().clone())?;
+    }
+    if upstream.forwarded_headers {
+        let host = reading.served_host.as_str();
+        // The address is written once, for both headers.
+        let node = client.map(|ip| {
+            let mut node = String::with_capacity(39);
+            push_ip(&mut node, ip);
+            node
+        });
+        let rfc7239 = forwarded(node.as_deref(), host);
+        if let Some(node) = node {
+            upstream_request.insert_header("x-forwarded-for", node)?;
+        }
+        upstream_request.insert_header("x-forwarded-proto", "https")?;
+        if !host.is_empty() {
+            upstream_request.insert_header("x-forwarded-host", host)?;
+        }
+        upstream_request.insert_header("forwarded", rfc7239)?;
+    }
+    Ok(())
+}
+
+/// RFC 7239 `Forwarded`: `for` (an IPv6 address quoted in brackets), `proto`, `host` (quoted:
+/// `served_host` holds only authority characters, never `"` or `\`).
+/// `node` is the peer's address as [`push_ip`] writes it (an IPv6 one, and only it, has `:`).
+fn forwarded(node: Option<&str>, host: &str) -> String {
+    let mut value = String::with_capacity(64 + host.len());
+    value.push_str("for=");
+    match node {
+        Some(v6) if v6.contains(':') => {
+            value.push_str("\"[");
+            value.push_str(v6);
+            value.push_str("]\"");
+        }
+        Some(v4) => value.push_str(v4),
+        None => value.push_str("unknown"),
+    }
+    value.push_str(";proto=https");
+    if !host.is_empty() {
+        value.push_str(";host=\"");
+        value.push_str(host);
+        value.push('"');
+    }
+    value
+}
+
+/// Appends an address as `Display` writes it; IPv4, the common case, without the formatting
+/// machinery (it ran on every forwarded request).
+fn push_ip(out: &mut String, ip: std::net::IpAddr) {
+    match ip {
+        std::net::IpAddr::V4(v4) => {
+            for (i, octet) in v4.octets().into_iter().enumerate() {
+                if i > 0 {
+                    out.push('.');
+                }
+                if octet >= 100 {
+                    out.push(char::from(b'0' + octet / 100));
+                }
+                if octet >= 10 {
+                    out.push(char::from(b'0' + octet / 10 % 10));
+                }
+                out.push(char::from(b'0' + octet % 10));
+            }
+        }
+        std::net::IpAddr::V6(v6) => {
+            use std::fmt::Write;
+            let _ = write!(out, "{v6}");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+    use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+    fn shown(ip: IpAddr) -> String {
+        let mut s = String::new();
+        push_ip(&mut s, ip);
+        s
+    }
+
+    proptest! {
+        #[test]
+        fn addresses_are_written_as_display_writes_them(v4 in any::<u32>(), v6 in any::<u128>()) {
+            let v4 = IpAddr::V4(Ipv4Addr::from(v4));
+            let v6 = IpAddr::V6(Ipv6Addr::from(v6));
+            prop_assert_eq!(shown(v4), v4.to_string());
+            prop_assert_eq!(shown(v6), v6.to_string());
+        }
+    }
+
+    #[test]
+    fn address_edges_are_written_as_display_writes_them() {
+        for ip in [
+            "0.0.0.0",
+            "9.10.99.100",
+            "255.255.255.255",
+            "127.0.0.1",
+            "::1",
+            "::ffff:1.2.3.4",
+        ] {
+            let ip: IpAddr = ip.parse().unwrap();
+            assert_eq!(shown(ip), ip.to_string());
+        }
+    }
+
+    #[test]
+    fn forwarded_names_the_node_protocol_and_host() {
+        let v4 = shown("192.0.2.60".parse().unwrap());
+        let v6 = shown("2001:db8:cafe::17".parse().unwrap());
+        assert_eq!(
+            forwarded(Some(&v4), "idp.example.com"),
+            "for=192.0.2.60;proto=https;host=\"idp.example.com\""
+        );
+        // RFC 7239 §6: an IPv6 node is bracketed and quoted.
+        assert_eq!(
+            forwarded(Some(&v6), ""),
+            "for=\"[2001:db8:cafe::17]\";proto=https"
+        );
+        assert_eq!(forwarded(None, ""), "for=unknown;proto=https");
+    }
+}
