@@ -6,102 +6,99 @@ use pingora::prelude::*;
 use pingora::proxy::Session;
 use pingora::ErrorType;
 
-use super::journey::RequestCtx;
-use super::live::Live;
+use super::body::BodyLimits;
+use crate::metrics::Metrics;
 use crate::rejection::Rejection;
 use crate::state::{Reply, StreamingMap};
 
-impl Live {
-    /// Answers the request with `rejection` and ends it.
-    pub(super) async fn reject(
-        &self,
-        session: &mut Session,
-        ctx: &mut RequestCtx,
-        rejection: Rejection,
-    ) -> Result<bool> {
-        let (header, body) = rejection.response();
-        if rejection.closes_connection() {
-            session.set_keepalive(None);
-        }
-        let lingers = rejection != Rejection::BodyTimeout;
-        if rejection == Rejection::BodyTimeout {
-            self.metrics
-                .connections_closed
-                .with_label_values(&["body_timeout"])
-                .inc();
-        }
-        ctx.rejection = Some(rejection);
-        write_answer(session, header, body).await?;
-        if lingers {
-            self.linger(session).await;
-        }
-        Ok(true)
+/// Answers the request with `rejection` and ends it.
+pub(super) async fn refuse(
+    session: &mut Session,
+    rejection: &Rejection,
+    body_limits: BodyLimits,
+    metrics: &Metrics,
+) -> Result<()> {
+    let (header, body) = rejection.response();
+    if rejection.closes_connection() {
+        session.set_keepalive(None);
     }
+    let lingers = *rejection != Rejection::BodyTimeout;
+    if !lingers {
+        metrics
+            .connections_closed
+            .with_label_values(&["body_timeout"])
+            .inc();
+    }
+    write_answer(session, header, body).await?;
+    if lingers {
+        body_limits.linger(session).await;
+    }
+    Ok(())
+}
 
-    /// Writes an embedded answer.
-    pub(super) async fn send_reply(&self, session: &mut Session, reply: Reply) -> Result<()> {
-        match reply {
-            Reply::Json {
-                status,
-                body,
-                pragma_no_cache,
-            } => {
-                let mut header = crate::rejection::json_header(status, body.len());
-                if pragma_no_cache {
-                    header.insert_header("pragma", "no-cache")?;
-                }
-                write_answer(session, header, Bytes::from(body)).await
+/// Writes an embedded answer.
+pub(super) async fn send_reply(session: &mut Session, reply: Reply) -> Result<()> {
+    match reply {
+        Reply::Json {
+            status,
+            body,
+            pragma_no_cache,
+        } => {
+            let mut header = crate::rejection::json_header(status, body.len());
+            if pragma_no_cache {
+                header.insert_header("pragma", "no-cache")?;
             }
-            Reply::NoContent => {
-                let mut header = pingora::http::ResponseHeader::build(204, Some(2))?;
-                header.insert_header("cache-control", "no-store")?;
-                session.write_response_header(Box::new(header), true).await
-            }
-            Reply::Stream(stream) => self.stream(session, stream).await,
+            write_answer(session, header, Bytes::from(body)).await
         }
+        Reply::NoContent => {
+            let mut header = pingora::http::ResponseHeader::build(204, Some(2))?;
+            header.insert_header("cache-control", "no-store")?;
+            session.write_response_header(Box::new(header), true).await
+        }
+        Reply::Stream(stream) => stream_map(session, stream).await,
     }
+}
 
-    /// Streams a session map chunk by chunk: memory stays flat whatever the store holds.
-    async fn stream(&self, session: &mut Session, mut stream: Box<StreamingMap>) -> Result<()> {
-        let mut header = pingora::http::ResponseHeader::build(200, Some(4))?;
-        header.insert_header("content-type", "application/json")?;
-        header.insert_header("cache-control", "no-store")?;
-        if session.req_header().method == http::Method::HEAD {
-            return session.write_response_header(Box::new(header), true).await;
-        }
-        if !session.is_http2() {
-            header.insert_header("transfer-encoding", "chunked")?;
-        }
-        session
-            .write_response_header(Box::new(header), false)
-            .await?;
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_secs() as i64)
-            .unwrap_or(0);
-        loop {
-            let (back, piece) = tokio::task::spawn_blocking(move || {
-                let piece = stream.next_piece(now);
-                (stream, piece)
-            })
-            .await
-            .map_err(|_| Error::explain(ErrorType::InternalError, "stream task failed"))?;
-            stream = back;
-            match piece {
-                Ok(Some(bytes)) => {
-                    session
-                        .write_response_body(Some(Bytes::from(bytes)), false)
-                        .await?
-                }
-                Ok(None) => break,
-                Err(_) => {
-                    // Headers are out: the only honest signal left is an aborted body.
-                    return Error::e_explain(ErrorType::InternalError, "delete-all stream failed");
-                }
+/// Streams a session map chunk by chunk: memory stays flat whatever the store holds.
+async fn stream_map(session: &mut Session, mut stream: Box<StreamingMap>) -> Result<()> {
+    let mut header = pingora::http::ResponseHeader::build(200, Some(4))?;
+    header.insert_header("content-type", "application/json")?;
+    header.insert_header("cache-control", "no-store")?;
+    if session.req_header().method == http::Method::HEAD {
+        return session.write_response_header(Box::new(header), true).await;
+    }
+    if !session.is_http2() {
+        header.insert_header("transfer-encoding", "chunked")?;
+    }
+    session
+        .write_response_header(Box::new(header), false)
+        .await?;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0);
+    loop {
+        let (back, piece) = tokio::task::spawn_blocking(move || {
+            let piece = stream.next_piece(now);
+            (stream, piece)
+        })
+        .await
+        .map_err(|_| Error::explain(ErrorType::InternalError, "stream task failed"))?;
+        stream = back;
+        match piece {
+            Ok(Some(bytes)) => {
+                session
+                    .write_response_body(Some(Bytes::from(bytes)), false)
+                    .await?
+            }
+            Ok(None) => break,
+            Err(_) => {
+                // Headers are out: the only honest signal left is an aborted body.
+                return Error::e_explain(ErrorType::InternalError, "delete-all stream failed");
             }
         }
-        session.write_response_body(None, true).await
     }
+    session.write_response_body(None, true).await
 }
 
 /// Writes a complete answer; for `HEAD`, the header alone (RFC 9110 §9.3.2: a body would be a

@@ -7,21 +7,30 @@ use pingora::http::RequestHeader;
 use pingora::proxy::Session;
 use pingora::ErrorType;
 
-use super::live::Live;
 use crate::rejection::Rejection;
 use crate::routing::Operation;
 
 /// How long an unread request body is read and discarded after an early answer.
 const LINGER_TIME: std::time::Duration = std::time::Duration::from_secs(5);
 
-impl Live {
+/// The limits of a request body, from `server`: read by the read, the buffer and the linger.
+#[derive(Clone, Copy)]
+pub(super) struct BodyLimits {
+    pub max_body: u64,
+    /// The whole request body must arrive within this.
+    pub body_timeout: std::time::Duration,
+    /// How much of an unread request body is read and discarded after an early answer.
+    pub linger_bytes: u64,
+}
+
+impl BodyLimits {
     /// After an answer written before the request body was read: reads and discards what is
     /// left of it, at most `linger_bytes` and [`LINGER_TIME`] (lingering close, as nginx and
     /// HAProxy do). An HTTP/1.1 client then reads the answer instead of a connection reset; an
     /// HTTP/2 stream ends when the client's does, with no `RST_STREAM` that some clients (curl
     /// 7.88) report as an error and lose the answer over. Past the bound, HTTP/1.1 closes the
     /// connection and HTTP/2 resets the stream with `NO_ERROR` (RFC 9113 §8.1).
-    pub(super) async fn linger(&self, session: &mut Session) {
+    pub async fn linger(&self, session: &mut Session) {
         if session.is_body_done() {
             return;
         }
@@ -62,7 +71,7 @@ impl Live {
     /// Reads the whole request body within `body_timeout`, refusing it past `max_body`. With
     /// `keep`, the bytes are returned (the embedded service); without, only their number
     /// (the forwarder's buffer keeps them).
-    pub(super) async fn read_body(
+    pub async fn read(
         &self,
         session: &mut Session,
         keep: bool,
@@ -162,7 +171,7 @@ impl Live {
     /// Reads the whole body of a request bound for an upstream (≤ `max_body`, within
     /// `body_timeout`) before any upstream connection is taken: a body that never completes
     /// never reaches, nor holds, the upstream.
-    pub(super) async fn buffer_body(
+    pub async fn buffer(
         &self,
         session: &mut Session,
         operation: &Operation,
@@ -175,7 +184,7 @@ impl Live {
         session
             .as_mut()
             .enable_retry_buffering_up_to(usize::try_from(self.max_body).unwrap_or(usize::MAX));
-        let (_, len) = self.read_body(session, false).await?;
+        let (_, len) = self.read(session, false).await?;
         if needs_body_token_check(session.req_header(), operation) {
             let body = session.as_ref().get_retry_buffer().unwrap_or_default();
             no_body_token(session.req_header(), &body)?;

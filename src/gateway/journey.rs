@@ -9,32 +9,15 @@
 //! ```
 //!
 //! The upstream hooks run only after `request_filter` chose an upstream; they take what they
-//! need from [`RequestCtx::forwarding`], one check, never a default.
+//! need from `RequestCtx::forwarding`, one check, never a default.
 
 use pingora::prelude::*;
 use std::sync::Arc;
-use std::time::Instant;
 
-use super::live::Live;
 use super::upstream::UpstreamTarget;
 use crate::auth::Ledger;
-use crate::certificate::PeerCertificate;
-use crate::rejection::Rejection;
 use crate::routing::Operation;
 use crate::target::RequestTarget;
-
-/// What one request learnt on its way through the hooks.
-pub struct RequestCtx {
-    /// The configuration this request runs on, from its first hook to its log line.
-    pub(super) live: Arc<Live>,
-    pub(super) started: Instant,
-    pub(super) peer_certificate: Option<PeerCertificate>,
-    pub(super) stage: Stage,
-    /// Why the request was refused (the access log's and the metrics' reason).
-    pub(super) rejection: Option<Rejection>,
-    /// Body bytes seen going upstream (a body without Content-Length is held to `max_body`).
-    pub(super) body_bytes: u64,
-}
 
 pub(super) enum Stage {
     /// Nothing read yet, or the request could not be read.
@@ -74,29 +57,10 @@ pub(super) struct Forwarding {
     pub quiet_delete: bool,
 }
 
-impl RequestCtx {
-    pub(super) fn new(live: Arc<Live>) -> Self {
-        RequestCtx {
-            live,
-            started: Instant::now(),
-            peer_certificate: None,
-            stage: Stage::Received,
-            rejection: None,
-            body_bytes: 0,
-        }
-    }
-
-    /// The request as read, once it was.
-    pub(super) fn reading(&self) -> Option<&Reading> {
-        match &self.stage {
-            Stage::Received => None,
-            Stage::Read(reading) | Stage::Forwarding { reading, .. } => Some(reading),
-        }
-    }
-
+impl Stage {
     /// The forwarding decision: the upstream hooks run only after one was made.
     pub(super) fn forwarding(&mut self) -> Result<(&Reading, &mut Forwarding)> {
-        match &mut self.stage {
+        match self {
             Stage::Forwarding {
                 reading,
                 forwarding,

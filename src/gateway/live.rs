@@ -7,10 +7,14 @@ use pingora::proxy::Session;
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use super::body::{needs_body_token_check, no_body_token};
-use super::journey::{Forwarding, Reading, RequestCtx, Stage};
+use std::time::Instant;
+
+use super::answer::{refuse, send_reply};
+use super::body::{needs_body_token_check, no_body_token, BodyLimits};
+use super::journey::{Forwarding, Reading, Stage};
 use super::upstream::UpstreamTarget;
 use crate::auth::{Authoriser, Permit};
+use crate::certificate::PeerCertificate;
 use crate::config::Config;
 use crate::metrics::{Metrics, PlaceMetrics};
 use crate::rejection::Rejection;
@@ -27,12 +31,47 @@ pub struct Live {
     pub(super) authoriser: Authoriser,
     pub(super) state: Option<StateService>,
     pub(super) upstreams: HashMap<String, Arc<UpstreamTarget>>,
-    pub(super) max_body: u64,
-    /// The whole request body must arrive within this.
-    pub(super) body_timeout: std::time::Duration,
-    /// How much of an unread request body is read and discarded after an early answer.
-    pub(super) linger_bytes: u64,
+    pub(super) body: BodyLimits,
     pub(super) metrics: Arc<Metrics>,
+}
+
+/// What one request learnt on its way through the hooks.
+pub struct RequestCtx {
+    /// The configuration this request runs on, from its first hook to its log line.
+    pub(super) live: Arc<Live>,
+    pub(super) started: Instant,
+    pub(super) peer_certificate: Option<PeerCertificate>,
+    pub(super) stage: Stage,
+    /// Why the request was refused (the access log's and the metrics' reason).
+    pub(super) rejection: Option<Rejection>,
+    /// Body bytes seen going upstream (a body without Content-Length is held to `max_body`).
+    pub(super) body_bytes: u64,
+}
+
+impl RequestCtx {
+    pub(super) fn new(live: Arc<Live>) -> Self {
+        RequestCtx {
+            live,
+            started: Instant::now(),
+            peer_certificate: None,
+            stage: Stage::Received,
+            rejection: None,
+            body_bytes: 0,
+        }
+    }
+
+    /// The request as read, once it was.
+    pub(super) fn reading(&self) -> Option<&Reading> {
+        match &self.stage {
+            Stage::Received => None,
+            Stage::Read(reading) | Stage::Forwarding { reading, .. } => Some(reading),
+        }
+    }
+
+    /// The forwarding decision: the upstream hooks run only after one was made.
+    pub(super) fn forwarding(&mut self) -> Result<(&Reading, &mut Forwarding)> {
+        self.stage.forwarding()
+    }
 }
 
 impl Live {
@@ -73,15 +112,29 @@ impl Live {
             authoriser,
             state,
             upstreams,
-            max_body: config.server.max_body,
-            body_timeout: config.server.body_timeout,
-            linger_bytes: config.server.max_body.saturating_mul(4).max(1 << 20),
+            body: BodyLimits {
+                max_body: config.server.max_body,
+                body_timeout: config.server.body_timeout,
+                linger_bytes: config.server.max_body.saturating_mul(4).max(1 << 20),
+            },
             metrics,
         })
     }
 
     pub fn authoriser(&self) -> &Authoriser {
         &self.authoriser
+    }
+
+    /// Answers the request with `rejection`, which the access log names, and ends it.
+    pub(super) async fn reject(
+        &self,
+        session: &mut Session,
+        ctx: &mut RequestCtx,
+        rejection: Rejection,
+    ) -> Result<bool> {
+        refuse(session, &rejection, self.body, &self.metrics).await?;
+        ctx.rejection = Some(rejection);
+        Ok(true)
     }
 
     /// The one reading of the request: its target, the host it addressed, its operation.
@@ -98,9 +151,9 @@ impl Live {
                 .ok()
                 .and_then(|l| l.trim().parse().ok())
                 .ok_or(Rejection::InvalidRequest("Invalid Content-Length"))?;
-            if len > self.max_body {
+            if len > self.body.max_body {
                 return Err(Rejection::BodyTooLarge {
-                    limit: self.max_body,
+                    limit: self.body.max_body,
                 });
             }
         }
@@ -150,7 +203,7 @@ impl Live {
                 )
                 .await;
         };
-        let body = match self.read_body(session, true).await.and_then(|(b, _)| {
+        let body = match self.body.read(session, true).await.and_then(|(b, _)| {
             if needs_body_token_check(session.req_header(), operation) {
                 no_body_token(session.req_header(), &b)?;
             }
@@ -167,7 +220,7 @@ impl Live {
         };
         match reply {
             Ok(reply) => {
-                self.send_reply(session, reply).await?;
+                send_reply(session, reply).await?;
                 Ok(true)
             }
             Err(r) => self.reject(session, ctx, r).await,
@@ -192,7 +245,7 @@ impl Live {
                 .await;
         };
         let prepared = async {
-            let body_buffered = self.buffer_body(session, &reading.operation).await?;
+            let body_buffered = self.body.buffer(session, &reading.operation).await?;
             let slot = upstream.slot().await?;
             let (method_bound, quiet_delete, ledger) = match &permit {
                 Permit::Registry(p) => (true, false, p.ledger().cloned()),

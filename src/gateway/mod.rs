@@ -34,8 +34,10 @@ use crate::config::Target;
 use crate::rejection::Rejection;
 use crate::tls;
 use answer::write_answer;
-use journey::{RequestCtx, Stage};
+use journey::Stage;
 pub use live::Live;
+use live::RequestCtx;
+use upstream::Outgoing;
 pub use upstream::UpstreamTarget;
 
 /// The proxy: each request runs on the [`Live`] configuration current when it starts.
@@ -116,7 +118,7 @@ impl ProxyHttp for Gateway {
     ) -> Result<()> {
         if let Some(chunk) = body {
             ctx.body_bytes += chunk.len() as u64;
-            let limit = ctx.live.max_body;
+            let limit = ctx.live.body.max_body;
             if ctx.body_bytes > limit {
                 // A body without Content-Length (chunked, HTTP/2) that grows past the limit.
                 ctx.rejection = Some(Rejection::BodyTooLarge { limit });
@@ -150,19 +152,20 @@ impl ProxyHttp for Gateway {
             .and_then(|a| a.as_inet())
             .map(|a| a.ip());
         let upgrade = session.is_upgrade_req();
-        let certificate = ctx.peer_certificate.take();
-        let prepared = ctx.forwarding().and_then(|(reading, forwarding)| {
-            upstream::prepare_request(
-                upstream_request,
-                reading,
-                forwarding,
-                certificate.as_ref(),
+        let (reading, forwarding) = ctx.stage.forwarding()?;
+        upstream::prepare_request(
+            upstream_request,
+            &Outgoing {
+                upstream: &forwarding.upstream.config,
+                target: &reading.target,
+                served_host: &reading.served_host,
+                body_buffered: forwarding.body_buffered,
+                method_bound: forwarding.method_bound,
+                peer_certificate: ctx.peer_certificate.as_ref(),
                 client,
                 upgrade,
-            )
-        });
-        ctx.peer_certificate = certificate;
-        prepared
+            },
+        )
     }
 
     async fn response_filter(
@@ -241,7 +244,7 @@ impl ProxyHttp for Gateway {
         let live = ctx.live.clone();
         let rejection = match e.etype() {
             ErrorType::HTTPStatus(413) => Some(Rejection::BodyTooLarge {
-                limit: live.max_body,
+                limit: live.body.max_body,
             }),
             _ => match e.esource() {
                 ErrorSource::Upstream => Some(Rejection::UpstreamUnavailable),
@@ -267,7 +270,7 @@ impl ProxyHttp for Gateway {
             session.set_keepalive(None);
             let (header, body) = rejection.response();
             if write_answer(session, header, body).await.is_ok() {
-                live.linger(session).await;
+                live.body.linger(session).await;
             }
         }
         ctx.rejection.get_or_insert(rejection);

@@ -7,11 +7,11 @@ use pingora::prelude::*;
 use pingora::upstreams::peer::HttpPeer;
 use std::sync::Arc;
 
-use super::journey::{Forwarding, Reading};
 use crate::certificate::PeerCertificate;
 use crate::config::Upstream;
 use crate::headers;
 use crate::rejection::Rejection;
+use crate::target::RequestTarget;
 
 /// An upstream with its connection settings made once.
 pub struct UpstreamTarget {
@@ -69,18 +69,28 @@ impl UpstreamTarget {
     }
 }
 
+/// What the head that goes upstream is made from.
+pub(super) struct Outgoing<'a> {
+    pub upstream: &'a Upstream,
+    /// The authorised target.
+    pub target: &'a RequestTarget,
+    pub served_host: &'a str,
+    /// The length of a body read whole.
+    pub body_buffered: Option<u64>,
+    pub method_bound: bool,
+    pub peer_certificate: Option<&'a PeerCertificate>,
+    pub client: Option<std::net::IpAddr>,
+    pub upgrade: bool,
+}
+
 /// Rewrites the head that goes upstream: the authorised target, the body's framing when it
 /// was read whole, the header policy (untrusted and hop-by-hop names out, identity headers
 /// written by bindgate), the forwarding headers.
 pub(super) fn prepare_request(
     upstream_request: &mut RequestHeader,
-    reading: &Reading,
-    forwarding: &Forwarding,
-    peer_certificate: Option<&PeerCertificate>,
-    client: Option<std::net::IpAddr>,
-    upgrade: bool,
+    outgoing: &Outgoing<'_>,
 ) -> Result<()> {
-    let target = &reading.target;
+    let target = outgoing.target;
     let uri = target
         .path_and_query()
         .parse::<http::Uri>()
@@ -89,8 +99,8 @@ pub(super) fn prepare_request(
     if let Some(authority) = &target.authority {
         upstream_request.insert_header(http::header::HOST, authority.as_str())?;
     }
-    headers::strip_connection_listed(upstream_request, upgrade);
-    if let Some(len) = forwarding.body_buffered {
+    headers::strip_connection_listed(upstream_request, outgoing.upgrade);
+    if let Some(len) = outgoing.body_buffered {
         // The body was read whole: it travels with its length, whatever framing it came
         // in (chunked, HTTP/2 frames), and any 100 Continue was bindgate's to send. The
         // common case, a Content-Length that was right, is left as it is.
@@ -108,20 +118,20 @@ pub(super) fn prepare_request(
         }
         upstream_request.remove_header(&http::header::EXPECT);
     }
-    let upstream = &forwarding.upstream.config;
+    let upstream = outgoing.upstream;
     headers::strip_untrusted(
         upstream_request,
         upstream.client_cert_header.as_ref(),
-        forwarding.method_bound,
+        outgoing.method_bound,
         upstream.forward_underscore_headers,
     );
-    if let (Some(name), Some(cert)) = (&upstream.client_cert_header, peer_certificate) {
+    if let (Some(name), Some(cert)) = (&upstream.client_cert_header, outgoing.peer_certificate) {
         upstream_request.insert_header(name.clone(), cert.header_value().clone())?;
     }
     if upstream.forwarded_headers {
-        let host = reading.served_host.as_str();
+        let host = outgoing.served_host;
         // The address is written once, for both headers.
-        let node = client.map(|ip| {
+        let node = outgoing.client.map(|ip| {
             let mut node = String::with_capacity(39);
             push_ip(&mut node, ip);
             node
