@@ -3,12 +3,11 @@
 
 use std::time::Duration;
 
+use super::redb::RedbStore;
 use super::redis::RedisStore;
 use super::sessions::Record;
-use super::store::{Change, Chunks, Commit, RedbStore, StoreError};
+use super::store::{Change, Chunks, Commit, Result, StoreError};
 use crate::config::{State, StatePath};
-
-type Result<T> = std::result::Result<T, StoreError>;
 
 #[derive(Clone)]
 pub enum Store {
@@ -66,7 +65,7 @@ impl Store {
     /// neither the client nor the ledger entry behind.
     pub fn register_client(
         &self,
-        ledger: Option<&super::Ledger>,
+        ledger: Option<&crate::auth::Ledger>,
         id: &str,
         record: &[u8],
     ) -> Result<bool> {
@@ -80,7 +79,7 @@ impl Store {
 
     /// Takes a single-use token for a registration served elsewhere (an upstream): false if
     /// it was taken already. On an error the caller gives it back (the write may still land).
-    pub fn take_token(&self, ledger: &super::Ledger) -> Result<bool> {
+    pub fn take_token(&self, ledger: &crate::auth::Ledger) -> Result<bool> {
         match self {
             Store::Redb(s) => s.take_token(&ledger.key, ledger.expires),
             Store::Redis(s) => s.take_token(ledger),
@@ -88,7 +87,7 @@ impl Store {
     }
 
     /// Gives back a token [`Store::take_token`] took, if this request still holds it.
-    pub fn give_back_token(&self, ledger: &super::Ledger) -> Result<()> {
+    pub fn give_back_token(&self, ledger: &crate::auth::Ledger) -> Result<()> {
         match self {
             Store::Redb(s) => s.give_back_token(&ledger.key),
             Store::Redis(s) => s.give_back_token(ledger),

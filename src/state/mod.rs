@@ -4,6 +4,7 @@
 pub mod clients;
 pub mod engine;
 pub mod metadata;
+pub mod redb;
 pub mod redis;
 pub mod sessions;
 pub mod store;
@@ -21,8 +22,9 @@ use crate::rejection::Rejection;
 use crate::routing::{RegistryOp, SessionOp, SessionRequest, Sid};
 use clients::StoredClient;
 pub use engine::Store;
+pub use redb::{RedbStore, SessionSnapshot, SubjectSnapshot};
 use sessions::Record;
-pub use store::{Change, Chunks, RedbStore, SessionSnapshot, SubjectSnapshot};
+pub use store::{Change, Chunks};
 
 /// How many sessions one streamed chunk holds.
 pub const STREAM_CHUNK: usize = 512;

@@ -1,0 +1,284 @@
+//! Checks the sections share: addresses, paths, URIs, algorithm lists, secrets, certificate
+//! and key files, Redis settings.
+
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::path::{Path, PathBuf};
+
+use super::Problems;
+use crate::config::file::*;
+use crate::config::*;
+
+/// A list of JWS algorithms (default RS256, PS256, ES256, EdDSA): public-key algorithms only.
+pub(super) fn algorithm_list(
+    p: &mut Problems,
+    key: &str,
+    given: Option<&Vec<String>>,
+) -> Vec<JwsAlgorithm> {
+    let Some(names) = given else {
+        return vec![
+            JwsAlgorithm::RS256,
+            JwsAlgorithm::PS256,
+            JwsAlgorithm::ES256,
+            JwsAlgorithm::EdDSA,
+        ];
+    };
+    let mut algs = Vec::new();
+    for (i, name) in names.iter().enumerate() {
+        match JwsAlgorithm::from_name(name) {
+            Some(a) => algs.push(a),
+            None if name.eq_ignore_ascii_case("none") || name.starts_with("HS") => p.push(
+                format!("{key}[{i}]"),
+                format!(
+                    "`{name}` is never accepted: tokens and proofs are verified with public keys"
+                ),
+            ),
+            None => p.push(
+                format!("{key}[{i}]"),
+                format!(
+                    "`{name}` is not supported (supported: {})",
+                    JwsAlgorithm::ALL.map(|a| a.name()).join(", ")
+                ),
+            ),
+        }
+    }
+    if names.is_empty() {
+        p.push(key, "must list at least one algorithm");
+    }
+    algs
+}
+
+pub(super) fn socket_addr(p: &mut Problems, key: &str, text: &str) -> Option<SocketAddr> {
+    match text.parse::<SocketAddr>() {
+        Ok(a) => Some(a),
+        Err(_) => {
+            p.push(
+                key,
+                format!(
+                    "`{text}` is not an IP address and port (e.g. 127.0.0.1:8443 or [::1]:8443)"
+                ),
+            );
+            None
+        }
+    }
+}
+
+pub(super) fn resolve_addr(p: &mut Problems, key: &str, text: &str) -> Option<SocketAddr> {
+    if let Ok(a) = text.parse::<SocketAddr>() {
+        return Some(a);
+    }
+    if !text.contains(':') {
+        p.push(key, format!("`{text}` has no port (write host:port)"));
+        return None;
+    }
+    match text.to_socket_addrs().map(|mut a| a.next()) {
+        Ok(Some(a)) => Some(a),
+        Ok(None) | Err(_) => {
+            p.push(key, format!("`{text}` does not resolve to an address"));
+            None
+        }
+    }
+}
+
+pub(super) fn endpoint_path(p: &mut Problems, key: &str, given: &str) -> String {
+    if !given.starts_with('/') || given.len() < 2 {
+        p.push(
+            key,
+            format!("`{given}` must start with / and name a path other than /"),
+        );
+    }
+    if given.contains(['?', '#', ' ']) {
+        p.push(key, format!("`{given}` must be a plain path"));
+    }
+    given.trim_end_matches('/').to_string()
+}
+
+pub(super) fn overlaps(a: &str, b: &str) -> bool {
+    let inside =
+        |outer: &str, inner: &str| inner == outer || inner.starts_with(&format!("{outer}/"));
+    inside(a, b) || inside(b, a)
+}
+
+pub(super) fn is_http_uri(s: &str) -> bool {
+    (s.starts_with("https://") || s.starts_with("http://"))
+        && s.parse::<http::Uri>()
+            .is_ok_and(|u| u.host().is_some_and(|h| !h.is_empty()))
+}
+
+pub(super) fn redis_settings(p: &mut Problems, r: &RedisFile, source: &Path) -> RedisSettings {
+    let cluster = r.cluster.clone().unwrap_or_default();
+    let url = r.url.clone().unwrap_or_default();
+    let redis_url = |u: &str| u.starts_with("redis://") || u.starts_with("rediss://");
+    match (r.url.is_some(), r.cluster.is_some()) {
+        (true, true) => p.push("state.redis", "give one of url and cluster, not both"),
+        (false, false) => p.push(
+            "state.redis",
+            "give url (\"redis://host:6379/0\") or cluster (a list of seed URLs)",
+        ),
+        _ => {}
+    }
+    if r.url.is_some() && !redis_url(&url) {
+        p.push("state.redis.url", "must start with redis:// or rediss://");
+    } else if r.url.is_some() && !usable_redis_url(&url) {
+        p.push("state.redis.url", UNUSABLE_REDIS_URL);
+    }
+    if r.cluster.is_some() && cluster.is_empty() {
+        p.push("state.redis.cluster", "lists no seed URL");
+    }
+    for (i, u) in cluster.iter().enumerate() {
+        if !redis_url(u) {
+            p.push(
+                format!("state.redis.cluster[{i}]"),
+                "must start with redis:// or rediss://",
+            );
+        } else if !usable_redis_url(u) {
+            p.push(format!("state.redis.cluster[{i}]"), UNUSABLE_REDIS_URL);
+        }
+    }
+    let key_prefix = r.key_prefix.clone().unwrap_or_else(|| "bindgate:".into());
+    if key_prefix.chars().any(|c| c.is_control() || c == ' ') {
+        p.push(
+            "state.redis.key_prefix",
+            "must not hold spaces or control characters",
+        );
+    }
+    let base = source.parent().unwrap_or(Path::new("."));
+    let password = r.password.as_ref().and_then(|entry| {
+        if entry.sha256.is_some() {
+            p.push(
+                "state.redis.password",
+                "bindgate presents this secret: give value, env or file, not sha256",
+            );
+            return None;
+        }
+        match secret::resolve_plain(entry, base) {
+            Ok(s) => Some(Password::new(s)),
+            Err(reason) => {
+                p.push("state.redis.password", reason);
+                None
+            }
+        }
+    });
+    let wait_replicas = r.wait_replicas.unwrap_or(0);
+    if wait_replicas > 0 && !cluster.is_empty() {
+        p.push(
+            "state.redis.wait_replicas",
+            "is not supported with cluster yet (WAIT needs the connection that wrote)",
+        );
+    }
+    let ca = r.ca.as_deref().map(|c| base.join(c));
+    if let Some(ca) = &ca {
+        if !url.starts_with("rediss://") {
+            p.push(
+                "state.redis.ca",
+                "is for a rediss:// url (TLS); with cluster, the system's roots are used",
+            );
+        } else {
+            check_certificates(p, "state.redis.ca", ca);
+        }
+    }
+    RedisSettings {
+        url,
+        cluster,
+        key_prefix,
+        password,
+        wait_replicas,
+        allow_eviction: r.allow_eviction.unwrap_or(false),
+        ca,
+    }
+}
+
+pub(super) fn secrets(
+    p: &mut Problems,
+    key: &str,
+    entries: Option<&[SecretFile]>,
+    source: &Path,
+) -> SecretSet {
+    let base = source.parent().unwrap_or(Path::new("."));
+    let mut digests = Vec::new();
+    for (i, entry) in entries.unwrap_or(&[]).iter().enumerate() {
+        match secret::resolve(entry, base) {
+            Ok(d) => digests.push(d),
+            Err(reason) => p.push(format!("{key}[{i}]"), reason),
+        }
+    }
+    SecretSet::new(digests)
+}
+
+pub(super) fn check_certificates(p: &mut Problems, key: &str, path: &PathBuf) {
+    match std::fs::read(path) {
+        Err(e) => p.push(key, format!("cannot read {}: {e}", path.display())),
+        Ok(pem) => match openssl::x509::X509::stack_from_pem(&pem) {
+            Ok(certs) if !certs.is_empty() => {}
+            _ => p.push(key, format!("{} holds no PEM certificate", path.display())),
+        },
+    }
+}
+
+pub(super) fn check_cert_and_key(
+    p: &mut Problems,
+    key: &str,
+    cert: &PathBuf,
+    private_key: &PathBuf,
+) {
+    let certs = match std::fs::read(cert) {
+        Err(e) => {
+            p.push(
+                format!("{key}.cert"),
+                format!("cannot read {}: {e}", cert.display()),
+            );
+            None
+        }
+        Ok(pem) => match openssl::x509::X509::stack_from_pem(&pem) {
+            Ok(c) if !c.is_empty() => Some(c),
+            _ => {
+                p.push(
+                    format!("{key}.cert"),
+                    format!("{} holds no PEM certificate", cert.display()),
+                );
+                None
+            }
+        },
+    };
+    let pkey = match std::fs::read(private_key) {
+        Err(e) => {
+            p.push(
+                format!("{key}.key"),
+                format!("cannot read {}: {e}", private_key.display()),
+            );
+            None
+        }
+        Ok(pem) => match openssl::pkey::PKey::private_key_from_pem(&pem) {
+            Ok(k) => Some(k),
+            Err(_) => {
+                p.push(
+                    format!("{key}.key"),
+                    format!("{} holds no PEM private key", private_key.display()),
+                );
+                None
+            }
+        },
+    };
+    if let (Some(certs), Some(pkey)) = (certs, pkey) {
+        let matches = certs[0]
+            .public_key()
+            .map(|pk| pk.public_eq(&pkey))
+            .unwrap_or(false);
+        if !matches {
+            p.push(
+                format!("{key}.key"),
+                format!("does not belong to the certificate in {}", cert.display()),
+            );
+        }
+    }
+}
+
+/// The reason for a URL the Redis client cannot use (the URL itself is not repeated: it may
+/// hold a password).
+const UNUSABLE_REDIS_URL: &str =
+    "is not a Redis URL bindgate can connect with (redis[s]://[user:password@]host[:port][/db])";
+
+/// Whether the Redis client `run` uses parses `url` (so that `check` refuses what `run` would).
+pub(super) fn usable_redis_url(url: &str) -> bool {
+    use redis::IntoConnectionInfo;
+    url.into_connection_info().is_ok()
+}

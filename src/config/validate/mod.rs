@@ -1,0 +1,95 @@
+//! File structs → runtime `Config`, with every problem collected.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+mod checks;
+mod sections;
+mod tokens;
+mod upstreams;
+
+use super::file::*;
+use super::units::parse_duration;
+use super::*;
+
+pub(super) struct Problems(Vec<Problem>);
+
+impl Problems {
+    pub(super) fn push(&mut self, key: impl Into<String>, reason: impl Into<String>) {
+        self.0.push(Problem {
+            key: key.into(),
+            reason: reason.into(),
+        });
+    }
+
+    /// A deadline: more than 0 (a zero deadline would refuse everything) and at most a day.
+    pub(super) fn positive_duration(
+        &mut self,
+        key: &str,
+        given: Option<&String>,
+        default: Duration,
+    ) -> Duration {
+        let d = self.duration(key, given, default);
+        if d.is_zero() || d > Duration::from_secs(86_400) {
+            self.push(key, "must be more than 0 and at most 24h");
+            return default;
+        }
+        d
+    }
+
+    pub(super) fn duration(
+        &mut self,
+        key: &str,
+        given: Option<&String>,
+        default: Duration,
+    ) -> Duration {
+        match given.map(|t| parse_duration(t)) {
+            None => default,
+            Some(Ok(d)) => d,
+            Some(Err(e)) => {
+                self.push(key, e);
+                default
+            }
+        }
+    }
+}
+
+pub fn validate(file: FileConfig, source: &Path) -> Result<Config, Vec<Problem>> {
+    let mut p = Problems(Vec::new());
+    let (listen_address, tls) = sections::listen(&mut p, &file, source);
+    let admin = sections::admin(&mut p, &file, listen_address);
+    let issuer = sections::issuer(&mut p, &file);
+    let jwks = tokens::jwks(&mut p, &file, source, issuer.as_ref());
+    let tokens = tokens::tokens(&mut p, &file);
+    let upstreams = upstreams::upstreams(&mut p, &file, source);
+    let registration = upstreams::registration(&mut p, &file, source, issuer.as_ref());
+    let session_store = upstreams::session_store(&mut p, &file, source, &registration);
+    let routes = upstreams::routes(&mut p, &file, jwks.is_some());
+    let dpop = tokens::dpop(&mut p, &file);
+    let state = sections::state(&mut p, &file, source);
+    let server = sections::server(&mut p, &file, source);
+
+    if !p.0.is_empty() {
+        return Err(p.0);
+    }
+    Ok(Config {
+        source: source.to_path_buf(),
+        listen: Listen {
+            // Some: a None pushed a problem above.
+            address: listen_address.unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 0))),
+            tls,
+        },
+        admin,
+        issuer,
+        jwks,
+        tokens,
+        registration,
+        session_store,
+        upstreams,
+        routes,
+        state,
+        server,
+        dpop,
+    })
+}

@@ -1,0 +1,197 @@
+//! The listener, the admin listener, the issuer, the state and the server sections.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use super::checks::*;
+use super::Problems;
+use crate::config::file::*;
+use crate::config::units::parse_size;
+use crate::config::*;
+
+pub(super) fn listen(
+    p: &mut Problems,
+    file: &FileConfig,
+    source: &Path,
+) -> (Option<SocketAddr>, ListenTls) {
+    let path_of = |written: &str| resolve_against(source, written);
+    // listen
+    let listen_address = socket_addr(p, "listen.address", &file.listen.address);
+    let tls = &file.listen.tls;
+    let cert = path_of(&tls.cert);
+    let key = path_of(&tls.key);
+    check_cert_and_key(p, "listen.tls", &cert, &key);
+    let client_auth = match tls.client_auth.as_deref() {
+        None | Some("optional") => ClientAuth::Optional,
+        Some("none") => ClientAuth::None,
+        Some("required") => ClientAuth::Required,
+        Some(other) => {
+            p.push(
+                "listen.tls.client_auth",
+                format!("`{other}` is not one of none, optional, required"),
+            );
+            ClientAuth::Optional
+        }
+    };
+    let client_ca = tls.client_ca.as_deref().map(path_of);
+    if let Some(ca) = &client_ca {
+        check_certificates(p, "listen.tls.client_ca", ca);
+        if client_auth == ClientAuth::None {
+            p.push(
+                "listen.tls.client_ca",
+                "has no effect with client_auth: none (remove it or choose optional/required)",
+            );
+        }
+    }
+
+    let tls = ListenTls {
+        cert,
+        key,
+        client_auth,
+        client_ca,
+        watch: tls.watch.unwrap_or(false),
+    };
+    (listen_address, tls)
+}
+
+pub(super) fn admin(
+    p: &mut Problems,
+    file: &FileConfig,
+    listen_address: Option<SocketAddr>,
+) -> Option<Admin> {
+    // admin
+    let admin = file
+        .admin
+        .as_ref()
+        .and_then(|a| socket_addr(p, "admin.address", &a.address))
+        .map(|address| Admin { address });
+    if let (Some(a), Some(l)) = (&admin, listen_address) {
+        if a.address == l && l.port() != 0 {
+            p.push("admin.address", "is the same as listen.address");
+        }
+    }
+
+    admin
+}
+
+pub(super) fn issuer(p: &mut Problems, file: &FileConfig) -> Option<String> {
+    // issuer
+    let issuer = file.issuer.clone();
+    if let Some(iss) = &issuer {
+        if !is_http_uri(iss) {
+            p.push("issuer", format!("`{iss}` is not an http(s) URI"));
+        }
+    }
+
+    issuer
+}
+
+pub(super) fn state(p: &mut Problems, file: &FileConfig, source: &Path) -> State {
+    let path_of = |written: &str| resolve_against(source, written);
+    // state
+    let st = file.state.as_ref();
+    if st.is_some_and(|s| s.path.is_some() && s.redis.is_some()) {
+        p.push("state", "give one of path (redb) and redis, not both");
+    }
+    let redis = st
+        .and_then(|s| s.redis.as_ref())
+        .map(|r| redis_settings(p, r, source));
+    let state_path = match st.and_then(|s| s.path.as_deref()) {
+        None | Some(":memory:") => StatePath::Memory,
+        Some("") => {
+            p.push("state.path", "is empty (use \":memory:\" or a file path)");
+            StatePath::Memory
+        }
+        Some(f) => StatePath::File(path_of(f)),
+    };
+    let limits = st.and_then(|s| s.sessions.as_ref());
+    let mut minutes = |key: &str, given: Option<i64>, default: i64| {
+        let v = given.unwrap_or(default);
+        if v == 0 || v < -1 {
+            p.push(
+                key,
+                format!("{v}: must be a number of minutes > 0, or -1 for unlimited"),
+            );
+        }
+        v
+    };
+    let sessions = SessionLimits {
+        max_life: minutes(
+            "state.sessions.max_life",
+            limits.and_then(|l| l.max_life),
+            20160,
+        ),
+        auth_life: minutes(
+            "state.sessions.auth_life",
+            limits.and_then(|l| l.auth_life),
+            10080,
+        ),
+        max_idle: minutes(
+            "state.sessions.max_idle",
+            limits.and_then(|l| l.max_idle),
+            15,
+        ),
+    };
+    State {
+        path: state_path,
+        redis,
+        sessions,
+    }
+}
+
+pub(super) fn server(p: &mut Problems, file: &FileConfig, source: &Path) -> Server {
+    let path_of = |written: &str| resolve_against(source, written);
+    // server
+    let sv = file.server.as_ref();
+    let threads = sv.and_then(|s| s.threads).unwrap_or_else(|| {
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1)
+    });
+    if threads == 0 || threads > 1024 {
+        p.push(
+            "server.threads",
+            format!("{threads}: must be between 1 and 1024"),
+        );
+    }
+    let max_body = match sv.and_then(|s| s.max_body.as_deref()).map(parse_size) {
+        None => 64 * 1024,
+        Some(Ok(n)) => n,
+        Some(Err(e)) => {
+            p.push("server.max_body", e);
+            64 * 1024
+        }
+    };
+    let server = Server {
+        threads,
+        grace_period: p.duration(
+            "server.grace_period",
+            sv.and_then(|s| s.grace_period.as_ref()),
+            Duration::from_secs(5),
+        ),
+        max_body,
+        pid_file: sv.and_then(|s| s.pid_file.as_deref()).map(path_of),
+        upgrade_sock: path_of(
+            sv.and_then(|s| s.upgrade_sock.as_deref())
+                .unwrap_or("/tmp/bindgate_upgrade.sock"),
+        ),
+        idle_timeout: p.positive_duration(
+            "server.idle_timeout",
+            sv.and_then(|s| s.idle_timeout.as_ref()),
+            Duration::from_secs(60),
+        ),
+        header_timeout: p.positive_duration(
+            "server.header_timeout",
+            sv.and_then(|s| s.header_timeout.as_ref()),
+            Duration::from_secs(10),
+        ),
+        body_timeout: p.positive_duration(
+            "server.body_timeout",
+            sv.and_then(|s| s.body_timeout.as_ref()),
+            Duration::from_secs(30),
+        ),
+    };
+
+    server
+}
