@@ -1,7 +1,7 @@
 //! Entry points for fuzzers: each takes arbitrary bytes, runs one parser of client- or
 //! operator-controlled input the way the server does, and checks what must hold of its result.
 //! None may panic, hang or allocate without bound, whatever the bytes. The coverage-guided
-//! targets in `fuzz/` and the mutation fuzzer of the test suite (`tests/fuzz.rs`) both call
+//! targets in `fuzz/` and the mutation fuzzer of the test suite (`tests/it/fuzz.rs`) both call
 //! these; `FUZZING.md` records the runs.
 
 use http::{HeaderMap, HeaderValue, Method};

@@ -3,7 +3,7 @@
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-#[path = "../../tests/harness/http1.rs"]
+#[path = "../../tests/it/harness/http1.rs"]
 mod http1;
 
 /// A free TCP port on loopback.

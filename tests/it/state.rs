@@ -1,9 +1,7 @@
 //! The embedded state service through the real server over TLS: client registry (RFC 7591 /
 //! RFC 7592), session store v2, durability across `kill -9`, streamed delete-all.
 
-mod harness;
-
-use harness::*;
+use crate::harness::*;
 use serde_json::{json, Value};
 use std::path::Path;
 use std::time::Duration;
@@ -1027,7 +1025,7 @@ fn a_deleted_session_stays_deleted_under_concurrent_reads_and_replaces_on(state:
 /// The registry and session suites above, once on a three-master Redis Cluster (issue 12).
 #[test]
 fn the_registry_and_session_suites_on_a_redis_cluster() {
-    let cluster = harness::redis::RedisCluster::start();
+    let cluster = crate::harness::redis::RedisCluster::start();
     let on = |prefix: &str| {
         format!(
             r#"redis {{cluster: {}, key_prefix: "{prefix}:"}}"#,

@@ -1,10 +1,8 @@
 //! Initial access tokens and certificate binding on the registration endpoint, through the real
 //! server over TLS, with a JWKS server inside the test.
 
-mod harness;
-
-use harness::tokens::*;
-use harness::*;
+use crate::harness::tokens::*;
+use crate::harness::*;
 use jsonwebtoken::Algorithm;
 use serde_json::json;
 use std::time::{Duration, Instant};
@@ -47,7 +45,7 @@ impl Default for Options {
 fn setup(signers: &[&Signer], o: Options) -> Setup {
     let pki = Pki::new();
     let jwks = Upstream::start();
-    jwks.set_reply(200, &harness::tokens::jwks(signers));
+    jwks.set_reply(200, &crate::harness::tokens::jwks(signers));
     let idp = Upstream::start();
     std::fs::write(pki.path("api.token"), "session-api-token\n").unwrap();
     let yaml = format!(

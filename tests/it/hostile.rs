@@ -1,9 +1,7 @@
 //! A hostile client against the real binary (issue 14): connection deadlines, descriptors
 //! running out, slow bodies, upstream connection limits, TLS resumption across a reload.
 
-mod harness;
-
-use harness::*;
+use crate::harness::*;
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::time::{Duration, Instant};
@@ -71,7 +69,7 @@ fn read_response(stream: &mut impl Read) -> String {
     let mut buf = Vec::new();
     let mut chunk = [0u8; 4096];
     loop {
-        if harness::http1::message_len(&buf).is_some_and(|len| buf.len() >= len) {
+        if crate::harness::http1::message_len(&buf).is_some_and(|len| buf.len() >= len) {
             break;
         }
         match stream.read(&mut chunk) {
@@ -231,7 +229,7 @@ fn trickled_post(port: u16) -> (String, Duration) {
                 ) => {}
             Err(_) => break,
         }
-        if harness::http1::message_len(&got).is_some_and(|len| got.len() >= len) {
+        if crate::harness::http1::message_len(&got).is_some_and(|len| got.len() >= len) {
             break;
         }
         if writing {
@@ -295,7 +293,7 @@ impl ByteCountingUpstream {
                         got.extend_from_slice(&buf[..n]);
                         seen.lock().unwrap()[slot] = got.clone();
                         if let Some(len) =
-                            harness::http1::message_len(&got).filter(|l| got.len() >= *l)
+                            crate::harness::http1::message_len(&got).filter(|l| got.len() >= *l)
                         {
                             got.drain(..len);
                             let _ = s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok");

@@ -5,10 +5,8 @@
 //! the embedded targets and once with an upstream target behind a catch-all route, asserting
 //! the answer and that the recording upstream received nothing it should not.
 
-mod harness;
-
-use harness::tokens::*;
-use harness::*;
+use crate::harness::tokens::*;
+use crate::harness::*;
 use jsonwebtoken::Algorithm;
 use std::io::{Read, Write};
 use std::time::Duration;

@@ -2,9 +2,7 @@
 //! token, a broken configuration, a certificate file replaced, a binary upgrade — each with
 //! every request answered and no connection reset by the server.
 
-mod harness;
-
-use harness::*;
+use crate::harness::*;
 use openssl::asn1::Asn1Time;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;

@@ -2,12 +2,10 @@
 //! tokens are minted here with `jsonwebtoken` (ring), and key thumbprints computed here, not
 //! with bindgate's code; a recording upstream shows what was forwarded.
 
-mod harness;
-
+use crate::harness::tokens::*;
+use crate::harness::*;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
-use harness::tokens::*;
-use harness::*;
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use serde_json::{json, Value};
 

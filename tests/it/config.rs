@@ -1,8 +1,6 @@
 //! `bindgate check` and the other commands, as a user runs them.
 
-mod harness;
-
-use harness::*;
+use crate::harness::*;
 
 const GOOD: &str = r#"
 listen:

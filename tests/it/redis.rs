@@ -1,13 +1,11 @@
 //! Several bindgate instances on one Redis (issue 12): a real `redis-server` per test on a free
 //! port (and a three-master Redis Cluster), two bindgate processes, real TLS clients.
 
-mod harness;
-
+use crate::harness::redis::{RedisCluster, RedisServer};
+use crate::harness::tokens::*;
+use crate::harness::*;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
-use harness::redis::{RedisCluster, RedisServer};
-use harness::tokens::*;
-use harness::*;
 use jsonwebtoken::Algorithm;
 use serde_json::{json, Value};
 use std::time::{Duration, Instant};

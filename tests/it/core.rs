@@ -1,10 +1,8 @@
 //! The sidecar core through the real binary: TLS and mTLS, routing, forwarding, the RFC 9440
 //! client-certificate header, admin endpoints, bad input, lifecycle.
 
-mod harness;
-
+use crate::harness::*;
 use base64::Engine;
-use harness::*;
 use std::io::{Read, Write};
 use std::time::Duration;
 
@@ -219,7 +217,7 @@ fn mtls_request(
 
 /// Whether `buf` holds a whole HTTP/1.1 message: its header and its `Content-Length` body.
 fn whole_message(buf: &[u8]) -> bool {
-    harness::http1::message_len(buf).is_some_and(|len| buf.len() >= len)
+    crate::harness::http1::message_len(buf).is_some_and(|len| buf.len() >= len)
 }
 
 fn read_one_response(stream: &mut impl Read) -> String {

@@ -2,10 +2,8 @@
 //! reach curl over HTTP/2 and HTTP/1.1 on every try, bodies several times the limit included,
 //! with Content-Length and without (chunked), for the embedded target and an upstream route.
 
-mod harness;
-
-use harness::tokens::*;
-use harness::*;
+use crate::harness::tokens::*;
+use crate::harness::*;
 use jsonwebtoken::Algorithm;
 
 struct Setup {

@@ -1,0 +1,18 @@
+//! The integration tests: one binary (one link), a module per subject. Each starts the real
+//! `bindgate` binary with its own certificates, servers and clients (`harness`).
+
+mod harness;
+
+mod answers;
+mod config;
+mod core;
+mod dpop;
+mod enforcement;
+mod fuzz;
+mod hostile;
+mod live;
+mod paths;
+mod redis;
+mod state;
+mod structure;
+mod tokens;
