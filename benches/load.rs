@@ -25,7 +25,7 @@ mod common;
 mod envoy;
 #[path = "load/oha.rs"]
 mod oha;
-use common::{free_port, rss_kib, static_upstream};
+use common::{free_port, free_ports, rss_kib, static_upstream};
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
@@ -324,8 +324,7 @@ fn start_bindgate(
     embedded: bool,
     redis: Option<u16>,
 ) -> Proxy {
-    let port = free_port();
-    let admin = free_port();
+    let [port, admin] = free_ports();
     let dir = &m.dir;
     let target = if embedded { "embedded" } else { "static" };
     let config = dir.join(format!("bindgate-{port}.yaml"));

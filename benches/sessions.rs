@@ -16,7 +16,7 @@
 //! BENCHMARKS.md.
 
 mod common;
-use common::{free_port, rss_kib};
+use common::{free_ports, rss_kib};
 
 use std::io::Read;
 use std::path::{Path, PathBuf};
@@ -86,8 +86,7 @@ impl Engine {
 type Server = common::Running;
 
 fn start(pki: &Path, state: &Engine, threads: usize) -> Server {
-    let port = free_port();
-    let admin = free_port();
+    let [port, admin] = free_ports();
     let dir = pki.join(format!("run-{port}"));
     std::fs::create_dir_all(&dir).unwrap();
     let config = dir.join("proxy.yaml");

@@ -18,7 +18,7 @@
 //! first two.
 
 mod common;
-use common::{free_port, rss_kib, static_upstream};
+use common::{free_ports, rss_kib, static_upstream};
 
 use serde_json::json;
 use std::collections::BTreeMap;
@@ -62,8 +62,7 @@ fn options() -> Options {
 type Bindgate = common::Running;
 
 fn start(dir: &Path, upstream: u16) -> Bindgate {
-    let port = free_port();
-    let admin = free_port();
+    let [port, admin] = free_ports();
     let d = dir.display();
     let config = dir.join("soak.yaml");
     std::fs::write(

@@ -824,6 +824,7 @@ fn a_hanging_key_server_never_hangs_requests() {
     let known = es.sign(&claims());
     let client = s.bg.client(&s.pki, None, Http::One);
     let url = s.bg.url("/clients");
+    let fetches_before = s.jwks.requests().len();
     let waiting = {
         let client = client.clone();
         let url = url.clone();
@@ -838,8 +839,16 @@ fn a_hanging_key_server_never_hangs_requests() {
             (status, started.elapsed())
         })
     };
-    // While the refetch for the unknown kid waits on the key server, a known key still works.
-    std::thread::sleep(Duration::from_millis(200));
+    // While the refetch for the unknown kid waits on the key server (it has arrived there),
+    // a known key still works.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while s.jwks.requests().len() == fetches_before {
+        assert!(
+            Instant::now() < deadline,
+            "the refetch never reached the key server"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
     let resp = client
         .post(&url)
         .bearer_auth(&known)

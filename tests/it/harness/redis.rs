@@ -45,9 +45,13 @@ impl RedisServer {
     }
 
     pub fn start_with(extra: &[&str]) -> RedisServer {
+        Self::start_on(free_port(), extra)
+    }
+
+    fn start_on(port: u16, extra: &[&str]) -> RedisServer {
         let mut s = RedisServer {
             child: None,
-            port: free_port(),
+            port,
             dir: tempfile::tempdir().expect("tempdir"),
             extra: extra.iter().map(|e| e.to_string()).collect(),
             cli_tls: Vec::new(),
@@ -156,12 +160,10 @@ impl RedisCluster {
     pub fn start() -> RedisCluster {
         let nodes: Vec<RedisServer> = (0..3)
             .map(|_| {
-                RedisServer::start_with(&[
-                    "--cluster-enabled",
-                    "yes",
-                    "--cluster-node-timeout",
-                    "2000",
-                ])
+                RedisServer::start_on(
+                    cluster_port(),
+                    &["--cluster-enabled", "yes", "--cluster-node-timeout", "2000"],
+                )
             })
             .collect();
         let mut cmd = Command::new("redis-cli");
@@ -212,4 +214,22 @@ impl RedisCluster {
 #[allow(dead_code)]
 pub fn data_dir(s: &RedisServer) -> PathBuf {
     s.dir.path().to_path_buf()
+}
+
+/// A port a cluster node can take: Redis puts its cluster bus on port + 10000, so the port
+/// must be at most 55535 ("Redis port number too high" above it) and port + 10000 free too.
+/// Both are bound to check, then released for redis-server.
+fn cluster_port() -> u16 {
+    let mut seed = [0u8; 2];
+    openssl::rand::rand_bytes(&mut seed).expect("random");
+    let span = 55_535 - 20_000;
+    for i in 0..span {
+        let port = 20_000 + ((u32::from(u16::from_le_bytes(seed)) + i) % span) as u16;
+        let node = std::net::TcpListener::bind(("127.0.0.1", port));
+        let bus = std::net::TcpListener::bind(("127.0.0.1", port + 10_000));
+        if node.is_ok() && bus.is_ok() {
+            return port;
+        }
+    }
+    panic!("no port pair free for a cluster node below 55536");
 }
