@@ -1,5 +1,9 @@
 //! The state service's storage interface: one set of operations, two engines — redb (one
-//! machine, a file or memory) and Redis (several instances, one state).
+//! machine, a file or memory) and Redis (several instances, one state). The operations a
+//! request waits on are async: Redis is called natively (its commands run on the store's own
+//! runtime, no thread held), redb behind `spawn_blocking` (its transactions block). Snapshot
+//! reads (`Chunks`), purges and bulk inserts stay blocking: callers run them off the
+//! proxy's workers.
 
 use std::time::Duration;
 
@@ -13,6 +17,17 @@ use crate::config::{State, StatePath};
 pub enum Store {
     Redb(RedbStore),
     Redis(RedisStore),
+}
+
+/// Runs a blocking redb operation on the blocking pool.
+async fn on_redb<T: Send + 'static>(
+    store: &RedbStore,
+    f: impl FnOnce(&RedbStore) -> Result<T> + Send + 'static,
+) -> Result<T> {
+    let store = store.clone();
+    tokio::task::spawn_blocking(move || f(&store))
+        .await
+        .map_err(|_| StoreError::new("a storage task failed".into()))?
 }
 
 impl Store {
@@ -54,16 +69,19 @@ impl Store {
         }
     }
 
-    pub fn put_client(&self, id: &str, record: &[u8]) -> Result<()> {
+    pub async fn put_client(&self, id: &str, record: &[u8]) -> Result<()> {
         match self {
-            Store::Redb(s) => s.put_client(id, record),
-            Store::Redis(s) => s.put_client(id, record),
+            Store::Redb(s) => {
+                let (id, record) = (id.to_owned(), record.to_vec());
+                on_redb(s, move |s| s.put_client(&id, &record)).await
+            }
+            Store::Redis(s) => s.put_client(id, record).await,
         }
     }
 
     /// A new client, unless the single-use `ledger` entry was taken: false. A failure leaves
     /// neither the client nor the ledger entry behind.
-    pub fn register_client(
+    pub async fn register_client(
         &self,
         ledger: Option<&crate::auth::Ledger>,
         id: &str,
@@ -71,51 +89,68 @@ impl Store {
     ) -> Result<bool> {
         match self {
             Store::Redb(s) => {
-                s.register_client(ledger.map(|l| (l.key.as_str(), l.expires)), id, record)
+                let ledger = ledger.map(|l| (l.key.clone(), l.expires));
+                let (id, record) = (id.to_owned(), record.to_vec());
+                on_redb(s, move |s| {
+                    s.register_client(ledger.as_ref().map(|(k, e)| (k.as_str(), *e)), &id, &record)
+                })
+                .await
             }
-            Store::Redis(s) => s.register_client(ledger, id, record),
+            Store::Redis(s) => s.register_client(ledger, id, record).await,
         }
     }
 
     /// Takes a single-use token for a registration served elsewhere (an upstream): false if
     /// it was taken already. On an error the caller gives it back (the write may still land).
-    pub fn take_token(&self, ledger: &crate::auth::Ledger) -> Result<bool> {
+    pub async fn take_token(&self, ledger: &crate::auth::Ledger) -> Result<bool> {
         match self {
-            Store::Redb(s) => s.take_token(&ledger.key, ledger.expires),
-            Store::Redis(s) => s.take_token(ledger),
+            Store::Redb(s) => {
+                let (key, expires) = (ledger.key.clone(), ledger.expires);
+                on_redb(s, move |s| s.take_token(&key, expires)).await
+            }
+            Store::Redis(s) => s.take_token(ledger).await,
         }
     }
 
     /// Gives back a token [`Store::take_token`] took, if this request still holds it.
-    pub fn give_back_token(&self, ledger: &crate::auth::Ledger) -> Result<()> {
+    pub async fn give_back_token(&self, ledger: &crate::auth::Ledger) -> Result<()> {
         match self {
-            Store::Redb(s) => s.give_back_token(&ledger.key),
-            Store::Redis(s) => s.give_back_token(ledger),
+            Store::Redb(s) => {
+                let key = ledger.key.clone();
+                on_redb(s, move |s| s.give_back_token(&key)).await
+            }
+            Store::Redis(s) => s.give_back_token(ledger).await,
         }
     }
 
-    pub fn get_client(&self, id: &str) -> Result<Option<Vec<u8>>> {
+    pub async fn get_client(&self, id: &str) -> Result<Option<Vec<u8>>> {
         match self {
-            Store::Redb(s) => s.get_client(id),
-            Store::Redis(s) => s.get_client(id),
+            Store::Redb(s) => {
+                let id = id.to_owned();
+                on_redb(s, move |s| s.get_client(&id)).await
+            }
+            Store::Redis(s) => s.get_client(id).await,
         }
     }
 
-    pub fn delete_client(&self, id: &str) -> Result<bool> {
+    pub async fn delete_client(&self, id: &str) -> Result<bool> {
         match self {
-            Store::Redb(s) => s.delete_client(id),
-            Store::Redis(s) => s.delete_client(id),
+            Store::Redb(s) => {
+                let id = id.to_owned();
+                on_redb(s, move |s| s.delete_client(&id)).await
+            }
+            Store::Redis(s) => s.delete_client(id).await,
         }
     }
 
-    pub fn clients(&self) -> Result<Vec<Vec<u8>>> {
+    pub async fn clients(&self) -> Result<Vec<Vec<u8>>> {
         match self {
-            Store::Redb(s) => s.clients(),
-            Store::Redis(s) => s.clients(),
+            Store::Redb(s) => on_redb(s, |s| s.clients()).await,
+            Store::Redis(s) => s.clients().await,
         }
     }
 
-    pub fn put_session(
+    pub async fn put_session(
         &self,
         sid: &str,
         subject: &str,
@@ -123,32 +158,73 @@ impl Store {
         commit: Commit,
     ) -> Result<()> {
         match self {
-            Store::Redb(s) => s.put_session(sid, subject, record, commit),
+            Store::Redb(s) => {
+                let (sid, subject, record) = (sid.to_owned(), subject.to_owned(), record.to_vec());
+                on_redb(s, move |s| s.put_session(&sid, &subject, &record, commit)).await
+            }
             Store::Redis(s) => {
                 s.put_session(sid, subject, record, Record::expires_at(record), commit)
+                    .await
             }
         }
     }
 
     /// Read-modify-write of one session; nothing deleted or replaced in between is written
-    /// back. False when the session does not exist.
-    pub fn update_session<E: From<StoreError> + Send + 'static>(
+    /// back. `f` decides the change and what the caller gets back (from the read that was
+    /// written on); None when the session does not exist.
+    pub async fn update_session<T: Send + 'static, E: From<StoreError> + Send + 'static>(
         &self,
         sid: &str,
         commit: Commit,
-        mut f: impl FnMut(&[u8]) -> std::result::Result<Change, E>,
-    ) -> std::result::Result<bool, E> {
+        mut f: impl FnMut(&[u8]) -> std::result::Result<(Change, T), E> + Send + 'static,
+    ) -> std::result::Result<Option<T>, E> {
         match self {
-            Store::Redb(s) => s.update_session(sid, commit, |b| f(b)),
-            Store::Redis(s) => s.update_session(sid, commit, Record::expires_at, f),
+            Store::Redb(s) => {
+                let (s, sid) = (s.clone(), sid.to_owned());
+                tokio::task::spawn_blocking(move || s.update_session(&sid, commit, |b| f(b)))
+                    .await
+                    .map_err(|_| StoreError::new("a storage task failed".into()))?
+            }
+            Store::Redis(s) => s.update_session(sid, commit, Record::expires_at, f).await,
         }
     }
 
-    pub fn get_session(&self, sid: &str) -> Result<Option<Vec<u8>>> {
+    pub async fn get_session(&self, sid: &str) -> Result<Option<Vec<u8>>> {
         match self {
-            Store::Redb(s) => s.get_session(sid),
-            Store::Redis(s) => s.get_session(sid),
+            Store::Redb(s) => {
+                let sid = sid.to_owned();
+                on_redb(s, move |s| s.get_session(&sid)).await
+            }
+            Store::Redis(s) => s.get_session(sid).await,
         }
+    }
+
+    /// One subject's sessions, to read a chunk at a time (blocking). Off the workers.
+    pub async fn sessions_of_async(&self, subject: &str) -> Result<Box<dyn Chunks>> {
+        let (me, subject) = (self.clone(), subject.to_owned());
+        tokio::task::spawn_blocking(move || me.sessions_of(&subject))
+            .await
+            .map_err(|_| StoreError::new("a storage task failed".into()))?
+    }
+
+    /// Every session of `subject` removed (see [`Store::delete_subject`]). Off the workers.
+    pub async fn delete_subject_async(
+        &self,
+        subject: &str,
+        keep: bool,
+    ) -> Result<Option<Box<dyn Chunks>>> {
+        let (me, subject) = (self.clone(), subject.to_owned());
+        tokio::task::spawn_blocking(move || me.delete_subject(&subject, keep))
+            .await
+            .map_err(|_| StoreError::new("a storage task failed".into()))?
+    }
+
+    /// Every session removed (see [`Store::delete_all_sessions`]). Off the workers.
+    pub async fn delete_all_sessions_async(&self, keep: bool) -> Result<Option<Box<dyn Chunks>>> {
+        let me = self.clone();
+        tokio::task::spawn_blocking(move || me.delete_all_sessions(keep))
+            .await
+            .map_err(|_| StoreError::new("a storage task failed".into()))?
     }
 
     pub fn sessions_of(&self, subject: &str) -> Result<Box<dyn Chunks>> {
@@ -158,10 +234,13 @@ impl Store {
         })
     }
 
-    pub fn delete_session(&self, sid: &str) -> Result<Option<Vec<u8>>> {
+    pub async fn delete_session(&self, sid: &str) -> Result<Option<Vec<u8>>> {
         match self {
-            Store::Redb(s) => s.delete_session(sid, Record::subject_of),
-            Store::Redis(s) => s.delete_session(sid, Record::subject_of),
+            Store::Redb(s) => {
+                let sid = sid.to_owned();
+                on_redb(s, move |s| s.delete_session(&sid, Record::subject_of)).await
+            }
+            Store::Redis(s) => s.delete_session(sid, Record::subject_of).await,
         }
     }
 

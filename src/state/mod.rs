@@ -19,7 +19,7 @@ pub use crate::auth::Ledger;
 use crate::auth::{RegistryGrant, RegistryPermit, SessionPermit};
 use crate::config::{Config, SessionLimits};
 use crate::rejection::Rejection;
-use crate::routing::{RegistryOp, SessionOp, SessionRequest, Sid};
+use crate::routing::{RegistryOp, SessionOp, Sid};
 use clients::StoredClient;
 pub use engine::Store;
 pub use redb::{RedbStore, SessionSnapshot, SubjectSnapshot};
@@ -155,22 +155,12 @@ impl StateService {
         &self.store
     }
 
-    async fn blocking<T: Send + 'static>(
-        &self,
-        f: impl FnOnce(&StateService) -> Result<T, Rejection> + Send + 'static,
-    ) -> Result<T, Rejection> {
-        let me = self.clone();
-        tokio::task::spawn_blocking(move || f(&me))
-            .await
-            .map_err(|_| Rejection::StorageUnavailable)?
-    }
-
     fn client_uri(&self, id: &str) -> String {
         format!("{}/{id}", self.registration_uri.trim_end_matches('/'))
     }
 
-    fn load_client(&self, id: &str) -> Result<Option<StoredClient>, Rejection> {
-        match self.store.get_client(id).map_err(storage)? {
+    async fn load_client(&self, id: &str) -> Result<Option<StoredClient>, Rejection> {
+        match self.store.get_client(id).await.map_err(storage)? {
             None => Ok(None),
             Some(bytes) => serde_json::from_slice(&bytes)
                 .map(Some)
@@ -178,10 +168,11 @@ impl StateService {
         }
     }
 
-    fn save_client(&self, client: &StoredClient) -> Result<(), Rejection> {
+    async fn save_client(&self, client: &StoredClient) -> Result<(), Rejection> {
         let bytes = serde_json::to_vec(client).map_err(|_| Rejection::StorageUnavailable)?;
         self.store
             .put_client(&client.client_id, &bytes)
+            .await
             .map_err(storage)
     }
 
@@ -189,16 +180,14 @@ impl StateService {
     /// Takes a single-use token before its registration is forwarded to an upstream: 401 if
     /// it was used, 503 (the token given back) if the store does not answer.
     pub async fn take_token(&self, ledger: &Ledger) -> Result<(), Rejection> {
-        let l = ledger.clone();
-        let taken = self
-            .blocking(move |me| match me.store.take_token(&l) {
-                Ok(taken) => Ok(taken),
-                Err(e) => {
-                    let _ = me.store.give_back_token(&l);
-                    Err(storage(e))
-                }
-            })
-            .await?;
+        let taken = match self.store.take_token(ledger).await {
+            Ok(taken) => taken,
+            Err(e) => {
+                // The write may still land: given back, so that the token is not lost.
+                let _ = self.store.give_back_token(ledger).await;
+                return Err(storage(e));
+            }
+        };
         if taken {
             Ok(())
         } else {
@@ -210,10 +199,9 @@ impl StateService {
 
     /// Gives back a token [`StateService::take_token`] took: the upstream did not register.
     pub async fn give_back_token(&self, ledger: &Ledger) {
-        let l = ledger.clone();
-        let _ = self
-            .blocking(move |me| me.store.give_back_token(&l).map_err(storage))
-            .await;
+        if let Err(e) = self.store.give_back_token(ledger).await {
+            storage(e);
+        }
     }
 
     /// A registry operation, as its permit says.
@@ -222,23 +210,12 @@ impl StateService {
         permit: &RegistryPermit,
         body: Bytes,
     ) -> Result<Reply, Rejection> {
-        let grant = permit.grant().clone();
-        let op = permit.op().clone();
-        self.blocking(move |me| me.registration_blocking(&op, &grant, &body))
-            .await
-    }
-
-    fn registration_blocking(
-        &self,
-        op: &RegistryOp,
-        grant: &RegistryGrant,
-        body: &[u8],
-    ) -> Result<Reply, Rejection> {
+        let (op, grant) = (permit.op(), permit.grant());
         let id = match op {
             RegistryOp::Register => {
                 // Validated before the ledger is touched: a refused registration does not use
                 // a single-use token up.
-                let (client, token) = clients::register(body, now())?;
+                let (client, token) = clients::register(&body, now())?;
                 let bytes =
                     serde_json::to_vec(&client).map_err(|_| Rejection::StorageUnavailable)?;
                 let ledger = match grant {
@@ -248,6 +225,7 @@ impl StateService {
                 if !self
                     .store
                     .register_client(ledger, &client.client_id, &bytes)
+                    .await
                     .map_err(storage)?
                 {
                     return Err(Rejection::InvalidToken(
@@ -269,7 +247,7 @@ impl StateService {
                     ));
                 }
                 let mut all = Vec::new();
-                for bytes in self.store.clients().map_err(storage)? {
+                for bytes in self.store.clients().await.map_err(storage)? {
                     if let Ok(c) = serde_json::from_slice::<StoredClient>(&bytes) {
                         all.push(serde_json::Value::Object(
                             c.view(&self.client_uri(&c.client_id)),
@@ -285,7 +263,7 @@ impl StateService {
             RegistryOp::Read { id } | RegistryOp::Update { id } | RegistryOp::Delete { id } => id,
         };
         let client = if clients::valid_client_id(id) {
-            self.load_client(id)?
+            self.load_client(id).await?
         } else {
             None
         };
@@ -303,8 +281,8 @@ impl StateService {
         };
         match op {
             RegistryOp::Update { .. } => {
-                let updated = clients::update(&client, body)?;
-                self.save_client(&updated)?;
+                let updated = clients::update(&client, &body)?;
+                self.save_client(&updated).await?;
                 Ok(Reply::Json {
                     status: 200,
                     body: serde_json::to_vec(&updated.view(&self.client_uri(&updated.client_id)))
@@ -315,6 +293,7 @@ impl StateService {
             RegistryOp::Delete { .. } => {
                 self.store
                     .delete_client(&client.client_id)
+                    .await
                     .map_err(storage)?;
                 Ok(Reply::NoContent)
             }
@@ -335,16 +314,7 @@ impl StateService {
             Sid::Given(ref sid) => Some(sid.clone()),
             Sid::Malformed => return Err(Rejection::InvalidInput("Malformed SID header".into())),
         };
-        self.blocking(move |me| me.sessions_blocking(sid, request, &body))
-            .await
-    }
-
-    fn sessions_blocking(
-        &self,
-        sid: Option<String>,
-        q: SessionRequest,
-        body: &[u8],
-    ) -> Result<Reply, Rejection> {
+        let q = request;
         let at = now();
         let need = || {
             Rejection::InvalidInput(
@@ -353,7 +323,7 @@ impl StateService {
         };
         match q.op {
             SessionOp::Create => {
-                let record = sessions::record_from_body(body, &self.limits, at, at)?;
+                let record = sessions::record_from_body(&body, &self.limits, at, at)?;
                 let sid = sessions::new_sid()?;
                 self.store
                     .put_session(
@@ -362,6 +332,7 @@ impl StateService {
                         &record.encode(),
                         store::Commit::Durable,
                     )
+                    .await
                     .map_err(storage)?;
                 Ok(json(201, &serde_json::json!({ "sid": sid })))
             }
@@ -370,12 +341,12 @@ impl StateService {
                     // A read is activity (max_idle): the last access is updated in the same
                     // transaction that reads, so a session deleted meanwhile stays deleted.
                     // Losing the update in a crash only shortens the session.
-                    let mut found = None;
-                    self.store
-                        .update_session(&sid, store::Commit::Lazy, |bytes| {
+                    let found = self
+                        .store
+                        .update_session(&sid, store::Commit::Lazy, move |bytes| {
                             let Some(mut record) = Record::decode(bytes).filter(|r| !r.expired(at))
                             else {
-                                return Ok::<_, Rejection>(Change::Keep);
+                                return Ok::<_, Rejection>((Change::Keep, None));
                             };
                             record.last_access = at;
                             let change = Change::Write {
@@ -383,17 +354,21 @@ impl StateService {
                                 subject: record.subject.clone(),
                                 record: record.encode(),
                             };
-                            found = Some(record.json);
-                            Ok(change)
-                        })?;
+                            Ok((change, Some(record.json)))
+                        })
+                        .await?;
                     Ok(Reply::Json {
                         status: 200,
-                        body: found.ok_or(Rejection::NotFound("Session"))?,
+                        body: found.flatten().ok_or(Rejection::NotFound("Session"))?,
                         pragma_no_cache: false,
                     })
                 }
                 (None, Some(subject)) => {
-                    let snapshot = self.store.sessions_of(&subject).map_err(storage)?;
+                    let snapshot = self
+                        .store
+                        .sessions_of_async(&subject)
+                        .await
+                        .map_err(storage)?;
                     Ok(Reply::Stream(Box::new(StreamingMap::new(snapshot))))
                 }
                 (None, None) => Err(need()),
@@ -401,22 +376,24 @@ impl StateService {
             SessionOp::Replace => {
                 let sid = sid.ok_or_else(need)?;
                 // Read and replaced in one transaction: a concurrent delete is not undone.
-                let mut replaced = false;
-                self.store
-                    .update_session(&sid, store::Commit::Durable, |bytes| {
+                let limits = self.limits;
+                let replaced = self
+                    .store
+                    .update_session(&sid, store::Commit::Durable, move |bytes| {
                         let Some(old) = Record::decode(bytes).filter(|r| !r.expired(at)) else {
-                            return Ok::<_, Rejection>(Change::Keep);
+                            return Ok::<_, Rejection>((Change::Keep, false));
                         };
                         let record =
-                            sessions::record_from_body(body, &self.limits, at, old.creation_time)?;
-                        replaced = true;
-                        Ok(Change::Write {
+                            sessions::record_from_body(&body, &limits, at, old.creation_time)?;
+                        let change = Change::Write {
                             old_subject: old.subject,
                             subject: record.subject.clone(),
                             record: record.encode(),
-                        })
-                    })?;
-                if !replaced {
+                        };
+                        Ok((change, true))
+                    })
+                    .await?;
+                if replaced != Some(true) {
                     return Err(Rejection::NotFound("Session"));
                 }
                 Ok(Reply::NoContent)
@@ -426,6 +403,7 @@ impl StateService {
                     let removed = self
                         .store
                         .delete_session(&sid)
+                        .await
                         .map_err(storage)?
                         .filter(|b| !Record::expired_bytes(b, at))
                         .ok_or(Rejection::NotFound("Session"))?;
@@ -441,7 +419,8 @@ impl StateService {
                 (None, Some(subject), _) => {
                     let snapshot = self
                         .store
-                        .delete_subject(&subject, !q.quiet)
+                        .delete_subject_async(&subject, !q.quiet)
+                        .await
                         .map_err(storage)?;
                     match snapshot {
                         None => Ok(Reply::NoContent),
@@ -449,7 +428,11 @@ impl StateService {
                     }
                 }
                 (None, None, true) => {
-                    let snapshot = self.store.delete_all_sessions(!q.quiet).map_err(storage)?;
+                    let snapshot = self
+                        .store
+                        .delete_all_sessions_async(!q.quiet)
+                        .await
+                        .map_err(storage)?;
                     match snapshot {
                         None => Ok(Reply::NoContent),
                         Some(s) => Ok(Reply::Stream(Box::new(StreamingMap::new(s)))),
@@ -509,8 +492,8 @@ mod tests {
         out
     }
 
-    #[test]
-    fn purge_removes_expired_sessions_only() {
+    #[tokio::test]
+    async fn purge_removes_expired_sessions_only() {
         let limits = SessionLimits {
             max_life: 60,
             auth_life: 30,
@@ -533,16 +516,26 @@ mod tests {
         state.store.insert_sessions(items.into_iter()).unwrap();
         assert_eq!(state.purge_expired().unwrap(), 834);
         assert_eq!(state.store.session_count().unwrap(), 2500 - 834);
-        assert!(state.store.get_session("sid-00000").unwrap().is_none());
-        assert!(state.store.get_session("sid-00001").unwrap().is_some());
+        assert!(state
+            .store
+            .get_session("sid-00000")
+            .await
+            .unwrap()
+            .is_none());
+        assert!(state
+            .store
+            .get_session("sid-00001")
+            .await
+            .unwrap()
+            .is_some());
         // The subject index no longer lists purged sessions.
         let listed = all_of(&state.store, "user-0");
         assert!(listed.iter().all(|(sid, _)| sid != "sid-00000"));
         assert_eq!(state.purge_expired().unwrap(), 0);
     }
 
-    #[test]
-    fn update_session_never_writes_back_what_is_gone() {
+    #[tokio::test]
+    async fn update_session_never_writes_back_what_is_gone() {
         let store = Store::open(&StatePath::Memory).unwrap();
         let write = |subject: &str, record: &[u8]| Change::Write {
             old_subject: "alice".into(),
@@ -551,28 +544,33 @@ mod tests {
         };
         // Absent: f is not called and nothing is created.
         let existed = store
-            .update_session("sid-1", store::Commit::Durable, |_| {
-                Ok::<_, Rejection>(write("alice", b"x"))
+            .update_session("sid-1", store::Commit::Durable, move |_| {
+                Ok::<_, Rejection>((write("alice", b"x"), ()))
             })
+            .await
             .unwrap();
-        assert!(!existed);
-        assert!(store.get_session("sid-1").unwrap().is_none());
+        assert!(existed.is_none());
+        assert!(store.get_session("sid-1").await.unwrap().is_none());
         store
             .put_session("sid-1", "alice", b"v1", store::Commit::Durable)
+            .await
             .unwrap();
         // f's error aborts: the record stays as it was.
-        let err = store.update_session("sid-1", store::Commit::Durable, |_| {
-            Err::<Change, _>(Rejection::InvalidInput("no".into()))
-        });
-        assert!(err.is_err());
-        assert_eq!(store.get_session("sid-1").unwrap().unwrap(), b"v1");
-        // A write moves the subject index with the subject.
-        assert!(store
-            .update_session("sid-1", store::Commit::Durable, |old| {
-                assert_eq!(old, b"v1");
-                Ok::<_, Rejection>(write("bob", b"v2"))
+        let err = store
+            .update_session("sid-1", store::Commit::Durable, |_| {
+                Err::<(Change, ()), _>(Rejection::InvalidInput("no".into()))
             })
-            .unwrap());
+            .await;
+        assert!(err.is_err());
+        assert_eq!(store.get_session("sid-1").await.unwrap().unwrap(), b"v1");
+        // A write moves the subject index with the subject.
+        let old = store
+            .update_session("sid-1", store::Commit::Durable, move |old| {
+                Ok::<_, Rejection>((write("bob", b"v2"), old.to_vec()))
+            })
+            .await
+            .unwrap();
+        assert_eq!(old.as_deref(), Some(&b"v1"[..]));
         assert!(all_of(&store, "alice").is_empty());
         assert_eq!(all_of(&store, "bob").len(), 1);
     }

@@ -27,12 +27,12 @@ impl RedbStore {
     /// Read-modify-write of one session inside one write transaction, so that nothing
     /// deleted or replaced in between is written back: `f` sees the current record and says
     /// what to store. False when the session does not exist (then `f` is not called).
-    pub fn update_session<E: From<StoreError>>(
+    pub fn update_session<T, E: From<StoreError>>(
         &self,
         sid: &str,
         commit: Commit,
-        f: impl FnOnce(&[u8]) -> std::result::Result<Change, E>,
-    ) -> std::result::Result<bool, E> {
+        f: impl FnOnce(&[u8]) -> std::result::Result<(Change, T), E>,
+    ) -> std::result::Result<Option<T>, E> {
         let mut txn = self.db.begin_write().map_err(fail)?;
         if commit == Commit::Lazy {
             txn.set_durability(Durability::None).map_err(fail)?;
@@ -43,24 +43,27 @@ impl RedbStore {
             let current = sessions.get(sid).map_err(fail)?;
             current.map(|v| f(v.value()))
         };
-        let (old_subject, subject, record) = match change {
+        let (old_subject, subject, record, out) = match change {
             None => {
                 txn.abort().map_err(fail)?;
-                return Ok(false);
+                return Ok(None);
             }
             Some(Err(e)) => {
                 txn.abort().map_err(fail)?;
                 return Err(e);
             }
-            Some(Ok(Change::Keep)) => {
+            Some(Ok((Change::Keep, out))) => {
                 txn.abort().map_err(fail)?;
-                return Ok(true);
+                return Ok(Some(out));
             }
-            Some(Ok(Change::Write {
-                old_subject,
-                subject,
-                record,
-            })) => (old_subject, subject, record),
+            Some(Ok((
+                Change::Write {
+                    old_subject,
+                    subject,
+                    record,
+                },
+                out,
+            ))) => (old_subject, subject, record, out),
         };
         txn.open_table(g.sessions())
             .map_err(fail)?
@@ -72,7 +75,7 @@ impl RedbStore {
             index.insert((subject.as_str(), sid), ()).map_err(fail)?;
         }
         txn.commit().map_err(fail)?;
-        Ok(true)
+        Ok(Some(out))
     }
 
     pub fn get_session(&self, sid: &str) -> Result<Option<Vec<u8>>> {

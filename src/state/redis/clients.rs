@@ -3,20 +3,21 @@
 use super::*;
 
 impl RedisStore {
-    pub fn put_client(&self, id: &str, record: &[u8]) -> Result<()> {
+    pub async fn put_client(&self, id: &str, record: &[u8]) -> Result<()> {
         let (me, key, record) = (self.clone(), self.key(&format!("c:{id}")), record.to_vec());
-        self.block(async move {
+        self.run(async move {
             me.query::<()>(redis::cmd("SET").arg(&key).arg(record))
                 .await?;
             me.replicated(Commit::Durable).await
         })
+        .await
     }
 
     /// Stores a new client unless `ledger` (key, expiry in seconds since the epoch) was used
     /// already: false then, and nothing is stored. The ledger entry is taken first with
     /// `SET NX` (of two concurrent uses exactly one gets it) and given back if storing the
     /// client fails, so a failed registration does not use the token up.
-    pub fn register_client(
+    pub async fn register_client(
         &self,
         ledger: Option<&crate::auth::Ledger>,
         id: &str,
@@ -24,7 +25,7 @@ impl RedisStore {
     ) -> Result<bool> {
         let (me, key, record) = (self.clone(), self.key(&format!("c:{id}")), record.to_vec());
         let ledger = ledger.cloned();
-        self.block(async move {
+        self.run(async move {
             if let Some(l) = &ledger {
                 if !me.take(l).await? {
                     return Ok(false);
@@ -49,7 +50,7 @@ impl RedisStore {
                 return Err(e);
             }
             Ok(true)
-        })
+        }).await
     }
 
     /// Takes the ledger entry of `l` with this request's holder value (`SET NX EXAT`): whether
@@ -92,38 +93,41 @@ impl RedisStore {
     }
 
     /// [`RedisStore::take`], blocking.
-    pub fn take_token(&self, l: &crate::auth::Ledger) -> Result<bool> {
+    pub async fn take_token(&self, l: &crate::auth::Ledger) -> Result<bool> {
         let (me, l) = (self.clone(), l.clone());
-        self.block(async move { me.take(&l).await })
+        self.run(async move { me.take(&l).await }).await
     }
 
     /// [`RedisStore::give_back`], blocking.
-    pub fn give_back_token(&self, l: &crate::auth::Ledger) -> Result<()> {
+    pub async fn give_back_token(&self, l: &crate::auth::Ledger) -> Result<()> {
         let (me, l) = (self.clone(), l.clone());
-        self.block(async move {
+        self.run(async move {
             me.give_back(&l).await;
             Ok(())
         })
+        .await
     }
 
-    pub fn get_client(&self, id: &str) -> Result<Option<Vec<u8>>> {
+    pub async fn get_client(&self, id: &str) -> Result<Option<Vec<u8>>> {
         let (me, key) = (self.clone(), self.key(&format!("c:{id}")));
-        self.block(async move { me.query(redis::cmd("GET").arg(&key)).await })
+        self.run(async move { me.query(redis::cmd("GET").arg(&key)).await })
+            .await
     }
 
-    pub fn delete_client(&self, id: &str) -> Result<bool> {
+    pub async fn delete_client(&self, id: &str) -> Result<bool> {
         let (me, key) = (self.clone(), self.key(&format!("c:{id}")));
-        self.block(async move {
+        self.run(async move {
             let n: i64 = me.query(redis::cmd("DEL").arg(&key)).await?;
             me.replicated(Commit::Durable).await?;
             Ok(n > 0)
         })
+        .await
     }
 
     /// Every client record, read with `SCAN` on every master.
-    pub fn clients(&self) -> Result<Vec<Vec<u8>>> {
+    pub async fn clients(&self) -> Result<Vec<Vec<u8>>> {
         let me = self.clone();
-        self.block(async move {
+        self.run(async move {
             let pattern = format!("{}c:*", glob_escape(&me.inner.prefix));
             let mut out = Vec::new();
             for node in me.masters().await? {
@@ -141,6 +145,7 @@ impl RedisStore {
             }
             Ok(out)
         })
+        .await
     }
 
     // Sessions

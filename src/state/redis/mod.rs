@@ -212,6 +212,19 @@ impl RedisStore {
             .unwrap_or_else(|_| Err(fail("the Redis task ended without an answer")))
     }
 
+    /// Runs `fut` on the store's runtime (where its connections live) and waits for it
+    /// without holding a thread.
+    async fn run<T: Send + 'static>(
+        &self,
+        fut: impl Future<Output = Result<T>> + Send + 'static,
+    ) -> Result<T> {
+        self.inner
+            .runtime
+            .spawn(fut)
+            .await
+            .map_err(|_| fail("the Redis task ended without an answer"))?
+    }
+
     async fn link(&self) -> Result<LinkConn> {
         match &self.inner.link {
             Link::Single(m) => Ok(LinkConn::Single(m.clone())),

@@ -4,7 +4,7 @@
 use super::*;
 
 impl RedisStore {
-    pub fn put_session(
+    pub async fn put_session(
         &self,
         sid: &str,
         subject: &str,
@@ -18,11 +18,12 @@ impl RedisStore {
             subject.to_string(),
             record.to_vec(),
         );
-        self.block(async move {
+        self.run(async move {
             let g = me.generation().await?;
             me.write_session(g, &sid, &subject, record, expires).await?;
             me.replicated(commit).await
         })
+        .await
     }
 
     async fn write_session(
@@ -77,28 +78,31 @@ impl RedisStore {
     /// Read-modify-write of one session: `f` sees the current record and says what to store;
     /// the write is a compare-and-set, retried with the new record if another write came in
     /// between. False when the session does not exist (then `f` is not called).
-    pub fn update_session<E: From<StoreError> + Send + 'static>(
+    pub async fn update_session<T, E: From<StoreError>>(
         &self,
         sid: &str,
         commit: Commit,
         expires_of: fn(&[u8]) -> Option<i64>,
-        mut f: impl FnMut(&[u8]) -> std::result::Result<Change, E>,
-    ) -> std::result::Result<bool, E> {
+        mut f: impl FnMut(&[u8]) -> std::result::Result<(Change, T), E> + Send,
+    ) -> std::result::Result<Option<T>, E> {
         for _ in 0..16 {
             let me = self.clone();
             let sid_owned = sid.to_string();
-            let (g, current) = self.block(async move {
-                let g = me.generation().await?;
-                let v: Option<Vec<u8>> = me
-                    .query(redis::cmd("GET").arg(me.session_key(g, &sid_owned)))
-                    .await?;
-                Ok((g, v))
-            })?;
+            let (g, current) = self
+                .run(async move {
+                    let g = me.generation().await?;
+                    let v: Option<Vec<u8>> = me
+                        .query(redis::cmd("GET").arg(me.session_key(g, &sid_owned)))
+                        .await?;
+                    Ok((g, v))
+                })
+                .await?;
             let Some(current) = current else {
-                return Ok(false);
+                return Ok(None);
             };
-            let (old_subject, subject, record) = match f(&current)? {
-                Change::Keep => return Ok(true),
+            let (change, out) = f(&current)?;
+            let (old_subject, subject, record) = match change {
+                Change::Keep => return Ok(Some(out)),
                 Change::Write {
                     old_subject,
                     subject,
@@ -108,72 +112,75 @@ impl RedisStore {
             let me = self.clone();
             let sid_owned = sid.to_string();
             let expires = expires_of(&record);
-            let done = self.block(async move {
-                let key = me.session_key(g, &sid_owned);
-                let mut c = me.link().await?;
-                let r: i64 = me
-                    .inner
-                    .cas
-                    .key(&key)
-                    .arg(current)
-                    .arg(record)
-                    .arg(expires.map(|e| e.max(1)).unwrap_or(0))
-                    .invoke_async(&mut c)
-                    .await
-                    .map_err(fail)?;
-                if r == 1 {
-                    if old_subject != subject {
-                        let _ = me
-                            .query::<i64>(
-                                redis::cmd("SREM")
-                                    .arg(me.index_key(g, &old_subject))
-                                    .arg(&sid_owned),
-                            )
-                            .await;
-                        me.index_add(g, &subject, &sid_owned, expires).await?;
-                    } else {
-                        // Same subject: the index only has to live as long as the session.
-                        let index = me.index_key(g, &subject);
-                        let mut touch = redis::cmd(if expires.is_some() {
-                            "EXPIREAT"
+            let done = self
+                .run(async move {
+                    let key = me.session_key(g, &sid_owned);
+                    let mut c = me.link().await?;
+                    let r: i64 = me
+                        .inner
+                        .cas
+                        .key(&key)
+                        .arg(current)
+                        .arg(record)
+                        .arg(expires.map(|e| e.max(1)).unwrap_or(0))
+                        .invoke_async(&mut c)
+                        .await
+                        .map_err(fail)?;
+                    if r == 1 {
+                        if old_subject != subject {
+                            let _ = me
+                                .query::<i64>(
+                                    redis::cmd("SREM")
+                                        .arg(me.index_key(g, &old_subject))
+                                        .arg(&sid_owned),
+                                )
+                                .await;
+                            me.index_add(g, &subject, &sid_owned, expires).await?;
                         } else {
-                            "PERSIST"
-                        });
-                        touch.arg(&index);
-                        if let Some(at) = expires {
-                            touch.arg(at.max(1)).arg("GT");
+                            // Same subject: the index only has to live as long as the session.
+                            let index = me.index_key(g, &subject);
+                            let mut touch = redis::cmd(if expires.is_some() {
+                                "EXPIREAT"
+                            } else {
+                                "PERSIST"
+                            });
+                            touch.arg(&index);
+                            if let Some(at) = expires {
+                                touch.arg(at.max(1)).arg("GT");
+                            }
+                            me.query::<i64>(&touch).await?;
                         }
-                        me.query::<i64>(&touch).await?;
+                        me.replicated(commit).await?;
                     }
-                    me.replicated(commit).await?;
-                }
-                Ok(r)
-            })?;
+                    Ok(r)
+                })
+                .await?;
             match done {
-                1 => return Ok(true),
-                -1 => return Ok(false),
+                1 => return Ok(Some(out)),
+                -1 => return Ok(None),
                 _ => continue,
             }
         }
         Err(fail("the session kept changing while it was being updated").into())
     }
 
-    pub fn get_session(&self, sid: &str) -> Result<Option<Vec<u8>>> {
+    pub async fn get_session(&self, sid: &str) -> Result<Option<Vec<u8>>> {
         let (me, sid) = (self.clone(), sid.to_string());
-        self.block(async move {
+        self.run(async move {
             let g = me.generation().await?;
             me.query(redis::cmd("GET").arg(me.session_key(g, &sid)))
                 .await
         })
+        .await
     }
 
-    pub fn delete_session(
+    pub async fn delete_session(
         &self,
         sid: &str,
         subject_of: fn(&[u8]) -> Option<String>,
     ) -> Result<Option<Vec<u8>>> {
         let (me, sid) = (self.clone(), sid.to_string());
-        self.block(async move {
+        self.run(async move {
             let g = me.generation().await?;
             let removed: Option<Vec<u8>> = me
                 .query(redis::cmd("GETDEL").arg(me.session_key(g, &sid)))
@@ -186,6 +193,7 @@ impl RedisStore {
             me.replicated(Commit::Durable).await?;
             Ok(removed)
         })
+        .await
     }
 
     /// One subject's sessions, read (or, with `delete`, taken: `GETDEL`) a chunk at a time.
