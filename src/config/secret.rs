@@ -63,57 +63,76 @@ impl SecretSet {
     }
 }
 
+/// A secret entry that does not give a usable secret. Never holds the secret itself.
+#[derive(Debug, thiserror::Error)]
+pub enum SecretError {
+    #[error("give exactly one of {0}")]
+    OneOf(&'static str),
+    #[error("sha256: not a hex string")]
+    NotHex,
+    #[error("sha256: must be 64 hex digits (a SHA-256 digest)")]
+    NotADigest,
+    #[error("env: variable {0} is not set")]
+    EnvUnset(String),
+    #[error("file: cannot read {path}: {source}")]
+    Read {
+        path: std::path::PathBuf,
+        source: std::io::Error,
+    },
+    #[error("the secret is not UTF-8 text")]
+    NotUtf8,
+    #[error("the secret is empty")]
+    Empty,
+}
+
 /// Resolves one secret entry. `base` is the directory relative file paths start from.
-pub fn resolve(entry: &SecretFile, base: &Path) -> Result<SecretDigest, String> {
+pub fn resolve(entry: &SecretFile, base: &Path) -> Result<SecretDigest, SecretError> {
     let Some(hex_digest) = &entry.sha256 else {
-        return plain(entry, base, "give exactly one of value, sha256, env, file")
+        return plain(entry, base, "value, sha256, env, file")
             .map(|secret| SecretDigest::of(&secret));
     };
     if entry.value.is_some() || entry.env.is_some() || entry.file.is_some() {
-        return Err("give exactly one of value, sha256, env, file".into());
+        return Err(SecretError::OneOf("value, sha256, env, file"));
     }
-    let bytes =
-        hex::decode(hex_digest.trim()).map_err(|_| "sha256: not a hex string".to_string())?;
-    let digest: [u8; 32] = bytes
-        .try_into()
-        .map_err(|_| "sha256: must be 64 hex digits (a SHA-256 digest)".to_string())?;
+    let bytes = hex::decode(hex_digest.trim()).map_err(|_| SecretError::NotHex)?;
+    let digest: [u8; 32] = bytes.try_into().map_err(|_| SecretError::NotADigest)?;
     Ok(SecretDigest::from_digest(digest))
 }
 
 /// Resolves a secret bindgate must present (a password): `value`, `env` or `file`, as given
 /// (trailing whitespace of a file dropped).
-pub fn resolve_plain(entry: &SecretFile, base: &Path) -> Result<String, String> {
+pub fn resolve_plain(entry: &SecretFile, base: &Path) -> Result<String, SecretError> {
     if entry.sha256.is_some() {
-        return Err("give exactly one of value, env, file".into());
+        return Err(SecretError::OneOf("value, env, file"));
     }
-    let secret = plain(entry, base, "give exactly one of value, env, file")?;
-    String::from_utf8(secret).map_err(|_| "the secret is not UTF-8 text".to_string())
+    let secret = plain(entry, base, "value, env, file")?;
+    String::from_utf8(secret).map_err(|_| SecretError::NotUtf8)
 }
 
 /// The secret of a `value`, `env` or `file` entry (exactly one given, else `one_of`), not empty.
-fn plain(entry: &SecretFile, base: &Path, one_of: &str) -> Result<Vec<u8>, String> {
+fn plain(entry: &SecretFile, base: &Path, one_of: &'static str) -> Result<Vec<u8>, SecretError> {
     let secret = match (&entry.value, &entry.env, &entry.file) {
         (Some(value), None, None) => value.as_bytes().to_vec(),
         (None, Some(var), None) => std::env::var(var)
-            .map_err(|_| format!("env: variable {var} is not set"))?
+            .map_err(|_| SecretError::EnvUnset(var.clone()))?
             .into_bytes(),
         (None, None, Some(file)) => {
             let path = base.join(file);
-            let mut content = std::fs::read(&path)
-                .map_err(|e| format!("file: cannot read {}: {e}", path.display()))?;
+            let mut content =
+                std::fs::read(&path).map_err(|source| SecretError::Read { path, source })?;
             // A trailing newline is what editors and `echo` add; it is not part of the secret.
             content.truncate(content.trim_ascii_end().len());
             content
         }
-        _ => return Err(one_of.into()),
+        _ => return Err(SecretError::OneOf(one_of)),
     };
     non_empty(&secret)?;
     Ok(secret)
 }
 
-fn non_empty(secret: &[u8]) -> Result<&[u8], String> {
+fn non_empty(secret: &[u8]) -> Result<&[u8], SecretError> {
     if secret.is_empty() {
-        Err("the secret is empty".into())
+        Err(SecretError::Empty)
     } else {
         Ok(secret)
     }

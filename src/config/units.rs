@@ -2,21 +2,38 @@
 
 use std::time::Duration;
 
+/// A duration or size that is not one.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum UnitError {
+    #[error("`{0}` has no unit (write e.g. 30s, 5m, 24h)")]
+    NoUnit(String),
+    #[error("`{0}` is not a duration (write e.g. 30s, 5m, 24h)")]
+    NotADuration(String),
+    #[error("`{0}` is not a size (write e.g. 64KiB, 1MiB)")]
+    NotASize(String),
+    #[error("`{0}` is too large")]
+    TooLarge(String),
+    #[error("`{text}`: unknown unit `{unit}` (use {allowed})")]
+    UnknownUnit {
+        text: String,
+        unit: String,
+        allowed: &'static str,
+    },
+}
+
 /// Parses `500ms`, `30s`, `5m`, `24h`, `7d`. A bare number is refused: the unit is part of the value.
-pub fn parse_duration(text: &str) -> Result<Duration, String> {
+pub fn parse_duration(text: &str) -> Result<Duration, UnitError> {
     let text = text.trim();
     let split = text
         .find(|c: char| !c.is_ascii_digit())
-        .ok_or_else(|| format!("`{text}` has no unit (write e.g. 30s, 5m, 24h)"))?;
+        .ok_or_else(|| UnitError::NoUnit(text.into()))?;
     let (digits, unit) = text.split_at(split);
     if digits.is_empty() {
-        return Err(format!(
-            "`{text}` is not a duration (write e.g. 30s, 5m, 24h)"
-        ));
+        return Err(UnitError::NotADuration(text.into()));
     }
     let n: u64 = digits
         .parse()
-        .map_err(|_| format!("`{text}` is too large"))?;
+        .map_err(|_| UnitError::TooLarge(text.into()))?;
     let per_unit_ms: u64 = match unit {
         "ms" => 1,
         "s" => 1_000,
@@ -24,29 +41,31 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
         "h" => 3_600_000,
         "d" => 86_400_000,
         _ => {
-            return Err(format!(
-                "`{text}`: unknown unit `{unit}` (use ms, s, m, h or d)"
-            ))
+            return Err(UnitError::UnknownUnit {
+                text: text.into(),
+                unit: unit.into(),
+                allowed: "ms, s, m, h or d",
+            })
         }
     };
     n.checked_mul(per_unit_ms)
         .map(Duration::from_millis)
-        .ok_or_else(|| format!("`{text}` is too large"))
+        .ok_or_else(|| UnitError::TooLarge(text.into()))
 }
 
 /// Parses `512`, `64KiB`, `1MiB`, `16kB`. Binary units are powers of 1024, decimal ones of 1000.
-pub fn parse_size(text: &str) -> Result<u64, String> {
+pub fn parse_size(text: &str) -> Result<u64, UnitError> {
     let text = text.trim();
     let split = text
         .find(|c: char| !c.is_ascii_digit())
         .unwrap_or(text.len());
     let (digits, unit) = text.split_at(split);
     if digits.is_empty() {
-        return Err(format!("`{text}` is not a size (write e.g. 64KiB, 1MiB)"));
+        return Err(UnitError::NotASize(text.into()));
     }
     let n: u64 = digits
         .parse()
-        .map_err(|_| format!("`{text}` is too large"))?;
+        .map_err(|_| UnitError::TooLarge(text.into()))?;
     let factor: u64 = match unit.trim() {
         "" | "B" => 1,
         "KiB" => 1 << 10,
@@ -56,13 +75,15 @@ pub fn parse_size(text: &str) -> Result<u64, String> {
         "MB" => 1_000_000,
         "GB" => 1_000_000_000,
         other => {
-            return Err(format!(
-                "`{text}`: unknown unit `{other}` (use B, KiB, MiB, GiB, kB, MB or GB)"
-            ))
+            return Err(UnitError::UnknownUnit {
+                text: text.into(),
+                unit: other.into(),
+                allowed: "B, KiB, MiB, GiB, kB, MB or GB",
+            })
         }
     };
     n.checked_mul(factor)
-        .ok_or_else(|| format!("`{text}` is too large"))
+        .ok_or_else(|| UnitError::TooLarge(text.into()))
 }
 
 #[cfg(test)]

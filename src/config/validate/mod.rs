@@ -16,10 +16,10 @@ use super::*;
 pub(super) struct Problems(Vec<Problem>);
 
 impl Problems {
-    pub(super) fn push(&mut self, key: impl Into<String>, reason: impl Into<String>) {
+    pub(super) fn push(&mut self, key: impl Into<String>, reason: impl std::fmt::Display) {
         self.0.push(Problem {
             key: key.into(),
-            reason: reason.into(),
+            reason: reason.to_string(),
         });
     }
 
