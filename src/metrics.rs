@@ -60,6 +60,11 @@ pub struct Metrics {
     pub connections_closed: IntCounterVec,
     /// Connections the listener could not accept for want of a file descriptor.
     pub connections_refused: IntCounter,
+    /// Upstream connections: opened, reused from the keep-alive pool, closed after leaving
+    /// the pool unused (idle timeout, closed by the upstream, pushed out of a full pool).
+    pub upstream_opened: IntCounter,
+    pub upstream_reused: IntCounter,
+    pub upstream_closed: IntCounter,
     /// Serialises the copy of Pingora's counters in [`Metrics::tick`].
     deadline_sync: std::sync::Mutex<()>,
     /// Seconds until the served certificate's `notAfter` (negative once expired).
@@ -170,6 +175,15 @@ impl Metrics {
              limit less a reserve for upstream connections) or no descriptor left",
         )
         .expect("static metric definition");
+        let upstream_connections = IntCounterVec::new(
+            Opts::new(
+                "upstream_connections_total",
+                "Upstream connections by event: opened, reused (taken from the keep-alive \
+                 pool), closed (left the pool without being reused)",
+            ),
+            &["event"],
+        )
+        .expect("static metric definition");
         let certificate_expiry_seconds = IntGauge::new(
             "server_certificate_expiry_seconds",
             "Seconds until the served certificate expires",
@@ -179,6 +193,7 @@ impl Metrics {
             Box::new(reloads.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(connections_closed.clone()),
             Box::new(connections_refused.clone()),
+            Box::new(upstream_connections.clone()),
             Box::new(certificate_expiry_seconds.clone()),
             Box::new(dpop_proofs.clone()),
             Box::new(requests.clone()),
@@ -213,6 +228,9 @@ impl Metrics {
             reloads,
             connections_closed,
             connections_refused,
+            upstream_opened: upstream_connections.with_label_values(&["opened"]),
+            upstream_reused: upstream_connections.with_label_values(&["reused"]),
+            upstream_closed: upstream_connections.with_label_values(&["closed"]),
             deadline_sync: std::sync::Mutex::new(()),
             certificate_expiry_seconds,
             certificate_not_after: AtomicI64::new(0),

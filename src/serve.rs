@@ -200,7 +200,7 @@ pub fn run(config: Config, upgrade: bool) -> Result<(), String> {
     // SIGHUP never takes the default action (terminating the process).
     install_hangup_handler()?;
 
-    let mut conf = ServerConf {
+    let conf = ServerConf {
         threads: config.server.threads,
         // On SIGTERM the listeners close and requests in flight have the grace period to finish.
         grace_period_seconds: Some(config.server.grace_period.as_secs_f64().ceil() as u64),
@@ -211,7 +211,15 @@ pub fn run(config: Config, upgrade: bool) -> Result<(), String> {
         upgrade_sock: config.server.upgrade_sock.display().to_string(),
         ..ServerConf::default()
     };
-    conf.upstream_keepalive_pool_size = 128;
+    // The upstream keep-alive pool holds every upstream's `keepalive_pool` (by default its
+    // `max_connections`): a steady load reuses its connections instead of opening and closing
+    // one per request once more than a fixed 128 are in flight.
+    let keepalive_pool: usize = config
+        .upstreams
+        .values()
+        .map(|u| u.keepalive_pool)
+        .sum::<usize>()
+        .max(1);
     let opt = pingora::server::configuration::Opt {
         upgrade,
         ..Default::default()
@@ -287,12 +295,17 @@ pub fn run(config: Config, upgrade: bool) -> Result<(), String> {
             }
         })
         .map_err(|e| format!("cannot start a thread: {e}"))?;
-    let gateway = Gateway::new(control.live.clone(), draining);
-    let mut proxy =
-        pingora::proxy::http_proxy_service_with_name(&server.configuration, gateway, "bindgate");
-    if let Some(app) = proxy.app_logic_mut() {
-        app.server_options = Some(connection_deadlines(&config_server));
-    }
+    let gateway = Gateway::new(control.live.clone(), draining, metrics.clone());
+    let mut client_options =
+        pingora::connectors::ConnectorOptions::from_server_conf(&server.configuration);
+    client_options.keepalive_pool_size = keepalive_pool;
+    let closed = metrics.upstream_closed.clone();
+    client_options.keepalive_pool_callback = Some(Arc::new(move |_idle| closed.inc()));
+    let mut proxy = pingora::proxy::ProxyServiceBuilder::new(&server.configuration, gateway)
+        .name("bindgate")
+        .server_options(connection_deadlines(&config_server))
+        .client_options(client_options)
+        .build();
     let settings = tls::settings(control.tls.clone())?;
     proxy.add_tls_with_settings(&listen.to_string(), None, settings);
     server.add_service(proxy);

@@ -141,6 +141,8 @@ pub struct UpstreamFile {
     pub read_timeout: Option<String>,
     /// Requests in flight to this upstream, each on its own connection (default 256).
     pub max_connections: Option<usize>,
+    /// Idle connections kept open for reuse (default: max_connections).
+    pub keepalive_pool: Option<usize>,
     /// Forward header names with `_` (default false: dropped, as nginx does).
     pub forward_underscore_headers: Option<bool>,
 }

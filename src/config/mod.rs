@@ -255,6 +255,9 @@ pub struct Upstream {
     /// Requests in flight to this upstream at once (each holds one connection); more wait up
     /// to `connect_timeout`, then get 503.
     pub max_connections: usize,
+    /// Idle connections kept for reuse (all upstreams' together size the keep-alive pool at
+    /// start).
+    pub keepalive_pool: usize,
     /// Forward header names with `_` (but never one that folds to an identity header).
     pub forward_underscore_headers: bool,
 }

@@ -47,14 +47,21 @@ pub struct Gateway {
     /// (`Connection: close`), so that clients leave on a clean close instead of sending a
     /// request into an idle connection the process is about to drop.
     draining: Arc<std::sync::atomic::AtomicBool>,
+    /// The process's metrics (upstream connection reuse is counted here, not per `Live`).
+    metrics: Arc<crate::metrics::Metrics>,
 }
 
 impl Gateway {
     pub fn new(
         live: Arc<arc_swap::ArcSwap<Live>>,
         draining: Arc<std::sync::atomic::AtomicBool>,
+        metrics: Arc<crate::metrics::Metrics>,
     ) -> Self {
-        Gateway { live, draining }
+        Gateway {
+            live,
+            draining,
+            metrics,
+        }
     }
 }
 
@@ -128,6 +135,24 @@ impl ProxyHttp for Gateway {
                     "request body over server.max_body",
                 ));
             }
+        }
+        Ok(())
+    }
+
+    async fn connected_to_upstream(
+        &self,
+        _session: &mut Session,
+        reused: bool,
+        _peer: &HttpPeer,
+        #[cfg(unix)] _fd: std::os::unix::io::RawFd,
+        #[cfg(windows)] _sock: std::os::windows::io::RawSocket,
+        _digest: Option<&pingora::protocols::Digest>,
+        _ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        if reused {
+            self.metrics.upstream_reused.inc();
+        } else {
+            self.metrics.upstream_opened.inc();
         }
         Ok(())
     }

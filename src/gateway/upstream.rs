@@ -125,6 +125,11 @@ pub(super) fn prepare_request(
         outgoing.method_bound,
         upstream.forward_underscore_headers,
     );
+    if upstream.keepalive_pool == 0 {
+        // No connection is kept for this upstream: the request says so, and Pingora does not
+        // put the connection back in the pool.
+        upstream_request.insert_header(http::header::CONNECTION, "close")?;
+    }
     if let (Some(name), Some(cert)) = (&upstream.client_cert_header, outgoing.peer_certificate) {
         upstream_request.insert_header(name.clone(), cert.header_value().clone())?;
     }

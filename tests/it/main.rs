@@ -12,6 +12,7 @@ mod fuzz;
 mod hostile;
 mod live;
 mod paths;
+mod pool;
 mod redis;
 mod state;
 mod structure;
