@@ -5,6 +5,7 @@
 //! cargo bench --bench load                                   # every scenario, bindgate only
 //! cargo bench --bench load -- --proxy both --pin             # a, b, e side by side with HAProxy
 //! cargo bench --bench load -- --scenario a-es256 --connections 64 --duration 10 --json out.json
+//! cargo bench --bench load -- --scenario e --connections 8,128,512,2048   # a sweep: one run each
 //! ```
 //!
 //! Scenarios: `a-es256` / `a-rs256` (a bound token, repeated, with the matching certificate, on
@@ -913,6 +914,29 @@ fn main() {
             &dir.join("ca.crt"),
         );
         return;
+    }
+    // `--connections 8,128,512,2048`: one run per count (each its own process, cells and
+    // ceilings measured afresh), `--json F` written as `F-<count>.json`.
+    if let Some(i) = args.iter().position(|a| a == "--connections") {
+        if let Some(list) = args.get(i + 1).filter(|l| l.contains(',')) {
+            for count in list.split(',') {
+                let mut again: Vec<String> = args[1..].to_vec();
+                again[i] = count.to_string();
+                if let Some(j) = again.iter().position(|a| a == "--json") {
+                    if let Some(path) = again.get_mut(j + 1) {
+                        let stem = path.trim_end_matches(".json").to_string();
+                        *path = format!("{stem}-{count}.json");
+                    }
+                }
+                eprintln!("== {count} connections");
+                let status = Command::new(std::env::current_exe().expect("this harness"))
+                    .args(&again)
+                    .status()
+                    .expect("run the harness again");
+                assert!(status.success(), "the run with {count} connections failed");
+            }
+            return;
+        }
     }
     let o = options();
     if o.pin {
