@@ -139,7 +139,8 @@ pub struct UpstreamFile {
     pub connect_timeout: Option<String>,
     /// Extension: time allowed between two reads from the upstream (default 60s).
     pub read_timeout: Option<String>,
-    /// Requests in flight to this upstream, each on its own connection (default 256).
+    /// Requests in flight to this upstream, each on its own connection (default 1024, as Envoy's
+    /// circuit breaker).
     pub max_connections: Option<usize>,
     /// Idle connections kept open for reuse (default: max_connections).
     pub keepalive_pool: Option<usize>,

@@ -82,25 +82,25 @@ pub(super) fn upstreams(
             ),
             forward_underscore_headers: u.forward_underscore_headers.unwrap_or(false),
             keepalive_pool: match u.keepalive_pool {
-                None => u.max_connections.unwrap_or(256).clamp(1, 65_536),
+                None => u.max_connections.unwrap_or(1024).clamp(1, 65_536),
                 Some(n) if n <= 65_536 => n,
                 Some(n) => {
                     p.push(
                         format!("{key}.keepalive_pool"),
                         format!("{n}: must be between 0 and 65536"),
                     );
-                    256
+                    1024
                 }
             },
             max_connections: match u.max_connections {
-                None => 256,
+                None => 1024,
                 Some(n) if (1..=65_536).contains(&n) => n,
                 Some(n) => {
                     p.push(
                         format!("{key}.max_connections"),
                         format!("{n}: must be between 1 and 65536"),
                     );
-                    256
+                    1024
                 }
             },
         };
