@@ -29,6 +29,15 @@ pub(super) async fn refuse(
             .with_label_values(&["body_timeout"])
             .inc();
     }
+    if lingers && session.is_http2() {
+        // HTTP/2: what is left of the body is read before the answer (within the linger's
+        // bounds). A client that sees an error answer while it still sends (curl) stops and
+        // ends its stream short of its Content-Length, which the HTTP/2 layer must reset as
+        // malformed (RST_STREAM PROTOCOL_ERROR): the client then reports an error instead of
+        // the answer it had.
+        body_limits.linger(session).await;
+        return write_answer(session, header, body).await;
+    }
     write_answer(session, header, body).await?;
     if lingers {
         body_limits.linger(session).await;
