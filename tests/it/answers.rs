@@ -137,3 +137,62 @@ fn early_rejections_reach_curl_on_every_try() {
     // Nothing over the limit was handed to the provider whole.
     assert!(s.idp.requests().iter().all(|r| r.body.len() <= 64 * 1024));
 }
+
+/// HTTP/2: an answer decided before the body (here a 401) is written once the body is in,
+/// not before. A client that sees an error answer while it still sends (curl) stops and ends
+/// its stream short of its Content-Length, which the HTTP/2 layer must reset as malformed:
+/// the client then reports an error instead of the answer.
+#[test]
+fn http2_early_answer_waits_for_the_rest_of_the_body() {
+    use openssl::ssl::{SslConnector, SslMethod};
+    use std::time::Duration;
+    let s = setup();
+    let port = s.bg.port;
+    let ca = s.pki.path("ca.crt");
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async move {
+        let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .unwrap();
+        let mut b = SslConnector::builder(SslMethod::tls_client()).unwrap();
+        b.set_ca_file(&ca).unwrap();
+        b.set_alpn_protos(b"\x02h2").unwrap();
+        let ssl = b
+            .build()
+            .configure()
+            .unwrap()
+            .into_ssl("localhost")
+            .unwrap();
+        let mut tls = tokio_openssl::SslStream::new(ssl, tcp).unwrap();
+        std::pin::Pin::new(&mut tls).connect().await.unwrap();
+        let (client, connection) = h2::client::handshake(tls).await.unwrap();
+        tokio::spawn(connection);
+        let mut client = client.ready().await.unwrap();
+        let request = http::Request::post(format!("https://localhost:{port}/clients"))
+            .header("content-length", "2")
+            .body(())
+            .unwrap();
+        let (response, mut body) = client.send_request(request, false).unwrap();
+        tokio::pin!(response);
+        // The body has not come: no answer yet.
+        let early = tokio::time::timeout(Duration::from_millis(500), &mut response).await;
+        assert!(early.is_err(), "answered before the body: {early:?}");
+        body.send_data(bytes::Bytes::from_static(b"{}"), true)
+            .unwrap();
+        let answer = tokio::time::timeout(Duration::from_secs(5), response)
+            .await
+            .expect("an answer once the body is in")
+            .expect("the stream is not reset");
+        assert_eq!(answer.status(), 401);
+        let mut data = answer.into_body();
+        let mut got = Vec::new();
+        while let Some(chunk) = data.data().await {
+            got.extend_from_slice(&chunk.expect("the answer's body arrives whole"));
+        }
+        let json: serde_json::Value = serde_json::from_slice(&got).unwrap();
+        assert_eq!(json["error"], "unauthorized", "{json}");
+    });
+}
