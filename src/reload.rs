@@ -6,6 +6,7 @@
 //! A reload builds the whole new configuration first; only when every part of it is good is it
 //! swapped in, in one store: requests that started before finish on the old one.
 
+use crate::config::Problem;
 use arc_swap::{ArcSwap, ArcSwapOption};
 use std::sync::Arc;
 
@@ -33,7 +34,7 @@ pub struct Control {
     reloading: tokio::sync::Mutex<()>,
     /// The certificate files the watcher last refused, and why: retried every second, logged
     /// and counted once per change of the files or of the reason.
-    refused_certificates: std::sync::Mutex<Option<(Vec<crate::tls::FileStamp>, String)>>,
+    refused_certificates: std::sync::Mutex<Option<(Vec<crate::tls::FileStamp>, Problem)>>,
     /// Reloads this process has done (SIGHUP), numbering its verdicts.
     reloads_done: std::sync::atomic::AtomicU64,
 }
@@ -99,7 +100,7 @@ impl Control {
         config: Config,
         metrics: Arc<Metrics>,
         readiness: Arc<Readiness>,
-    ) -> Result<Arc<Control>, String> {
+    ) -> Result<Arc<Control>, Problem> {
         // The storage engine: for the embedded targets, and with Redis for the shared replay
         // cache of DPoP proofs too.
         let store = if needs_state(&config) || config.state.redis.is_some() {
@@ -139,7 +140,7 @@ impl Control {
 
     /// Reads the configuration file again and swaps it in, or keeps the running one and says
     /// why (every problem, with its key path). Counted in `bindgate_config_reloads_total`.
-    pub async fn reload(&self) -> Result<(), Vec<String>> {
+    pub async fn reload(&self) -> Result<(), Vec<Problem>> {
         let _one = self.reloading.lock().await;
         let outcome = self.try_reload().await;
         match &outcome {
@@ -161,7 +162,7 @@ impl Control {
 
     /// Writes this reload's verdict beside the pid file (`server.pid_file` + `.reload`), for
     /// `bindgate reload` to report: `pid P reload N`, then `ok` or `refused` and the problems.
-    fn write_verdict(&self, outcome: &Result<(), Vec<String>>) {
+    fn write_verdict(&self, outcome: &Result<(), Vec<Problem>>) {
         let Some(pid_file) = self.config().server.pid_file.clone() else {
             return;
         };
@@ -175,7 +176,7 @@ impl Control {
             Err(problems) => {
                 text.push_str("refused\n");
                 for p in problems {
-                    text.push_str(p);
+                    text.push_str(&p.to_string());
                     text.push('\n');
                 }
             }
@@ -188,18 +189,17 @@ impl Control {
         }
     }
 
-    async fn try_reload(&self) -> Result<(), Vec<String>> {
+    async fn try_reload(&self) -> Result<(), Vec<Problem>> {
         let old = self.config();
-        let new = crate::config::load(&old.source)
-            .map_err(|e| e.problems.iter().map(|p| p.to_string()).collect::<Vec<_>>())?;
-        let changed: Vec<String> = fixed_parts(&old)
+        let new = crate::config::load(&old.source).map_err(|e| e.problems)?;
+        let changed: Vec<Problem> = fixed_parts(&old)
             .into_iter()
             .zip(fixed_parts(&new))
             .filter(|(a, b)| a.1 != b.1)
             .map(|(a, _)| {
-                format!(
-                    "{}: cannot change while running (needs a restart or `bindgate run --upgrade`)",
-                    a.0
+                Problem::new(
+                    a.0,
+                    "cannot change while running (needs a restart or `bindgate run --upgrade`)",
                 )
             })
             .collect();
@@ -207,9 +207,10 @@ impl Control {
             return Err(changed);
         }
         if needs_state(&new) && self.store.is_none() {
-            return Err(vec![
-                "registration.target / session_store.target / registration.single_use: the state service was not running; it needs a restart or `bindgate run --upgrade`".into(),
-            ]);
+            return Err(vec![Problem::new(
+                "registration.target / session_store.target / registration.single_use",
+                "the state service was not running; it needs a restart or `bindgate run --upgrade`",
+            )]);
         }
         let material = Material::load(&new.listen.tls).map_err(|e| vec![e])?;
         material.valid_at(unix_now()).map_err(|e| vec![e])?;
@@ -231,9 +232,10 @@ impl Control {
         });
         if let Some(k) = fresh_keys {
             if !k.refresh(true).await {
-                return Err(vec![
-                    "jwks: the new key set could not be loaded (see the key fetch errors)".into(),
-                ]);
+                return Err(vec![Problem::new(
+                    "jwks",
+                    "the new key set could not be loaded (see the key fetch errors)",
+                )]);
             }
         }
         self.metrics.certificate_expiry(material.not_after);
@@ -291,7 +293,7 @@ fn build(
     readiness: &Arc<Readiness>,
     store: Option<&Store>,
     previous: Option<&Authoriser>,
-) -> Result<(Live, Option<Arc<KeyStore>>), String> {
+) -> Result<(Live, Option<Arc<KeyStore>>), Problem> {
     let shared = store
         .and_then(Store::redis)
         .map(|r| Arc::new(r.clone()) as Arc<dyn crate::auth::SharedRecord>);

@@ -17,7 +17,7 @@ use crate::admin::AdminApp;
 use crate::auth::cache::now_secs;
 use crate::auth::jwks::JwksRefresher;
 use crate::auth::replay::{ReplayRecord, Snapshot};
-use crate::config::Config;
+use crate::config::{Config, Problem};
 use crate::gateway::Gateway;
 use crate::metrics::Metrics;
 use crate::readiness::Readiness;
@@ -180,16 +180,16 @@ fn reachable(address: SocketAddr) -> SocketAddr {
 }
 
 /// Fails early, with the key to blame, when an address cannot be bound.
-fn check_bindable(key: &str, address: SocketAddr) -> Result<(), String> {
+fn check_bindable(key: &str, address: SocketAddr) -> Result<(), Problem> {
     TcpListener::bind(address)
         .map(drop)
-        .map_err(|e| format!("{key}: cannot listen on {address}: {e}"))
+        .map_err(|e| Problem::new(key, format!("cannot listen on {address}: {e}")))
 }
 
 /// Runs bindgate until SIGTERM (graceful, within `server.grace_period`) or SIGINT (at once).
 /// With `upgrade`, takes the listening sockets over from the running bindgate (which hands them
 /// over on SIGQUIT and drains) instead of binding them.
-pub fn run(config: Config, upgrade: bool) -> Result<(), String> {
+pub fn run(config: Config, upgrade: bool) -> Result<(), Problem> {
     if !upgrade {
         check_bindable("listen.address", config.listen.address)?;
         if let Some(admin) = &config.admin {
@@ -294,7 +294,7 @@ pub fn run(config: Config, upgrade: bool) -> Result<(), String> {
                 }
             }
         })
-        .map_err(|e| format!("cannot start a thread: {e}"))?;
+        .map_err(|e| Problem::new("", format!("cannot start a thread: {e}")))?;
     let gateway = Gateway::new(control.live.clone(), draining, metrics.clone());
     let mut client_options =
         pingora::connectors::ConnectorOptions::from_server_conf(&server.configuration);
@@ -355,7 +355,7 @@ pub fn run(config: Config, upgrade: bool) -> Result<(), String> {
 
     if let Some(path) = &pid_file {
         std::fs::write(path, format!("{}\n", std::process::id()))
-            .map_err(|e| format!("server.pid_file: {}: {e}", path.display()))?;
+            .map_err(|e| Problem::new("server.pid_file", format!("{}: {e}", path.display())))?;
     }
     tracing::info!(
         config = %source.display(),
@@ -472,15 +472,15 @@ fn connection_deadlines(server: &crate::config::Server) -> pingora::apps::HttpSe
     options
 }
 
-fn install_hangup_handler() -> Result<(), String> {
+fn install_hangup_handler() -> Result<(), Problem> {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
-        .map_err(|e| format!("signal setup: {e}"))?;
+        .map_err(|e| Problem::new("", format!("signal setup: {e}")))?;
     // The handler stays installed for the life of the process once registered.
     rt.block_on(async { tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) })
         .map(drop)
-        .map_err(|e| format!("signal setup: {e}"))
+        .map_err(|e| Problem::new("", format!("signal setup: {e}")))
 }
 
 /// Reloads on SIGHUP; watches the certificate files (`listen.tls.watch`); keeps time-based

@@ -17,7 +17,7 @@ use std::sync::Arc;
 use std::time::SystemTime;
 
 use crate::certificate::PeerCertificate;
-use crate::config::{ClientAuth, ListenTls};
+use crate::config::{ClientAuth, ListenTls, Problem};
 
 /// What the listener presents and asks for, read from the files once per load.
 pub struct Material {
@@ -73,45 +73,49 @@ pub fn stamps(tls: &ListenTls) -> Vec<FileStamp> {
 
 impl Material {
     /// Reads and checks certificate, key (they must match) and client CA.
-    pub fn load(tls: &ListenTls) -> Result<Material, String> {
+    pub fn load(tls: &ListenTls) -> Result<Material, Problem> {
         let stamp = stamps(tls);
         let pem = std::fs::read(&tls.cert)
-            .map_err(|e| format!("listen.tls.cert: {}: {e}", tls.cert.display()))?;
+            .map_err(|e| Problem::new("listen.tls.cert", format!("{}: {e}", tls.cert.display())))?;
         let chain = X509::stack_from_pem(&pem)
             .ok()
             .filter(|c| !c.is_empty())
             .ok_or_else(|| {
-                format!(
-                    "listen.tls.cert: {} holds no PEM certificate",
-                    tls.cert.display()
+                Problem::new(
+                    "listen.tls.cert",
+                    format!("{} holds no PEM certificate", tls.cert.display()),
                 )
             })?;
         let key_pem = std::fs::read(&tls.key)
-            .map_err(|e| format!("listen.tls.key: {}: {e}", tls.key.display()))?;
+            .map_err(|e| Problem::new("listen.tls.key", format!("{}: {e}", tls.key.display())))?;
         let key = PKey::private_key_from_pem(&key_pem).map_err(|_| {
-            format!(
-                "listen.tls.key: {} holds no PEM private key",
-                tls.key.display()
+            Problem::new(
+                "listen.tls.key",
+                format!("{} holds no PEM private key", tls.key.display()),
             )
         })?;
         let leaf_key = chain[0]
             .public_key()
-            .map_err(|e| format!("listen.tls.cert: {e}"))?;
+            .map_err(|e| Problem::new("listen.tls.cert", e))?;
         if !leaf_key.public_eq(&key) {
-            return Err("listen.tls.key: does not match the certificate".into());
+            return Err(Problem::new(
+                "listen.tls.key",
+                "does not match the certificate",
+            ));
         }
         let client_ca = match (&tls.client_ca, tls.client_auth) {
             (_, ClientAuth::None) | (None, _) => None,
             (Some(ca), _) => {
-                let pem = std::fs::read(ca)
-                    .map_err(|e| format!("listen.tls.client_ca: {}: {e}", ca.display()))?;
+                let pem = std::fs::read(ca).map_err(|e| {
+                    Problem::new("listen.tls.client_ca", format!("{}: {e}", ca.display()))
+                })?;
                 let certs = X509::stack_from_pem(&pem)
                     .ok()
                     .filter(|c| !c.is_empty())
                     .ok_or_else(|| {
-                        format!(
-                            "listen.tls.client_ca: {} holds no PEM certificate",
-                            ca.display()
+                        Problem::new(
+                            "listen.tls.client_ca",
+                            format!("{} holds no PEM certificate", ca.display()),
                         )
                     })?;
                 Some(certs)
@@ -183,7 +187,7 @@ fn session_context(
     chain: &[X509],
     client_auth: ClientAuth,
     client_ca: Option<&[X509]>,
-) -> Result<[u8; 32], String> {
+) -> Result<[u8; 32], Problem> {
     use sha2::{Digest, Sha256};
     let mut h = Sha256::new();
     h.update(b"bindgate tls session context v1");
@@ -195,7 +199,7 @@ fn session_context(
     for c in chain {
         part(
             b'S',
-            &c.to_der().map_err(|e| format!("listen.tls.cert: {e}"))?,
+            &c.to_der().map_err(|e| Problem::new("listen.tls.cert", e))?,
         );
     }
     let mode: &[u8] = match client_auth {
@@ -208,7 +212,7 @@ fn session_context(
         part(
             b'C',
             &c.to_der()
-                .map_err(|e| format!("listen.tls.client_ca: {e}"))?,
+                .map_err(|e| Problem::new("listen.tls.client_ca", e))?,
         );
     }
     Ok(h.finalize().into())
@@ -255,19 +259,19 @@ fn asn1_unix(t: &openssl::asn1::Asn1TimeRef) -> i64 {
 impl Material {
     /// Whether the served certificate is valid at `now` (seconds since the epoch): a reload
     /// never swaps in an expired or not-yet-valid one.
-    pub fn valid_at(&self, now: i64) -> Result<(), String> {
+    pub fn valid_at(&self, now: i64) -> Result<(), Problem> {
         // The reasons name the certificate's own times (seconds since the epoch), not the
         // distance to now: a retry that fails for the same reason says the same thing.
         if now < self.not_before {
-            return Err(format!(
-                "listen.tls.cert: not valid yet (notBefore {})",
-                self.not_before
+            return Err(Problem::new(
+                "listen.tls.cert",
+                format!("not valid yet (notBefore {})", self.not_before),
             ));
         }
         if now >= self.not_after {
-            return Err(format!(
-                "listen.tls.cert: expired (notAfter {})",
-                self.not_after
+            return Err(Problem::new(
+                "listen.tls.cert",
+                format!("expired (notAfter {})", self.not_after),
             ));
         }
         Ok(())
@@ -328,15 +332,15 @@ pub fn peer_certificate(digest: Option<&pingora::protocols::Digest>) -> Option<P
 
 /// The listener's TLS settings: HTTP/2 and HTTP/1.1 by ALPN; certificate, key and client
 /// certificates from `tls` at every handshake.
-pub fn settings(tls: Arc<ServerTls>) -> Result<TlsSettings, String> {
+pub fn settings(tls: Arc<ServerTls>) -> Result<TlsSettings, Problem> {
     let mut settings = TlsSettings::with_callbacks(Box::new(Callbacks { tls: tls.clone() }))
-        .map_err(|e| format!("TLS: {e}"))?;
+        .map_err(|e| Problem::new("listen.tls", e))?;
     settings.enable_h2();
     // Without a session id context a client's resumed handshake fails once it has sent a
     // certificate ("session id context uninitialized").
     settings
         .set_session_id_context(b"bindgate")
-        .map_err(|e| format!("TLS session id context: {e}"))?;
+        .map_err(|e| Problem::new("listen.tls", format!("session id context: {e}")))?;
     // Each handshake takes the context of the material current when its ClientHello arrives,
     // before OpenSSL looks at the session it offers: a session from before a change of
     // certificate, client_auth or client CA is not resumed, a full handshake runs instead.

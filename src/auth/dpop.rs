@@ -3,6 +3,7 @@
 //! before, bound to the access token it travels with (`ath`) — and the RFC 7638 thumbprint of
 //! that key, which a DPoP-bound token names in `cnf.jkt`.
 
+use crate::config::Problem;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
 use http::{HeaderMap, Method};
@@ -131,10 +132,10 @@ fn string<'a>(raw: Option<&'a RawValue>) -> Option<Cow<'a, str>> {
 }
 
 impl ProofChecker {
-    pub fn new(config: &Dpop, leeway: Duration, metrics: Arc<Metrics>) -> Result<Self, String> {
+    pub fn new(config: &Dpop, leeway: Duration, metrics: Arc<Metrics>) -> Result<Self, Problem> {
         let rng = ring::rand::SystemRandom::new();
         let nonce_key = ring::hmac::Key::generate(ring::hmac::HMAC_SHA256, &rng)
-            .map_err(|_| "dpop: no random source for the nonce key".to_string())?;
+            .map_err(|_| Problem::new("dpop", "no random source for the nonce key"))?;
         let window = config.max_age.saturating_add(leeway);
         Ok(ProofChecker {
             origins: config.origins.clone(),

@@ -2,6 +2,7 @@
 //! moka, refreshed in the background, refetched (single-flight, rate-limited) for unknown kids,
 //! and kept for up to `max_stale` while the key source fails.
 
+use crate::config::Problem;
 use async_trait::async_trait;
 use moka::sync::Cache;
 use pingora::server::ShutdownWatch;
@@ -60,7 +61,7 @@ impl KeyStore {
         metrics: Arc<Metrics>,
         readiness: Arc<Readiness>,
         on_removed: Box<dyn Fn() + Send + Sync>,
-    ) -> Result<Self, String> {
+    ) -> Result<Self, Problem> {
         let http = match &config.source {
             JwksSource::File(_) => None,
             JwksSource::Uri(_) => {
@@ -71,15 +72,18 @@ impl KeyStore {
                     .redirect(reqwest::redirect::Policy::limited(3))
                     .user_agent(concat!("bindgate/", env!("CARGO_PKG_VERSION")));
                 if let Some(ca) = &config.ca {
-                    let pem =
-                        std::fs::read(ca).map_err(|e| format!("jwks.ca: {}: {e}", ca.display()))?;
+                    let pem = std::fs::read(ca)
+                        .map_err(|e| Problem::new("jwks.ca", format!("{}: {e}", ca.display())))?;
                     for cert in reqwest::Certificate::from_pem_bundle(&pem)
-                        .map_err(|e| format!("jwks.ca: {e}"))?
+                        .map_err(|e| Problem::new("jwks.ca", format!("{e}")))?
                     {
                         b = b.add_root_certificate(cert);
                     }
                 }
-                Some(b.build().map_err(|e| format!("jwks: HTTP client: {e}"))?)
+                Some(
+                    b.build()
+                        .map_err(|e| Problem::new("jwks", format!("HTTP client: {e}")))?,
+                )
             }
         };
         Ok(KeyStore {

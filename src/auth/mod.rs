@@ -100,7 +100,7 @@ impl Authoriser {
         readiness: Arc<Readiness>,
         shared: Option<Arc<dyn SharedRecord>>,
         previous: Option<&Authoriser>,
-    ) -> Result<(Self, Option<Arc<KeyStore>>), String> {
+    ) -> Result<(Self, Option<Arc<KeyStore>>), crate::config::Problem> {
         let mut store = None;
         let token_settings = format!("{:?}", (&config.issuer, &config.jwks, &config.tokens));
         let kept = previous.filter(|p| p.token_settings == token_settings);

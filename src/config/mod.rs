@@ -27,6 +27,18 @@ pub struct Problem {
     pub reason: String,
 }
 
+impl Problem {
+    /// `key` (a configuration path, or "" when none applies) cannot be used: `reason`.
+    pub fn new(key: impl Into<String>, reason: impl fmt::Display) -> Self {
+        Problem {
+            key: key.into(),
+            reason: reason.to_string(),
+        }
+    }
+}
+
+impl std::error::Error for Problem {}
+
 impl fmt::Display for Problem {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         if self.key.is_empty() {

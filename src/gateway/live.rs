@@ -1,6 +1,7 @@
 //! The live configuration: everything a request is decided by that a reload may replace, and
 //! the two ways an authorised request goes — served here, or forwarded.
 
+use crate::config::Problem;
 use pingora::http::RequestHeader;
 use pingora::prelude::*;
 use pingora::proxy::Session;
@@ -85,7 +86,7 @@ impl Live {
         authoriser: Authoriser,
         state: Option<StateService>,
         metrics: Arc<Metrics>,
-    ) -> Result<Self, String> {
+    ) -> Result<Self, Problem> {
         let mut upstreams = HashMap::new();
         for (name, u) in &config.upstreams {
             upstreams.insert(name.clone(), Arc::new(UpstreamTarget::new(u)?));

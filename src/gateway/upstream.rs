@@ -2,6 +2,7 @@
 //! target, the forwarding headers (RFC 7239 `Forwarded`, `X-Forwarded-*`), the identity
 //! headers bindgate writes after stripping what a client sent under the same names.
 
+use crate::config::Problem;
 use pingora::http::RequestHeader;
 use pingora::prelude::*;
 use pingora::upstreams::peer::HttpPeer;
@@ -22,7 +23,7 @@ pub struct UpstreamTarget {
 }
 
 impl UpstreamTarget {
-    pub fn new(config: &Upstream) -> Result<Self, String> {
+    pub fn new(config: &Upstream) -> Result<Self, Problem> {
         let mut peer = HttpPeer::new(config.address, config.tls, config.sni.clone());
         peer.options.connection_timeout = Some(config.connect_timeout);
         peer.options.total_connection_timeout = Some(config.connect_timeout);
@@ -34,10 +35,14 @@ impl UpstreamTarget {
             // Without an SNI name there is no name to check the certificate against.
             peer.options.verify_hostname = !config.sni.is_empty();
             if let Some(ca) = &config.ca {
-                let pem = std::fs::read(ca)
-                    .map_err(|e| format!("upstreams.{}.ca: {}: {e}", config.name, ca.display()))?;
+                let pem = std::fs::read(ca).map_err(|e| {
+                    Problem::new(
+                        format!("upstreams.{}.ca", config.name),
+                        format!("{}: {e}", ca.display()),
+                    )
+                })?;
                 let certs = pingora::tls::x509::X509::stack_from_pem(&pem)
-                    .map_err(|e| format!("upstreams.{}.ca: {e}", config.name))?;
+                    .map_err(|e| Problem::new(format!("upstreams.{}.ca", config.name), e))?;
                 peer.options.ca = Some(Arc::new(certs.into_boxed_slice()));
             }
         }

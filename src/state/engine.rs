@@ -5,6 +5,7 @@
 //! reads (`Chunks`), purges and bulk inserts stay blocking: callers run them off the
 //! proxy's workers.
 
+use crate::config::Problem;
 use std::time::Duration;
 
 use super::redb::RedbStore;
@@ -32,12 +33,12 @@ async fn on_redb<T: Send + 'static>(
 
 impl Store {
     /// A redb store (a file, or memory).
-    pub fn open(path: &StatePath) -> std::result::Result<Self, String> {
+    pub fn open(path: &StatePath) -> std::result::Result<Self, Problem> {
         RedbStore::open(path).map(Store::Redb)
     }
 
     /// The engine `state` names.
-    pub fn open_state(state: &State) -> std::result::Result<Self, String> {
+    pub fn open_state(state: &State) -> std::result::Result<Self, Problem> {
         match &state.redis {
             Some(settings) => RedisStore::open(settings).map(Store::Redis),
             None => Store::open(&state.path),

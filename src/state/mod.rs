@@ -9,6 +9,7 @@ pub mod redis;
 pub mod sessions;
 pub mod store;
 
+use crate::config::Problem;
 use async_trait::async_trait;
 use bytes::Bytes;
 use pingora::server::ShutdownWatch;
@@ -133,7 +134,7 @@ pub struct StateService {
 }
 
 impl StateService {
-    pub fn new(config: &Config) -> Result<Self, String> {
+    pub fn new(config: &Config) -> Result<Self, Problem> {
         Ok(Self::with_store(config, Store::open_state(&config.state)?))
     }
 
@@ -445,8 +446,8 @@ impl StateService {
 
     /// Removes expired sessions and single-use ledger entries (redb; Redis expires its keys
     /// itself); the number removed.
-    pub fn purge_expired(&self) -> Result<usize, String> {
-        self.store.purge_expired(now()).map_err(|e| e.to_string())
+    pub fn purge_expired(&self) -> Result<usize, store::StoreError> {
+        self.store.purge_expired(now())
     }
 }
 

@@ -1,6 +1,7 @@
 //! Storage of the embedded state service on redb: a file (`fsync` on every commit that answers
 //! a write, so an acknowledged write survives `kill -9`) or memory (`:memory:`).
 
+use crate::config::Problem;
 use redb::backends::InMemoryBackend;
 use redb::{
     Database, Durability, MultimapTableDefinition, MultimapTableHandle, ReadTransaction,
@@ -93,18 +94,22 @@ pub struct RedbStore {
 }
 
 impl RedbStore {
-    pub fn open(path: &StatePath) -> std::result::Result<Self, String> {
+    pub fn open(path: &StatePath) -> std::result::Result<Self, Problem> {
         let mut builder = Database::builder();
         // The page cache would otherwise grow to 1 GiB while a large store is read.
         builder.set_cache_size(16 * 1024 * 1024);
         let db = match path {
             StatePath::Memory => builder
                 .create_with_backend(InMemoryBackend::new())
-                .map_err(|e| format!("state: in-memory store: {e}"))?,
+                .map_err(|e| Problem::new("state", format!("in-memory store: {e}")))?,
             StatePath::File(file) => {
                 if let Some(dir) = file.parent().filter(|d| !d.as_os_str().is_empty()) {
-                    std::fs::create_dir_all(dir)
-                        .map_err(|e| format!("state.path: cannot create {}: {e}", dir.display()))?;
+                    std::fs::create_dir_all(dir).map_err(|e| {
+                        Problem::new(
+                            "state.path",
+                            format!("cannot create {}: {e}", dir.display()),
+                        )
+                    })?;
                 }
                 // During a binary upgrade the old process holds the file until it has drained:
                 // wait for it (its listeners keep the connections meanwhile), bounded.
@@ -126,7 +131,12 @@ impl RedbStore {
                             }
                             std::thread::sleep(std::time::Duration::from_millis(50));
                         }
-                        Err(e) => return Err(format!("state.path: {}: {e}", file.display())),
+                        Err(e) => {
+                            return Err(Problem::new(
+                                "state.path",
+                                format!("{}: {e}", file.display()),
+                            ))
+                        }
                     }
                 }
             }
@@ -185,7 +195,7 @@ impl RedbStore {
                 }
                 Ok(())
             })
-            .map_err(|e| format!("state.path: {e}"))?;
+            .map_err(|e| Problem::new("state.path", format!("{e}")))?;
         Ok(store)
     }
 

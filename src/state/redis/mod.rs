@@ -21,6 +21,7 @@
 //! The store's methods block (they are called from `spawn_blocking`, like redb's); the
 //! connections run on the store's own small runtime, so they outlive any one service's.
 
+use crate::config::Problem;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::cluster_routing::{RoutingInfo, SingleNodeRoutingInfo};
 use redis::{Cmd, FromRedisValue, IntoConnectionInfo, Pipeline, Script, Value};
@@ -103,29 +104,31 @@ pub struct RedisStore {
 }
 
 impl RedisStore {
-    pub fn open(settings: &RedisSettings) -> std::result::Result<Self, String> {
+    pub fn open(settings: &RedisSettings) -> std::result::Result<Self, Problem> {
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
             .thread_name("bindgate-redis")
             .enable_all()
             .build()
-            .map_err(|e| format!("state.redis: runtime: {e}"))?;
+            .map_err(|e| Problem::new("state.redis", format!("runtime: {e}")))?;
         let password = settings.password.as_ref().map(|p| p.expose().to_string());
         let link = if settings.cluster.is_empty() {
             let mut info = settings
                 .url
                 .as_str()
                 .into_connection_info()
-                .map_err(|e| format!("state.redis.url: {e}"))?;
+                .map_err(|e| Problem::new("state.redis.url", format!("{e}")))?;
             if let Some(p) = &password {
                 let redis = info.redis_settings().clone().set_password(p);
                 info = info.set_redis_settings(redis);
             }
             let client = match &settings.ca {
-                None => redis::Client::open(info).map_err(|e| format!("state.redis.url: {e}"))?,
+                None => redis::Client::open(info)
+                    .map_err(|e| Problem::new("state.redis.url", format!("{e}")))?,
                 Some(ca) => {
-                    let pem = std::fs::read(ca)
-                        .map_err(|e| format!("state.redis.ca: {}: {e}", ca.display()))?;
+                    let pem = std::fs::read(ca).map_err(|e| {
+                        Problem::new("state.redis.ca", format!("{}: {e}", ca.display()))
+                    })?;
                     redis::Client::build_with_tls(
                         info,
                         redis::TlsCertificates {
@@ -133,7 +136,7 @@ impl RedisStore {
                             root_cert: Some(pem),
                         },
                     )
-                    .map_err(|e| format!("state.redis.ca: {e}"))?
+                    .map_err(|e| Problem::new("state.redis.ca", format!("{e}")))?
                 }
             };
             let config = ConnectionManagerConfig::new()
@@ -143,7 +146,7 @@ impl RedisStore {
                 .set_max_delay(Duration::from_millis(500));
             let _guard = runtime.enter();
             let manager = ConnectionManager::new_lazy_with_config(client, config)
-                .map_err(|e| format!("state.redis.url: {e}"))?;
+                .map_err(|e| Problem::new("state.redis.url", format!("{e}")))?;
             Link::Single(manager)
         } else {
             let mut builder = redis::cluster::ClusterClient::builder(settings.cluster.clone())
@@ -155,7 +158,7 @@ impl RedisStore {
             }
             let client = builder
                 .build()
-                .map_err(|e| format!("state.redis.cluster: {e}"))?;
+                .map_err(|e| Problem::new("state.redis.cluster", format!("{e}")))?;
             Link::Cluster {
                 client: Arc::new(client),
                 conn: Arc::new(OnceCell::new()),
