@@ -20,15 +20,22 @@ pub enum Store {
     Redis(RedisStore),
 }
 
+/// Runs blocking storage work on the blocking pool; a task that panicked is a storage failure.
+async fn off_workers<T: Send + 'static, E: From<StoreError> + Send + 'static>(
+    f: impl FnOnce() -> std::result::Result<T, E> + Send + 'static,
+) -> std::result::Result<T, E> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|_| StoreError::new("a storage task failed".into()))?
+}
+
 /// Runs a blocking redb operation on the blocking pool.
 async fn on_redb<T: Send + 'static>(
     store: &RedbStore,
     f: impl FnOnce(&RedbStore) -> Result<T> + Send + 'static,
 ) -> Result<T> {
     let store = store.clone();
-    tokio::task::spawn_blocking(move || f(&store))
-        .await
-        .map_err(|_| StoreError::new("a storage task failed".into()))?
+    off_workers(move || f(&store)).await
 }
 
 impl Store {
@@ -182,9 +189,7 @@ impl Store {
         match self {
             Store::Redb(s) => {
                 let (s, sid) = (s.clone(), sid.to_owned());
-                tokio::task::spawn_blocking(move || s.update_session(&sid, commit, |b| f(b)))
-                    .await
-                    .map_err(|_| StoreError::new("a storage task failed".into()))?
+                off_workers(move || s.update_session(&sid, commit, |b| f(b))).await
             }
             Store::Redis(s) => s.update_session(sid, commit, Record::expires_at, f).await,
         }
@@ -203,9 +208,7 @@ impl Store {
     /// One subject's sessions, to read a chunk at a time (blocking). Off the workers.
     pub async fn sessions_of_async(&self, subject: &str) -> Result<Box<dyn Chunks>> {
         let (me, subject) = (self.clone(), subject.to_owned());
-        tokio::task::spawn_blocking(move || me.sessions_of(&subject))
-            .await
-            .map_err(|_| StoreError::new("a storage task failed".into()))?
+        off_workers(move || me.sessions_of(&subject)).await
     }
 
     /// Every session of `subject` removed (see [`Store::delete_subject`]). Off the workers.
@@ -215,17 +218,13 @@ impl Store {
         keep: bool,
     ) -> Result<Option<Box<dyn Chunks>>> {
         let (me, subject) = (self.clone(), subject.to_owned());
-        tokio::task::spawn_blocking(move || me.delete_subject(&subject, keep))
-            .await
-            .map_err(|_| StoreError::new("a storage task failed".into()))?
+        off_workers(move || me.delete_subject(&subject, keep)).await
     }
 
     /// Every session removed (see [`Store::delete_all_sessions`]). Off the workers.
     pub async fn delete_all_sessions_async(&self, keep: bool) -> Result<Option<Box<dyn Chunks>>> {
         let me = self.clone();
-        tokio::task::spawn_blocking(move || me.delete_all_sessions(keep))
-            .await
-            .map_err(|_| StoreError::new("a storage task failed".into()))?
+        off_workers(move || me.delete_all_sessions(keep)).await
     }
 
     pub fn sessions_of(&self, subject: &str) -> Result<Box<dyn Chunks>> {
