@@ -60,14 +60,17 @@ fn sf_binary(value: Vec<u8>) -> http::HeaderValue {
 }
 
 /// `x5t#S256` of the first certificate in a PEM file.
-pub fn thumbprint_of_pem(pem: &[u8]) -> Result<String, String> {
-    let cert =
-        openssl::x509::X509::from_pem(pem).map_err(|e| format!("not a PEM certificate: {e}"))?;
-    let der = cert
-        .to_der()
-        .map_err(|e| format!("cannot encode the certificate: {e}"))?;
+pub fn thumbprint_of_pem(pem: &[u8]) -> Result<String, NotACertificate> {
+    let der = openssl::x509::X509::from_pem(pem)
+        .and_then(|cert| cert.to_der())
+        .map_err(NotACertificate)?;
     Ok(PeerCertificate::from_der(&der).thumbprint().to_string())
 }
+
+/// The file holds no PEM certificate OpenSSL can read.
+#[derive(Debug, thiserror::Error)]
+#[error("not a PEM certificate: {0}")]
+pub struct NotACertificate(openssl::error::ErrorStack);
 
 #[cfg(test)]
 mod tests {

@@ -34,11 +34,9 @@ pub const FILES: &[&str] = &[
     "jwks.json",
 ];
 
-type Result<T> = std::result::Result<T, String>;
+use crate::devtoken::{err, DevError};
 
-fn err(what: &str) -> impl Fn(openssl::error::ErrorStack) -> String + '_ {
-    move |e| format!("{what}: {e}")
-}
+type Result<T> = std::result::Result<T, DevError>;
 
 fn ec_key() -> Result<PKey<Private>> {
     let group = EcGroup::from_curve_name(Nid::X9_62_PRIME256V1).map_err(err("EC group"))?;
@@ -167,17 +165,17 @@ pub fn write_private(path: &Path, content: &[u8]) -> Result<()> {
     let file = path
         .file_name()
         .and_then(|f| f.to_str())
-        .ok_or_else(|| format!("{} is not a file name", path.display()))?;
+        .ok_or_else(|| DevError::NotAFileName(path.to_path_buf()))?;
     write(dir, file, content, true)
 }
 
 fn write(dir: &Path, file: &str, content: &[u8], secret: bool) -> Result<()> {
     let path = dir.join(file);
-    fs::write(&path, content).map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+    fs::write(&path, content).map_err(DevError::file("write", &path))?;
     if secret {
         use std::os::unix::fs::PermissionsExt;
         fs::set_permissions(&path, fs::Permissions::from_mode(0o600))
-            .map_err(|e| format!("cannot restrict {}: {e}", path.display()))?;
+            .map_err(DevError::file("restrict", &path))?;
     }
     Ok(())
 }
@@ -200,7 +198,7 @@ pub fn complete(dir: &Path) -> bool {
 
 /// Writes the development set into `dir`. Returns the files written.
 pub fn generate(dir: &Path) -> Result<Vec<PathBuf>> {
-    fs::create_dir_all(dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+    fs::create_dir_all(dir).map_err(DevError::file("create", dir))?;
     let ca_key = ec_key()?;
     let ca = certificate("bindgate development CA", &ca_key, Kind::Ca, None)?;
     write_pair(dir, "ca", &ca, &ca_key)?;

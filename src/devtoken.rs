@@ -9,12 +9,46 @@ use openssl::ecdsa::EcdsaSig;
 use openssl::pkey::{PKey, Private};
 use serde_json::{json, Value};
 
-fn err(what: &str) -> impl Fn(openssl::error::ErrorStack) -> String + '_ {
-    move |e| format!("{what}: {e}")
+/// Why a development command could not make what it was asked for.
+#[derive(Debug, thiserror::Error)]
+pub enum DevError {
+    #[error("{step}: {source}")]
+    Crypto {
+        step: &'static str,
+        source: openssl::error::ErrorStack,
+    },
+    #[error("cannot {action} {}: {source}", path.display())]
+    File {
+        action: &'static str,
+        path: std::path::PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{} is not a file name", .0.display())]
+    NotAFileName(std::path::PathBuf),
+}
+
+impl DevError {
+    /// A file operation that failed, naming the file.
+    pub fn file(
+        action: &'static str,
+        path: &std::path::Path,
+    ) -> impl FnOnce(std::io::Error) -> Self {
+        let path = path.to_path_buf();
+        move |source| DevError::File {
+            action,
+            path,
+            source,
+        }
+    }
+}
+
+/// Maps an OpenSSL failure to the step that failed.
+pub(crate) fn err(step: &'static str) -> impl Fn(openssl::error::ErrorStack) -> DevError {
+    move |source| DevError::Crypto { step, source }
 }
 
 /// A random token of 256 bits, base64url.
-pub fn random_token() -> Result<String, String> {
+pub fn random_token() -> Result<String, DevError> {
     let mut bytes = [0u8; 32];
     openssl::rand::rand_bytes(&mut bytes).map_err(err("random"))?;
     Ok(b64(&bytes))
@@ -24,7 +58,7 @@ fn b64(bytes: &[u8]) -> String {
     URL_SAFE_NO_PAD.encode(bytes)
 }
 
-fn coordinates(key: &EcKey<impl openssl::pkey::HasPublic>) -> Result<(Vec<u8>, Vec<u8>), String> {
+fn coordinates(key: &EcKey<impl openssl::pkey::HasPublic>) -> Result<(Vec<u8>, Vec<u8>), DevError> {
     let mut ctx = BigNumContext::new().map_err(err("EC"))?;
     let mut x = openssl::bn::BigNum::new().map_err(err("EC"))?;
     let mut y = openssl::bn::BigNum::new().map_err(err("EC"))?;
@@ -38,7 +72,7 @@ fn coordinates(key: &EcKey<impl openssl::pkey::HasPublic>) -> Result<(Vec<u8>, V
 }
 
 /// The public JWK of a P-256 key, with its RFC 7638 thumbprint as `kid`.
-pub fn public_jwk(key: &PKey<Private>) -> Result<Value, String> {
+pub fn public_jwk(key: &PKey<Private>) -> Result<Value, DevError> {
     let ec = key
         .ec_key()
         .map_err(err("the development key must be EC P-256"))?;
@@ -53,7 +87,7 @@ pub fn public_jwk(key: &PKey<Private>) -> Result<Value, String> {
 }
 
 /// A compact JWS, ES256, over `claims`.
-pub fn sign_es256(key: &PKey<Private>, kid: &str, claims: &Value) -> Result<String, String> {
+pub fn sign_es256(key: &PKey<Private>, kid: &str, claims: &Value) -> Result<String, DevError> {
     sign_es256_with(
         key,
         &json!({"alg": "ES256", "typ": "JWT", "kid": kid}),
@@ -69,7 +103,7 @@ pub fn dpop_proof(
     htu: &str,
     token: Option<&str>,
     nonce: Option<&str>,
-) -> Result<String, String> {
+) -> Result<String, DevError> {
     let mut jwk = public_jwk(key)?;
     if let Some(o) = jwk.as_object_mut() {
         for member in ["kid", "use", "alg"] {
@@ -100,7 +134,7 @@ pub fn dpop_proof(
 }
 
 /// A new P-256 key in PEM (PKCS#8).
-pub fn new_key_pem() -> Result<Vec<u8>, String> {
+pub fn new_key_pem() -> Result<Vec<u8>, DevError> {
     let group = openssl::ec::EcGroup::from_curve_name(openssl::nid::Nid::X9_62_PRIME256V1)
         .map_err(err("EC"))?;
     let ec = EcKey::generate(&group).map_err(err("EC"))?;
@@ -109,7 +143,11 @@ pub fn new_key_pem() -> Result<Vec<u8>, String> {
         .map_err(err("EC"))
 }
 
-fn sign_es256_with(key: &PKey<Private>, header: &Value, claims: &Value) -> Result<String, String> {
+fn sign_es256_with(
+    key: &PKey<Private>,
+    header: &Value,
+    claims: &Value,
+) -> Result<String, DevError> {
     let input = format!(
         "{}.{}",
         b64(header.to_string().as_bytes()),
@@ -124,6 +162,6 @@ fn sign_es256_with(key: &PKey<Private>, header: &Value, claims: &Value) -> Resul
     Ok(format!("{input}.{}", b64(&raw)))
 }
 
-pub fn load_key(pem: &[u8]) -> Result<PKey<Private>, String> {
+pub fn load_key(pem: &[u8]) -> Result<PKey<Private>, DevError> {
     PKey::private_key_from_pem(pem).map_err(err("not a PEM private key"))
 }

@@ -117,25 +117,50 @@ struct DevProofArgs {
     nonce: Option<String>,
 }
 
-fn dev_proof(a: DevProofArgs) -> Result<String, String> {
+/// Why `dev-proof` or `dev-token` made nothing.
+#[derive(Debug, thiserror::Error)]
+enum CliError {
+    #[error(transparent)]
+    Dev(#[from] bindgate::devtoken::DevError),
+    #[error(transparent)]
+    Certificate(#[from] bindgate::certificate::NotACertificate),
+    #[error("{0}")]
+    Usage(&'static str),
+    #[error("--lifetime: {0}")]
+    Lifetime(bindgate::config::units::UnitError),
+    #[error("{0}(or give --iss and --key)")]
+    Config(bindgate::config::ConfigError),
+}
+
+fn read(path: &std::path::Path) -> Result<Vec<u8>, bindgate::devtoken::DevError> {
+    std::fs::read(path).map_err(bindgate::devtoken::DevError::file("read", path))
+}
+
+fn dev_proof(a: DevProofArgs) -> Result<String, CliError> {
     if !a.key.exists() {
         if let Some(dir) = a.key.parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir)
-                .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+                .map_err(bindgate::devtoken::DevError::file("create", dir))?;
         }
         let pem = bindgate::devtoken::new_key_pem()?;
         bindgate::devcerts::write_private(&a.key, &pem)?;
     }
-    let pem = std::fs::read(&a.key).map_err(|e| format!("cannot read {}: {e}", a.key.display()))?;
+    let pem = read(&a.key)?;
     let key = bindgate::devtoken::load_key(&pem)?;
     if a.jkt {
         let jwk = bindgate::devtoken::public_jwk(&key)?;
         return Ok(jwk["kid"].as_str().unwrap_or_default().to_string());
     }
-    let htu = a
-        .htu
-        .ok_or("give --htu (the request URI, e.g. https://localhost:8443/clients)")?;
-    bindgate::devtoken::dpop_proof(&key, &a.htm, &htu, a.token.as_deref(), a.nonce.as_deref())
+    let htu = a.htu.ok_or(CliError::Usage(
+        "give --htu (the request URI, e.g. https://localhost:8443/clients)",
+    ))?;
+    Ok(bindgate::devtoken::dpop_proof(
+        &key,
+        &a.htm,
+        &htu,
+        a.token.as_deref(),
+        a.nonce.as_deref(),
+    )?)
 }
 
 /// Logs (the access log among them) go to stdout through a writer thread that writes them in
@@ -206,12 +231,12 @@ struct DevTokenArgs {
     sub: String,
 }
 
-fn dev_token(a: DevTokenArgs) -> Result<String, String> {
+fn dev_token(a: DevTokenArgs) -> Result<String, CliError> {
     let config = bindgate::config::load(&a.config);
     let config = match (config, &a.iss, &a.key) {
         (Ok(c), _, _) => Some(c),
         (Err(_), Some(_), Some(_)) => None,
-        (Err(e), _, _) => return Err(format!("{e}(or give --iss and --key)")),
+        (Err(e), _, _) => return Err(CliError::Config(e)),
     };
     let key_path = match (&a.key, config.as_ref().and_then(|c| c.jwks.as_ref())) {
         (Some(k), _) => k.clone(),
@@ -223,20 +248,21 @@ fn dev_token(a: DevTokenArgs) -> Result<String, String> {
             }),
         ) => f.with_file_name("signing.key"),
         _ => {
-            return Err(
-                "give --key: the configuration has no jwks.file to find signing.key next to".into(),
-            )
+            return Err(CliError::Usage(
+                "give --key: the configuration has no jwks.file to find signing.key next to",
+            ))
         }
     };
-    let pem =
-        std::fs::read(&key_path).map_err(|e| format!("cannot read {}: {e}", key_path.display()))?;
+    let pem = read(&key_path)?;
     let key = bindgate::devtoken::load_key(&pem)?;
     let jwk = bindgate::devtoken::public_jwk(&key)?;
     let kid = jwk["kid"].as_str().unwrap_or_default().to_string();
     let issuer = a
         .iss
         .or_else(|| config.as_ref().and_then(|c| c.issuer.clone()))
-        .ok_or("give --iss: the configuration has no issuer")?;
+        .ok_or(CliError::Usage(
+            "give --iss: the configuration has no issuer",
+        ))?;
     let scope = a
         .scope
         .or_else(|| config.as_ref().map(|c| c.registration.scope.clone()))
@@ -250,8 +276,8 @@ fn dev_token(a: DevTokenArgs) -> Result<String, String> {
             audiences.push(uri);
         }
     }
-    let lifetime = bindgate::config::units::parse_duration(&a.lifetime)
-        .map_err(|e| format!("--lifetime: {e}"))?;
+    let lifetime =
+        bindgate::config::units::parse_duration(&a.lifetime).map_err(CliError::Lifetime)?;
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_secs())
@@ -277,15 +303,14 @@ fn dev_token(a: DevTokenArgs) -> Result<String, String> {
         _ => claims["aud"] = serde_json::json!(audiences),
     }
     if let Some(cert) = a.cert {
-        let pem =
-            std::fs::read(&cert).map_err(|e| format!("cannot read {}: {e}", cert.display()))?;
+        let pem = read(&cert)?;
         let thumbprint = bindgate::certificate::thumbprint_of_pem(&pem)?;
         claims["cnf"] = serde_json::json!({ "x5t#S256": thumbprint });
     }
     if let Some(jkt) = a.dpop_jkt {
         claims["cnf"]["jkt"] = serde_json::json!(jkt);
     }
-    bindgate::devtoken::sign_es256(&key, &kid, &claims)
+    Ok(bindgate::devtoken::sign_es256(&key, &kid, &claims)?)
 }
 
 /// `bindgate reload`: the file is checked here first, so that a broken one is reported to the

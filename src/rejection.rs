@@ -46,8 +46,9 @@ pub enum Rejection {
     NotFound(&'static str),
     /// The resource exists but does not take this method; `allow` is its `Allow` header.
     MethodNotAllowed { allow: &'static str },
-    /// The embedded store failed (I/O): retry later.
-    StorageUnavailable,
+    /// A store or record failed (I/O) or is full: retry later. `cause`, when there is one, is
+    /// logged where the answer is written (never sent to the client).
+    StorageUnavailable { cause: Option<Arc<str>> },
     /// RFC 9449 §7.1 `invalid_dpop_proof`; `algs` lists the accepted proof algorithms.
     InvalidDpopProof { why: String, algs: Arc<str> },
     /// RFC 9449 §8: the proof needs a fresh server nonce, sent in `DPoP-Nonce`.
@@ -76,7 +77,7 @@ impl Rejection {
             | Rejection::InvalidInput(_) => 400,
             Rejection::NotFound(_) => 404,
             Rejection::MethodNotAllowed { .. } => 405,
-            Rejection::StorageUnavailable => 503,
+            Rejection::StorageUnavailable { .. } => 503,
             Rejection::InvalidDpopProof { .. }
             | Rejection::UseDpopNonce { .. }
             | Rejection::InvalidDpopToken { .. } => 401,
@@ -102,7 +103,7 @@ impl Rejection {
             Rejection::InvalidInput(_) => "invalid_request",
             Rejection::NotFound(_) => "not_found",
             Rejection::MethodNotAllowed { .. } => "method_not_allowed",
-            Rejection::StorageUnavailable => "temporarily_unavailable",
+            Rejection::StorageUnavailable { .. } => "temporarily_unavailable",
             Rejection::InvalidDpopProof { .. } => "invalid_dpop_proof",
             Rejection::UseDpopNonce { .. } => "use_dpop_nonce",
             Rejection::InvalidDpopToken { .. } => "invalid_token",
@@ -132,7 +133,7 @@ impl Rejection {
             | Rejection::InvalidInput(why) => why.clone(),
             Rejection::NotFound(what) => format!("{what} not found"),
             Rejection::MethodNotAllowed { .. } => "Method not allowed on this resource".into(),
-            Rejection::StorageUnavailable => "The store is temporarily unavailable".into(),
+            Rejection::StorageUnavailable { .. } => "The store is temporarily unavailable".into(),
             Rejection::InvalidDpopProof { why, .. } | Rejection::InvalidDpopToken { why, .. } => {
                 why.clone()
             }
@@ -160,7 +161,7 @@ impl Rejection {
             Rejection::InvalidInput(_) => "invalid_input",
             Rejection::NotFound(_) => "not_found",
             Rejection::MethodNotAllowed { .. } => "method_not_allowed",
-            Rejection::StorageUnavailable => "storage_unavailable",
+            Rejection::StorageUnavailable { .. } => "storage_unavailable",
             Rejection::InvalidDpopProof { .. } => "invalid_dpop_proof",
             Rejection::UseDpopNonce { .. } => "use_dpop_nonce",
             Rejection::InvalidDpopToken { .. } => "invalid_dpop_token",
@@ -238,7 +239,7 @@ impl Rejection {
         if let Rejection::UseDpopNonce { nonce, .. } = self {
             let _ = header.insert_header("dpop-nonce", nonce.as_str());
         }
-        if let Rejection::StorageUnavailable | Rejection::UpstreamBusy = self {
+        if let Rejection::StorageUnavailable { .. } | Rejection::UpstreamBusy = self {
             // RFC 9110 §10.2.3: when to try again (the state probe runs every second).
             let _ = header.insert_header("retry-after", "1");
         }
@@ -343,7 +344,7 @@ mod tests {
                 "method_not_allowed",
             ),
             (
-                Rejection::StorageUnavailable,
+                Rejection::StorageUnavailable { cause: None },
                 503,
                 "temporarily_unavailable",
             ),

@@ -108,7 +108,7 @@ impl Control {
         } else {
             None
         };
-        let material = Material::load(&config.listen.tls)?;
+        let material = Material::new(&config.listen.tls)?;
         metrics.certificate_expiry(material.not_after);
         let (live, keys) = build(&config, &metrics, &readiness, store.as_ref(), None)?;
         Ok(Arc::new(Control {
@@ -191,7 +191,12 @@ impl Control {
 
     async fn try_reload(&self) -> Result<(), Vec<Problem>> {
         let old = self.config();
-        let new = crate::config::load(&old.source).map_err(|e| e.problems)?;
+        // Reading, parsing and checking (files, DNS) block: not on a thread that serves.
+        let source = old.source.clone();
+        let new = tokio::task::spawn_blocking(move || crate::config::load(&source))
+            .await
+            .map_err(|_| vec![Problem::new("", "the reading task failed")])?
+            .map_err(|e| e.problems)?;
         let changed: Vec<Problem> = fixed_parts(&old)
             .into_iter()
             .zip(fixed_parts(&new))
@@ -212,7 +217,7 @@ impl Control {
                 "the state service was not running; it needs a restart or `bindgate run --upgrade`",
             )]);
         }
-        let material = Material::load(&new.listen.tls).map_err(|e| vec![e])?;
+        let material = Material::new(&new.listen.tls).map_err(|e| vec![e])?;
         material.valid_at(unix_now()).map_err(|e| vec![e])?;
         let previous = self.live.load_full();
         let (live, keys) = build(
@@ -255,7 +260,13 @@ impl Control {
             return false;
         }
         let _one = self.reloading.lock().await;
-        match Material::load(&config.listen.tls).and_then(|m| m.valid_at(unix_now()).map(|()| m)) {
+        let tls = config.listen.tls.clone();
+        let reread = tokio::task::spawn_blocking(move || {
+            Material::reread(&tls).and_then(|m| m.valid_at(unix_now()).map(|()| m))
+        })
+        .await
+        .unwrap_or_else(|_| Err(Problem::new("listen.tls", "the reading task failed")));
+        match reread {
             Ok(material) => {
                 self.metrics.certificate_expiry(material.not_after);
                 self.tls.replace(material);

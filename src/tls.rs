@@ -14,7 +14,6 @@ use pingora::tls::x509::store::{X509Store, X509StoreBuilder};
 use pingora::tls::x509::{X509Name, X509};
 use std::any::Any;
 use std::sync::Arc;
-use std::time::SystemTime;
 
 use crate::certificate::PeerCertificate;
 use crate::config::{ClientAuth, ListenTls, Problem};
@@ -41,98 +40,69 @@ pub struct Material {
     pub stamp: Vec<FileStamp>,
 }
 
-/// A file's identity and modification time: an atomic rename changes the inode, an edit the
-/// time or size.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct FileStamp {
-    inode: u64,
-    modified: Option<SystemTime>,
-    len: u64,
-}
+pub use crate::config::files::FileStamp;
 
-/// The stamps of the files `tls` names (missing files stamp as zero).
+/// The stamps of the files `tls` names, as they are now.
 pub fn stamps(tls: &ListenTls) -> Vec<FileStamp> {
-    use std::os::unix::fs::MetadataExt;
     std::iter::once(&tls.cert)
         .chain(std::iter::once(&tls.key))
-        .chain(tls.client_ca.iter())
-        .map(|p| match std::fs::metadata(p) {
-            Ok(m) => FileStamp {
-                inode: m.ino(),
-                modified: m.modified().ok(),
-                len: m.len(),
-            },
-            Err(_) => FileStamp {
-                inode: 0,
-                modified: None,
-                len: 0,
-            },
-        })
+        .chain(tls.client_ca.iter().map(|ca| &ca.path))
+        .map(|p| FileStamp::of(p))
         .collect()
 }
 
 impl Material {
-    /// Reads and checks certificate, key (they must match) and client CA.
-    pub fn load(tls: &ListenTls) -> Result<Material, Problem> {
-        let stamp = stamps(tls);
-        let pem = std::fs::read(&tls.cert)
-            .map_err(|e| Problem::new("listen.tls.cert", format!("{}: {e}", tls.cert.display())))?;
-        let chain = X509::stack_from_pem(&pem)
-            .ok()
-            .filter(|c| !c.is_empty())
-            .ok_or_else(|| {
-                Problem::new(
-                    "listen.tls.cert",
-                    format!("{} holds no PEM certificate", tls.cert.display()),
-                )
-            })?;
-        let key_pem = std::fs::read(&tls.key)
-            .map_err(|e| Problem::new("listen.tls.key", format!("{}: {e}", tls.key.display())))?;
-        let key = PKey::private_key_from_pem(&key_pem).map_err(|_| {
-            Problem::new(
-                "listen.tls.key",
-                format!("{} holds no PEM private key", tls.key.display()),
-            )
-        })?;
-        let leaf_key = chain[0]
-            .public_key()
-            .map_err(|e| Problem::new("listen.tls.cert", e))?;
-        if !leaf_key.public_eq(&key) {
-            return Err(Problem::new(
-                "listen.tls.key",
-                "does not match the certificate",
-            ));
-        }
+    /// The material the configuration read (certificate, key and client CA, checked when
+    /// it was validated).
+    pub fn new(tls: &ListenTls) -> Result<Material, Problem> {
+        let chain = tls.identity.chain().to_vec();
         let client_ca = match (&tls.client_ca, tls.client_auth) {
             (_, ClientAuth::None) | (None, _) => None,
-            (Some(ca), _) => {
-                let pem = std::fs::read(ca).map_err(|e| {
-                    Problem::new("listen.tls.client_ca", format!("{}: {e}", ca.display()))
-                })?;
-                let certs = X509::stack_from_pem(&pem)
-                    .ok()
-                    .filter(|c| !c.is_empty())
-                    .ok_or_else(|| {
-                        Problem::new(
-                            "listen.tls.client_ca",
-                            format!("{} holds no PEM certificate", ca.display()),
-                        )
-                    })?;
-                Some(certs)
-            }
+            (Some(ca), _) => Some(ca.certificates().to_vec()),
         };
         let not_after = not_after_unix(&chain[0]);
         let not_before = asn1_unix(chain[0].not_before());
         let session_context = session_context(&chain, tls.client_auth, client_ca.as_deref())?;
+        let stamp = tls
+            .identity
+            .stamps()
+            .iter()
+            .chain(tls.client_ca.iter().map(|ca| ca.stamp()))
+            .cloned()
+            .collect();
         Ok(Material {
             chain,
-            key,
+            key: tls.identity.key().clone(),
             client_auth: tls.client_auth,
             client_ca,
             not_after,
             not_before,
             session_context,
             stamp,
+        })
+    }
+
+    /// Reads certificate, key and client CA again (their files changed) and checks them as
+    /// validation does.
+    pub fn reread(tls: &ListenTls) -> Result<Material, Problem> {
+        use crate::config::files::{CertificateFile, TlsIdentity};
+        let identity =
+            TlsIdentity::read(&tls.cert, &tls.key).map_err(|e| match (e.cert, e.key) {
+                (Some(e), _) => Problem::new("listen.tls.cert", e.to_string()),
+                (None, Some(e)) => Problem::new("listen.tls.key", e.to_string()),
+                (None, None) => Problem::new("listen.tls", "cannot be read"),
+            })?;
+        let client_ca = match &tls.client_ca {
+            Some(ca) => Some(
+                CertificateFile::read(&ca.path)
+                    .map_err(|e| Problem::new("listen.tls.client_ca", e.to_string()))?,
+            ),
+            None => None,
+        };
+        Material::new(&ListenTls {
+            identity,
+            client_ca,
+            ..tls.clone()
         })
     }
 
@@ -350,4 +320,35 @@ pub fn settings(tls: Arc<ServerTls>) -> Result<TlsSettings, Problem> {
         set_session_context(ssl, &context).map(|()| pingora::tls::ssl::ClientHelloResponse::SUCCESS)
     });
     Ok(settings)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The listener's files are read once, when the configuration is validated: the material
+    /// is made from what was read, and only the watcher's `reread` goes back to the disk.
+    #[test]
+    fn the_material_comes_from_what_validation_read() {
+        let dir = tempfile::tempdir().unwrap();
+        crate::devcerts::generate(dir.path()).unwrap();
+        let yaml = r#"
+listen:
+  address: "127.0.0.1:0"
+  tls: {cert: server.crt, key: server.key, client_auth: required, client_ca: ca.crt}
+routes: []
+"#;
+        let config = crate::config::load_str(yaml, &dir.path().join("proxy.yaml")).unwrap();
+        for f in ["server.crt", "server.key", "ca.crt"] {
+            std::fs::remove_file(dir.path().join(f)).unwrap();
+        }
+        let material = Material::new(&config.listen.tls).unwrap();
+        assert_eq!(material.chain.len(), 1);
+        assert_eq!(material.client_ca.as_ref().map(Vec::len), Some(1));
+        // The stamps are those of the files read: gone files stamp otherwise, so a watcher
+        // would look again, and find nothing it can serve.
+        assert_ne!(material.stamp, stamps(&config.listen.tls));
+        let refused = Material::reread(&config.listen.tls).err().unwrap();
+        assert_eq!(refused.key, "listen.tls.cert");
+    }
 }

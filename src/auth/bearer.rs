@@ -2,7 +2,7 @@
 
 use http::HeaderMap;
 
-use crate::rejection::Rejection;
+use super::denial::Denial;
 
 /// A `b64token` character other than the trailing `=` (RFC 6750 §2.1): `ALPHA / DIGIT / "-" /
 /// "." / "_" / "~" / "+" / "/"`. Branch-free, so that the check of a whole token compiles to
@@ -62,7 +62,7 @@ pub struct Presented<'a> {
 pub fn bearer_token<'a>(
     headers: &'a HeaderMap,
     query: Option<&str>,
-) -> Result<Option<&'a str>, Rejection> {
+) -> Result<Option<&'a str>, Denial> {
     Ok(access_token(headers, query)?
         .filter(|p| p.scheme == Scheme::Bearer)
         .map(|p| p.token))
@@ -74,18 +74,18 @@ pub fn bearer_token<'a>(
 pub fn access_token<'a>(
     headers: &'a HeaderMap,
     query: Option<&str>,
-) -> Result<Option<Presented<'a>>, Rejection> {
+) -> Result<Option<Presented<'a>>, Denial> {
     let mut values = headers.get_all(http::header::AUTHORIZATION).iter();
     let first = values.next();
     if values.next().is_some() {
-        return Err(Rejection::InvalidRequest(
+        return Err(Denial::InvalidRequest(
             "The Authorization header was sent more than once",
         ));
     }
     // RFC 6750 §3.1: a token in more than one place is an invalid request; bindgate takes the
     // header only, so a query token is refused rather than silently ignored.
     if query_has_access_token(query) {
-        return Err(Rejection::InvalidRequest(if first.is_some() {
+        return Err(Denial::InvalidRequest(if first.is_some() {
             "The access token was sent more than once"
         } else {
             "Send the access token in the Authorization header, not the query"
@@ -97,7 +97,7 @@ pub fn access_token<'a>(
     // Only bytes are looked at until the token is known to be a b64token (ASCII): one pass
     // over the token, not a UTF-8 check and then a character check.
     let value = value.as_bytes();
-    let malformed = || Rejection::InvalidRequest("Malformed Authorization header");
+    let malformed = || Denial::InvalidRequest("Malformed Authorization header");
     let scheme_of = |s: &[u8]| {
         if s.eq_ignore_ascii_case(b"bearer") {
             Some(Scheme::Bearer)
@@ -115,7 +115,7 @@ pub fn access_token<'a>(
         Some((None, _)) | None if !visible(value) => return Err(malformed()),
         Some((None, _)) => return Ok(None),
         None if scheme_of(value).is_some() => {
-            return Err(Rejection::InvalidRequest(
+            return Err(Denial::InvalidRequest(
                 "Malformed Authorization header: no token",
             ))
         }
@@ -129,7 +129,7 @@ pub fn access_token<'a>(
     let token = &rest[start..end];
     if !is_b64token(token) {
         return Err(if visible(value) {
-            Rejection::InvalidRequest("Malformed Authorization header: not a bearer token")
+            Denial::InvalidRequest("Malformed Authorization header: not a bearer token")
         } else {
             malformed()
         });
@@ -291,24 +291,24 @@ mod tests {
             assert!(
                 matches!(
                     bearer_token(&with(&[bad]), None),
-                    Err(Rejection::InvalidRequest(_))
+                    Err(Denial::InvalidRequest(_))
                 ),
                 "{bad}"
             );
         }
         assert!(matches!(
             bearer_token(&with(&["Bearer a", "Bearer b"]), None),
-            Err(Rejection::InvalidRequest(_))
+            Err(Denial::InvalidRequest(_))
         ));
         assert!(matches!(
             bearer_token(&with(&["Bearer a"]), Some("access_token=a")),
-            Err(Rejection::InvalidRequest(
+            Err(Denial::InvalidRequest(
                 "The access token was sent more than once"
             ))
         ));
         assert!(matches!(
             bearer_token(&with(&[]), Some("x=1&access_token=a")),
-            Err(Rejection::InvalidRequest(_))
+            Err(Denial::InvalidRequest(_))
         ));
         // Other spellings of the name that servers read as access_token.
         for q in [
@@ -321,7 +321,7 @@ mod tests {
             assert!(
                 matches!(
                     bearer_token(&with(&["Bearer a"]), Some(q)),
-                    Err(Rejection::InvalidRequest(_))
+                    Err(Denial::InvalidRequest(_))
                 ),
                 "{q}"
             );
@@ -340,7 +340,7 @@ mod tests {
         );
         assert!(matches!(
             bearer_token(&h, None),
-            Err(Rejection::InvalidRequest(_))
+            Err(Denial::InvalidRequest(_))
         ));
     }
 }

@@ -9,7 +9,7 @@ use serde::Deserialize;
 use serde_json::value::RawValue;
 use std::borrow::Cow;
 
-use crate::rejection::Rejection;
+use super::denial::Denial;
 
 /// What one kind of request requires of its token, from the configuration: the registration
 /// endpoint's, or a protected route's.
@@ -109,7 +109,7 @@ struct RawCnf<'a> {
 }
 
 /// A `cnf` thumbprint member: any string is a confirmation (matching only its thumbprint).
-fn confirmation(name: &str, raw: Option<&RawValue>) -> Result<Option<Confirmation>, Rejection> {
+fn confirmation(name: &str, raw: Option<&RawValue>) -> Result<Option<Confirmation>, Denial> {
     let Some(t) = raw else {
         return Ok(None);
     };
@@ -126,8 +126,8 @@ fn confirmation(name: &str, raw: Option<&RawValue>) -> Result<Option<Confirmatio
     }))
 }
 
-fn invalid(why: impl Into<String>) -> Rejection {
-    Rejection::InvalidToken(why.into())
+fn invalid(why: impl Into<String>) -> Denial {
+    Denial::InvalidToken(why.into())
 }
 
 /// The JSON type of a raw value, from its first character.
@@ -149,7 +149,7 @@ fn strings<'a>(raw: &'a RawValue) -> Option<Vec<Cow<'a, str>>> {
     serde_json::from_str::<Vec<Cow<'a, str>>>(raw.get()).ok()
 }
 
-fn numeric_date(name: &str, raw: &RawValue) -> Result<f64, Rejection> {
+fn numeric_date(name: &str, raw: &RawValue) -> Result<f64, Denial> {
     let k = kind(raw);
     if !(k == b'-' || k.is_ascii_digit()) {
         return Err(invalid(format!("The {name} claim is not a number")));
@@ -161,7 +161,7 @@ fn numeric_date(name: &str, raw: &RawValue) -> Result<f64, Rejection> {
 }
 
 /// Checks everything that depends on neither the clock, the connection nor the policy.
-pub fn verify_claims(payload: &[u8], issuer: &str) -> Result<Verified, Rejection> {
+pub fn verify_claims(payload: &[u8], issuer: &str) -> Result<Verified, Denial> {
     let raw: RawClaims = serde_json::from_slice(payload)
         .map_err(|_| invalid("The token claims are not a JSON object"))?;
 
@@ -229,7 +229,7 @@ pub fn verify_claims(payload: &[u8], issuer: &str) -> Result<Verified, Rejection
 
 /// Scope from `scp` (array, or space-separated string as some providers send) or `scope`
 /// (space-separated string, RFC 9068 §2.2.3).
-fn scopes(scp: Option<&RawValue>, scope: Option<&RawValue>) -> Result<Vec<String>, Rejection> {
+fn scopes(scp: Option<&RawValue>, scope: Option<&RawValue>) -> Result<Vec<String>, Denial> {
     let mut out = Vec::new();
     if let Some(v) = scp {
         match kind(v) {
@@ -254,7 +254,7 @@ fn scopes(scp: Option<&RawValue>, scope: Option<&RawValue>) -> Result<Vec<String
 
 impl Policy {
     /// The audience and binding requirements (checked before the binding itself).
-    pub fn check_claims(&self, v: &Verified) -> Result<(), Rejection> {
+    pub fn check_claims(&self, v: &Verified) -> Result<(), Denial> {
         if self.check_audience
             && !v
                 .audiences
@@ -277,7 +277,7 @@ impl Policy {
     }
 
     /// The scope requirement (checked last: RFC 6750 §3.1 answers it with 403).
-    pub fn check_scope(&self, v: &Verified) -> Result<(), Rejection> {
+    pub fn check_scope(&self, v: &Verified) -> Result<(), Denial> {
         if self
             .scopes
             .iter()
@@ -285,7 +285,7 @@ impl Policy {
         {
             Ok(())
         } else {
-            Err(Rejection::InsufficientScope {
+            Err(Denial::InsufficientScope {
                 scope: self.scopes.join(" "),
             })
         }
@@ -293,7 +293,7 @@ impl Policy {
 }
 
 /// Checks `exp`, `nbf` and `iat` against `now` (seconds since the epoch) with the leeway.
-pub fn check_time(v: &Verified, now: f64, leeway: f64) -> Result<(), Rejection> {
+pub fn check_time(v: &Verified, now: f64, leeway: f64) -> Result<(), Denial> {
     if now >= v.exp + leeway {
         return Err(invalid("The token has expired"));
     }
@@ -347,8 +347,8 @@ mod tests {
             policy().check_claims(&v)?;
             policy().check_scope(&v)
         }) {
-            Err(Rejection::InvalidToken(why)) => why,
-            Err(Rejection::InsufficientScope { .. }) => "insufficient scope".into(),
+            Err(Denial::InvalidToken(why)) => why,
+            Err(Denial::InsufficientScope { .. }) => "insufficient scope".into(),
             other => panic!("expected a refusal, got {other:?}"),
         }
     }

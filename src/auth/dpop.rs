@@ -16,12 +16,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::cache::now_secs;
+use super::denial::Denial;
 use super::jwk::{parse_jwk, Curve, KeyMaterial, VerifyKey};
 use super::jws::{split, verify_signature};
 use super::replay::{Recorded, ReplayRecord};
 use crate::config::{Dpop, JwsAlgorithm};
 use crate::metrics::Metrics;
-use crate::rejection::Rejection;
 use crate::target::split_uri;
 
 /// Longest `jti` taken (RFC 9449 leaves it open; 256 characters hold any sane identifier).
@@ -86,7 +86,7 @@ struct ProofKey {
 }
 
 /// A refusal and its metric label.
-type Refusal = (&'static str, Rejection);
+type Refusal = (&'static str, Denial);
 
 #[derive(Deserialize)]
 struct ProofHeader<'a> {
@@ -116,8 +116,8 @@ struct ProofClaims<'a> {
     nonce: Option<&'a RawValue>,
 }
 
-fn invalid(why: &str, algs: &Arc<str>) -> Rejection {
-    Rejection::InvalidDpopProof {
+fn invalid(why: &str, algs: &Arc<str>) -> Denial {
+    Denial::InvalidDpopProof {
         why: why.to_string(),
         algs: algs.clone(),
     }
@@ -220,7 +220,7 @@ impl ProofChecker {
     }
 
     /// A refusal of the proof, counted under `reason`.
-    pub fn refused(&self, reason: &'static str, why: &str) -> Rejection {
+    pub fn refused(&self, reason: &'static str, why: &str) -> Denial {
         self.metrics
             .dpop_proofs
             .with_label_values(&["refused", reason])
@@ -229,7 +229,7 @@ impl ProofChecker {
     }
 
     /// The one `DPoP` header of the request: None when there is none.
-    pub fn header<'h>(&self, headers: &'h HeaderMap) -> Result<Option<&'h str>, Rejection> {
+    pub fn header<'h>(&self, headers: &'h HeaderMap) -> Result<Option<&'h str>, Denial> {
         let mut values = headers.get_all("dpop").iter();
         let Some(first) = values.next() else {
             return Ok(None);
@@ -244,7 +244,7 @@ impl ProofChecker {
     }
 
     /// Checks `proof` (the `DPoP` header) for `req` (RFC 9449 §4.3); counts the outcome.
-    pub fn check(&self, proof: &str, req: &ProofRequest) -> Result<ValidProof, Rejection> {
+    pub fn check(&self, proof: &str, req: &ProofRequest) -> Result<ValidProof, Denial> {
         let outcome = self.check_proof(proof, req);
         let (result, reason) = match &outcome {
             Ok(_) => ("accepted", "-"),
@@ -342,7 +342,7 @@ impl ProofChecker {
             if !fresh {
                 return Err((
                     "nonce",
-                    Rejection::UseDpopNonce {
+                    Denial::UseDpopNonce {
                         nonce: self.nonce(req.now),
                         algs: self.algs.clone(),
                     },
@@ -368,17 +368,25 @@ impl ProofChecker {
             Recorded::Replay => {
                 return Err(bad("replay", "The DPoP proof was already used (jti)"));
             }
-            Recorded::Full => return Err(("replay_record_full", Rejection::StorageUnavailable)),
+            Recorded::Full => {
+                return Err((
+                    "replay_record_full",
+                    Denial::RecordUnavailable { cause: None },
+                ))
+            }
             // Draining after a binary upgrade: the new process holds the record now.
             Recorded::HandedOver => {
-                return Err(("replay_record_handed_over", Rejection::StorageUnavailable))
+                return Err((
+                    "replay_record_handed_over",
+                    Denial::RecordUnavailable { cause: None },
+                ))
             }
         }
         Ok(ValidProof { jkt, replay_key })
     }
 
     /// The proof's key, parsed once per distinct `jwk` text.
-    fn proof_key(&self, jwk: Option<&RawValue>) -> Result<Arc<ProofKey>, Rejection> {
+    fn proof_key(&self, jwk: Option<&RawValue>) -> Result<Arc<ProofKey>, Denial> {
         let text = jwk.map(RawValue::get).unwrap_or_default();
         if let Some(k) = self.keys.get(text) {
             return Ok(k);
@@ -396,7 +404,7 @@ impl ProofChecker {
 
     /// `htu` (RFC 9449 §4.3 check 9): an accepted origin and the request's normalised path,
     /// both compared after RFC 3986 §6.2.2–6.2.3 normalisation; no query, no fragment.
-    fn check_htu(&self, htu: &str, path: &str) -> Result<(), Rejection> {
+    fn check_htu(&self, htu: &str, path: &str) -> Result<(), Denial> {
         let bad = |why: &str| invalid(why, &self.algs);
         if htu.contains(['?', '#']) {
             return Err(bad("The DPoP proof htu must not hold a query or fragment"));
@@ -445,7 +453,7 @@ impl ProofChecker {
 }
 
 /// The proof's public key: a JWK with no private members, of a kind bindgate verifies.
-fn proof_key(jwk: Option<&RawValue>, algs: &Arc<str>) -> Result<VerifyKey, Rejection> {
+fn proof_key(jwk: Option<&RawValue>, algs: &Arc<str>) -> Result<VerifyKey, Denial> {
     let bad = |why: &str| invalid(why, algs);
     let jwk = jwk.ok_or_else(|| bad("The DPoP proof has no jwk header"))?;
     let value: serde_json::Value =

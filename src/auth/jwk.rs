@@ -91,24 +91,78 @@ struct RawJwkSet {
     keys: Vec<serde_json::Value>,
 }
 
-fn b64(field: &str, value: &Option<String>) -> Result<Vec<u8>, String> {
-    let text = value
-        .as_deref()
-        .ok_or_else(|| format!("missing `{field}`"))?;
+fn b64(field: &'static str, value: &Option<String>) -> Result<Vec<u8>, JwkError> {
+    let text = value.as_deref().ok_or(JwkError::Missing(field))?;
     URL_SAFE_NO_PAD
         .decode(text)
-        .map_err(|_| format!("`{field}` is not base64url"))
+        .map_err(|_| JwkError::NotBase64url(field))
+}
+
+/// Why one JWK cannot be used for verification.
+#[derive(Debug, thiserror::Error)]
+pub enum JwkError {
+    #[error("not a JWK: {0}")]
+    NotAJwk(serde_json::Error),
+    #[error("holds private or symmetric key material; publish public keys only")]
+    PrivateMaterial,
+    #[error("missing `{0}`")]
+    Missing(&'static str),
+    #[error("`{0}` is not base64url")]
+    NotBase64url(&'static str),
+    #[error("RSA key of {0} bits is below {MIN_RSA_BITS}")]
+    RsaTooShort(i32),
+    #[error("unsupported EC curve {0:?}")]
+    UnsupportedEcCurve(Option<String>),
+    #[error("EC coordinates have the wrong length")]
+    CoordinateLength,
+    #[error("unsupported OKP curve {0:?}")]
+    UnsupportedOkpCurve(Option<String>),
+    #[error("unsupported key type {0:?}")]
+    UnsupportedKeyType(Option<String>),
+    #[error("invalid key: {0}")]
+    Invalid(#[from] openssl::error::ErrorStack),
+    #[error("`alg` {alg} does not fit the key type {kty:?}")]
+    AlgorithmMismatch { alg: &'static str, kty: String },
+}
+
+/// Why a key set document cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum JwkSetError {
+    #[error("not a JWK set: {0}")]
+    NotASet(serde_json::Error),
+    #[error("no usable signature verification key{}", list_skipped(.0))]
+    NoUsableKey(Vec<SkippedKey>),
+}
+
+/// An entry of a key set that was left out, and why.
+#[derive(Debug)]
+pub struct SkippedKey {
+    pub index: usize,
+    pub problem: JwkError,
+}
+
+impl std::fmt::Display for SkippedKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "keys[{}]: {}", self.index, self.problem)
+    }
+}
+
+fn list_skipped(skipped: &[SkippedKey]) -> String {
+    if skipped.is_empty() {
+        return String::new();
+    }
+    let list: Vec<String> = skipped.iter().map(ToString::to_string).collect();
+    format!(" ({})", list.join("; "))
 }
 
 /// Parses one JWK. Keys for encryption, symmetric keys and private keys are refused.
-pub fn parse_jwk(value: &serde_json::Value) -> Result<Option<VerifyKey>, String> {
-    let raw: RawJwk =
-        serde_json::from_value(value.clone()).map_err(|e| format!("not a JWK: {e}"))?;
+pub fn parse_jwk(value: &serde_json::Value) -> Result<Option<VerifyKey>, JwkError> {
+    let raw: RawJwk = serde_json::from_value(value.clone()).map_err(JwkError::NotAJwk)?;
     if raw.use_.as_deref().is_some_and(|u| u != "sig") {
         return Ok(None);
     }
     if raw.d.is_some() || raw.k.is_some() {
-        return Err("holds private or symmetric key material; publish public keys only".into());
+        return Err(JwkError::PrivateMaterial);
     }
     let alg = match raw.alg.as_deref() {
         None => None,
@@ -118,54 +172,50 @@ pub fn parse_jwk(value: &serde_json::Value) -> Result<Option<VerifyKey>, String>
             None => return Ok(None),
         },
     };
-    let err = |e: openssl::error::ErrorStack| format!("invalid key: {e}");
     let material = match raw.kty.as_deref() {
         Some("RSA") => {
-            let n = BigNum::from_slice(&b64("n", &raw.n)?).map_err(err)?;
-            let e = BigNum::from_slice(&b64("e", &raw.e)?).map_err(err)?;
+            let n = BigNum::from_slice(&b64("n", &raw.n)?)?;
+            let e = BigNum::from_slice(&b64("e", &raw.e)?)?;
             if n.num_bits() < MIN_RSA_BITS as i32 {
-                return Err(format!(
-                    "RSA key of {} bits is below {MIN_RSA_BITS}",
-                    n.num_bits()
-                ));
+                return Err(JwkError::RsaTooShort(n.num_bits()));
             }
-            let rsa = Rsa::from_public_components(n, e).map_err(err)?;
-            KeyMaterial::Rsa(PKey::from_rsa(rsa).map_err(err)?)
+            let rsa = Rsa::from_public_components(n, e)?;
+            KeyMaterial::Rsa(PKey::from_rsa(rsa)?)
         }
         Some("EC") => {
             let (nid, curve, len) = match raw.crv.as_deref() {
                 Some("P-256") => (Nid::X9_62_PRIME256V1, Curve::P256, 32),
                 Some("P-384") => (Nid::SECP384R1, Curve::P384, 48),
-                other => return Err(format!("unsupported EC curve {other:?}")),
+                other => return Err(JwkError::UnsupportedEcCurve(other.map(str::to_owned))),
             };
             let x = b64("x", &raw.x)?;
             let y = b64("y", &raw.y)?;
             if x.len() != len || y.len() != len {
-                return Err("EC coordinates have the wrong length".into());
+                return Err(JwkError::CoordinateLength);
             }
-            let group = EcGroup::from_curve_name(nid).map_err(err)?;
-            let x = BigNum::from_slice(&x).map_err(err)?;
-            let y = BigNum::from_slice(&y).map_err(err)?;
+            let group = EcGroup::from_curve_name(nid)?;
+            let x = BigNum::from_slice(&x)?;
+            let y = BigNum::from_slice(&y)?;
             // Checks that the point is on the curve.
-            let key = EcKey::from_public_key_affine_coordinates(&group, &x, &y).map_err(err)?;
-            key.check_key().map_err(err)?;
+            let key = EcKey::from_public_key_affine_coordinates(&group, &x, &y)?;
+            key.check_key()?;
             let mut point = Vec::with_capacity(1 + 2 * len);
             point.push(0x04);
-            point.extend(x.to_vec_padded(len as i32).map_err(err)?);
-            point.extend(y.to_vec_padded(len as i32).map_err(err)?);
+            point.extend(x.to_vec_padded(len as i32)?);
+            point.extend(y.to_vec_padded(len as i32)?);
             KeyMaterial::Ec(point, curve)
         }
         Some("OKP") => {
             if raw.crv.as_deref() != Some("Ed25519") {
-                return Err(format!("unsupported OKP curve {:?}", raw.crv));
+                return Err(JwkError::UnsupportedOkpCurve(raw.crv));
             }
             let x = b64("x", &raw.x)?;
-            KeyMaterial::Ed25519(PKey::public_key_from_raw_bytes(&x, Id::ED25519).map_err(err)?)
+            KeyMaterial::Ed25519(PKey::public_key_from_raw_bytes(&x, Id::ED25519)?)
         }
         Some("oct") => return Ok(None),
-        other => return Err(format!("unsupported key type {other:?}")),
+        other => return Err(JwkError::UnsupportedKeyType(other.map(str::to_owned))),
     };
-    let fingerprint = fingerprint(&material, alg).map_err(err)?;
+    let fingerprint = fingerprint(&material, alg)?;
     let key = VerifyKey {
         kid: raw.kid,
         alg,
@@ -176,11 +226,10 @@ pub fn parse_jwk(value: &serde_json::Value) -> Result<Option<VerifyKey>, String>
     // verifies nothing: refused, so that the operator hears of it (found by fuzzing).
     if let Some(a) = alg {
         if !key.accepts(a) {
-            return Err(format!(
-                "`alg` {} does not fit the key type {:?}",
-                a.name(),
-                raw.kty.as_deref().unwrap_or_default()
-            ));
+            return Err(JwkError::AlgorithmMismatch {
+                alg: a.name(),
+                kty: raw.kty.unwrap_or_default(),
+            });
         }
     }
     Ok(Some(key))
@@ -220,31 +269,24 @@ fn fingerprint(
 /// The keys of a JWK set and the problems of the entries that could not be used.
 pub struct ParsedSet {
     pub keys: Vec<VerifyKey>,
-    pub skipped: Vec<String>,
+    pub skipped: Vec<SkippedKey>,
 }
 
 /// Parses a JWK set document. A document that is not a JWK set is an error; a set whose keys
 /// are all unusable is an error too (it would reject every token).
-pub fn parse_jwk_set(body: &[u8]) -> Result<ParsedSet, String> {
-    let set: RawJwkSet = serde_json::from_slice(body).map_err(|e| format!("not a JWK set: {e}"))?;
+pub fn parse_jwk_set(body: &[u8]) -> Result<ParsedSet, JwkSetError> {
+    let set: RawJwkSet = serde_json::from_slice(body).map_err(JwkSetError::NotASet)?;
     let mut keys = Vec::new();
     let mut skipped = Vec::new();
     for (i, value) in set.keys.iter().enumerate() {
         match parse_jwk(value) {
             Ok(Some(k)) => keys.push(k),
             Ok(None) => {}
-            Err(e) => skipped.push(format!("keys[{i}]: {e}")),
+            Err(problem) => skipped.push(SkippedKey { index: i, problem }),
         }
     }
     if keys.is_empty() {
-        return Err(format!(
-            "no usable signature verification key{}",
-            if skipped.is_empty() {
-                String::new()
-            } else {
-                format!(" ({})", skipped.join("; "))
-            }
-        ));
+        return Err(JwkSetError::NoUsableKey(skipped));
     }
     Ok(ParsedSet { keys, skipped })
 }
@@ -261,12 +303,11 @@ mod tests {
     fn a_key_with_an_alg_its_type_cannot_verify_is_refused() {
         // Found by the jwks fuzz target (FUZZING.md): it parsed, and could verify nothing.
         let ec = |alg: &str| json!({"kty": "EC", "crv": "P-256", "x": X, "y": Y, "alg": alg});
-        assert!(parse_jwk(&ec("PS256"))
-            .unwrap_err()
-            .contains("does not fit"));
-        assert!(parse_jwk(&ec("ES384"))
-            .unwrap_err()
-            .contains("does not fit"));
+        for alg in ["PS256", "ES384"] {
+            let refused = parse_jwk(&ec(alg)).unwrap_err();
+            assert!(matches!(refused, JwkError::AlgorithmMismatch { .. }));
+            assert!(refused.to_string().contains("does not fit"), "{refused}");
+        }
         let key = parse_jwk(&ec("ES256")).unwrap().unwrap();
         assert!(key.accepts(JwsAlgorithm::ES256));
         // Without alg, the key type decides.

@@ -10,14 +10,42 @@ use pingora::services::background::BackgroundService;
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
-use super::jwk::{parse_jwk_set, ParsedSet, VerifyKey};
+use super::denial::Denial;
+use super::jwk::{parse_jwk_set, JwkSetError, ParsedSet, VerifyKey};
 use crate::config::{Jwks, JwksSource, JwsAlgorithm};
 use crate::metrics::Metrics;
 use crate::readiness::Readiness;
-use crate::rejection::Rejection;
 
 /// A JWK set document larger than this is refused.
 const MAX_JWKS_BYTES: usize = 1024 * 1024;
+
+/// Why a key set could not be fetched (the keys held stay in use).
+#[derive(Debug, thiserror::Error)]
+enum FetchError {
+    #[error("cannot read {}: {source}", path.display())]
+    File {
+        path: std::path::PathBuf,
+        source: std::io::Error,
+    },
+    #[error("GET {uri}: {problem}")]
+    Http { uri: String, problem: HttpProblem },
+    #[error("no HTTP client")]
+    NoClient,
+    #[error("timed out after {0:?}")]
+    TimedOut(Duration),
+    #[error(transparent)]
+    Unusable(#[from] JwkSetError),
+}
+
+#[derive(Debug, thiserror::Error)]
+enum HttpProblem {
+    #[error("{0}")]
+    Transport(reqwest::Error),
+    #[error("HTTP {0}")]
+    Status(reqwest::StatusCode),
+    #[error("the key set exceeds {MAX_JWKS_BYTES} bytes")]
+    TooLarge,
+}
 
 /// What a lookup by `kid` found.
 pub enum Lookup {
@@ -49,8 +77,8 @@ pub struct KeyStore {
     on_removed: Box<dyn Fn() + Send + Sync>,
 }
 
-fn invalid(why: &str) -> Rejection {
-    Rejection::InvalidToken(why.to_string())
+fn invalid(why: &str) -> Denial {
+    Denial::InvalidToken(why.to_string())
 }
 
 impl KeyStore {
@@ -72,9 +100,7 @@ impl KeyStore {
                     .redirect(reqwest::redirect::Policy::limited(3))
                     .user_agent(concat!("bindgate/", env!("CARGO_PKG_VERSION")));
                 if let Some(ca) = &config.ca {
-                    let pem = std::fs::read(ca)
-                        .map_err(|e| Problem::new("jwks.ca", format!("{}: {e}", ca.display())))?;
-                    for cert in reqwest::Certificate::from_pem_bundle(&pem)
+                    for cert in reqwest::Certificate::from_pem_bundle(ca.pem())
                         .map_err(|e| Problem::new("jwks.ca", format!("{e}")))?
                     {
                         b = b.add_root_certificate(cert);
@@ -99,51 +125,63 @@ impl KeyStore {
         })
     }
 
-    async fn fetch(&self, forced: bool) -> Result<ParsedSet, String> {
+    async fn fetch(&self, forced: bool) -> Result<ParsedSet, FetchError> {
         let body = match (&self.source, &self.http) {
-            (JwksSource::File(path), _) => tokio::fs::read(path)
-                .await
-                .map_err(|e| format!("cannot read {}: {e}", path.display()))?,
+            (JwksSource::File(path), _) => {
+                tokio::fs::read(path)
+                    .await
+                    .map_err(|source| FetchError::File {
+                        path: path.clone(),
+                        source,
+                    })?
+            }
             (JwksSource::Uri(uri), Some(http)) => {
+                let failed = |problem| FetchError::Http {
+                    uri: uri.clone(),
+                    problem,
+                };
                 let mut req = http
                     .get(uri)
                     .header("accept", "application/jwk-set+json, application/json");
                 if forced {
                     req = req.header("cache-control", "no-cache");
                 }
-                let mut resp = req.send().await.map_err(|e| format!("GET {uri}: {e}"))?;
+                let mut resp = req
+                    .send()
+                    .await
+                    .map_err(|e| failed(HttpProblem::Transport(e)))?;
                 if !resp.status().is_success() {
-                    return Err(format!("GET {uri}: HTTP {}", resp.status()));
+                    return Err(failed(HttpProblem::Status(resp.status())));
                 }
                 if resp
                     .content_length()
                     .is_some_and(|l| l as usize > MAX_JWKS_BYTES)
                 {
-                    return Err(format!(
-                        "GET {uri}: the key set exceeds {MAX_JWKS_BYTES} bytes"
-                    ));
+                    return Err(failed(HttpProblem::TooLarge));
                 }
                 let mut body = Vec::new();
-                while let Some(chunk) = resp.chunk().await.map_err(|e| format!("GET {uri}: {e}"))? {
+                while let Some(chunk) = resp
+                    .chunk()
+                    .await
+                    .map_err(|e| failed(HttpProblem::Transport(e)))?
+                {
                     body.extend_from_slice(&chunk);
                     if body.len() > MAX_JWKS_BYTES {
-                        return Err(format!(
-                            "GET {uri}: the key set exceeds {MAX_JWKS_BYTES} bytes"
-                        ));
+                        return Err(failed(HttpProblem::TooLarge));
                     }
                 }
                 body
             }
-            (JwksSource::Uri(_), None) => return Err("no HTTP client".into()),
+            (JwksSource::Uri(_), None) => return Err(FetchError::NoClient),
         };
-        parse_jwk_set(&body)
+        Ok(parse_jwk_set(&body)?)
     }
 
     /// Fetches and installs the key set; false when the fetch failed (the old keys stay).
     pub async fn refresh(&self, forced: bool) -> bool {
         let fetched = tokio::time::timeout(self.config.fetch_timeout, self.fetch(forced))
             .await
-            .unwrap_or_else(|_| Err("timed out".into()));
+            .unwrap_or(Err(FetchError::TimedOut(self.config.fetch_timeout)));
         match fetched {
             Ok(set) => {
                 self.metrics.jwks_fetches.with_label_values(&["ok"]).inc();
@@ -264,7 +302,7 @@ impl KeyStore {
     }
 
     /// The key for `kid` and `alg` among the keys held now.
-    pub fn lookup(&self, kid: Option<&str>, alg: JwsAlgorithm) -> Result<Lookup, Rejection> {
+    pub fn lookup(&self, kid: Option<&str>, alg: JwsAlgorithm) -> Result<Lookup, Denial> {
         // One read of the status per lookup: staleness, failure and whether keys are loaded.
         let (stale, failing, loaded) = self
             .status

@@ -5,6 +5,7 @@
 pub mod bearer;
 pub mod cache;
 pub mod claims;
+pub mod denial;
 pub mod dpop;
 pub mod jwk;
 pub mod jwks;
@@ -20,11 +21,11 @@ use crate::certificate::PeerCertificate;
 use crate::config::{Config, SecretDigest, SecretSet};
 use crate::metrics::{self, Metrics};
 use crate::readiness::Readiness;
-use crate::rejection::Rejection;
 use crate::routing::{Credential, Operation, SessionRequest};
 use bearer::{Presented, Scheme};
 use cache::{now_secs, Entry, VerifiedCache};
 use claims::Policy;
+pub use denial::Denial;
 use dpop::{ProofChecker, ProofRequest, ValidProof};
 use jwks::KeyStore;
 pub use permit::{Ledger, Permit, RegistryGrant, RegistryPermit, RoutePermit, SessionPermit};
@@ -254,7 +255,7 @@ impl Authoriser {
         op: &Operation,
         session: Option<SessionRequest>,
         facts: &Facts<'_>,
-    ) -> Result<Permit, Rejection> {
+    ) -> Result<Permit, Denial> {
         let credential = op.credential();
         let policy = match credential {
             Credential::None => None,
@@ -310,14 +311,14 @@ impl Authoriser {
     }
 
     /// No credentials: RFC 6750's bare challenge, and DPoP's where DPoP is accepted.
-    fn missing(&self) -> Rejection {
-        Rejection::MissingCredentials {
+    fn missing(&self) -> Denial {
+        Denial::MissingCredentials {
             dpop_algs: self.dpop.as_ref().map(|d| d.algs.clone()),
         }
     }
 
     /// `POST` on the registration collection: a master token or an initial access token.
-    async fn initial_access(&self, facts: &Facts<'_>) -> Result<RegistryGrant, Rejection> {
+    async fn initial_access(&self, facts: &Facts<'_>) -> Result<RegistryGrant, Denial> {
         let presented =
             bearer::access_token(facts.headers, facts.query)?.ok_or_else(|| self.missing())?;
         let digest = SecretDigest::of(presented.token.as_bytes());
@@ -354,10 +355,10 @@ impl Authoriser {
     }
 
     /// A protected route: an access token that satisfies the route's policy.
-    async fn route_token(&self, route: usize, facts: &Facts<'_>) -> Result<(), Rejection> {
+    async fn route_token(&self, route: usize, facts: &Facts<'_>) -> Result<(), Denial> {
         let Some(Some(policy)) = self.routes.get(route) else {
             // The router names protected routes only: nothing to check means a bug, refused.
-            return Err(Rejection::InvalidToken(
+            return Err(Denial::InvalidToken(
                 "No token policy for this route".into(),
             ));
         };
@@ -377,15 +378,15 @@ impl Authoriser {
         presented: Presented<'_>,
         digest: &SecretDigest,
         facts: &Facts<'_>,
-    ) -> Result<Arc<Entry>, Rejection> {
+    ) -> Result<Arc<Entry>, Denial> {
         let validator = self
             .validator
             .as_ref()
-            .ok_or_else(|| Rejection::InvalidToken("Invalid access token".into()))?;
+            .ok_or_else(|| Denial::InvalidToken("Invalid access token".into()))?;
         let dpop_scheme = presented.scheme == Scheme::Dpop;
         let Some(checker) = self.dpop.as_ref() else {
             if dpop_scheme {
-                return Err(Rejection::InvalidToken(
+                return Err(Denial::InvalidToken(
                     "DPoP is not enabled: present the token with the Bearer scheme".into(),
                 ));
             }
@@ -394,8 +395,8 @@ impl Authoriser {
                 .await;
         };
         // RFC 9449 §7.1: a token presented with the DPoP scheme is answered with its scheme.
-        let in_scheme = |r: Rejection| match r {
-            Rejection::InvalidToken(why) if dpop_scheme => Rejection::InvalidDpopToken {
+        let in_scheme = |r: Denial| match r {
+            Denial::InvalidToken(why) if dpop_scheme => Denial::InvalidDpopToken {
                 why,
                 algs: checker.algs.clone(),
             },
@@ -413,7 +414,7 @@ impl Authoriser {
             (Some(jkt), Scheme::Dpop) => {
                 let proof = self.proof(checker, presented.token, facts, now).await?;
                 if !jkt.matches(&proof.jkt) {
-                    return Err(Rejection::InvalidDpopProof {
+                    return Err(Denial::InvalidDpopProof {
                         why: "The DPoP proof key is not the key the token is bound to (cnf jkt)"
                             .into(),
                         algs: checker.algs.clone(),
@@ -421,12 +422,12 @@ impl Authoriser {
                 }
             }
             // RFC 9449 §7.2: a DPoP-bound token is never accepted as a bearer token.
-            (Some(_), Scheme::Bearer) => return Err(Rejection::InvalidToken(
+            (Some(_), Scheme::Bearer) => return Err(Denial::InvalidToken(
                 "A DPoP-bound token (cnf jkt) must be presented with the DPoP scheme and a proof"
                     .into(),
             )),
             (None, Scheme::Dpop) => {
-                return Err(Rejection::InvalidDpopToken {
+                return Err(Denial::InvalidDpopToken {
                     why: "The access token is not DPoP-bound (no cnf jkt)".into(),
                     algs: checker.algs.clone(),
                 })
@@ -445,11 +446,11 @@ impl Authoriser {
         presented: Presented<'_>,
         digest: &SecretDigest,
         facts: &Facts<'_>,
-    ) -> Result<Arc<Entry>, Rejection> {
+    ) -> Result<Arc<Entry>, Denial> {
         let entry = validator.verified(presented.token, digest.bytes()).await?;
         validator.check(&entry.verified, policy, facts.peer, now_secs())?;
         if entry.verified.jkt.is_some() {
-            return Err(Rejection::InvalidToken(
+            return Err(Denial::InvalidToken(
                 "DPoP-bound tokens (cnf jkt) are not accepted: DPoP is not enabled".into(),
             ));
         }
@@ -465,7 +466,7 @@ impl Authoriser {
         token: &str,
         facts: &Facts<'_>,
         now: f64,
-    ) -> Result<ValidProof, Rejection> {
+    ) -> Result<ValidProof, Denial> {
         let proof = checker
             .header(facts.headers)?
             .ok_or_else(|| checker.refused("missing", "A DPoP proof (DPoP header) is required"))?;
@@ -486,8 +487,9 @@ impl Authoriser {
                     return Err(checker.refused("replay", "The DPoP proof was already used (jti)"))
                 }
                 Err(e) => {
-                    tracing::error!(target: "bindgate::state", "DPoP replay check: {e}");
-                    return Err(Rejection::StorageUnavailable);
+                    return Err(Denial::RecordUnavailable {
+                        cause: Some(format!("DPoP replay check: {e}")),
+                    })
                 }
             }
         }
@@ -495,13 +497,13 @@ impl Authoriser {
     }
 
     /// Listing every client: a master token only.
-    fn master(&self, facts: &Facts<'_>) -> Result<RegistryGrant, Rejection> {
+    fn master(&self, facts: &Facts<'_>) -> Result<RegistryGrant, Denial> {
         let token =
             bearer::bearer_token(facts.headers, facts.query)?.ok_or_else(|| self.missing())?;
         if self.master_tokens.contains(token.as_bytes()) {
             Ok(RegistryGrant::MasterToken)
         } else {
-            Err(Rejection::InvalidToken(
+            Err(Denial::InvalidToken(
                 "Listing clients requires a master token".into(),
             ))
         }
@@ -509,7 +511,7 @@ impl Authoriser {
 
     /// A client's own URI: a master token, or a bearer token that the target checks as that
     /// client's registration access token.
-    fn registration_access(&self, facts: &Facts<'_>) -> Result<RegistryGrant, Rejection> {
+    fn registration_access(&self, facts: &Facts<'_>) -> Result<RegistryGrant, Denial> {
         let token =
             bearer::bearer_token(facts.headers, facts.query)?.ok_or_else(|| self.missing())?;
         let digest = SecretDigest::of(token.as_bytes());
@@ -521,13 +523,13 @@ impl Authoriser {
         })
     }
 
-    fn session_store(&self, facts: &Facts<'_>) -> Result<(), Rejection> {
+    fn session_store(&self, facts: &Facts<'_>) -> Result<(), Denial> {
         let token = bearer::bearer_token(facts.headers, facts.query)?
-            .ok_or(Rejection::MissingCredentials { dpop_algs: None })?;
+            .ok_or(Denial::MissingCredentials { dpop_algs: None })?;
         if self.session_tokens.contains(token.as_bytes()) {
             Ok(())
         } else {
-            Err(Rejection::InvalidToken(
+            Err(Denial::InvalidToken(
                 "Invalid session store API token".into(),
             ))
         }
@@ -535,6 +537,6 @@ impl Authoriser {
 }
 
 /// An operation paired with a credential it does not take: a bug, refused.
-fn no_policy() -> Rejection {
-    Rejection::InvalidToken("No policy for this operation".into())
+fn no_policy() -> Denial {
+    Denial::InvalidToken("No policy for this operation".into())
 }

@@ -7,12 +7,12 @@ use std::sync::Arc;
 
 use super::cache::{now_secs, Entry, VerifiedCache};
 use super::claims::{check_time, verify_claims, Policy, Verified};
+use super::denial::Denial;
 use super::jwks::{KeyStore, Lookup};
 use super::jws::{split, typ_accepted, verify_signature, Header};
 use crate::certificate::PeerCertificate;
 use crate::config::JwsAlgorithm;
 use crate::metrics::Metrics;
-use crate::rejection::Rejection;
 
 pub struct TokenValidator {
     pub keys: Arc<KeyStore>,
@@ -23,8 +23,8 @@ pub struct TokenValidator {
     metrics: Arc<Metrics>,
 }
 
-fn invalid(why: &str) -> Rejection {
-    Rejection::InvalidToken(why.to_string())
+fn invalid(why: &str) -> Denial {
+    Denial::InvalidToken(why.to_string())
 }
 
 impl TokenValidator {
@@ -48,7 +48,7 @@ impl TokenValidator {
 
     /// The verified token (whose SHA-256 is `digest`), from the cache or verified now;
     /// refetches the key set once when the token names an unknown key.
-    pub async fn verified(&self, token: &str, digest: &[u8; 32]) -> Result<Arc<Entry>, Rejection> {
+    pub async fn verified(&self, token: &str, digest: &[u8; 32]) -> Result<Arc<Entry>, Denial> {
         if let Some(entry) = self.verified_now(token, digest)? {
             return Ok(entry);
         }
@@ -62,7 +62,7 @@ impl TokenValidator {
         &self,
         token: &str,
         digest: &[u8; 32],
-    ) -> Result<Option<Arc<Entry>>, Rejection> {
+    ) -> Result<Option<Arc<Entry>>, Denial> {
         let cached = self.cache.as_ref().and_then(|c| {
             let entry = c.get(digest)?;
             // A hit is only as good as its key: replaced or withdrawn, the token is verified
@@ -101,13 +101,13 @@ impl TokenValidator {
         policy: &Policy,
         peer: Option<&PeerCertificate>,
         now: f64,
-    ) -> Result<(), Rejection> {
+    ) -> Result<(), Denial> {
         check_time(v, now, self.leeway_secs)?;
         policy.check_claims(v)?;
         if let Some(bound) = &v.x5t_s256 {
             // RFC 8705 §3: the connection's certificate must be the one the token is bound to.
             if !peer.is_some_and(|p| bound.matches(p.sha256())) {
-                return Err(Rejection::CertificateMismatch);
+                return Err(Denial::CertificateMismatch);
             }
         }
         Ok(())
@@ -120,7 +120,7 @@ impl TokenValidator {
 
     /// Signature and time-independent claims, with the key that verified them; `Ok(None)`
     /// when the kid is unknown.
-    pub fn verify(&self, token: &str) -> Result<Option<Entry>, Rejection> {
+    pub fn verify(&self, token: &str) -> Result<Option<Entry>, Denial> {
         let jws = split(token).ok_or_else(|| invalid("Malformed JWT"))?;
         let header: Header =
             serde_json::from_slice(&jws.header).map_err(|_| invalid("Malformed JWT header"))?;

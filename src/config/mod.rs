@@ -6,6 +6,7 @@
 //! user sees every mistake of a file at once, not one per run.
 
 pub mod file;
+pub mod files;
 mod load;
 pub mod secret;
 pub mod units;
@@ -122,8 +123,10 @@ pub struct Listen {
 pub struct ListenTls {
     pub cert: PathBuf,
     pub key: PathBuf,
+    /// Certificate and key, as read when the configuration was validated.
+    pub identity: files::TlsIdentity,
     pub client_auth: ClientAuth,
-    pub client_ca: Option<PathBuf>,
+    pub client_ca: Option<files::CertificateFile>,
     /// Re-read certificate, key and client CA when their files change.
     pub watch: bool,
 }
@@ -152,7 +155,7 @@ pub struct Jwks {
     pub refresh_interval: Duration,
     pub min_refetch_interval: Duration,
     pub max_stale: Duration,
-    pub ca: Option<PathBuf>,
+    pub ca: Option<files::CertificateFile>,
     pub fetch_timeout: Duration,
 }
 
@@ -261,7 +264,7 @@ pub struct Upstream {
     pub client_cert_header: Option<http::HeaderName>,
     /// Whether bindgate sets X-Forwarded-For/-Proto/-Host and Forwarded.
     pub forwarded_headers: bool,
-    pub ca: Option<PathBuf>,
+    pub ca: Option<files::CertificateFile>,
     pub connect_timeout: Duration,
     pub read_timeout: Duration,
     /// Requests in flight to this upstream at once (each holds one connection); more wait up
@@ -320,7 +323,7 @@ pub struct RedisSettings {
     pub allow_eviction: bool,
     /// A CA bundle (PEM) that a `rediss://` server's certificate must chain to; None: the
     /// system's roots.
-    pub ca: Option<PathBuf>,
+    pub ca: Option<files::CertificateFile>,
 }
 
 impl std::fmt::Debug for RedisSettings {

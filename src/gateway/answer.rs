@@ -101,7 +101,8 @@ async fn stream_map(session: &mut Session, mut stream: Box<StreamingMap>) -> Res
                     .await?
             }
             Ok(None) => break,
-            Err(_) => {
+            Err(e) => {
+                tracing::error!(target: "bindgate::state", "session map stream cut short: {e}");
                 // Headers are out: the only honest signal left is an aborted body.
                 return Error::e_explain(ErrorType::InternalError, "delete-all stream failed");
             }

@@ -133,6 +133,9 @@ impl Live {
         ctx: &mut RequestCtx,
         rejection: Rejection,
     ) -> Result<bool> {
+        if let Rejection::StorageUnavailable { cause: Some(cause) } = &rejection {
+            tracing::error!(target: "bindgate::state", "answered 503: {cause}");
+        }
         refuse(session, &rejection, self.body, &self.metrics).await?;
         ctx.rejection = Some(rejection);
         Ok(true)
@@ -214,8 +217,8 @@ impl Live {
             Err(r) => return self.reject(session, ctx, r).await,
         };
         let reply = match &permit {
-            Permit::Registry(p) => state.registration(p, body).await,
-            Permit::Sessions(p) => state.sessions(p, body).await,
+            Permit::Registry(p) => state.registration(p, body).await.map_err(Rejection::from),
+            Permit::Sessions(p) => state.sessions(p, body).await.map_err(Rejection::from),
             // Routes always name an upstream.
             Permit::Route(_) => Err(Rejection::NoRoute),
         };
@@ -256,7 +259,9 @@ impl Live {
             // Single use in front of a provider: the token is taken before the registration
             // is forwarded, given back if the provider does not register.
             if let Some(l) = &ledger {
-                let state = self.state.as_ref().ok_or(Rejection::StorageUnavailable)?;
+                let state = self.state.as_ref().ok_or(Rejection::StorageUnavailable {
+                    cause: Some("single-use tokens need the embedded state".into()),
+                })?;
                 state.take_token(l).await?;
             }
             Ok::<_, Rejection>(Forwarding {

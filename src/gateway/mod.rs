@@ -18,6 +18,7 @@ mod answer;
 mod body;
 mod journey;
 mod live;
+mod refusal;
 mod upstream;
 
 use async_trait::async_trait;
@@ -101,9 +102,9 @@ impl ProxyHttp for Gateway {
             .await;
         let permit = match permit {
             Ok(permit) => permit,
-            Err(rejection) => {
+            Err(denial) => {
                 ctx.stage = Stage::Read(reading);
-                return live.reject(session, ctx, rejection).await;
+                return live.reject(session, ctx, denial.into()).await;
             }
         };
         match live.router.target(&reading.operation) {
@@ -313,7 +314,9 @@ impl ProxyHttp for Gateway {
             .and_then(|(_, f)| f.taken_token.take());
         if let (Some(l), Some(state)) = (taken, &live.state) {
             // Forwarded and not registered (an error answer, no answer): usable again.
-            state.give_back_token(&l).await;
+            if let Err(e) = state.give_back_token(&l).await {
+                tracing::error!(target: "bindgate::state", "a single-use token was not given back: {e}");
+            }
         }
         let status = session
             .response_written()

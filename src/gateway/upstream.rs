@@ -35,15 +35,7 @@ impl UpstreamTarget {
             // Without an SNI name there is no name to check the certificate against.
             peer.options.verify_hostname = !config.sni.is_empty();
             if let Some(ca) = &config.ca {
-                let pem = std::fs::read(ca).map_err(|e| {
-                    Problem::new(
-                        format!("upstreams.{}.ca", config.name),
-                        format!("{}: {e}", ca.display()),
-                    )
-                })?;
-                let certs = pingora::tls::x509::X509::stack_from_pem(&pem)
-                    .map_err(|e| Problem::new(format!("upstreams.{}.ca", config.name), e))?;
-                peer.options.ca = Some(Arc::new(certs.into_boxed_slice()));
+                peer.options.ca = Some(Arc::new(ca.certificates().into()));
             }
         }
         Ok(UpstreamTarget {

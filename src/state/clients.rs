@@ -6,8 +6,8 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use subtle::ConstantTimeEq;
 
+use super::error::StateError;
 use super::metadata;
-use crate::rejection::Rejection;
 
 /// A client as stored. Only the SHA-256 of its registration access token is kept.
 #[derive(Serialize, Deserialize, Clone)]
@@ -48,23 +48,23 @@ impl StoredClient {
     }
 }
 
-pub fn random(bytes: usize) -> Result<String, Rejection> {
+pub fn random(bytes: usize) -> Result<String, StateError> {
     let mut buf = vec![0u8; bytes];
-    openssl::rand::rand_bytes(&mut buf).map_err(|_| Rejection::StorageUnavailable)?;
+    openssl::rand::rand_bytes(&mut buf).map_err(|_| StateError::Corrupt("no random bytes"))?;
     Ok(URL_SAFE_NO_PAD.encode(buf))
 }
 
-fn parse_body(body: &[u8]) -> Result<Value, Rejection> {
+fn parse_body(body: &[u8]) -> Result<Value, StateError> {
     serde_json::from_slice(body)
-        .map_err(|_| Rejection::InvalidClientMetadata("The request body is not valid JSON".into()))
+        .map_err(|_| StateError::InvalidClientMetadata("The request body is not valid JSON".into()))
 }
 
 /// A new client from a registration request; returns it and its registration access token.
-pub fn register(body: &[u8], now: i64) -> Result<(StoredClient, String), Rejection> {
+pub fn register(body: &[u8], now: i64) -> Result<(StoredClient, String), StateError> {
     let input = parse_body(body)?;
     for field in ["client_id", "client_secret"] {
         if input.get(field).is_some() {
-            return Err(Rejection::InvalidClientMetadata(format!(
+            return Err(StateError::InvalidClientMetadata(format!(
                 "{field} is assigned by the server and must not be sent"
             )));
         }
@@ -86,22 +86,22 @@ pub fn register(body: &[u8], now: i64) -> Result<(StoredClient, String), Rejecti
 }
 
 /// RFC 7592 §2.2: a full replacement of `current`'s metadata.
-pub fn update(current: &StoredClient, body: &[u8]) -> Result<StoredClient, Rejection> {
+pub fn update(current: &StoredClient, body: &[u8]) -> Result<StoredClient, StateError> {
     let mut input = parse_body(body)?;
     let Some(fields) = input.as_object_mut() else {
-        return Err(Rejection::InvalidClientMetadata(
+        return Err(StateError::InvalidClientMetadata(
             "The client metadata must be a JSON object".into(),
         ));
     };
     match fields.remove("client_id") {
         Some(Value::String(id)) if id == current.client_id => {}
         Some(_) => {
-            return Err(Rejection::InvalidClientMetadata(
+            return Err(StateError::InvalidClientMetadata(
                 "client_id does not match the client being updated".into(),
             ))
         }
         None => {
-            return Err(Rejection::InvalidClientMetadata(
+            return Err(StateError::InvalidClientMetadata(
                 "client_id is required in an update".into(),
             ))
         }
@@ -112,7 +112,7 @@ pub fn update(current: &StoredClient, body: &[u8]) -> Result<StoredClient, Rejec
             _ => false,
         };
         if !matches {
-            return Err(Rejection::InvalidClientMetadata(
+            return Err(StateError::InvalidClientMetadata(
                 "client_secret does not match the client's secret".into(),
             ));
         }

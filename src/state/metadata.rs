@@ -2,7 +2,7 @@
 
 use serde_json::{Map, Value};
 
-use crate::rejection::Rejection;
+use super::error::StateError;
 
 /// Values the server assigns; a client never sends them in metadata (RFC 7591 §3.2.1,
 /// RFC 7592 §2.2).
@@ -65,12 +65,12 @@ const STRING_FIELDS: &[&str] = &[
     "application_type",
 ];
 
-fn meta(why: impl Into<String>) -> Rejection {
-    Rejection::InvalidClientMetadata(why.into())
+fn meta(why: impl Into<String>) -> StateError {
+    StateError::InvalidClientMetadata(why.into())
 }
 
-fn redirect(why: impl Into<String>) -> Rejection {
-    Rejection::InvalidRedirectUri(why.into())
+fn redirect(why: impl Into<String>) -> StateError {
+    StateError::InvalidRedirectUri(why.into())
 }
 
 /// The client's declared secret needs: whether its method uses a client secret.
@@ -81,7 +81,7 @@ pub fn is_confidential(metadata: &Map<String, Value>) -> bool {
         .is_some_and(|m| SECRET_METHODS.contains(&m))
 }
 
-fn strings(m: &Map<String, Value>, field: &str) -> Result<Option<Vec<String>>, Rejection> {
+fn strings(m: &Map<String, Value>, field: &str) -> Result<Option<Vec<String>>, StateError> {
     match m.get(field) {
         None => Ok(None),
         Some(Value::Array(items)) => items
@@ -104,7 +104,7 @@ fn is_loopback(host: &url::Host<&str>) -> bool {
 
 /// RFC 7591 §2 and RFC 8252 §7: absolute, no fragment, https — or http on a loopback host, or
 /// a private-use scheme of a native app. Script-carrying schemes are refused.
-fn check_redirect_uri(i: usize, uri: &str) -> Result<(), Rejection> {
+fn check_redirect_uri(i: usize, uri: &str) -> Result<(), StateError> {
     let field = format!("redirect_uris[{i}]");
     if !plain(uri) {
         return Err(redirect(format!(
@@ -157,7 +157,7 @@ const HTTPS_URI_FIELDS: &[&str] = &[
     "initiate_login_uri",
 ];
 
-fn check_https_uris(m: &Map<String, Value>) -> Result<(), Rejection> {
+fn check_https_uris(m: &Map<String, Value>) -> Result<(), StateError> {
     for field in HTTPS_URI_FIELDS {
         let Some(v) = m.get(*field) else { continue };
         let ok = v.as_str().is_some_and(|uri| {
@@ -173,7 +173,7 @@ fn check_https_uris(m: &Map<String, Value>) -> Result<(), Rejection> {
 }
 
 /// Checks `input` and returns the metadata to store, with RFC 7591 defaults filled in.
-pub fn validate(input: Value) -> Result<Map<String, Value>, Rejection> {
+pub fn validate(input: Value) -> Result<Map<String, Value>, StateError> {
     let Value::Object(mut m) = input else {
         return Err(meta("The client metadata must be a JSON object"));
     };
@@ -320,7 +320,7 @@ mod tests {
     use super::*;
     use serde_json::json;
 
-    fn err(v: Value) -> Rejection {
+    fn err(v: Value) -> StateError {
         validate(v).expect_err("should be refused")
     }
 
@@ -352,7 +352,7 @@ mod tests {
                 assert!(
                     matches!(
                         err(json!({"redirect_uris": cb, *field: bad})),
-                        Rejection::InvalidClientMetadata(_)
+                        StateError::InvalidClientMetadata(_)
                     ),
                     "{field}: {bad}"
                 );
@@ -391,21 +391,21 @@ mod tests {
             assert!(
                 matches!(
                     err(json!({"redirect_uris": [bad]})),
-                    Rejection::InvalidRedirectUri(_)
+                    StateError::InvalidRedirectUri(_)
                 ),
                 "{bad}"
             );
         }
         assert!(matches!(
             err(json!({"redirect_uris": "https://a.example"})),
-            Rejection::InvalidRedirectUri(_)
+            StateError::InvalidRedirectUri(_)
         ));
         assert!(matches!(
             err(json!({"redirect_uris": [5]})),
-            Rejection::InvalidRedirectUri(_)
+            StateError::InvalidRedirectUri(_)
         ));
         assert!(
-            matches!(err(json!({})), Rejection::InvalidRedirectUri(_)),
+            matches!(err(json!({})), StateError::InvalidRedirectUri(_)),
             "code flow needs a redirect URI"
         );
     }
@@ -427,7 +427,7 @@ mod tests {
             assert!(
                 matches!(
                     validate(bad.clone()),
-                    Err(Rejection::InvalidClientMetadata(_))
+                    Err(StateError::InvalidClientMetadata(_))
                 ),
                 "{bad}"
             );

@@ -3,6 +3,7 @@
 
 pub mod clients;
 pub mod engine;
+pub mod error;
 pub mod metadata;
 pub mod redb;
 pub mod redis;
@@ -19,10 +20,10 @@ use std::time::Duration;
 pub use crate::auth::Ledger;
 use crate::auth::{RegistryGrant, RegistryPermit, SessionPermit};
 use crate::config::{Config, SessionLimits};
-use crate::rejection::Rejection;
 use crate::routing::{RegistryOp, SessionOp, Sid};
 use clients::StoredClient;
 pub use engine::Store;
+pub use error::StateError;
 pub use redb::{RedbStore, SessionSnapshot, SubjectSnapshot};
 use sessions::Record;
 pub use store::{Change, Chunks};
@@ -62,7 +63,7 @@ impl StreamingMap {
     }
 
     /// The next piece of the JSON body; None at the end. Blocking: call off the async threads.
-    pub fn next_piece(&mut self, now: i64) -> Result<Option<Vec<u8>>, Rejection> {
+    pub fn next_piece(&mut self, now: i64) -> Result<Option<Vec<u8>>, StateError> {
         let Some(snapshot) = self.snapshot.as_mut() else {
             return Ok(None);
         };
@@ -71,7 +72,10 @@ impl StreamingMap {
             self.started = true;
             out.push(b'{');
         }
-        match snapshot.next_chunk(STREAM_CHUNK).map_err(storage)? {
+        match snapshot
+            .next_chunk(STREAM_CHUNK)
+            .map_err(StateError::Storage)?
+        {
             Some(entries) => {
                 for (sid, bytes) in entries {
                     if Record::expired_bytes(&bytes, now) {
@@ -115,17 +119,6 @@ fn json(status: u16, value: &serde_json::Value) -> Reply {
     }
 }
 
-fn storage(e: store::StoreError) -> Rejection {
-    tracing::error!(target: "bindgate::state", "{e}");
-    Rejection::StorageUnavailable
-}
-
-impl From<store::StoreError> for Rejection {
-    fn from(e: store::StoreError) -> Self {
-        storage(e)
-    }
-}
-
 #[derive(Clone)]
 pub struct StateService {
     store: Store,
@@ -160,49 +153,53 @@ impl StateService {
         format!("{}/{id}", self.registration_uri.trim_end_matches('/'))
     }
 
-    async fn load_client(&self, id: &str) -> Result<Option<StoredClient>, Rejection> {
-        match self.store.get_client(id).await.map_err(storage)? {
+    async fn load_client(&self, id: &str) -> Result<Option<StoredClient>, StateError> {
+        match self
+            .store
+            .get_client(id)
+            .await
+            .map_err(StateError::Storage)?
+        {
             None => Ok(None),
             Some(bytes) => serde_json::from_slice(&bytes)
                 .map(Some)
-                .map_err(|_| Rejection::StorageUnavailable),
+                .map_err(|_| StateError::Corrupt("a stored client does not decode")),
         }
     }
 
-    async fn save_client(&self, client: &StoredClient) -> Result<(), Rejection> {
-        let bytes = serde_json::to_vec(client).map_err(|_| Rejection::StorageUnavailable)?;
+    async fn save_client(&self, client: &StoredClient) -> Result<(), StateError> {
+        let bytes = serde_json::to_vec(client)
+            .map_err(|_| StateError::Corrupt("a client does not encode"))?;
         self.store
             .put_client(&client.client_id, &bytes)
             .await
-            .map_err(storage)
+            .map_err(StateError::Storage)
     }
 
     /// A registry operation, authorised by `grant`.
     /// Takes a single-use token before its registration is forwarded to an upstream: 401 if
     /// it was used, 503 (the token given back) if the store does not answer.
-    pub async fn take_token(&self, ledger: &Ledger) -> Result<(), Rejection> {
+    pub async fn take_token(&self, ledger: &Ledger) -> Result<(), StateError> {
         let taken = match self.store.take_token(ledger).await {
             Ok(taken) => taken,
             Err(e) => {
                 // The write may still land: given back, so that the token is not lost.
                 let _ = self.store.give_back_token(ledger).await;
-                return Err(storage(e));
+                return Err(StateError::Storage(e));
             }
         };
         if taken {
             Ok(())
         } else {
-            Err(Rejection::InvalidToken(
+            Err(StateError::InvalidToken(
                 "The initial access token was already used (single use)".into(),
             ))
         }
     }
 
     /// Gives back a token [`StateService::take_token`] took: the upstream did not register.
-    pub async fn give_back_token(&self, ledger: &Ledger) {
-        if let Err(e) = self.store.give_back_token(ledger).await {
-            storage(e);
-        }
+    pub async fn give_back_token(&self, ledger: &Ledger) -> Result<(), StateError> {
+        Ok(self.store.give_back_token(ledger).await?)
     }
 
     /// A registry operation, as its permit says.
@@ -210,15 +207,15 @@ impl StateService {
         &self,
         permit: &RegistryPermit,
         body: Bytes,
-    ) -> Result<Reply, Rejection> {
+    ) -> Result<Reply, StateError> {
         let (op, grant) = (permit.op(), permit.grant());
         let id = match op {
             RegistryOp::Register => {
                 // Validated before the ledger is touched: a refused registration does not use
                 // a single-use token up.
                 let (client, token) = clients::register(&body, now())?;
-                let bytes =
-                    serde_json::to_vec(&client).map_err(|_| Rejection::StorageUnavailable)?;
+                let bytes = serde_json::to_vec(&client)
+                    .map_err(|_| StateError::Corrupt("a client does not encode"))?;
                 let ledger = match grant {
                     RegistryGrant::InitialAccessToken { ledger } => ledger.as_ref(),
                     _ => None,
@@ -227,9 +224,9 @@ impl StateService {
                     .store
                     .register_client(ledger, &client.client_id, &bytes)
                     .await
-                    .map_err(storage)?
+                    .map_err(StateError::Storage)?
                 {
-                    return Err(Rejection::InvalidToken(
+                    return Err(StateError::InvalidToken(
                         "The initial access token was already used (single use)".into(),
                     ));
                 }
@@ -243,12 +240,12 @@ impl StateService {
             }
             RegistryOp::List => {
                 if *grant != RegistryGrant::MasterToken {
-                    return Err(Rejection::InvalidToken(
+                    return Err(StateError::InvalidToken(
                         "Listing clients requires a master token".into(),
                     ));
                 }
                 let mut all = Vec::new();
-                for bytes in self.store.clients().await.map_err(storage)? {
+                for bytes in self.store.clients().await.map_err(StateError::Storage)? {
                     if let Ok(c) = serde_json::from_slice::<StoredClient>(&bytes) {
                         all.push(serde_json::Value::Object(
                             c.view(&self.client_uri(&c.client_id)),
@@ -272,10 +269,10 @@ impl StateService {
         // another client, is answered 401 alike; a master token learns that it does not exist.
         let client = match (grant, client) {
             (RegistryGrant::MasterToken, Some(c)) => c,
-            (RegistryGrant::MasterToken, None) => return Err(Rejection::NotFound("Client")),
+            (RegistryGrant::MasterToken, None) => return Err(StateError::NotFound("Client")),
             (RegistryGrant::ClientToken { digest }, Some(c)) if c.token_matches(digest) => c,
             _ => {
-                return Err(Rejection::InvalidToken(
+                return Err(StateError::InvalidToken(
                     "The registration access token is not valid for this client".into(),
                 ))
             }
@@ -295,7 +292,7 @@ impl StateService {
                 self.store
                     .delete_client(&client.client_id)
                     .await
-                    .map_err(storage)?;
+                    .map_err(StateError::Storage)?;
                 Ok(Reply::NoContent)
             }
             _ => Ok(Reply::Json {
@@ -308,17 +305,17 @@ impl StateService {
     }
 
     /// A session-store operation, as its permit read it.
-    pub async fn sessions(&self, permit: &SessionPermit, body: Bytes) -> Result<Reply, Rejection> {
+    pub async fn sessions(&self, permit: &SessionPermit, body: Bytes) -> Result<Reply, StateError> {
         let request = permit.request().clone();
         let sid = match request.sid {
             Sid::Absent => None,
             Sid::Given(ref sid) => Some(sid.clone()),
-            Sid::Malformed => return Err(Rejection::InvalidInput("Malformed SID header".into())),
+            Sid::Malformed => return Err(StateError::InvalidInput("Malformed SID header".into())),
         };
         let q = request;
         let at = now();
         let need = || {
-            Rejection::InvalidInput(
+            StateError::InvalidInput(
                 "Give the SID header, or the subject (or all=true for delete) parameter".into(),
             )
         };
@@ -334,7 +331,7 @@ impl StateService {
                         store::Commit::Durable,
                     )
                     .await
-                    .map_err(storage)?;
+                    .map_err(StateError::Storage)?;
                 Ok(json(201, &serde_json::json!({ "sid": sid })))
             }
             SessionOp::Read => match (sid, q.subject) {
@@ -347,7 +344,7 @@ impl StateService {
                         .update_session(&sid, store::Commit::Lazy, move |bytes| {
                             let Some(mut record) = Record::decode(bytes).filter(|r| !r.expired(at))
                             else {
-                                return Ok::<_, Rejection>((Change::Keep, None));
+                                return Ok::<_, StateError>((Change::Keep, None));
                             };
                             record.last_access = at;
                             let change = Change::Write {
@@ -360,7 +357,7 @@ impl StateService {
                         .await?;
                     Ok(Reply::Json {
                         status: 200,
-                        body: found.flatten().ok_or(Rejection::NotFound("Session"))?,
+                        body: found.flatten().ok_or(StateError::NotFound("Session"))?,
                         pragma_no_cache: false,
                     })
                 }
@@ -369,7 +366,7 @@ impl StateService {
                         .store
                         .sessions_of_async(&subject)
                         .await
-                        .map_err(storage)?;
+                        .map_err(StateError::Storage)?;
                     Ok(Reply::Stream(Box::new(StreamingMap::new(snapshot))))
                 }
                 (None, None) => Err(need()),
@@ -382,7 +379,7 @@ impl StateService {
                     .store
                     .update_session(&sid, store::Commit::Durable, move |bytes| {
                         let Some(old) = Record::decode(bytes).filter(|r| !r.expired(at)) else {
-                            return Ok::<_, Rejection>((Change::Keep, false));
+                            return Ok::<_, StateError>((Change::Keep, false));
                         };
                         let record =
                             sessions::record_from_body(&body, &limits, at, old.creation_time)?;
@@ -395,7 +392,7 @@ impl StateService {
                     })
                     .await?;
                 if replaced != Some(true) {
-                    return Err(Rejection::NotFound("Session"));
+                    return Err(StateError::NotFound("Session"));
                 }
                 Ok(Reply::NoContent)
             }
@@ -405,9 +402,9 @@ impl StateService {
                         .store
                         .delete_session(&sid)
                         .await
-                        .map_err(storage)?
+                        .map_err(StateError::Storage)?
                         .filter(|b| !Record::expired_bytes(b, at))
-                        .ok_or(Rejection::NotFound("Session"))?;
+                        .ok_or(StateError::NotFound("Session"))?;
                     if q.quiet {
                         return Ok(Reply::NoContent);
                     }
@@ -422,7 +419,7 @@ impl StateService {
                         .store
                         .delete_subject_async(&subject, !q.quiet)
                         .await
-                        .map_err(storage)?;
+                        .map_err(StateError::Storage)?;
                     match snapshot {
                         None => Ok(Reply::NoContent),
                         Some(s) => Ok(Reply::Stream(Box::new(StreamingMap::new(s)))),
@@ -433,7 +430,7 @@ impl StateService {
                         .store
                         .delete_all_sessions_async(!q.quiet)
                         .await
-                        .map_err(storage)?;
+                        .map_err(StateError::Storage)?;
                     match snapshot {
                         None => Ok(Reply::NoContent),
                         Some(s) => Ok(Reply::Stream(Box::new(StreamingMap::new(s)))),
@@ -546,7 +543,7 @@ mod tests {
         // Absent: f is not called and nothing is created.
         let existed = store
             .update_session("sid-1", store::Commit::Durable, move |_| {
-                Ok::<_, Rejection>((write("alice", b"x"), ()))
+                Ok::<_, StateError>((write("alice", b"x"), ()))
             })
             .await
             .unwrap();
@@ -559,7 +556,7 @@ mod tests {
         // f's error aborts: the record stays as it was.
         let err = store
             .update_session("sid-1", store::Commit::Durable, |_| {
-                Err::<(Change, ()), _>(Rejection::InvalidInput("no".into()))
+                Err::<(Change, ()), _>(StateError::InvalidInput("no".into()))
             })
             .await;
         assert!(err.is_err());
@@ -567,7 +564,7 @@ mod tests {
         // A write moves the subject index with the subject.
         let old = store
             .update_session("sid-1", store::Commit::Durable, move |old| {
-                Ok::<_, Rejection>((write("bob", b"v2"), old.to_vec()))
+                Ok::<_, StateError>((write("bob", b"v2"), old.to_vec()))
             })
             .await
             .unwrap();

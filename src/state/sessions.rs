@@ -7,8 +7,8 @@ use serde::Deserialize;
 use serde_json::value::RawValue;
 use serde_json::{Map, Value};
 
+use super::error::StateError;
 use crate::config::SessionLimits;
-use crate::rejection::Rejection;
 
 /// Fixed part of a stored session: times in seconds, lifetimes in minutes (-1 unlimited).
 const FIXED: usize = 6 * 8 + 4;
@@ -158,15 +158,15 @@ struct SessionInput<'a> {
     data: Option<&'a RawValue>,
 }
 
-fn bad(why: impl Into<String>) -> Rejection {
-    Rejection::InvalidInput(why.into())
+fn bad(why: impl Into<String>) -> StateError {
+    StateError::InvalidInput(why.into())
 }
 
 fn parse_value(raw: &RawValue) -> Value {
     serde_json::from_str(raw.get()).unwrap_or(Value::Null)
 }
 
-fn minutes(name: &str, raw: Option<&RawValue>, default: i64) -> Result<i64, Rejection> {
+fn minutes(name: &str, raw: Option<&RawValue>, default: i64) -> Result<i64, StateError> {
     let Some(raw) = raw else { return Ok(default) };
     match serde_json::from_str::<i64>(raw.get()) {
         Ok(-1) => Ok(-1),
@@ -183,7 +183,7 @@ pub fn record_from_body(
     limits: &SessionLimits,
     now: i64,
     creation_time: i64,
-) -> Result<Record, Rejection> {
+) -> Result<Record, StateError> {
     let input: SessionInput = serde_json::from_slice(body).map_err(|e| {
         let msg = e.to_string();
         if msg.starts_with("unknown field") {
@@ -255,9 +255,9 @@ pub fn record_from_body(
 }
 
 /// A new session id: 256 random bits, base64url (RFC 4648 §5).
-pub fn new_sid() -> Result<String, Rejection> {
+pub fn new_sid() -> Result<String, StateError> {
     let mut bytes = [0u8; 32];
-    openssl::rand::rand_bytes(&mut bytes).map_err(|_| Rejection::StorageUnavailable)?;
+    openssl::rand::rand_bytes(&mut bytes).map_err(|_| StateError::Corrupt("no random bytes"))?;
     Ok(URL_SAFE_NO_PAD.encode(bytes))
 }
 
@@ -331,7 +331,7 @@ mod tests {
             assert!(
                 matches!(
                     record_from_body(body, &limits(), 0, 0),
-                    Err(Rejection::InvalidInput(_))
+                    Err(StateError::InvalidInput(_))
                 ),
                 "{}",
                 String::from_utf8_lossy(body)

@@ -2,10 +2,11 @@
 //! and key files, Redis settings.
 
 use std::net::{SocketAddr, ToSocketAddrs};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use super::Problems;
 use crate::config::file::*;
+use crate::config::files::{CertificateFile, TlsIdentity};
 use crate::config::*;
 
 /// A list of JWS algorithms (default RS256, PS256, ES256, EdDSA): public-key algorithms only.
@@ -165,17 +166,17 @@ pub(super) fn redis_settings(p: &mut Problems, r: &RedisFile, source: &Path) -> 
             "is not supported with cluster yet (WAIT needs the connection that wrote)",
         );
     }
-    let ca = r.ca.as_deref().map(|c| base.join(c));
-    if let Some(ca) = &ca {
-        if !url.starts_with("rediss://") {
+    let ca = match r.ca.as_deref().map(|c| base.join(c)) {
+        Some(_) if !url.starts_with("rediss://") => {
             p.push(
                 "state.redis.ca",
                 "is for a rediss:// url (TLS); with cluster, the system's roots are used",
             );
-        } else {
-            check_certificates(p, "state.redis.ca", ca);
+            None
         }
-    }
+        Some(ca) => certificates(p, "state.redis.ca", &ca),
+        None => None,
+    };
     RedisSettings {
         url,
         cluster,
@@ -204,72 +205,31 @@ pub(super) fn secrets(
     SecretSet::new(digests)
 }
 
-pub(super) fn check_certificates(p: &mut Problems, key: &str, path: &PathBuf) {
-    match std::fs::read(path) {
-        Err(e) => p.push(key, format!("cannot read {}: {e}", path.display())),
-        Ok(pem) => match openssl::x509::X509::stack_from_pem(&pem) {
-            Ok(certs) if !certs.is_empty() => {}
-            _ => p.push(key, format!("{} holds no PEM certificate", path.display())),
-        },
-    }
+/// Reads a certificate file once, for the runtime; None (a problem at `key`) when it cannot.
+pub(super) fn certificates(p: &mut Problems, key: &str, path: &Path) -> Option<CertificateFile> {
+    CertificateFile::read(path)
+        .map_err(|e| p.push(key, e.to_string()))
+        .ok()
 }
 
-pub(super) fn check_cert_and_key(
+/// Reads a certificate and its key once, for the runtime; None (problems at `key.cert` and
+/// `key.key`) when they cannot be used together.
+pub(super) fn identity(
     p: &mut Problems,
     key: &str,
-    cert: &PathBuf,
-    private_key: &PathBuf,
-) {
-    let certs = match std::fs::read(cert) {
-        Err(e) => {
-            p.push(
-                format!("{key}.cert"),
-                format!("cannot read {}: {e}", cert.display()),
-            );
-            None
-        }
-        Ok(pem) => match openssl::x509::X509::stack_from_pem(&pem) {
-            Ok(c) if !c.is_empty() => Some(c),
-            _ => {
-                p.push(
-                    format!("{key}.cert"),
-                    format!("{} holds no PEM certificate", cert.display()),
-                );
-                None
+    cert: &Path,
+    private_key: &Path,
+) -> Option<TlsIdentity> {
+    TlsIdentity::read(cert, private_key)
+        .map_err(|e| {
+            if let Some(e) = e.cert {
+                p.push(format!("{key}.cert"), e.to_string());
             }
-        },
-    };
-    let pkey = match std::fs::read(private_key) {
-        Err(e) => {
-            p.push(
-                format!("{key}.key"),
-                format!("cannot read {}: {e}", private_key.display()),
-            );
-            None
-        }
-        Ok(pem) => match openssl::pkey::PKey::private_key_from_pem(&pem) {
-            Ok(k) => Some(k),
-            Err(_) => {
-                p.push(
-                    format!("{key}.key"),
-                    format!("{} holds no PEM private key", private_key.display()),
-                );
-                None
+            if let Some(e) = e.key {
+                p.push(format!("{key}.key"), e.to_string());
             }
-        },
-    };
-    if let (Some(certs), Some(pkey)) = (certs, pkey) {
-        let matches = certs[0]
-            .public_key()
-            .map(|pk| pk.public_eq(&pkey))
-            .unwrap_or(false);
-        if !matches {
-            p.push(
-                format!("{key}.key"),
-                format!("does not belong to the certificate in {}", cert.display()),
-            );
-        }
-    }
+        })
+        .ok()
 }
 
 /// The reason for a URL the Redis client cannot use (the URL itself is not repeated: it may

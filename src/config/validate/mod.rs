@@ -1,6 +1,5 @@
 //! File structs → runtime `Config`, with every problem collected.
 
-use std::net::SocketAddr;
 use std::path::Path;
 use std::time::Duration;
 
@@ -70,16 +69,13 @@ pub fn validate(file: FileConfig, source: &Path) -> Result<Config, Vec<Problem>>
     let state = sections::state(&mut p, &file, source);
     let server = sections::server(&mut p, &file, source);
 
-    if !p.0.is_empty() {
+    // A None pushed a problem above.
+    let (Some(address), Some(tls), true) = (listen_address, tls, p.0.is_empty()) else {
         return Err(p.0);
-    }
+    };
     Ok(Config {
         source: source.to_path_buf(),
-        listen: Listen {
-            // Some: a None pushed a problem above.
-            address: listen_address.unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 0))),
-            tls,
-        },
+        listen: Listen { address, tls },
         admin,
         issuer,
         jwks,

@@ -14,14 +14,14 @@ pub(super) fn listen(
     p: &mut Problems,
     file: &FileConfig,
     source: &Path,
-) -> (Option<SocketAddr>, ListenTls) {
+) -> (Option<SocketAddr>, Option<ListenTls>) {
     let path_of = |written: &str| resolve_against(source, written);
     // listen
     let listen_address = socket_addr(p, "listen.address", &file.listen.address);
     let tls = &file.listen.tls;
     let cert = path_of(&tls.cert);
     let key = path_of(&tls.key);
-    check_cert_and_key(p, "listen.tls", &cert, &key);
+    let identity = identity(p, "listen.tls", &cert, &key);
     let client_auth = match tls.client_auth.as_deref() {
         None | Some("optional") => ClientAuth::Optional,
         Some("none") => ClientAuth::None,
@@ -34,24 +34,25 @@ pub(super) fn listen(
             ClientAuth::Optional
         }
     };
-    let client_ca = tls.client_ca.as_deref().map(path_of);
-    if let Some(ca) = &client_ca {
-        check_certificates(p, "listen.tls.client_ca", ca);
-        if client_auth == ClientAuth::None {
-            p.push(
-                "listen.tls.client_ca",
-                "has no effect with client_auth: none (remove it or choose optional/required)",
-            );
-        }
+    let client_ca = tls
+        .client_ca
+        .as_deref()
+        .and_then(|ca| certificates(p, "listen.tls.client_ca", &path_of(ca)));
+    if tls.client_ca.is_some() && client_auth == ClientAuth::None {
+        p.push(
+            "listen.tls.client_ca",
+            "has no effect with client_auth: none (remove it or choose optional/required)",
+        );
     }
 
-    let tls = ListenTls {
+    let tls = identity.map(|identity| ListenTls {
         cert,
         key,
+        identity,
         client_auth,
         client_ca,
         watch: tls.watch.unwrap_or(false),
-    };
+    });
     (listen_address, tls)
 }
 

@@ -36,10 +36,9 @@ pub(super) fn jwks(
                 return None;
             }
         };
-        let ca = j.ca.as_deref().map(path_of);
-        if let Some(ca) = &ca {
-            check_certificates(p, "jwks.ca", ca);
-        }
+        let ca =
+            j.ca.as_deref()
+                .and_then(|ca| certificates(p, "jwks.ca", &path_of(ca)));
         Some(Jwks {
             source,
             refresh_interval: p.duration(

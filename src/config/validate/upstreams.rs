@@ -52,10 +52,9 @@ pub(super) fn upstreams(
                         None
                     }
                 });
-        let ca = u.ca.as_deref().map(path_of);
-        if let Some(ca) = &ca {
-            check_certificates(p, &format!("{key}.ca"), ca);
-        }
+        let ca =
+            u.ca.as_deref()
+                .and_then(|ca| certificates(p, &format!("{key}.ca"), &path_of(ca)));
         let tls = u.tls.unwrap_or(false);
         let sni = u.sni.clone().unwrap_or_default();
         if !tls && !sni.is_empty() {

@@ -125,19 +125,14 @@ impl RedisStore {
             let client = match &settings.ca {
                 None => redis::Client::open(info)
                     .map_err(|e| Problem::new("state.redis.url", format!("{e}")))?,
-                Some(ca) => {
-                    let pem = std::fs::read(ca).map_err(|e| {
-                        Problem::new("state.redis.ca", format!("{}: {e}", ca.display()))
-                    })?;
-                    redis::Client::build_with_tls(
-                        info,
-                        redis::TlsCertificates {
-                            client_tls: None,
-                            root_cert: Some(pem),
-                        },
-                    )
-                    .map_err(|e| Problem::new("state.redis.ca", format!("{e}")))?
-                }
+                Some(ca) => redis::Client::build_with_tls(
+                    info,
+                    redis::TlsCertificates {
+                        client_tls: None,
+                        root_cert: Some(ca.pem().to_vec()),
+                    },
+                )
+                .map_err(|e| Problem::new("state.redis.ca", format!("{e}")))?,
             };
             let config = ConnectionManagerConfig::new()
                 .set_connection_timeout(Some(CONNECT_TIMEOUT))
