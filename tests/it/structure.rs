@@ -265,3 +265,33 @@ fn strongly_connected(edges: &[Vec<usize>]) -> Vec<Vec<usize>> {
     }
     t.out
 }
+
+/// Errors by layer (issue 15): no error is a bare `String`, and the domain rooms (`auth`,
+/// `state`) say what went wrong in their own types: only the gateway knows HTTP answers.
+#[test]
+fn errors_are_typed_and_the_domain_does_not_answer_http() {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+    let mut files = Vec::new();
+    sources(&src, &mut files);
+    let mut found = Vec::new();
+    for file in &files {
+        let text = std::fs::read_to_string(file).unwrap();
+        let code = without_tests(&text);
+        let rel = file.strip_prefix(&src).unwrap().display().to_string();
+        for (n, line) in code.lines().enumerate() {
+            let line = line.split("//").next().unwrap_or_default();
+            let string_error = line.find("Result<").is_some_and(|at| {
+                let rest = &line[at..];
+                rest.contains(", String>") || rest.contains(",String>")
+            }) || line.contains("std::result::Result<T, String>");
+            if string_error {
+                found.push(format!("{rel}:{}: an error that is a String", n + 1));
+            }
+            let domain = rel.starts_with("auth/") || rel.starts_with("state/");
+            if domain && (line.contains("crate::rejection") || line.contains("Rejection")) {
+                found.push(format!("{rel}:{}: the domain names an HTTP answer", n + 1));
+            }
+        }
+    }
+    assert!(found.is_empty(), "{}", found.join("\n"));
+}
