@@ -1,0 +1,371 @@
+//! Driving load: oha for repeated requests, the harness's own reqwest client for requests
+//! that differ, the proxy's CPU and RSS sampled meanwhile, and the report of one run.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crate::args::Options;
+use crate::common::rss_kib;
+use crate::material::Material;
+use crate::oha;
+
+#[derive(Default, serde::Serialize, Clone)]
+pub(crate) struct Report {
+    pub(crate) scenario: String,
+    pub(crate) proxy: String,
+    pub(crate) connections: usize,
+    pub(crate) seconds: f64,
+    pub(crate) requests: u64,
+    pub(crate) rps: f64,
+    pub(crate) p50_ms: f64,
+    pub(crate) p90_ms: f64,
+    pub(crate) p99_ms: f64,
+    pub(crate) max_ms: f64,
+    pub(crate) statuses: BTreeMap<String, u64>,
+    pub(crate) errors: u64,
+    pub(crate) proxy_peak_rss_mib: f64,
+    /// `reqwest` or `oha`, and the CPU seconds oha used (0 for reqwest).
+    pub(crate) generator: String,
+    pub(crate) generator_cpu_s: f64,
+    /// The proxy's CPU time (user + system, all its threads) per answered request, in µs.
+    pub(crate) proxy_cpu_us_per_request: f64,
+}
+
+/// A run with oha of a repeated request (scenarios a-es256, a-rs256, e), sampling the proxy's
+/// RSS meanwhile.
+pub(crate) fn run_oha(
+    o: &Options,
+    m: &Material,
+    url: String,
+    work: Work,
+    token: &str,
+    pid: u32,
+) -> Report {
+    let (headers, body) = match work {
+        Work::Registration => (
+            vec![
+                format!("authorization: Bearer {token}"),
+                "content-type: application/json".to_string(),
+            ],
+            r#"{"redirect_uris":["https://app.example.com/cb"]}"#,
+        ),
+        _ => (
+            vec!["content-type: application/json".to_string()],
+            r#"{"redirect_uris":["https://app.example.com/cb"]}"#,
+        ),
+    };
+    let stop = Arc::new(AtomicBool::new(false));
+    let peak = Arc::new(AtomicU64::new(0));
+    let sampler = {
+        let (peak, stop) = (peak.clone(), stop.clone());
+        std::thread::spawn(move || {
+            while !stop.load(Ordering::Relaxed) {
+                if pid != 0 {
+                    peak.fetch_max(rss_kib(pid), Ordering::Relaxed);
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        })
+    };
+    let cpu_before = cpu_seconds(pid);
+    let run = oha::run(
+        &oha::Request {
+            url,
+            method: "POST",
+            headers,
+            body: Some(body),
+        },
+        &m.dir,
+        o.connections,
+        o.duration,
+        o.http2,
+        o.pin,
+        o.rate,
+    );
+    stop.store(true, Ordering::Relaxed);
+    let _ = sampler.join();
+    Report {
+        connections: o.connections,
+        seconds: run.seconds,
+        requests: run.requests,
+        rps: run.rps,
+        p50_ms: run.p50_ms,
+        p90_ms: run.p90_ms,
+        p99_ms: run.p99_ms,
+        max_ms: run.max_ms,
+        statuses: run.statuses,
+        errors: run.errors,
+        proxy_peak_rss_mib: peak.load(Ordering::Relaxed) as f64 / 1024.0,
+        generator: "oha".into(),
+        generator_cpu_s: run.cpu_seconds,
+        proxy_cpu_us_per_request: (cpu_seconds(pid) - cpu_before) * 1e6
+            / run.requests.max(1) as f64,
+        ..Report::default()
+    }
+}
+
+/// CPU time (user + system, every thread) a process has used, in seconds; 0 for pid 0 or
+/// when it cannot be read.
+pub(crate) fn cpu_seconds(pid: u32) -> f64 {
+    if pid == 0 {
+        return 0.0;
+    }
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return 0.0;
+    };
+    // Fields after the command name (which may hold spaces) in parentheses: utime and stime
+    // are the 14th and 15th fields of the line, the 12th and 13th after ") ".
+    let after = stat.rsplit_once(") ").map(|(_, r)| r).unwrap_or("");
+    let ticks: u64 = after
+        .split_whitespace()
+        .skip(11)
+        .take(2)
+        .filter_map(|v| v.parse::<u64>().ok())
+        .sum();
+    // /proc counts in USER_HZ, 100 on Linux whatever the kernel's own tick.
+    ticks as f64 / 100.0
+}
+
+/// Every proxy compared does the whole job: the bound token without its certificate is
+/// refused (401), so no row measures a proxy that skips the binding.
+pub(crate) fn enforces_binding(m: &Material, port: u16, token: &str, proxy: &str) {
+    let ca = reqwest::Certificate::from_pem(&std::fs::read(m.dir.join("ca.crt")).unwrap()).unwrap();
+    let client = reqwest::blocking::Client::builder()
+        .use_native_tls()
+        .add_root_certificate(ca)
+        .resolve("localhost", ([127, 0, 0, 1], port).into())
+        .http1_only()
+        .build()
+        .unwrap();
+    let status = client
+        .post(format!("https://localhost:{port}/clients"))
+        .bearer_auth(token)
+        .header("content-type", "application/json")
+        .body(r#"{"redirect_uris":["https://app.example.com/cb"]}"#)
+        .send()
+        .map(|r| r.status().as_u16())
+        .unwrap_or(0);
+    assert_eq!(
+        status, 401,
+        "{proxy} let a certificate-bound token through without its certificate"
+    );
+}
+
+#[derive(Clone, Copy, PartialEq)]
+pub(crate) enum Work {
+    Registration,
+    /// `token` is "ACCESS-TOKEN PROOF": sent as `Authorization: DPoP` and `DPoP`.
+    RegistrationDpop,
+    RegisterEmbedded,
+    Sessions,
+    Passthrough,
+}
+
+pub(crate) fn build(
+    work: Work,
+    base: &str,
+    st: &str,
+    c: &reqwest::Client,
+    token: &str,
+    i: u64,
+) -> Vec<reqwest::RequestBuilder> {
+    match work {
+        Work::Registration => vec![c
+            .post(format!("{base}/clients"))
+            .bearer_auth(token)
+            .header("content-type", "application/json")
+            .body(r#"{"redirect_uris":["https://app.example.com/cb"]}"#)],
+        Work::RegistrationDpop => {
+            let (access, proof) = token.split_once(' ').unwrap_or((token, ""));
+            vec![c
+                .post(format!("{base}/clients"))
+                .header("authorization", format!("DPoP {access}"))
+                .header("dpop", proof)
+                .header("content-type", "application/json")
+                .body(r#"{"redirect_uris":["https://app.example.com/cb"]}"#)]
+        }
+        Work::RegisterEmbedded => vec![c
+            .post(format!("{base}/clients"))
+            .bearer_auth(token)
+            .header("content-type", "application/json")
+            .body(r#"{"redirect_uris":["https://app.example.com/cb"],"client_name":"load"}"#)],
+        Work::Sessions => vec![c
+            .post(format!("{base}/session-store/rest/v2/sessions"))
+            .bearer_auth(st)
+            .body(format!(r#"{{"sub":"load-{i}","acr":"1"}}"#))],
+        Work::Passthrough => vec![c
+            .post(format!("{base}/passthrough/api"))
+            .header("content-type", "application/json")
+            .body(r#"{"redirect_uris":["https://app.example.com/cb"]}"#)],
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+pub(crate) async fn run_load(
+    o: &Options,
+    m: &Material,
+    port: u16,
+    work: Work,
+    tokens: Arc<Vec<String>>,
+    pid: u32,
+    scenario: &str,
+    proxy: &str,
+) -> Report {
+    let identity = reqwest::Identity::from_pkcs8_pem(
+        &std::fs::read(m.dir.join("client1.crt")).unwrap(),
+        &std::fs::read(m.dir.join("client1.key")).unwrap(),
+    )
+    .unwrap();
+    let ca = reqwest::Certificate::from_pem(&std::fs::read(m.dir.join("ca.crt")).unwrap()).unwrap();
+    let st = std::fs::read_to_string(m.dir.join("session-store.token"))
+        .unwrap()
+        .trim()
+        .to_string();
+    let next_token = Arc::new(AtomicUsize::new(0));
+    let sent = Arc::new(AtomicU64::new(0));
+    let stop = Arc::new(AtomicBool::new(false));
+    let peak = Arc::new(AtomicU64::new(0));
+    let sampler = {
+        let (peak, stop) = (peak.clone(), stop.clone());
+        std::thread::spawn(move || {
+            while !stop.load(Ordering::Relaxed) {
+                peak.fetch_max(rss_kib(pid), Ordering::Relaxed);
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        })
+    };
+    let base = format!("https://localhost:{port}");
+    let mut clients = Vec::new();
+    for _ in 0..o.connections {
+        clients.push(
+            reqwest::Client::builder()
+                .use_native_tls()
+                .add_root_certificate(ca.clone())
+                .identity(identity.clone())
+                .resolve("localhost", ([127, 0, 0, 1], port).into())
+                .http1_only()
+                .pool_max_idle_per_host(1)
+                .timeout(Duration::from_secs(30))
+                .build()
+                .unwrap(),
+        );
+    }
+    // Warm-up: one request per connection (the TLS handshake is not part of the timing).
+    for c in &clients {
+        // From the same sequence as the timed requests: a DPoP proof is good once.
+        let t = tokens[next_token.fetch_add(1, Ordering::Relaxed) % tokens.len()].clone();
+        for r in build(work, &base, &st, c, &t, 0) {
+            let _ = r.send().await.map(|r| r.bytes());
+        }
+    }
+    let cpu_before = cpu_seconds(pid);
+    let started = Instant::now();
+    let deadline = started + o.duration;
+    let mut tasks = Vec::new();
+    for c in clients {
+        let (tokens, next_token, sent, o2, st) = (
+            tokens.clone(),
+            next_token.clone(),
+            sent.clone(),
+            o.clone(),
+            st.clone(),
+        );
+        let base = base.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut lat: Vec<u32> = Vec::with_capacity(1 << 16);
+            let mut statuses: BTreeMap<u16, u64> = BTreeMap::new();
+            let mut errors = 0u64;
+            let mut i = 0u64;
+            while Instant::now() < deadline
+                && (o2.requests == 0 || sent.load(Ordering::Relaxed) < o2.requests)
+            {
+                let token = &tokens[next_token.fetch_add(1, Ordering::Relaxed) % tokens.len()];
+                i += 1;
+                for r in build(work, &base, &st, &c, token, i) {
+                    let t = Instant::now();
+                    match r.send().await {
+                        Ok(resp) => {
+                            let status = resp.status().as_u16();
+                            let sid = if work == Work::Sessions && status == 201 {
+                                resp.json::<serde_json::Value>()
+                                    .await
+                                    .ok()
+                                    .and_then(|v| v["sid"].as_str().map(String::from))
+                            } else {
+                                let _ = resp.bytes().await;
+                                None
+                            };
+                            lat.push(t.elapsed().as_micros() as u32);
+                            *statuses.entry(status).or_default() += 1;
+                            sent.fetch_add(1, Ordering::Relaxed);
+                            // Scenario d: read the session back.
+                            if let Some(sid) = sid {
+                                let t = Instant::now();
+                                match c
+                                    .get(format!("{base}/session-store/rest/v2/sessions"))
+                                    .bearer_auth(&st)
+                                    .header("SID", sid)
+                                    .send()
+                                    .await
+                                {
+                                    Ok(resp) => {
+                                        let status = resp.status().as_u16();
+                                        let _ = resp.bytes().await;
+                                        lat.push(t.elapsed().as_micros() as u32);
+                                        *statuses.entry(status).or_default() += 1;
+                                        sent.fetch_add(1, Ordering::Relaxed);
+                                    }
+                                    Err(_) => errors += 1,
+                                }
+                            }
+                        }
+                        Err(_) => errors += 1,
+                    }
+                }
+            }
+            (lat, statuses, errors)
+        }));
+    }
+    let mut lat: Vec<u32> = Vec::new();
+    let mut statuses: BTreeMap<String, u64> = BTreeMap::new();
+    let mut errors = 0;
+    for t in tasks {
+        let (l, s, e) = t.await.unwrap();
+        lat.extend(l);
+        for (k, v) in s {
+            *statuses.entry(k.to_string()).or_default() += v;
+        }
+        errors += e;
+    }
+    let seconds = started.elapsed().as_secs_f64();
+    stop.store(true, Ordering::Relaxed);
+    sampler.join().unwrap();
+    lat.sort_unstable();
+    let pct = |p: f64| {
+        lat.get(((lat.len() as f64 * p) as usize).min(lat.len().saturating_sub(1)))
+            .copied()
+            .unwrap_or(0) as f64
+            / 1000.0
+    };
+    Report {
+        scenario: scenario.into(),
+        proxy: proxy.into(),
+        connections: o.connections,
+        seconds,
+        requests: lat.len() as u64,
+        rps: lat.len() as f64 / seconds,
+        p50_ms: pct(0.50),
+        p90_ms: pct(0.90),
+        p99_ms: pct(0.99),
+        max_ms: lat.last().copied().unwrap_or(0) as f64 / 1000.0,
+        statuses,
+        errors,
+        proxy_peak_rss_mib: peak.load(Ordering::Relaxed) as f64 / 1024.0,
+        generator: "reqwest".into(),
+        generator_cpu_s: 0.0,
+        proxy_cpu_us_per_request: (cpu_seconds(pid) - cpu_before) * 1e6
+            / (lat.len() as f64).max(1.0),
+    }
+}
