@@ -87,13 +87,7 @@ async fn stream_map(session: &mut Session, mut stream: Box<StreamingMap>) -> Res
         .map(|d| d.as_secs() as i64)
         .unwrap_or(0);
     loop {
-        let (back, piece) = tokio::task::spawn_blocking(move || {
-            let piece = stream.next_piece(now);
-            (stream, piece)
-        })
-        .await
-        .map_err(|_| Error::explain(ErrorType::InternalError, "stream task failed"))?;
-        stream = back;
+        let piece = stream.next_piece(now).await;
         match piece {
             Ok(Some(bytes)) => {
                 session

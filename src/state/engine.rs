@@ -11,7 +11,7 @@ use std::time::Duration;
 use super::redb::RedbStore;
 use super::redis::RedisStore;
 use super::sessions::Record;
-use super::store::{Change, Chunks, Commit, Result, StoreError};
+use super::store::{Change, Chunks, Commit, OffWorkers, Result, StoreError};
 use crate::config::{State, StatePath};
 
 #[derive(Clone)]
@@ -205,32 +205,17 @@ impl Store {
         }
     }
 
-    /// One subject's sessions, to read a chunk at a time (blocking). Off the workers.
-    pub async fn sessions_of_async(&self, subject: &str) -> Result<Box<dyn Chunks>> {
-        let (me, subject) = (self.clone(), subject.to_owned());
-        off_workers(move || me.sessions_of(&subject)).await
-    }
-
-    /// Every session of `subject` removed (see [`Store::delete_subject`]). Off the workers.
-    pub async fn delete_subject_async(
-        &self,
-        subject: &str,
-        keep: bool,
-    ) -> Result<Option<Box<dyn Chunks>>> {
-        let (me, subject) = (self.clone(), subject.to_owned());
-        off_workers(move || me.delete_subject(&subject, keep)).await
-    }
-
-    /// Every session removed (see [`Store::delete_all_sessions`]). Off the workers.
-    pub async fn delete_all_sessions_async(&self, keep: bool) -> Result<Option<Box<dyn Chunks>>> {
-        let me = self.clone();
-        off_workers(move || me.delete_all_sessions(keep)).await
-    }
-
-    pub fn sessions_of(&self, subject: &str) -> Result<Box<dyn Chunks>> {
+    /// One subject's sessions, to read a chunk at a time.
+    pub async fn sessions_of(&self, subject: &str) -> Result<Box<dyn Chunks>> {
         Ok(match self {
-            Store::Redb(s) => Box::new(s.sessions_of(subject)?),
-            Store::Redis(s) => Box::new(s.subject_cursor(subject, false, Record::subject_of)?),
+            Store::Redb(s) => {
+                let subject = subject.to_owned();
+                let snapshot = on_redb(s, move |s| s.sessions_of(&subject)).await?;
+                Box::new(OffWorkers::new(snapshot))
+            }
+            Store::Redis(s) => {
+                Box::new(s.subject_cursor(subject, false, Record::subject_of).await?)
+            }
         })
     }
 
@@ -245,25 +230,34 @@ impl Store {
     }
 
     /// Every session of `subject` removed; with `keep`, what was removed, to stream.
-    pub fn delete_subject(&self, subject: &str, keep: bool) -> Result<Option<Box<dyn Chunks>>> {
+    pub async fn delete_subject(
+        &self,
+        subject: &str,
+        keep: bool,
+    ) -> Result<Option<Box<dyn Chunks>>> {
         Ok(match self {
-            Store::Redb(s) => s
-                .delete_subject(subject, keep)?
-                .map(|c| Box::new(c) as Box<dyn Chunks>),
+            Store::Redb(s) => {
+                let subject = subject.to_owned();
+                on_redb(s, move |s| s.delete_subject(&subject, keep))
+                    .await?
+                    .map(|c| Box::new(OffWorkers::new(c)) as Box<dyn Chunks>)
+            }
             Store::Redis(s) => s
-                .delete_subject(subject, keep, Record::subject_of)?
+                .delete_subject(subject, keep, Record::subject_of)
+                .await?
                 .map(|c| Box::new(c) as Box<dyn Chunks>),
         })
     }
 
     /// Every session removed at once; with `keep`, what was removed, to stream.
-    pub fn delete_all_sessions(&self, keep: bool) -> Result<Option<Box<dyn Chunks>>> {
+    pub async fn delete_all_sessions(&self, keep: bool) -> Result<Option<Box<dyn Chunks>>> {
         Ok(match self {
-            Store::Redb(s) => s
-                .delete_all_sessions(keep)?
-                .map(|c| Box::new(c) as Box<dyn Chunks>),
+            Store::Redb(s) => on_redb(s, move |s| s.delete_all_sessions(keep))
+                .await?
+                .map(|c| Box::new(OffWorkers::new(c)) as Box<dyn Chunks>),
             Store::Redis(s) => s
-                .delete_all_sessions(keep)?
+                .delete_all_sessions(keep)
+                .await?
                 .map(|c| Box::new(c) as Box<dyn Chunks>),
         })
     }

@@ -62,8 +62,8 @@ impl StreamingMap {
         }
     }
 
-    /// The next piece of the JSON body; None at the end. Blocking: call off the async threads.
-    pub fn next_piece(&mut self, now: i64) -> Result<Option<Vec<u8>>, StateError> {
+    /// The next piece of the JSON body; None at the end.
+    pub async fn next_piece(&mut self, now: i64) -> Result<Option<Vec<u8>>, StateError> {
         let Some(snapshot) = self.snapshot.as_mut() else {
             return Ok(None);
         };
@@ -74,6 +74,7 @@ impl StreamingMap {
         }
         match snapshot
             .next_chunk(STREAM_CHUNK)
+            .await
             .map_err(StateError::Storage)?
         {
             Some(entries) => {
@@ -364,7 +365,7 @@ impl StateService {
                 (None, Some(subject)) => {
                     let snapshot = self
                         .store
-                        .sessions_of_async(&subject)
+                        .sessions_of(&subject)
                         .await
                         .map_err(StateError::Storage)?;
                     Ok(Reply::Stream(Box::new(StreamingMap::new(snapshot))))
@@ -417,7 +418,7 @@ impl StateService {
                 (None, Some(subject), _) => {
                     let snapshot = self
                         .store
-                        .delete_subject_async(&subject, !q.quiet)
+                        .delete_subject(&subject, !q.quiet)
                         .await
                         .map_err(StateError::Storage)?;
                     match snapshot {
@@ -428,7 +429,7 @@ impl StateService {
                 (None, None, true) => {
                     let snapshot = self
                         .store
-                        .delete_all_sessions_async(!q.quiet)
+                        .delete_all_sessions(!q.quiet)
                         .await
                         .map_err(StateError::Storage)?;
                     match snapshot {
@@ -481,10 +482,10 @@ mod tests {
     use super::*;
     use crate::config::StatePath;
 
-    fn all_of(store: &Store, subject: &str) -> store::Entries {
-        let mut snapshot = store.sessions_of(subject).unwrap();
+    async fn all_of(store: &Store, subject: &str) -> store::Entries {
+        let mut snapshot = store.sessions_of(subject).await.unwrap();
         let mut out = Vec::new();
-        while let Some(chunk) = snapshot.next_chunk(3).unwrap() {
+        while let Some(chunk) = snapshot.next_chunk(3).await.unwrap() {
             out.extend(chunk);
         }
         out
@@ -527,7 +528,7 @@ mod tests {
             .unwrap()
             .is_some());
         // The subject index no longer lists purged sessions.
-        let listed = all_of(&state.store, "user-0");
+        let listed = all_of(&state.store, "user-0").await;
         assert!(listed.iter().all(|(sid, _)| sid != "sid-00000"));
         assert_eq!(state.purge_expired().unwrap(), 0);
     }
@@ -569,7 +570,7 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(old.as_deref(), Some(&b"v1"[..]));
-        assert!(all_of(&store, "alice").is_empty());
-        assert_eq!(all_of(&store, "bob").len(), 1);
+        assert!(all_of(&store, "alice").await.is_empty());
+        assert_eq!(all_of(&store, "bob").await.len(), 1);
     }
 }

@@ -44,7 +44,40 @@ pub enum Change {
 }
 
 /// Sessions read from a snapshot a chunk at a time.
+#[async_trait::async_trait]
 pub trait Chunks: Send {
     /// The next up to `max` sessions, or None when all were read.
-    fn next_chunk(&mut self, max: usize) -> Result<Option<Entries>>;
+    async fn next_chunk(&mut self, max: usize) -> Result<Option<Entries>>;
+}
+
+/// Sessions read by blocking calls (a redb read transaction): [`OffWorkers`] makes them
+/// [`Chunks`] read on the blocking pool.
+pub trait BlockingChunks: Send + 'static {
+    fn next_chunk_blocking(&mut self, max: usize) -> Result<Option<Entries>>;
+}
+
+/// A blocking snapshot read a chunk at a time on the blocking pool, never on a worker.
+pub struct OffWorkers<C>(Option<C>);
+
+impl<C> OffWorkers<C> {
+    pub fn new(snapshot: C) -> Self {
+        OffWorkers(Some(snapshot))
+    }
+}
+
+#[async_trait::async_trait]
+impl<C: BlockingChunks> Chunks for OffWorkers<C> {
+    async fn next_chunk(&mut self, max: usize) -> Result<Option<Entries>> {
+        let Some(mut snapshot) = self.0.take() else {
+            return Err(fail("the snapshot was lost by a failed read"));
+        };
+        let (snapshot, chunk) = tokio::task::spawn_blocking(move || {
+            let chunk = snapshot.next_chunk_blocking(max);
+            (snapshot, chunk)
+        })
+        .await
+        .map_err(|_| fail("a storage task failed"))?;
+        self.0 = Some(snapshot);
+        chunk
+    }
 }

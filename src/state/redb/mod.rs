@@ -14,7 +14,7 @@ use std::sync::Arc;
 mod sessions;
 mod snapshot;
 
-use super::store::{fail, Change, Chunks, Commit, Entries, Result, StoreError};
+use super::store::{fail, BlockingChunks, Change, Commit, Entries, Result, StoreError};
 use crate::config::StatePath;
 pub use snapshot::{SessionSnapshot, SubjectSnapshot};
 

@@ -12,8 +12,8 @@ pub struct SubjectSnapshot {
     pub(super) done: bool,
 }
 
-impl Chunks for SubjectSnapshot {
-    fn next_chunk(&mut self, max: usize) -> Result<Option<Entries>> {
+impl BlockingChunks for SubjectSnapshot {
+    fn next_chunk_blocking(&mut self, max: usize) -> Result<Option<Entries>> {
         if self.done {
             return Ok(None);
         }
@@ -65,8 +65,8 @@ pub struct SessionSnapshot {
     pub(super) done: bool,
 }
 
-impl Chunks for SessionSnapshot {
-    fn next_chunk(&mut self, max: usize) -> Result<Option<Entries>> {
+impl BlockingChunks for SessionSnapshot {
+    fn next_chunk_blocking(&mut self, max: usize) -> Result<Option<Entries>> {
         if self.done {
             return Ok(None);
         }

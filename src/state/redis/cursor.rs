@@ -28,8 +28,9 @@ pub struct SubjectCursor {
     pub(super) subject_of: fn(&[u8]) -> Option<String>,
 }
 
+#[async_trait::async_trait]
 impl Chunks for SubjectCursor {
-    fn next_chunk(&mut self, max: usize) -> Result<Option<Entries>> {
+    async fn next_chunk(&mut self, max: usize) -> Result<Option<Entries>> {
         if self.done {
             return Ok(None);
         }
@@ -41,56 +42,59 @@ impl Chunks for SubjectCursor {
             self.delete,
             self.subject_of,
         );
-        let (next, entries) = self.store.block(async move {
-            let index = me.index_key(g, &subject);
-            let (next, sids): (u64, Vec<String>) = me
-                .query(
-                    redis::cmd("SSCAN")
-                        .arg(&index)
-                        .arg(cursor)
-                        .arg("COUNT")
-                        .arg(max.max(1)),
-                )
-                .await?;
-            let mut entries = Vec::with_capacity(sids.len());
-            if !sids.is_empty() {
-                let reads = sids.iter().map(|sid| {
-                    redis::cmd(if delete { "GETDEL" } else { "GET" })
-                        .arg(me.session_key(g, sid))
-                        .clone()
-                });
-                let values: Vec<Option<Vec<u8>>> = me.many(reads.collect()).await?;
-                let mut stale: Vec<Cmd> = Vec::new();
-                for (sid, v) in sids.into_iter().zip(values) {
-                    match v {
-                        Some(v) if subject_of(&v).as_deref() == Some(subject.as_str()) => {
-                            if delete {
+        let (next, entries) = self
+            .store
+            .run(async move {
+                let index = me.index_key(g, &subject);
+                let (next, sids): (u64, Vec<String>) = me
+                    .query(
+                        redis::cmd("SSCAN")
+                            .arg(&index)
+                            .arg(cursor)
+                            .arg("COUNT")
+                            .arg(max.max(1)),
+                    )
+                    .await?;
+                let mut entries = Vec::with_capacity(sids.len());
+                if !sids.is_empty() {
+                    let reads = sids.iter().map(|sid| {
+                        redis::cmd(if delete { "GETDEL" } else { "GET" })
+                            .arg(me.session_key(g, sid))
+                            .clone()
+                    });
+                    let values: Vec<Option<Vec<u8>>> = me.many(reads.collect()).await?;
+                    let mut stale: Vec<Cmd> = Vec::new();
+                    for (sid, v) in sids.into_iter().zip(values) {
+                        match v {
+                            Some(v) if subject_of(&v).as_deref() == Some(subject.as_str()) => {
+                                if delete {
+                                    stale.push(redis::cmd("SREM").arg(&index).arg(&sid).clone());
+                                }
+                                entries.push((sid, v));
+                            }
+                            Some(v) => {
+                                // Moved to another subject meanwhile: put back what GETDEL took.
+                                if delete {
+                                    stale.push(
+                                        redis::cmd("SET")
+                                            .arg(me.session_key(g, &sid))
+                                            .arg(v)
+                                            .arg("KEEPTTL")
+                                            .clone(),
+                                    );
+                                }
                                 stale.push(redis::cmd("SREM").arg(&index).arg(&sid).clone());
                             }
-                            entries.push((sid, v));
-                        }
-                        Some(v) => {
-                            // Moved to another subject meanwhile: put back what GETDEL took.
-                            if delete {
-                                stale.push(
-                                    redis::cmd("SET")
-                                        .arg(me.session_key(g, &sid))
-                                        .arg(v)
-                                        .arg("KEEPTTL")
-                                        .clone(),
-                                );
+                            None => {
+                                stale.push(redis::cmd("SREM").arg(&index).arg(&sid).clone());
                             }
-                            stale.push(redis::cmd("SREM").arg(&index).arg(&sid).clone());
-                        }
-                        None => {
-                            stale.push(redis::cmd("SREM").arg(&index).arg(&sid).clone());
                         }
                     }
+                    me.many::<Value>(stale).await?;
                 }
-                me.many::<Value>(stale).await?;
-            }
-            Ok((next, entries))
-        })?;
+                Ok((next, entries))
+            })
+            .await?;
         self.cursor = next;
         if next == 0 {
             self.done = true;
@@ -113,8 +117,9 @@ pub struct GenerationCursor {
     pub(super) done: bool,
 }
 
+#[async_trait::async_trait]
 impl Chunks for GenerationCursor {
-    fn next_chunk(&mut self, _max: usize) -> Result<Option<Entries>> {
+    async fn next_chunk(&mut self, _max: usize) -> Result<Option<Entries>> {
         loop {
             if self.done {
                 return Ok(None);
@@ -132,25 +137,28 @@ impl Chunks for GenerationCursor {
             };
             let me = self.store.clone();
             let (g, cursor) = (self.generation, self.cursor);
-            let (next, entries) = self.store.block(async move {
-                let pattern = format!("{}s:{g}:*", glob_escape(&me.inner.prefix));
-                let (next, keys) = me.scan_step(&node, cursor, &pattern).await?;
-                let mut entries = Vec::with_capacity(keys.len());
-                if !keys.is_empty() {
-                    let takes = keys.iter().map(|k| redis::cmd("GETDEL").arg(k).clone());
-                    let values: Vec<Option<Vec<u8>>> = me.many(takes.collect()).await?;
-                    let head = format!("{}s:{g}:", me.inner.prefix);
-                    for (k, v) in keys.into_iter().zip(values) {
-                        let (Some(v), Ok(k)) = (v, String::from_utf8(k)) else {
-                            continue;
-                        };
-                        if let Some(sid) = k.strip_prefix(&head) {
-                            entries.push((sid.to_string(), v));
+            let (next, entries) = self
+                .store
+                .run(async move {
+                    let pattern = format!("{}s:{g}:*", glob_escape(&me.inner.prefix));
+                    let (next, keys) = me.scan_step(&node, cursor, &pattern).await?;
+                    let mut entries = Vec::with_capacity(keys.len());
+                    if !keys.is_empty() {
+                        let takes = keys.iter().map(|k| redis::cmd("GETDEL").arg(k).clone());
+                        let values: Vec<Option<Vec<u8>>> = me.many(takes.collect()).await?;
+                        let head = format!("{}s:{g}:", me.inner.prefix);
+                        for (k, v) in keys.into_iter().zip(values) {
+                            let (Some(v), Ok(k)) = (v, String::from_utf8(k)) else {
+                                continue;
+                            };
+                            if let Some(sid) = k.strip_prefix(&head) {
+                                entries.push((sid.to_string(), v));
+                            }
                         }
                     }
-                }
-                Ok((next, entries))
-            })?;
+                    Ok((next, entries))
+                })
+                .await?;
             if next == 0 {
                 self.node += 1;
                 self.cursor = 0;

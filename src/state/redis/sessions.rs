@@ -197,14 +197,14 @@ impl RedisStore {
     }
 
     /// One subject's sessions, read (or, with `delete`, taken: `GETDEL`) a chunk at a time.
-    pub fn subject_cursor(
+    pub async fn subject_cursor(
         &self,
         subject: &str,
         delete: bool,
         subject_of: fn(&[u8]) -> Option<String>,
     ) -> Result<SubjectCursor> {
         let me = self.clone();
-        let g = self.block(async move { me.generation().await })?;
+        let g = self.run(async move { me.generation().await }).await?;
         Ok(SubjectCursor {
             store: self.clone(),
             generation: g,
@@ -218,40 +218,43 @@ impl RedisStore {
 
     /// Removes every session of `subject`; with `keep`, the removed ones are returned a chunk
     /// at a time as they are taken (`GETDEL`), otherwise all are removed before this returns.
-    pub fn delete_subject(
+    pub async fn delete_subject(
         &self,
         subject: &str,
         keep: bool,
         subject_of: fn(&[u8]) -> Option<String>,
     ) -> Result<Option<SubjectCursor>> {
-        let mut cursor = self.subject_cursor(subject, true, subject_of)?;
+        let mut cursor = self.subject_cursor(subject, true, subject_of).await?;
         if keep {
             return Ok(Some(cursor));
         }
-        while cursor.next_chunk(SCAN_COUNT)?.is_some() {}
+        while cursor.next_chunk(SCAN_COUNT).await?.is_some() {}
         let me = self.clone();
-        self.block(async move { me.replicated(Commit::Durable).await })?;
+        self.run(async move { me.replicated(Commit::Durable).await })
+            .await?;
         Ok(None)
     }
 
     /// Removes every session at once: `INCR` of the generation (O(1)). With `keep`, the old
     /// generation is streamed from a `SCAN` on every master, each session taken with `GETDEL`;
     /// otherwise its keys are removed in the background.
-    pub fn delete_all_sessions(&self, keep: bool) -> Result<Option<GenerationCursor>> {
+    pub async fn delete_all_sessions(&self, keep: bool) -> Result<Option<GenerationCursor>> {
         let me = self.clone();
-        let old = self.block(async move {
-            let mut p = redis::pipe();
-            p.cmd("INCR").arg(me.key("gen"));
-            let (new,): (u64,) = me.pipe(&p).await?;
-            let old = new - 1;
-            me.query::<i64>(redis::cmd("SADD").arg(me.key("doomed")).arg(old))
-                .await?;
-            me.replicated(Commit::Durable).await?;
-            Ok(old)
-        })?;
+        let old = self
+            .run(async move {
+                let mut p = redis::pipe();
+                p.cmd("INCR").arg(me.key("gen"));
+                let (new,): (u64,) = me.pipe(&p).await?;
+                let old = new - 1;
+                me.query::<i64>(redis::cmd("SADD").arg(me.key("doomed")).arg(old))
+                    .await?;
+                me.replicated(Commit::Durable).await?;
+                Ok(old)
+            })
+            .await?;
         if keep {
             let me = self.clone();
-            let masters = self.block(async move { me.masters().await })?;
+            let masters = self.run(async move { me.masters().await }).await?;
             return Ok(Some(GenerationCursor {
                 store: self.clone(),
                 generation: old,
