@@ -117,20 +117,7 @@ server: {{threads: {threads}, max_body: 64KiB}}
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        if reqwest::blocking::get(format!("http://127.0.0.1:{admin}/readyz"))
-            .is_ok_and(|r| r.status() == 200)
-        {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "bindgate did not become ready: {}",
-            std::fs::read_to_string(dir.join("bindgate.log")).unwrap_or_default()
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    crate::common::wait_ready(admin, &dir.join("bindgate.log"));
     Server { child, port }
 }
 

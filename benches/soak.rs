@@ -99,13 +99,7 @@ server: {{threads: 2, grace_period: 1s, max_body: 64KiB}}
         .stderr(log)
         .spawn()
         .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while !reqwest::blocking::get(format!("http://127.0.0.1:{admin}/readyz"))
-        .is_ok_and(|r| r.status() == 200)
-    {
-        assert!(Instant::now() < deadline, "bindgate not ready");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    common::wait_ready(admin, &dir.join("soak.log"));
     Bindgate { child, port }
 }
 

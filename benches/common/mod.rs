@@ -21,6 +21,22 @@ pub fn free_ports<const N: usize>() -> [u16; N] {
 }
 
 /// Resident memory of a process, in KiB (0 when it cannot be read).
+/// Waits (at most 60 s) until bindgate's admin listener on `admin` says ready; the panic
+/// carries bindgate's log.
+pub fn wait_ready(admin: u16, log: &std::path::Path) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while !reqwest::blocking::get(format!("http://127.0.0.1:{admin}/readyz"))
+        .is_ok_and(|r| r.status() == 200)
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "bindgate not ready within 60 s: {}",
+            std::fs::read_to_string(log).unwrap_or_default()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
+
 pub fn rss_kib(pid: u32) -> u64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
         .ok()

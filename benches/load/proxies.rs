@@ -132,20 +132,7 @@ server: {{threads: {threads}, grace_period: 1s}}
         &["run", "-c", config.to_str().unwrap()],
         &log,
     );
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        if reqwest::blocking::get(format!("http://127.0.0.1:{admin}/readyz"))
-            .is_ok_and(|r| r.status() == 200)
-        {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "bindgate not ready: {}",
-            std::fs::read_to_string(&log).unwrap_or_default()
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    crate::common::wait_ready(admin, &log);
     Proxy {
         child,
         port,
