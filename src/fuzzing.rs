@@ -214,7 +214,7 @@ pub fn session_json(data: &[u8]) {
 
 /// Client metadata as the registry takes it (RFC 7591 registration and RFC 7592 update).
 pub fn client_json(data: &[u8]) {
-    if let Ok((client, token)) = clients::register(data, 1_800_000_000) {
+    if let Ok((client, token)) = clients::register(data, 1_800_000_000, None) {
         assert!(clients::valid_client_id(&client.client_id));
         assert!(!token.is_empty());
         let view = client.view("https://idp.example.com/clients/x");

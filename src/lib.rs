@@ -10,6 +10,7 @@ pub mod devcerts;
 pub mod devtoken;
 pub mod fuzzing;
 pub mod gateway;
+pub mod grants;
 pub mod headers;
 pub mod logwriter;
 pub mod metrics;

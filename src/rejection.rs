@@ -36,6 +36,9 @@ pub enum Rejection {
     CertificateMismatch,
     /// RFC 6750 §3.1 `insufficient_scope`.
     InsufficientScope { scope: String },
+    /// 403 `insufficient_scope` for a registration that asks for more than its credential
+    /// reaches (narrowed scope, privileged metadata); `scope` names the one that would do.
+    RegistrationNotPermitted { why: String, scope: Option<String> },
     /// RFC 7591 §3.2.2 `invalid_client_metadata`: the description names the field.
     InvalidClientMetadata(String),
     /// RFC 7591 §3.2.2 `invalid_redirect_uri`.
@@ -71,7 +74,7 @@ impl Rejection {
             Rejection::InvalidRequest(_) => 400,
             Rejection::InvalidToken(_) => 401,
             Rejection::CertificateMismatch => 401,
-            Rejection::InsufficientScope { .. } => 403,
+            Rejection::InsufficientScope { .. } | Rejection::RegistrationNotPermitted { .. } => 403,
             Rejection::InvalidClientMetadata(_)
             | Rejection::InvalidRedirectUri(_)
             | Rejection::InvalidInput(_) => 400,
@@ -97,7 +100,9 @@ impl Rejection {
             Rejection::MissingCredentials { .. } => "unauthorized",
             Rejection::InvalidRequest(_) => "invalid_request",
             Rejection::InvalidToken(_) | Rejection::CertificateMismatch => "invalid_token",
-            Rejection::InsufficientScope { .. } => "insufficient_scope",
+            Rejection::InsufficientScope { .. } | Rejection::RegistrationNotPermitted { .. } => {
+                "insufficient_scope"
+            }
             Rejection::InvalidClientMetadata(_) => "invalid_client_metadata",
             Rejection::InvalidRedirectUri(_) => "invalid_redirect_uri",
             Rejection::InvalidInput(_) => "invalid_request",
@@ -128,6 +133,7 @@ impl Rejection {
             Rejection::InsufficientScope { scope } => {
                 format!("The access token lacks the required scope {scope}")
             }
+            Rejection::RegistrationNotPermitted { why, .. } => why.clone(),
             Rejection::InvalidClientMetadata(why)
             | Rejection::InvalidRedirectUri(why)
             | Rejection::InvalidInput(why) => why.clone(),
@@ -156,6 +162,7 @@ impl Rejection {
             Rejection::InvalidToken(_) => "invalid_token",
             Rejection::CertificateMismatch => "certificate_mismatch",
             Rejection::InsufficientScope { .. } => "insufficient_scope",
+            Rejection::RegistrationNotPermitted { .. } => "registration_not_permitted",
             Rejection::InvalidClientMetadata(_) => "invalid_client_metadata",
             Rejection::InvalidRedirectUri(_) => "invalid_redirect_uri",
             Rejection::InvalidInput(_) => "invalid_input",
@@ -185,6 +192,17 @@ impl Rejection {
                 quoted(&self.description()),
                 quoted(scope)
             )),
+            Rejection::RegistrationNotPermitted { scope, .. } => Some(match scope {
+                Some(scope) => format!(
+                    "Bearer error=\"insufficient_scope\", error_description=\"{}\", scope=\"{}\"",
+                    quoted(&self.description()),
+                    quoted(scope)
+                ),
+                None => format!(
+                    "Bearer error=\"insufficient_scope\", error_description=\"{}\"",
+                    quoted(&self.description())
+                ),
+            }),
             Rejection::InvalidDpopProof { algs, .. }
             | Rejection::UseDpopNonce { algs, .. }
             | Rejection::InvalidDpopToken { algs, .. } => Some(format!(

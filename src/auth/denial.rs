@@ -21,6 +21,12 @@ pub enum Denial {
     UseDpopNonce { nonce: String, algs: Arc<str> },
     /// A token presented with the DPoP scheme failed a check.
     InvalidDpopToken { why: String, algs: Arc<str> },
+    /// The registration body asks for more than the credential reaches (Connect2id's
+    /// registration policy); `scope`, when one would permit it, names it.
+    NotPermitted { why: String, scope: Option<String> },
+    /// A registration body the policy cannot judge (not a JSON object, a member of the wrong
+    /// type): refused, never forwarded.
+    InvalidClientMetadata(String),
     /// A record that must hold the request (DPoP replay, shared state) could not: full, handed
     /// over, or its store did not answer (`cause`, for the operator's log).
     RecordUnavailable { cause: Option<String> },
@@ -39,6 +45,8 @@ impl Denial {
             Denial::UseDpopNonce { .. } => "use_dpop_nonce",
             Denial::InvalidDpopToken { .. } => "invalid_dpop_token",
             Denial::RecordUnavailable { .. } => "storage_unavailable",
+            Denial::NotPermitted { .. } => "registration_not_permitted",
+            Denial::InvalidClientMetadata(_) => "invalid_client_metadata",
         }
     }
 }

@@ -11,6 +11,7 @@ pub mod jwk;
 pub mod jwks;
 pub mod jws;
 pub mod permit;
+pub mod registration;
 pub mod replay;
 pub mod token;
 
@@ -21,7 +22,7 @@ use crate::certificate::PeerCertificate;
 use crate::config::{Config, SecretDigest, SecretSet};
 use crate::metrics::{self, Metrics};
 use crate::readiness::Readiness;
-use crate::routing::{Credential, Operation, SessionRequest};
+use crate::routing::{Credential, Operation, RegistryOp, SessionRequest};
 use bearer::{Presented, Scheme};
 use cache::{now_secs, Entry, VerifiedCache};
 use claims::Policy;
@@ -70,6 +71,12 @@ pub struct Authoriser {
     key_store: Option<Arc<KeyStore>>,
     token_settings: String,
     registration: Policy,
+    /// What registrations may ask for (privileged metadata, the full scope's name).
+    registration_rules: registration::Rules,
+    /// `registration.grant_scopes`: narrowed scopes accepted.
+    grant_scopes: bool,
+    /// `registration.open`: the grants a registration without a token may ask for.
+    open_registration: Option<registration::Grants>,
     /// By route index; None for a route without `token`.
     routes: Vec<Option<Policy>>,
     dpop: Option<ProofChecker>,
@@ -210,6 +217,12 @@ impl Authoriser {
                 key_store: store.clone(),
                 token_settings,
                 registration,
+                registration_rules: registration::Rules::of(&config.registration),
+                grant_scopes: config.registration.grant_scopes,
+                // Validation refused the configuration if a value is not a grant type.
+                open_registration: config.registration.open.as_ref().and_then(|open| {
+                    registration::Grants::of_grant_types(open.iter().map(String::as_str))
+                }),
                 routes,
                 dpop,
                 metrics,
@@ -301,8 +314,11 @@ impl Authoriser {
             // The table above pairs every operation with its credential.
             _ => Err(no_policy()),
         };
+        // A registration is counted once its body is judged too (`judge_registration`).
+        let judged_later = matches!(op, Operation::Registry(RegistryOp::Register));
         if let Some(policy) = policy {
             match &outcome {
+                Ok(_) if judged_later => {}
                 Ok(_) => self.metrics.accepted(policy),
                 Err(r) => self.metrics.rejected(policy, r.reason()),
             }
@@ -317,10 +333,17 @@ impl Authoriser {
         }
     }
 
-    /// `POST` on the registration collection: a master token or an initial access token.
+    /// `POST` on the registration collection: a master token or an initial access token (the
+    /// full registration scope, or with `grant_scopes` narrowed ones); with `open`, no
+    /// credential at all. What the body may ask for is judged once it is read
+    /// ([`Authoriser::judge_registration`]).
     async fn initial_access(&self, facts: &Facts<'_>) -> Result<RegistryGrant, Denial> {
-        let presented =
-            bearer::access_token(facts.headers, facts.query)?.ok_or_else(|| self.missing())?;
+        let Some(presented) = bearer::access_token(facts.headers, facts.query)? else {
+            return match self.open_registration {
+                Some(grants) => Ok(RegistryGrant::Open { grants }),
+                None => Err(self.missing()),
+            };
+        };
         let digest = SecretDigest::of(presented.token.as_bytes());
         if presented.scheme == Scheme::Bearer && self.master_tokens.contains_digest(&digest) {
             return Ok(RegistryGrant::MasterToken);
@@ -328,6 +351,14 @@ impl Authoriser {
         let entry = self
             .access_token(&self.registration, presented, &digest, facts)
             .await?;
+        let reach = registration::reach_of_scopes(
+            &entry.verified.scopes,
+            &self.registration_rules.full_scope,
+            self.grant_scopes,
+        )
+        .ok_or_else(|| Denial::InsufficientScope {
+            scope: self.registration_rules.full_scope.clone(),
+        })?;
         // Single use: the ledger key is the token's jti, else the SHA-256 of its signing input
         // (header.payload: not of the signature, which a holder can re-encode — ECDSA's
         // s → n − s — into another valid token); the entry lasts as long as the token is
@@ -351,7 +382,7 @@ impl Authoriser {
                     .clamp(1.0, i64::MAX as f64) as i64,
             )
         });
-        Ok(RegistryGrant::InitialAccessToken { ledger })
+        Ok(RegistryGrant::InitialAccessToken { ledger, reach })
     }
 
     /// A protected route: an access token that satisfies the route's policy.
@@ -365,13 +396,13 @@ impl Authoriser {
         let presented =
             bearer::access_token(facts.headers, facts.query)?.ok_or_else(|| self.missing())?;
         let digest = SecretDigest::of(presented.token.as_bytes());
-        self.access_token(policy, presented, &digest, facts)
-            .await
-            .map(|_| ())
+        let entry = self.access_token(policy, presented, &digest, facts).await?;
+        policy.check_scope(&entry.verified)
     }
 
     /// A JWT access token against `policy`: signature and claims (cached), clock, audience,
-    /// binding by certificate (RFC 8705) and by DPoP key (RFC 9449), scope.
+    /// binding by certificate (RFC 8705) and by DPoP key (RFC 9449). The scope is the
+    /// caller's to check, last (RFC 6750 §3.1 answers it with 403).
     async fn access_token(
         &self,
         policy: &Policy,
@@ -434,7 +465,6 @@ impl Authoriser {
             }
             (None, Scheme::Bearer) => {}
         }
-        policy.check_scope(&entry.verified)?;
         Ok(entry)
     }
 
@@ -454,7 +484,6 @@ impl Authoriser {
                 "DPoP-bound tokens (cnf jkt) are not accepted: DPoP is not enabled".into(),
             ));
         }
-        policy.check_scope(&entry.verified)?;
         Ok(entry)
     }
 

@@ -4,6 +4,7 @@
 //! `auth`), so a request that was not authorised cannot reach them — a missing decision does
 //! not compile, it is not a default.
 
+use super::registration::{Grants, Reach};
 use crate::routing::{RegistryOp, SessionRequest};
 
 /// A single-use initial access token's entry in the ledger: its key (from `jti`, else the
@@ -44,9 +45,15 @@ impl Ledger {
 pub enum RegistryGrant {
     /// A registration master token.
     MasterToken,
-    /// A valid initial access token (RFC 7591 §3); with `registration.single_use`, its entry
-    /// in the ledger, recorded with the registration.
-    InitialAccessToken { ledger: Option<Ledger> },
+    /// A valid initial access token (RFC 7591 §3) reaching this far (the full registration
+    /// scope, or narrowed ones); with `registration.single_use`, its entry in the ledger,
+    /// recorded with the registration.
+    InitialAccessToken {
+        ledger: Option<Ledger>,
+        reach: Reach,
+    },
+    /// No credential, open registration (`registration.open`): clients for these grants.
+    Open { grants: Grants },
     /// A bearer token on a client's own URI: the registry checks it as that client's
     /// registration access token (RFC 7592 §3).
     ClientToken { digest: [u8; 32] },
@@ -71,8 +78,20 @@ impl RegistryPermit {
     /// The single-use token's ledger entry, when there is one.
     pub fn ledger(&self) -> Option<&Ledger> {
         match &self.grant {
-            RegistryGrant::InitialAccessToken { ledger } => ledger.as_ref(),
+            RegistryGrant::InitialAccessToken { ledger, .. } => ledger.as_ref(),
             _ => None,
+        }
+    }
+
+    /// What a registration under this permit may register; None for a client's own token
+    /// (the embedded registry holds the client to what it was registered for; a provider
+    /// upstream judges its own clients).
+    pub fn reach(&self) -> Option<Reach> {
+        match &self.grant {
+            RegistryGrant::MasterToken => Some(Reach::Master),
+            RegistryGrant::InitialAccessToken { reach, .. } => Some(reach.clone()),
+            RegistryGrant::Open { grants } => Some(Reach::Open(*grants)),
+            RegistryGrant::ClientToken { .. } => None,
         }
     }
 }

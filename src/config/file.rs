@@ -103,6 +103,20 @@ pub struct RegistrationFile {
     pub require_certificate_binding: Option<bool>,
     pub require_proof_of_possession: Option<bool>,
     pub single_use: Option<bool>,
+    /// Connect2id's narrowed scopes `client-reg:grant:<name>`.
+    pub grant_scopes: Option<bool>,
+    /// Metadata only a master token may send.
+    pub privileged_metadata: Option<Vec<String>>,
+    /// Registration without a token, for these grants.
+    pub open: Option<OpenRegistrationFile>,
+    /// A new registration access token on every update (embedded registry).
+    pub rotate_registration_access_token: Option<bool>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OpenRegistrationFile {
+    pub grant_types: Vec<String>,
 }
 
 #[derive(Debug, Deserialize)]

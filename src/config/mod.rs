@@ -243,6 +243,16 @@ pub struct Registration {
     /// A JWT initial access token registers one client (Connect2id: "valid for a single
     /// registration only"); master tokens are not affected.
     pub single_use: bool,
+    /// Accept Connect2id's narrowed scopes `<scope>:grant:<name>` (clients for that grant).
+    pub grant_scopes: bool,
+    /// Metadata only a master token may send (default: preferred_client_id,
+    /// preferred_client_secret).
+    pub privileged_metadata: Vec<String>,
+    /// Open registration: `grant_types` values a request without a token may register.
+    pub open: Option<Vec<String>>,
+    /// Every successful update of an embedded client returns a new registration access token
+    /// and retires the old one (Connect2id `op.reg.refreshAccessTokenOnUpdate`).
+    pub rotate_registration_access_token: bool,
 }
 
 #[derive(Debug, Clone)]

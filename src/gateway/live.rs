@@ -216,6 +216,11 @@ impl Live {
             Ok(b) => b,
             Err(r) => return self.reject(session, ctx, r).await,
         };
+        if let Permit::Registry(p) = &permit {
+            if let Err(d) = self.authoriser.judge_registration(p, &body) {
+                return self.reject(session, ctx, d.into()).await;
+            }
+        }
         let reply = match &permit {
             Permit::Registry(p) => state.registration(p, body).await.map_err(Rejection::from),
             Permit::Sessions(p) => state.sessions(p, body).await.map_err(Rejection::from),
@@ -250,6 +255,12 @@ impl Live {
         };
         let prepared = async {
             let body_buffered = self.body.buffer(session, &reading.operation).await?;
+            // A registration's body is judged against its credential before anything is
+            // taken for it (a place upstream, a single-use token); it goes on unchanged.
+            if let Permit::Registry(p) = &permit {
+                let body = session.as_ref().get_retry_buffer().unwrap_or_default();
+                self.authoriser.judge_registration(p, &body)?;
+            }
             let slot = upstream.slot().await?;
             let (method_bound, quiet_delete, ledger) = match &permit {
                 Permit::Registry(p) => (true, false, p.ledger().cloned()),

@@ -22,6 +22,10 @@ impl From<Denial> for Rejection {
             Denial::RecordUnavailable { cause } => Rejection::StorageUnavailable {
                 cause: cause.map(Arc::from),
             },
+            Denial::NotPermitted { why, scope } => {
+                Rejection::RegistrationNotPermitted { why, scope }
+            }
+            Denial::InvalidClientMetadata(why) => Rejection::InvalidClientMetadata(why),
         }
     }
 }
@@ -40,6 +44,9 @@ impl From<StateError> for Rejection {
             StateError::InvalidRedirectUri(why) => Rejection::InvalidRedirectUri(why),
             StateError::InvalidInput(why) => Rejection::InvalidInput(why),
             StateError::NotFound(what) => Rejection::NotFound(what),
+            StateError::NotPermitted { why, scope } => {
+                Rejection::RegistrationNotPermitted { why, scope }
+            }
         }
     }
 }
@@ -75,14 +82,19 @@ mod tests {
                 algs,
             },
             Denial::RecordUnavailable { cause: None },
+            Denial::NotPermitted {
+                why: "x".into(),
+                scope: Some("client-reg:grant:code".into()),
+            },
+            Denial::InvalidClientMetadata("x".into()),
         ];
         for d in denials {
             let r = Rejection::from(d.clone());
             // The metric auth counts and the access log's reason name the same thing.
             assert_eq!(r.reason(), d.reason(), "{d:?}");
             let expected = match d {
-                Denial::InsufficientScope { .. } => 403,
-                Denial::InvalidRequest(_) => 400,
+                Denial::InsufficientScope { .. } | Denial::NotPermitted { .. } => 403,
+                Denial::InvalidRequest(_) | Denial::InvalidClientMetadata(_) => 400,
                 Denial::RecordUnavailable { .. } => 503,
                 _ => 401,
             };

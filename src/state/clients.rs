@@ -19,6 +19,10 @@ pub struct StoredClient {
     /// Hex SHA-256 of the registration access token.
     pub registration_access_token_sha256: String,
     pub metadata: Map<String, Value>,
+    /// The grants a client registered under a narrowed scope or openly keeps to on its own
+    /// updates (`grant_types` values); absent: any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub registered_grants: Option<Vec<String>>,
 }
 
 impl StoredClient {
@@ -59,9 +63,34 @@ fn parse_body(body: &[u8]) -> Result<Value, StateError> {
         .map_err(|_| StateError::InvalidClientMetadata("The request body is not valid JSON".into()))
 }
 
-/// A new client from a registration request; returns it and its registration access token.
-pub fn register(body: &[u8], now: i64) -> Result<(StoredClient, String), StateError> {
-    let input = parse_body(body)?;
+/// The shortest `preferred_client_secret` taken (Connect2id: 32 characters, 256 bits).
+pub const MIN_PREFERRED_SECRET: usize = 32;
+
+/// A preferred value (Connect2id's privileged metadata): a string, taken out of the metadata.
+fn preferred(input: &mut Value, member: &str) -> Result<Option<String>, StateError> {
+    match input.as_object_mut().and_then(|o| o.remove(member)) {
+        None => Ok(None),
+        Some(Value::String(s)) => Ok(Some(s)),
+        Some(_) => Err(StateError::InvalidClientMetadata(format!(
+            "{member} must be a string"
+        ))),
+    }
+}
+
+/// The digest a registration access token is kept as.
+pub fn token_digest(token: &str) -> String {
+    hex::encode(openssl::sha::sha256(token.as_bytes()))
+}
+
+/// A new client from a registration request, for the grants it keeps to (None: any); returns
+/// it and its registration access token. `preferred_client_id` and `preferred_client_secret`
+/// are honoured (whoever may send them was decided before).
+pub fn register(
+    body: &[u8],
+    now: i64,
+    registered_grants: Option<Vec<String>>,
+) -> Result<(StoredClient, String), StateError> {
+    let mut input = parse_body(body)?;
     for field in ["client_id", "client_secret"] {
         if input.get(field).is_some() {
             return Err(StateError::InvalidClientMetadata(format!(
@@ -69,18 +98,43 @@ pub fn register(body: &[u8], now: i64) -> Result<(StoredClient, String), StateEr
             )));
         }
     }
+    let preferred_id = preferred(&mut input, "preferred_client_id")?;
+    let preferred_secret = preferred(&mut input, "preferred_client_secret")?;
+    if let Some(id) = &preferred_id {
+        if !valid_client_id(id) {
+            return Err(StateError::InvalidClientMetadata(
+                "preferred_client_id must be 1 to 128 characters of A-Z a-z 0-9 - _".into(),
+            ));
+        }
+    }
     let metadata = metadata::validate(input)?;
+    let confidential = metadata::is_confidential(&metadata);
+    let client_secret = match (preferred_secret, confidential) {
+        (Some(s), true) if s.chars().count() >= MIN_PREFERRED_SECRET => Some(s),
+        (Some(_), true) => {
+            return Err(StateError::InvalidClientMetadata(format!(
+                "preferred_client_secret must have at least {MIN_PREFERRED_SECRET} characters"
+            )))
+        }
+        (Some(_), false) => {
+            return Err(StateError::InvalidClientMetadata(
+                "preferred_client_secret is for a client that authenticates with a secret".into(),
+            ))
+        }
+        (None, true) => Some(random(32)?),
+        (None, false) => None,
+    };
     let token = random(32)?;
     let client = StoredClient {
-        client_id: random(16)?,
-        client_id_issued_at: now,
-        client_secret: if metadata::is_confidential(&metadata) {
-            Some(random(32)?)
-        } else {
-            None
+        client_id: match preferred_id {
+            Some(id) => id,
+            None => random(16)?,
         },
-        registration_access_token_sha256: hex::encode(openssl::sha::sha256(token.as_bytes())),
+        client_id_issued_at: now,
+        client_secret,
+        registration_access_token_sha256: token_digest(&token),
         metadata,
+        registered_grants,
     };
     Ok((client, token))
 }
@@ -117,6 +171,13 @@ pub fn update(current: &StoredClient, body: &[u8]) -> Result<StoredClient, State
             ));
         }
     }
+    for member in ["preferred_client_id", "preferred_client_secret"] {
+        if fields.contains_key(member) {
+            return Err(StateError::InvalidClientMetadata(format!(
+                "{member} is taken at registration only"
+            )));
+        }
+    }
     let metadata = metadata::validate(input)?;
     let client_secret = match (metadata::is_confidential(&metadata), &current.client_secret) {
         (true, Some(s)) => Some(s.clone()),
@@ -129,6 +190,7 @@ pub fn update(current: &StoredClient, body: &[u8]) -> Result<StoredClient, State
         client_secret,
         registration_access_token_sha256: current.registration_access_token_sha256.clone(),
         metadata,
+        registered_grants: current.registered_grants.clone(),
     })
 }
 

@@ -11,7 +11,7 @@ use std::time::Duration;
 use super::redb::RedbStore;
 use super::redis::RedisStore;
 use super::sessions::Record;
-use super::store::{Change, Chunks, Commit, OffWorkers, Result, StoreError};
+use super::store::{Change, Chunks, Commit, OffWorkers, Registered, Result, StoreError};
 use crate::config::{State, StatePath};
 
 #[derive(Clone)]
@@ -87,14 +87,14 @@ impl Store {
         }
     }
 
-    /// A new client, unless the single-use `ledger` entry was taken: false. A failure leaves
-    /// neither the client nor the ledger entry behind.
+    /// A new client, unless the single-use `ledger` entry was taken or the id is in use. A
+    /// failure leaves neither the client nor the ledger entry behind.
     pub async fn register_client(
         &self,
         ledger: Option<&crate::auth::Ledger>,
         id: &str,
         record: &[u8],
-    ) -> Result<bool> {
+    ) -> Result<Registered> {
         match self {
             Store::Redb(s) => {
                 let ledger = ledger.map(|l| (l.key.clone(), l.expires));
@@ -105,6 +105,18 @@ impl Store {
                 .await
             }
             Store::Redis(s) => s.register_client(ledger, id, record).await,
+        }
+    }
+
+    /// Replaces client `id` if it still holds `expected`: false when another write came
+    /// first (of two concurrent updates from the same record, exactly one succeeds).
+    pub async fn replace_client(&self, id: &str, expected: &[u8], record: &[u8]) -> Result<bool> {
+        match self {
+            Store::Redb(s) => {
+                let (id, expected, record) = (id.to_owned(), expected.to_vec(), record.to_vec());
+                on_redb(s, move |s| s.replace_client(&id, &expected, &record)).await
+            }
+            Store::Redis(s) => s.replace_client(id, expected, record).await,
         }
     }
 

@@ -25,6 +25,10 @@ pub enum StateError {
     /// A body or parameter that is not what the API takes.
     #[error("{0}")]
     InvalidInput(String),
+    /// The update asks for more than the client was registered for (its narrowed grants, a
+    /// scope, privileged metadata): 403.
+    #[error("{why}")]
+    NotPermitted { why: String, scope: Option<String> },
     /// No such client or session.
     #[error("{0} not found")]
     NotFound(&'static str),

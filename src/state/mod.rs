@@ -7,6 +7,7 @@ pub mod error;
 pub mod metadata;
 pub mod redb;
 pub mod redis;
+mod registry;
 pub mod sessions;
 pub mod store;
 
@@ -17,16 +18,16 @@ use pingora::server::ShutdownWatch;
 use pingora::services::background::BackgroundService;
 use std::time::Duration;
 
+use crate::auth::registration::Rules;
 pub use crate::auth::Ledger;
-use crate::auth::{RegistryGrant, RegistryPermit, SessionPermit};
+use crate::auth::SessionPermit;
 use crate::config::{Config, SessionLimits};
-use crate::routing::{RegistryOp, SessionOp, Sid};
-use clients::StoredClient;
+use crate::routing::{SessionOp, Sid};
 pub use engine::Store;
 pub use error::StateError;
 pub use redb::{RedbStore, SessionSnapshot, SubjectSnapshot};
 use sessions::Record;
-pub use store::{Change, Chunks};
+pub use store::{Change, Chunks, Registered};
 
 /// How many sessions one streamed chunk holds.
 pub const STREAM_CHUNK: usize = 512;
@@ -125,6 +126,10 @@ pub struct StateService {
     store: Store,
     limits: SessionLimits,
     registration_uri: String,
+    /// What a client's own token may ask for on an update.
+    rules: Rules,
+    /// `registration.rotate_registration_access_token`.
+    rotate_token: bool,
 }
 
 impl StateService {
@@ -143,166 +148,13 @@ impl StateService {
             store,
             limits: config.state.sessions,
             registration_uri,
+            rules: Rules::of(&config.registration),
+            rotate_token: config.registration.rotate_registration_access_token,
         }
     }
 
     pub fn store(&self) -> &Store {
         &self.store
-    }
-
-    fn client_uri(&self, id: &str) -> String {
-        format!("{}/{id}", self.registration_uri.trim_end_matches('/'))
-    }
-
-    async fn load_client(&self, id: &str) -> Result<Option<StoredClient>, StateError> {
-        match self
-            .store
-            .get_client(id)
-            .await
-            .map_err(StateError::Storage)?
-        {
-            None => Ok(None),
-            Some(bytes) => serde_json::from_slice(&bytes)
-                .map(Some)
-                .map_err(|_| StateError::Corrupt("a stored client does not decode")),
-        }
-    }
-
-    async fn save_client(&self, client: &StoredClient) -> Result<(), StateError> {
-        let bytes = serde_json::to_vec(client)
-            .map_err(|_| StateError::Corrupt("a client does not encode"))?;
-        self.store
-            .put_client(&client.client_id, &bytes)
-            .await
-            .map_err(StateError::Storage)
-    }
-
-    /// A registry operation, authorised by `grant`.
-    /// Takes a single-use token before its registration is forwarded to an upstream: 401 if
-    /// it was used, 503 (the token given back) if the store does not answer.
-    pub async fn take_token(&self, ledger: &Ledger) -> Result<(), StateError> {
-        let taken = match self.store.take_token(ledger).await {
-            Ok(taken) => taken,
-            Err(e) => {
-                // The write may still land: given back, so that the token is not lost.
-                let _ = self.store.give_back_token(ledger).await;
-                return Err(StateError::Storage(e));
-            }
-        };
-        if taken {
-            Ok(())
-        } else {
-            Err(StateError::InvalidToken(
-                "The initial access token was already used (single use)".into(),
-            ))
-        }
-    }
-
-    /// Gives back a token [`StateService::take_token`] took: the upstream did not register.
-    pub async fn give_back_token(&self, ledger: &Ledger) -> Result<(), StateError> {
-        Ok(self.store.give_back_token(ledger).await?)
-    }
-
-    /// A registry operation, as its permit says.
-    pub async fn registration(
-        &self,
-        permit: &RegistryPermit,
-        body: Bytes,
-    ) -> Result<Reply, StateError> {
-        let (op, grant) = (permit.op(), permit.grant());
-        let id = match op {
-            RegistryOp::Register => {
-                // Validated before the ledger is touched: a refused registration does not use
-                // a single-use token up.
-                let (client, token) = clients::register(&body, now())?;
-                let bytes = serde_json::to_vec(&client)
-                    .map_err(|_| StateError::Corrupt("a client does not encode"))?;
-                let ledger = match grant {
-                    RegistryGrant::InitialAccessToken { ledger } => ledger.as_ref(),
-                    _ => None,
-                };
-                if !self
-                    .store
-                    .register_client(ledger, &client.client_id, &bytes)
-                    .await
-                    .map_err(StateError::Storage)?
-                {
-                    return Err(StateError::InvalidToken(
-                        "The initial access token was already used (single use)".into(),
-                    ));
-                }
-                let mut view = client.view(&self.client_uri(&client.client_id));
-                view.insert("registration_access_token".into(), token.into());
-                return Ok(Reply::Json {
-                    status: 201,
-                    body: serde_json::to_vec(&view).unwrap_or_default(),
-                    pragma_no_cache: true,
-                });
-            }
-            RegistryOp::List => {
-                if *grant != RegistryGrant::MasterToken {
-                    return Err(StateError::InvalidToken(
-                        "Listing clients requires a master token".into(),
-                    ));
-                }
-                let mut all = Vec::new();
-                for bytes in self.store.clients().await.map_err(StateError::Storage)? {
-                    if let Ok(c) = serde_json::from_slice::<StoredClient>(&bytes) {
-                        all.push(serde_json::Value::Object(
-                            c.view(&self.client_uri(&c.client_id)),
-                        ));
-                    }
-                }
-                return Ok(Reply::Json {
-                    status: 200,
-                    body: serde_json::to_vec(&all).unwrap_or_default(),
-                    pragma_no_cache: true,
-                });
-            }
-            RegistryOp::Read { id } | RegistryOp::Update { id } | RegistryOp::Delete { id } => id,
-        };
-        let client = if clients::valid_client_id(id) {
-            self.load_client(id).await?
-        } else {
-            None
-        };
-        // RFC 7592 §2: a registration access token for a client that does not exist, or of
-        // another client, is answered 401 alike; a master token learns that it does not exist.
-        let client = match (grant, client) {
-            (RegistryGrant::MasterToken, Some(c)) => c,
-            (RegistryGrant::MasterToken, None) => return Err(StateError::NotFound("Client")),
-            (RegistryGrant::ClientToken { digest }, Some(c)) if c.token_matches(digest) => c,
-            _ => {
-                return Err(StateError::InvalidToken(
-                    "The registration access token is not valid for this client".into(),
-                ))
-            }
-        };
-        match op {
-            RegistryOp::Update { .. } => {
-                let updated = clients::update(&client, &body)?;
-                self.save_client(&updated).await?;
-                Ok(Reply::Json {
-                    status: 200,
-                    body: serde_json::to_vec(&updated.view(&self.client_uri(&updated.client_id)))
-                        .unwrap_or_default(),
-                    pragma_no_cache: true,
-                })
-            }
-            RegistryOp::Delete { .. } => {
-                self.store
-                    .delete_client(&client.client_id)
-                    .await
-                    .map_err(StateError::Storage)?;
-                Ok(Reply::NoContent)
-            }
-            _ => Ok(Reply::Json {
-                status: 200,
-                body: serde_json::to_vec(&client.view(&self.client_uri(&client.client_id)))
-                    .unwrap_or_default(),
-                pragma_no_cache: true,
-            }),
-        }
     }
 
     /// A session-store operation, as its permit read it.
@@ -502,6 +354,11 @@ mod tests {
             store: Store::open(&StatePath::Memory).unwrap(),
             limits,
             registration_uri: "https://idp.example.com/clients".into(),
+            rules: Rules {
+                full_scope: "client-reg".into(),
+                privileged: Vec::new(),
+            },
+            rotate_token: false,
         };
         let at = now();
         let mut items = Vec::new();

@@ -19,6 +19,18 @@ pub(super) fn fail(e: impl std::fmt::Display) -> StoreError {
 
 pub(super) type Result<T> = std::result::Result<T, StoreError>;
 
+/// What became of a registration's write.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Registered {
+    /// Stored (and the single-use token, if any, used up with it).
+    Stored,
+    /// The single-use token was used already: nothing stored.
+    TokenUsed,
+    /// A client with this id exists (a `preferred_client_id` taken): nothing stored, the
+    /// token not used.
+    IdTaken,
+}
+
 /// Sessions as stored: (sid, encoded record).
 pub type Entries = Vec<(String, Vec<u8>)>;
 

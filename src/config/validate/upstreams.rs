@@ -188,6 +188,35 @@ pub(super) fn registration(
             .and_then(|r| r.require_proof_of_possession)
             .unwrap_or(false),
         single_use: reg.and_then(|r| r.single_use).unwrap_or(false),
+        grant_scopes: reg.and_then(|r| r.grant_scopes).unwrap_or(false),
+        privileged_metadata: reg
+            .and_then(|r| r.privileged_metadata.clone())
+            .unwrap_or_else(|| {
+                vec![
+                    "preferred_client_id".to_string(),
+                    "preferred_client_secret".to_string(),
+                ]
+            }),
+        open: reg.and_then(|r| r.open.as_ref()).map(|o| {
+            for (i, g) in o.grant_types.iter().enumerate() {
+                if crate::grants::Grant::of_grant_type(g).is_none() {
+                    p.push(
+                        format!("registration.open.grant_types[{i}]"),
+                        format!("`{g}` is not a grant type open registration can allow"),
+                    );
+                }
+            }
+            if o.grant_types.is_empty() {
+                p.push(
+                    "registration.open.grant_types",
+                    "is empty: omit `open` to refuse registration without a token",
+                );
+            }
+            o.grant_types.clone()
+        }),
+        rotate_registration_access_token: reg
+            .and_then(|r| r.rotate_registration_access_token)
+            .unwrap_or(false),
     }
 }
 

@@ -14,7 +14,7 @@ use std::sync::Arc;
 mod sessions;
 mod snapshot;
 
-use super::store::{fail, BlockingChunks, Change, Commit, Entries, Result, StoreError};
+use super::store::{fail, BlockingChunks, Change, Commit, Entries, Registered, Result, StoreError};
 use crate::config::StatePath;
 pub use snapshot::{SessionSnapshot, SubjectSnapshot};
 
@@ -237,20 +237,37 @@ impl RedbStore {
         ledger: Option<(&str, i64)>,
         id: &str,
         record: &[u8],
-    ) -> Result<bool> {
+    ) -> Result<Registered> {
         self.write(Commit::Durable, |txn| {
+            let mut clients = txn.open_table(CLIENTS).map_err(fail)?;
+            if clients.get(id).map_err(fail)?.is_some() {
+                return Ok(Registered::IdTaken);
+            }
             if let Some((key, exp)) = ledger {
                 let mut used = txn.open_table(USED).map_err(fail)?;
                 if used.get(key).map_err(fail)?.is_some() {
-                    return Ok(false);
+                    return Ok(Registered::TokenUsed);
                 }
                 used.insert(key, exp).map_err(fail)?;
             }
-            txn.open_table(CLIENTS)
+            clients.insert(id, record).map_err(fail)?;
+            Ok(Registered::Stored)
+        })
+    }
+
+    /// Replaces client `id` if it is still `expected` (compare and swap): false when another
+    /// write came first.
+    pub fn replace_client(&self, id: &str, expected: &[u8], record: &[u8]) -> Result<bool> {
+        self.write(Commit::Durable, |txn| {
+            let mut clients = txn.open_table(CLIENTS).map_err(fail)?;
+            let same = clients
+                .get(id)
                 .map_err(fail)?
-                .insert(id, record)
-                .map_err(fail)?;
-            Ok(true)
+                .is_some_and(|current| current.value() == expected);
+            if same {
+                clients.insert(id, record).map_err(fail)?;
+            }
+            Ok(same)
         })
     }
 

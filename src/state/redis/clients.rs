@@ -22,21 +22,32 @@ impl RedisStore {
         ledger: Option<&crate::auth::Ledger>,
         id: &str,
         record: &[u8],
-    ) -> Result<bool> {
+    ) -> Result<Registered> {
         let (me, key, record) = (self.clone(), self.key(&format!("c:{id}")), record.to_vec());
         let ledger = ledger.cloned();
         self.run(async move {
             if let Some(l) = &ledger {
                 if !me.take(l).await? {
-                    return Ok(false);
+                    return Ok(Registered::TokenUsed);
                 }
             }
+            // `NX`: a client id in use (a preferred_client_id) is never overwritten.
             let stored = async {
-                me.query::<()>(redis::cmd("SET").arg(&key).arg(record))
+                let set: Option<String> = me
+                    .query(redis::cmd("SET").arg(&key).arg(record).arg("NX"))
                     .await?;
-                me.replicated(Commit::Durable).await
+                if set.is_none() {
+                    return Ok(false);
+                }
+                me.replicated(Commit::Durable).await.map(|()| true)
             }
             .await;
+            if let Ok(false) = stored {
+                if let Some(l) = &ledger {
+                    me.give_back(l).await;
+                }
+                return Ok(Registered::IdTaken);
+            }
             if let Err(e) = stored {
                 // Nothing left behind: not the client (a WAIT that failed after the SET), not
                 // the token. Both are sent after the SET on the same connection, so they run
@@ -49,8 +60,33 @@ impl RedisStore {
                 }
                 return Err(e);
             }
-            Ok(true)
+            Ok(Registered::Stored)
         }).await
+    }
+
+    /// Replaces client `id` if it still holds `expected` (compare and swap, one script):
+    /// false when another write came first.
+    pub async fn replace_client(&self, id: &str, expected: &[u8], record: &[u8]) -> Result<bool> {
+        let (me, key) = (self.clone(), self.key(&format!("c:{id}")));
+        let (expected, record) = (expected.to_vec(), record.to_vec());
+        self.run(async move {
+            let mut c = me.link().await?;
+            let r: i64 = me
+                .inner
+                .cas
+                .key(&key)
+                .arg(expected)
+                .arg(record)
+                .arg(0)
+                .invoke_async(&mut c)
+                .await
+                .map_err(fail)?;
+            if r == 1 {
+                me.replicated(Commit::Durable).await?;
+            }
+            Ok(r == 1)
+        })
+        .await
     }
 
     /// Takes the ledger entry of `l` with this request's holder value (`SET NX EXAT`): whether

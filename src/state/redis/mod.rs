@@ -35,7 +35,7 @@ mod cursor;
 mod link;
 mod sessions;
 
-use super::store::{Change, Chunks, Commit, StoreError};
+use super::store::{Change, Chunks, Commit, Registered, StoreError};
 use crate::config::RedisSettings;
 use cursor::glob_escape;
 pub use cursor::{GenerationCursor, SubjectCursor};
