@@ -12,6 +12,7 @@ mod fuzz;
 mod hostile;
 mod live;
 mod paths;
+mod policy;
 mod pool;
 mod redis;
 mod state;
