@@ -60,6 +60,9 @@ pub struct SessionRequest {
     pub all: bool,
     /// `quiet=true`: a delete answers 204 without the deleted sessions.
     pub quiet: bool,
+    /// `skip_last_used_update=true` (Connect2id 15.3): a read leaves the idle deadline as it
+    /// was.
+    pub skip_last_used_update: bool,
 }
 
 /// The request's `SID` header.
@@ -99,13 +102,18 @@ impl SessionRequest {
             subject: None,
             all: false,
             quiet: false,
+            skip_last_used_update: false,
         };
-        let (mut all, mut quiet) = (false, false);
+        let (mut all, mut quiet, mut skip) = (false, false, false);
         for (k, v) in form_urlencoded::parse(query.unwrap_or_default().as_bytes()) {
             let twice = match &*k {
                 "subject" => request.subject.replace(v.into_owned()).is_some(),
                 "all" => std::mem::replace(&mut all, true) || !set_flag(&mut request.all, &v),
                 "quiet" => std::mem::replace(&mut quiet, true) || !set_flag(&mut request.quiet, &v),
+                "skip_last_used_update" => {
+                    std::mem::replace(&mut skip, true)
+                        || !set_flag(&mut request.skip_last_used_update, &v)
+                }
                 _ => false,
             };
             if twice {

@@ -325,9 +325,19 @@ pub fn run(config: Config, upgrade: bool) -> Result<(), Problem> {
 
     // One thread for all background work: the listener probe, the session purge, the key
     // refresh, the state probe, reloads (each would otherwise get a runtime thread of its own).
-    let purge = control.store().map(|store| crate::state::SessionPurger {
-        state: crate::state::StateService::with_store(&control.config(), store),
-        interval: Duration::from_secs(60),
+    let purge = control.store().map(|store| {
+        let sessions = prometheus::IntGauge::new(
+            "sessions",
+            "Sessions stored now (Connect2id's sessionStore.numSessions), counted every 5 s",
+        )
+        .expect("static metric definition");
+        metrics.register(Box::new(sessions.clone()));
+        crate::state::SessionPurger {
+            state: crate::state::StateService::with_store(&control.config(), store),
+            interval: Duration::from_secs(60),
+            count_every: Duration::from_secs(5),
+            sessions,
+        }
     });
     server.add_service(background_service(
         "housekeeping",

@@ -107,6 +107,12 @@ impl SessionPermit {
     pub fn request(&self) -> &SessionRequest {
         &self.request
     }
+
+    /// A permit for the embedded store's unit tests (never outside them).
+    #[cfg(test)]
+    pub(crate) fn for_tests(request: SessionRequest) -> Self {
+        SessionPermit { request }
+    }
 }
 
 /// A `routes` entry: without `token`, or with an access token that satisfied its policy.

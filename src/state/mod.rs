@@ -191,7 +191,9 @@ impl StateService {
                 (Some(sid), _) => {
                     // A read is activity (max_idle): the last access is updated in the same
                     // transaction that reads, so a session deleted meanwhile stays deleted.
-                    // Losing the update in a crash only shortens the session.
+                    // Losing the update in a crash only shortens the session. With
+                    // skip_last_used_update=true, nothing is written.
+                    let touch = !q.skip_last_used_update;
                     let found = self
                         .store
                         .update_session(&sid, store::Commit::Lazy, move |bytes| {
@@ -199,6 +201,9 @@ impl StateService {
                             else {
                                 return Ok::<_, StateError>((Change::Keep, None));
                             };
+                            if !touch {
+                                return Ok((Change::Keep, Some(record.json)));
+                            }
                             record.last_access = at;
                             let change = Change::Write {
                                 old_subject: record.subject.clone(),
@@ -304,17 +309,35 @@ impl StateService {
 /// Purges expired sessions every `interval`.
 pub struct SessionPurger {
     pub state: StateService,
+    /// How often expired sessions are removed (redb; Redis expires them itself).
     pub interval: Duration,
+    /// How often the sessions stored are counted into `sessions`.
+    pub count_every: Duration,
+    /// `bindgate_sessions`.
+    pub sessions: prometheus::IntGauge,
 }
 
 #[async_trait]
 impl BackgroundService for SessionPurger {
     async fn start(&self, mut shutdown: ShutdownWatch) {
+        let mut last_purge = std::time::Instant::now();
         loop {
+            let store = self.state.store.clone();
+            match tokio::task::spawn_blocking(move || store.session_count()).await {
+                Ok(Ok(n)) => self.sessions.set(i64::try_from(n).unwrap_or(i64::MAX)),
+                Ok(Err(e)) => {
+                    tracing::debug!(target: "bindgate::state", "sessions not counted: {e}")
+                }
+                Err(_) => {}
+            }
             tokio::select! {
                 _ = shutdown.changed() => return,
-                _ = tokio::time::sleep(self.interval) => {}
+                _ = tokio::time::sleep(self.count_every) => {}
             }
+            if last_purge.elapsed() < self.interval {
+                continue;
+            }
+            last_purge = std::time::Instant::now();
             let state = self.state.clone();
             match tokio::task::spawn_blocking(move || state.purge_expired()).await {
                 Ok(Ok(n)) if n > 0 => {
@@ -429,5 +452,60 @@ mod tests {
         assert_eq!(old.as_deref(), Some(&b"v1"[..]));
         assert!(all_of(&store, "alice").await.is_empty());
         assert_eq!(all_of(&store, "bob").await.len(), 1);
+    }
+
+    #[tokio::test]
+    async fn a_read_with_skip_last_used_update_leaves_the_idle_deadline() {
+        use crate::routing::{SessionOp, SessionRequest, Sid};
+        let limits = SessionLimits {
+            max_life: 600,
+            auth_life: 600,
+            max_idle: 600,
+        };
+        let state = StateService {
+            store: Store::open(&StatePath::Memory).unwrap(),
+            limits,
+            registration_uri: "https://idp.example.com/clients".into(),
+            rules: Rules {
+                full_scope: "client-reg".into(),
+                privileged: Vec::new(),
+            },
+            rotate_token: false,
+        };
+        let at = now();
+        let mut record =
+            sessions::record_from_body(br#"{"sub":"alice"}"#, &limits, at, at).unwrap();
+        record.last_access = at - 100;
+        state
+            .store
+            .insert_sessions(
+                [("sid-a".to_string(), "alice".to_string(), record.encode())].into_iter(),
+            )
+            .unwrap();
+        let last_access = || async {
+            Record::decode(&state.store.get_session("sid-a").await.unwrap().unwrap())
+                .unwrap()
+                .last_access
+        };
+        let read = |skip: bool| {
+            SessionPermit::for_tests(SessionRequest {
+                op: SessionOp::Read,
+                sid: Sid::Given("sid-a".into()),
+                subject: None,
+                all: false,
+                quiet: false,
+                skip_last_used_update: skip,
+            })
+        };
+        assert!(matches!(
+            state.sessions(&read(true), Bytes::new()).await,
+            Ok(Reply::Json { status: 200, .. })
+        ));
+        assert_eq!(last_access().await, at - 100);
+        assert!(matches!(
+            state.sessions(&read(false), Bytes::new()).await,
+            Ok(Reply::Json { status: 200, .. })
+        ));
+        assert!(last_access().await >= at);
     }
 }

@@ -253,6 +253,8 @@ const REFUSED: &[Case] = &[
     Case { line: "GET /session-store/rest/v2/sessions HTTP/1.1", headers: &["Authorization: Bearer session-api-token", "SID: a", "SID: b"], status: 400, error: "invalid_request" },
     Case { line: "DELETE /session-store/rest/v2/sessions?all=true&all=false HTTP/1.1", headers: &["Authorization: Bearer session-api-token"], status: 400, error: "invalid_request" },
     Case { line: "DELETE /session-store/rest/v2/sessions?quiet=true&quiet=false&all=true HTTP/1.1", headers: &["Authorization: Bearer session-api-token"], status: 400, error: "invalid_request" },
+    Case { line: "GET /session-store/rest/v2/sessions?skip_last_used_update=true&skip_last_used_update=false HTTP/1.1", headers: &["Authorization: Bearer session-api-token", "SID: abc"], status: 400, error: "invalid_request" },
+    Case { line: "GET /session-store/rest/v2/sessions?skip_last_used_update=yes HTTP/1.1", headers: &["Authorization: Bearer session-api-token", "SID: abc"], status: 400, error: "invalid_request" },
 ];
 
 fn check_refused(s: &Setup, mode: Mode) {

@@ -1044,3 +1044,31 @@ fn the_registry_and_session_suites_on_a_redis_cluster() {
         cluster.key_counts()
     );
 }
+
+/// `bindgate_sessions` counts what the store holds (Connect2id's `numSessions`), and a read
+/// with `skip_last_used_update=true` answers like any read.
+#[test]
+fn the_sessions_gauge_and_a_read_that_skips_the_last_used_update() {
+    let pki = Pki::new();
+    let bg = start(&pki, ":memory:");
+    let api = Api::new(&bg, &pki);
+    let sid = api.create_session(r#"{"sub":"alice"}"#);
+    api.create_session(r#"{"sub":"bob"}"#);
+    let read = api.sessions(
+        reqwest::Method::GET,
+        "?skip_last_used_update=true",
+        Some(&sid),
+        None,
+    );
+    assert_eq!(read.status, 200, "{:?}", read.body);
+    assert_eq!(read.body["sub"], "alice");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while bg.metric("bindgate_sessions ") != 2 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "bindgate_sessions never said 2: {}",
+            bg.metrics()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+}
