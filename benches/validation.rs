@@ -111,8 +111,9 @@ fn fixture() -> Fixture {
     let store = Arc::new(
         KeyStore::new(
             &jwks,
+            "bench",
             metrics.clone(),
-            Arc::new(Readiness::new(true)),
+            Some(Arc::new(Readiness::new(true))),
             Box::new(|| {}),
         )
         .unwrap(),

@@ -41,9 +41,9 @@ pub struct Metrics {
     /// JWKS fetches by outcome (ok, failed).
     pub jwks_fetches: IntCounterVec,
     /// Refetches triggered by tokens naming an unknown kid.
-    pub unknown_kid_refetches: IntCounter,
+    pub unknown_kid_refetches: IntCounterVec,
     /// Key lookups served from the last good key set while fetches fail.
-    pub stale_key_uses: IntCounter,
+    pub stale_key_uses: IntCounterVec,
     /// Verified-token cache lookups by result (hit, miss).
     pub verified_cache: IntCounterVec,
     /// `verified_cache` with its label resolved once (the hot path does not look labels up).
@@ -114,18 +114,28 @@ impl Metrics {
         )
         .expect("static metric definition");
         let jwks_fetches = IntCounterVec::new(
-            Opts::new("jwks_fetches_total", "JWKS fetches by outcome"),
-            &["outcome"],
+            Opts::new(
+                "jwks_fetches_total",
+                "JWKS fetches by key set (issuer: the tokens' or a software statement \
+                 issuer's) and outcome",
+            ),
+            &["issuer", "outcome"],
         )
         .expect("static metric definition");
-        let unknown_kid_refetches = IntCounter::new(
-            "jwks_unknown_kid_refetches_total",
-            "JWKS refetches triggered by an unknown kid",
+        let unknown_kid_refetches = IntCounterVec::new(
+            Opts::new(
+                "jwks_unknown_kid_refetches_total",
+                "JWKS refetches triggered by an unknown kid, by key set",
+            ),
+            &["issuer"],
         )
         .expect("static metric definition");
-        let stale_key_uses = IntCounter::new(
-            "jwks_stale_key_uses_total",
-            "Key lookups served from the last good key set while fetches fail",
+        let stale_key_uses = IntCounterVec::new(
+            Opts::new(
+                "jwks_stale_key_uses_total",
+                "Key lookups served from the last good key set while fetches fail, by key set",
+            ),
+            &["issuer"],
         )
         .expect("static metric definition");
         let verified_cache = IntCounterVec::new(

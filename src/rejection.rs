@@ -39,6 +39,8 @@ pub enum Rejection {
     /// 403 `insufficient_scope` for a registration that asks for more than its credential
     /// reaches (narrowed scope, privileged metadata); `scope` names the one that would do.
     RegistrationNotPermitted { why: String, scope: Option<String> },
+    /// RFC 7591 §3.2.2 `invalid_software_statement` / `unapproved_software_statement`.
+    SoftwareStatement { unapproved: bool, why: String },
     /// RFC 7591 §3.2.2 `invalid_client_metadata`: the description names the field.
     InvalidClientMetadata(String),
     /// RFC 7591 §3.2.2 `invalid_redirect_uri`.
@@ -77,7 +79,8 @@ impl Rejection {
             Rejection::InsufficientScope { .. } | Rejection::RegistrationNotPermitted { .. } => 403,
             Rejection::InvalidClientMetadata(_)
             | Rejection::InvalidRedirectUri(_)
-            | Rejection::InvalidInput(_) => 400,
+            | Rejection::InvalidInput(_)
+            | Rejection::SoftwareStatement { .. } => 400,
             Rejection::NotFound(_) => 404,
             Rejection::MethodNotAllowed { .. } => 405,
             Rejection::StorageUnavailable { .. } => 503,
@@ -104,6 +107,12 @@ impl Rejection {
                 "insufficient_scope"
             }
             Rejection::InvalidClientMetadata(_) => "invalid_client_metadata",
+            Rejection::SoftwareStatement {
+                unapproved: false, ..
+            } => "invalid_software_statement",
+            Rejection::SoftwareStatement {
+                unapproved: true, ..
+            } => "unapproved_software_statement",
             Rejection::InvalidRedirectUri(_) => "invalid_redirect_uri",
             Rejection::InvalidInput(_) => "invalid_request",
             Rejection::NotFound(_) => "not_found",
@@ -133,7 +142,8 @@ impl Rejection {
             Rejection::InsufficientScope { scope } => {
                 format!("The access token lacks the required scope {scope}")
             }
-            Rejection::RegistrationNotPermitted { why, .. } => why.clone(),
+            Rejection::RegistrationNotPermitted { why, .. }
+            | Rejection::SoftwareStatement { why, .. } => why.clone(),
             Rejection::InvalidClientMetadata(why)
             | Rejection::InvalidRedirectUri(why)
             | Rejection::InvalidInput(why) => why.clone(),
@@ -163,6 +173,12 @@ impl Rejection {
             Rejection::CertificateMismatch => "certificate_mismatch",
             Rejection::InsufficientScope { .. } => "insufficient_scope",
             Rejection::RegistrationNotPermitted { .. } => "registration_not_permitted",
+            Rejection::SoftwareStatement {
+                unapproved: false, ..
+            } => "invalid_software_statement",
+            Rejection::SoftwareStatement {
+                unapproved: true, ..
+            } => "unapproved_software_statement",
             Rejection::InvalidClientMetadata(_) => "invalid_client_metadata",
             Rejection::InvalidRedirectUri(_) => "invalid_redirect_uri",
             Rejection::InvalidInput(_) => "invalid_input",

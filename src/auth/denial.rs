@@ -27,6 +27,10 @@ pub enum Denial {
     /// A registration body the policy cannot judge (not a JSON object, a member of the wrong
     /// type): refused, never forwarded.
     InvalidClientMetadata(String),
+    /// RFC 7591 §3.2.2 `invalid_software_statement` (or one missing where required).
+    InvalidSoftwareStatement(String),
+    /// RFC 7591 §3.2.2 `unapproved_software_statement`: its issuer is not trusted.
+    UnapprovedSoftwareStatement(String),
     /// A record that must hold the request (DPoP replay, shared state) could not: full, handed
     /// over, or its store did not answer (`cause`, for the operator's log).
     RecordUnavailable { cause: Option<String> },
@@ -47,6 +51,8 @@ impl Denial {
             Denial::RecordUnavailable { .. } => "storage_unavailable",
             Denial::NotPermitted { .. } => "registration_not_permitted",
             Denial::InvalidClientMetadata(_) => "invalid_client_metadata",
+            Denial::InvalidSoftwareStatement(_) => "invalid_software_statement",
+            Denial::UnapprovedSoftwareStatement(_) => "unapproved_software_statement",
         }
     }
 }

@@ -72,9 +72,17 @@ pub struct KeyStore {
     by_kid: Cache<String, Arc<VerifyKey>>,
     status: RwLock<Status>,
     last_forced: tokio::sync::Mutex<Option<Instant>>,
-    metrics: Arc<Metrics>,
-    readiness: Arc<Readiness>,
+    /// The tokens' key set says whether bindgate is ready; a software statement issuer's
+    /// does not (None).
+    readiness: Option<Arc<Readiness>>,
     on_removed: Box<dyn Fn() + Send + Sync>,
+    /// This key set's counters, by its `issuer` label (resolved once).
+    /// For logs: whose key set this is.
+    label: String,
+    fetched_ok: prometheus::IntCounter,
+    fetch_failed: prometheus::IntCounter,
+    unknown_kid: prometheus::IntCounter,
+    stale_use: prometheus::IntCounter,
 }
 
 fn invalid(why: &str) -> Denial {
@@ -84,10 +92,12 @@ fn invalid(why: &str) -> Denial {
 impl KeyStore {
     /// `on_removed` runs whenever keys disappear (rotation, staleness), so that tokens verified
     /// with them are forgotten.
+    /// `issuer` labels its metrics (the tokens' issuer, or a statement issuer's `iss`).
     pub fn new(
         config: &Jwks,
+        issuer: &str,
         metrics: Arc<Metrics>,
-        readiness: Arc<Readiness>,
+        readiness: Option<Arc<Readiness>>,
         on_removed: Box<dyn Fn() + Send + Sync>,
     ) -> Result<Self, Problem> {
         let http = match &config.source {
@@ -119,7 +129,11 @@ impl KeyStore {
             by_kid: Cache::builder().max_capacity(1024).build(),
             status: RwLock::new(Status::default()),
             last_forced: tokio::sync::Mutex::new(None),
-            metrics,
+            label: issuer.to_string(),
+            fetched_ok: metrics.jwks_fetches.with_label_values(&[issuer, "ok"]),
+            fetch_failed: metrics.jwks_fetches.with_label_values(&[issuer, "failed"]),
+            unknown_kid: metrics.unknown_kid_refetches.with_label_values(&[issuer]),
+            stale_use: metrics.stale_key_uses.with_label_values(&[issuer]),
             readiness,
             on_removed,
         })
@@ -184,16 +198,13 @@ impl KeyStore {
             .unwrap_or(Err(FetchError::TimedOut(self.config.fetch_timeout)));
         match fetched {
             Ok(set) => {
-                self.metrics.jwks_fetches.with_label_values(&["ok"]).inc();
+                self.fetched_ok.inc();
                 self.install(set);
                 true
             }
             Err(e) => {
-                self.metrics
-                    .jwks_fetches
-                    .with_label_values(&["failed"])
-                    .inc();
-                tracing::warn!(target: "bindgate::jwks", "key set fetch failed: {e}");
+                self.fetch_failed.inc();
+                tracing::warn!(target: "bindgate::jwks", issuer = %self.label, "key set fetch failed: {e}");
                 if let Ok(mut s) = self.status.write() {
                     s.failing = true;
                 }
@@ -264,10 +275,24 @@ impl KeyStore {
             }
             removed
         };
-        self.readiness.set_keys_loaded(true);
+        if let Some(r) = &self.readiness {
+            r.set_keys_loaded(true);
+        }
         if removed {
             (self.on_removed)();
         }
+    }
+
+    /// Whether the keys are due for a fetch: never fetched, or last fetched longer than
+    /// `refresh_interval` ago (key sets fetched on use: software statement issuers').
+    pub fn due(&self) -> bool {
+        self.status
+            .read()
+            .map(|s| {
+                s.last_success
+                    .is_none_or(|t| t.elapsed() >= self.config.refresh_interval)
+            })
+            .unwrap_or(true)
     }
 
     /// Drops every key once the last good set is older than `max_stale`.
@@ -295,7 +320,9 @@ impl KeyStore {
                 s.without_kid.clear();
                 s.last_success = None;
                 self.by_kid.invalidate_all();
-                self.readiness.set_keys_loaded(false);
+                if let Some(r) = &self.readiness {
+                    r.set_keys_loaded(false);
+                }
                 (self.on_removed)();
             }
         }
@@ -317,7 +344,7 @@ impl KeyStore {
             return Err(invalid("No signing keys are available"));
         }
         if failing {
-            self.metrics.stale_key_uses.inc();
+            self.stale_use.inc();
         }
         match kid {
             Some(kid) => match self.by_kid.get(kid) {
@@ -377,7 +404,7 @@ impl KeyStore {
             return;
         }
         *last = Some(Instant::now());
-        self.metrics.unknown_kid_refetches.inc();
+        self.unknown_kid.inc();
         self.refresh(true).await;
     }
 }
@@ -477,8 +504,9 @@ mod tests {
         };
         let store = KeyStore::new(
             &jwks,
+            "https://idp.example.com",
             Arc::new(Metrics::new()),
-            Arc::new(Readiness::new(true)),
+            Some(Arc::new(Readiness::new(true))),
             Box::new(|| {}),
         )
         .unwrap();

@@ -7,12 +7,14 @@ pub mod cache;
 pub mod claims;
 pub mod denial;
 pub mod dpop;
+mod judge;
 pub mod jwk;
 pub mod jwks;
 pub mod jws;
 pub mod permit;
 pub mod registration;
 pub mod replay;
+pub mod statement;
 pub mod token;
 
 use http::{HeaderMap, Method};
@@ -77,6 +79,10 @@ pub struct Authoriser {
     grant_scopes: bool,
     /// `registration.open`: the grants a registration without a token may ask for.
     open_registration: Option<registration::Grants>,
+    /// `registration.software_statement`, with its issuers' keys; kept across a reload that
+    /// does not change it (with `statement_settings`).
+    statements: Option<Arc<statement::Statements>>,
+    statement_settings: String,
     /// By route index; None for a route without `token`.
     routes: Vec<Option<Policy>>,
     dpop: Option<ProofChecker>,
@@ -131,7 +137,13 @@ impl Authoriser {
                     }
                     None => Box::new(|| {}),
                 };
-                let keys = Arc::new(KeyStore::new(jwks, metrics.clone(), readiness, on_removed)?);
+                let keys = Arc::new(KeyStore::new(
+                    jwks,
+                    issuer,
+                    metrics.clone(),
+                    Some(readiness),
+                    on_removed,
+                )?);
                 store = Some(keys.clone());
                 Some(Arc::new(TokenValidator::new(
                     keys,
@@ -154,6 +166,25 @@ impl Authoriser {
             scopes: vec![config.registration.scope.clone()],
             require_certificate_binding: config.registration.require_certificate_binding,
             require_proof_of_possession: config.registration.require_proof_of_possession,
+        };
+        let statement_settings = format!(
+            "{:?}",
+            (
+                &config.registration.software_statement,
+                config.tokens.leeway
+            )
+        );
+        let statements = match (
+            previous.filter(|p| p.statement_settings == statement_settings),
+            &config.registration.software_statement,
+        ) {
+            (Some(p), _) => p.statements.clone(),
+            (None, Some(s)) => Some(Arc::new(statement::Statements::new(
+                s,
+                config.tokens.leeway,
+                &metrics,
+            )?)),
+            (None, None) => None,
         };
         let routes = config
             .routes
@@ -223,6 +254,8 @@ impl Authoriser {
                 open_registration: config.registration.open.as_ref().and_then(|open| {
                     registration::Grants::of_grant_types(open.iter().map(String::as_str))
                 }),
+                statements,
+                statement_settings,
                 routes,
                 dpop,
                 metrics,

@@ -6,10 +6,6 @@
 
 use serde_json::Value;
 
-use super::permit::RegistryPermit;
-use super::Denial;
-use crate::routing::RegistryOp;
-
 pub use crate::grants::{Grant, Grants};
 
 /// What the credential of a registration lets it register.
@@ -187,31 +183,6 @@ pub fn reach_of_scopes(scopes: &[String], full_scope: &str, grant_scopes: bool) 
         .filter_map(Grant::of_scope_name);
     let grants = Grants::permitted_by_scopes(named);
     (!grants.is_empty()).then_some(Reach::Grants(grants))
-}
-
-impl super::Authoriser {
-    /// A registration's body against what its credential reaches: privileged metadata, the
-    /// client's `scope`, its grants under a narrowed scope or open registration. Counted with
-    /// the registration policy's other answers.
-    pub fn judge_registration(&self, permit: &RegistryPermit, body: &[u8]) -> Result<(), Denial> {
-        let (Some(reach), RegistryOp::Register) = (permit.reach(), permit.op()) else {
-            return Ok(());
-        };
-        let judged = reach
-            .judge(&self.registration_rules, body)
-            .map_err(|refusal| match refusal {
-                Refusal::Metadata(why) => Denial::InvalidClientMetadata(why),
-                Refusal::NotPermitted { why, scope } => Denial::NotPermitted { why, scope },
-                Refusal::NeedsCredential => self.missing(),
-            });
-        match &judged {
-            Ok(()) => self.metrics.accepted(crate::metrics::Policy::Registration),
-            Err(d) => self
-                .metrics
-                .rejected(crate::metrics::Policy::Registration, d.reason()),
-        }
-        judged
-    }
 }
 
 #[cfg(test)]

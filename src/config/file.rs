@@ -111,6 +111,24 @@ pub struct RegistrationFile {
     pub open: Option<OpenRegistrationFile>,
     /// A new registration access token on every update (embedded registry).
     pub rotate_registration_access_token: Option<bool>,
+    /// RFC 7591 §2.3 software statements.
+    pub software_statement: Option<SoftwareStatementFile>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SoftwareStatementFile {
+    pub required: Option<bool>,
+    #[serde(default)]
+    pub issuers: Vec<StatementIssuerFile>,
+    pub algorithms: Option<Vec<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StatementIssuerFile {
+    pub iss: String,
+    pub jwks: JwksFile,
 }
 
 #[derive(Debug, Deserialize)]

@@ -253,6 +253,23 @@ pub struct Registration {
     /// Every successful update of an embedded client returns a new registration access token
     /// and retires the old one (Connect2id `op.reg.refreshAccessTokenOnUpdate`).
     pub rotate_registration_access_token: bool,
+    /// RFC 7591 §2.3 software statements: who may sign them, with which algorithms.
+    pub software_statement: Option<SoftwareStatement>,
+}
+
+#[derive(Debug, Clone)]
+pub struct SoftwareStatement {
+    /// A registration without one (other than a master token's) is refused.
+    pub required: bool,
+    pub issuers: Vec<StatementIssuer>,
+    pub algorithms: Vec<JwsAlgorithm>,
+}
+
+/// A directory whose statements are trusted: its `iss` and the keys it signs with.
+#[derive(Debug, Clone)]
+pub struct StatementIssuer {
+    pub iss: String,
+    pub jwks: Jwks,
 }
 
 #[derive(Debug, Clone)]

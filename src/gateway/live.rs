@@ -216,11 +216,14 @@ impl Live {
             Ok(b) => b,
             Err(r) => return self.reject(session, ctx, r).await,
         };
-        if let Permit::Registry(p) = &permit {
-            if let Err(d) = self.authoriser.judge_registration(p, &body) {
-                return self.reject(session, ctx, d.into()).await;
-            }
-        }
+        let body = match &permit {
+            Permit::Registry(p) => match self.authoriser.judge_registration(p, &body).await {
+                Ok(Some(merged)) => bytes::Bytes::from(merged),
+                Ok(None) => body,
+                Err(d) => return self.reject(session, ctx, d.into()).await,
+            },
+            _ => body,
+        };
         let reply = match &permit {
             Permit::Registry(p) => state.registration(p, body).await.map_err(Rejection::from),
             Permit::Sessions(p) => state.sessions(p, body).await.map_err(Rejection::from),
@@ -259,7 +262,7 @@ impl Live {
             // taken for it (a place upstream, a single-use token); it goes on unchanged.
             if let Permit::Registry(p) = &permit {
                 let body = session.as_ref().get_retry_buffer().unwrap_or_default();
-                self.authoriser.judge_registration(p, &body)?;
+                self.authoriser.judge_registration(p, &body).await?;
             }
             let slot = upstream.slot().await?;
             let (method_bound, quiet_delete, ledger) = match &permit {

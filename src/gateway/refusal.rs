@@ -26,6 +26,14 @@ impl From<Denial> for Rejection {
                 Rejection::RegistrationNotPermitted { why, scope }
             }
             Denial::InvalidClientMetadata(why) => Rejection::InvalidClientMetadata(why),
+            Denial::InvalidSoftwareStatement(why) => Rejection::SoftwareStatement {
+                unapproved: false,
+                why,
+            },
+            Denial::UnapprovedSoftwareStatement(why) => Rejection::SoftwareStatement {
+                unapproved: true,
+                why,
+            },
         }
     }
 }
@@ -87,6 +95,8 @@ mod tests {
                 scope: Some("client-reg:grant:code".into()),
             },
             Denial::InvalidClientMetadata("x".into()),
+            Denial::InvalidSoftwareStatement("x".into()),
+            Denial::UnapprovedSoftwareStatement("x".into()),
         ];
         for d in denials {
             let r = Rejection::from(d.clone());
@@ -94,7 +104,10 @@ mod tests {
             assert_eq!(r.reason(), d.reason(), "{d:?}");
             let expected = match d {
                 Denial::InsufficientScope { .. } | Denial::NotPermitted { .. } => 403,
-                Denial::InvalidRequest(_) | Denial::InvalidClientMetadata(_) => 400,
+                Denial::InvalidRequest(_)
+                | Denial::InvalidClientMetadata(_)
+                | Denial::InvalidSoftwareStatement(_)
+                | Denial::UnapprovedSoftwareStatement(_) => 400,
                 Denial::RecordUnavailable { .. } => 503,
                 _ => 401,
             };

@@ -483,3 +483,159 @@ fn registration_access_tokens_rotate_on_update_on_redis() {
         redis.port
     ));
 }
+
+const DIRECTORY: &str = "https://directory.example";
+
+/// A software statement from the directory (or whoever `signer` is), with `claims` over the
+/// defaults.
+fn statement(signer: &Signer, claims: Value) -> String {
+    let mut c = json!({
+        "iss": DIRECTORY,
+        "iat": now(),
+        "exp": now() + 600,
+        "software_id": "4NRB1-0XZABZI9E6-5SM3R",
+        "client_name": "From the statement",
+    });
+    for (k, v) in claims.as_object().unwrap() {
+        c[k] = v.clone();
+    }
+    signer.sign(&c)
+}
+
+/// A bindgate trusting statements of the directory (its keys served by `directory`).
+fn with_directory(es: &Signer, dir: &Signer, target: &str, required: bool) -> (Setup, Upstream) {
+    let directory = Upstream::start();
+    directory.set_reply(200, &crate::harness::tokens::jwks(&[dir]));
+    let extra = format!(
+        "  grant_scopes: true\n  software_statement:\n    required: {required}\n    issuers:\n      - iss: \"{DIRECTORY}\"\n        jwks: {{uri: \"http://{}/jwks.json\"}}\n    algorithms: [RS256, ES256]",
+        directory.addr
+    );
+    (
+        setup(es, target, &extra, r#"{path: ":memory:"}"#),
+        directory,
+    )
+}
+
+#[test]
+fn software_statements_are_verified_and_take_precedence() {
+    let es = Signer::new(Algorithm::ES256, "es-1");
+    let dir = Signer::new(Algorithm::RS256, "dir-1");
+    let (s, directory) = with_directory(&es, &dir, "embedded", false);
+    let full = es.sign(&claims());
+    let good = statement(&dir, json!({}));
+    let body = json!({
+        "redirect_uris": ["https://app.example.com/cb"],
+        "client_name": "From the body",
+        "software_statement": good,
+    });
+    let a = s.register(Some(&full), &body.to_string());
+    assert_eq!(a.status, 201, "{:?}", a.body);
+    // The statement's claims win; the statement is returned as sent (RFC 7591 §3.2.1).
+    assert_eq!(a.body["client_name"], "From the statement");
+    assert_eq!(a.body["software_id"], "4NRB1-0XZABZI9E6-5SM3R");
+    assert_eq!(a.body["software_statement"], good);
+    assert!(a.body.get("iss").is_none() && a.body.get("exp").is_none());
+    assert!(directory
+        .requests()
+        .iter()
+        .all(|r| r.target == "/jwks.json"));
+
+    let stranger = Signer::new(Algorithm::RS256, "dir-1");
+    for (statement, code, what) in [
+        (
+            statement(&dir, json!({"exp": now() - 3600})),
+            "invalid_software_statement",
+            "expired",
+        ),
+        (
+            statement(&dir, json!({"iat": now() + 3600})),
+            "invalid_software_statement",
+            "issued in the future",
+        ),
+        (
+            unsigned("dir-1", &json!({"iss": DIRECTORY, "software_id": "x"})),
+            "invalid_software_statement",
+            "alg none",
+        ),
+        (
+            statement(&stranger, json!({})),
+            "invalid_software_statement",
+            "an untrusted key under a trusted iss",
+        ),
+        (
+            statement(&Signer::new(Algorithm::RS256, "nobody"), json!({})),
+            "invalid_software_statement",
+            "an unknown kid",
+        ),
+        (
+            statement(&dir, json!({"iss": "https://other.example"})),
+            "unapproved_software_statement",
+            "an untrusted issuer",
+        ),
+        (
+            "not-a-jwt".to_string(),
+            "invalid_software_statement",
+            "not a JWT",
+        ),
+        (
+            es.sign_with(
+                {
+                    let mut h = es.header();
+                    h.typ = Some("dpop+jwt".into());
+                    h
+                },
+                &json!({"iss": DIRECTORY}),
+            ),
+            "invalid_software_statement",
+            "a DPoP proof",
+        ),
+    ] {
+        let body = json!({"redirect_uris": ["https://app.example.com/cb"], "software_statement": statement});
+        let a = s.register(Some(&full), &body.to_string());
+        assert_eq!(a.status, 400, "{what}: {:?}", a.body);
+        assert_eq!(a.body["error"], code, "{what}");
+    }
+    let a = s.register(Some(&full), &json!({"software_statement": 7}).to_string());
+    assert_eq!(a.body["error"], "invalid_software_statement");
+    // The statement's members are judged like the body's: a narrowed token cannot register
+    // the grant a statement asks for.
+    let code = es.sign(&scoped(&["client-reg:grant:code"]));
+    let contradicting = json!({
+        "grant_types": ["authorization_code"],
+        "software_statement": statement(&dir, json!({"grant_types": ["client_credentials"]})),
+    });
+    assert_not_permitted(
+        &s.register(Some(&code), &contradicting.to_string()),
+        Some("client-reg:grant:client_credentials"),
+        "a statement asking for more than the token",
+    );
+    assert!(
+        s.bg.metric(&format!(
+            "bindgate_jwks_fetches_total{{issuer=\"{DIRECTORY}\",outcome=\"ok\"}}"
+        )) >= 1
+    );
+}
+
+#[test]
+fn a_required_statement_in_front_of_a_provider() {
+    let es = Signer::new(Algorithm::ES256, "es-1");
+    let dir = Signer::new(Algorithm::ES256, "dir-es");
+    let (s, _directory) = with_directory(&es, &dir, "idp", true);
+    let full = es.sign(&claims());
+    let a = s.register(
+        Some(&full),
+        r#"{"redirect_uris":["https://app.example.com/cb"]}"#,
+    );
+    assert_eq!(a.status, 400);
+    assert_eq!(a.body["error"], "invalid_software_statement");
+    assert!(s.idp.requests().is_empty());
+    // A master token needs none.
+    assert_eq!(s.register(Some(&s.master()), "{}").status, 201);
+    // With one: the provider gets the body unchanged (it applies the statement itself).
+    let body =
+        json!({"client_name": "From the body", "software_statement": statement(&dir, json!({}))})
+            .to_string();
+    assert_eq!(s.register(Some(&full), &body).status, 201);
+    let got = s.idp.wait_for(2);
+    assert_eq!(got[1].body, body.as_bytes());
+}

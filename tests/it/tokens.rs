@@ -575,7 +575,10 @@ fn key_server_down_keeps_known_keys() {
     );
     s.jwks.set_reply(503, r#"{"error":"down"}"#);
     let deadline = Instant::now() + Duration::from_secs(20);
-    while s.metric("bindgate_jwks_fetches_total{outcome=\"failed\"}") < 1.0 {
+    while s.metric(&format!(
+        "bindgate_jwks_fetches_total{{issuer=\"{ISSUER}\",outcome=\"failed\"}}"
+    )) < 1.0
+    {
         assert!(Instant::now() < deadline, "no failed fetch seen");
         std::thread::sleep(Duration::from_millis(50));
     }
@@ -866,5 +869,9 @@ fn a_hanging_key_server_never_hangs_requests() {
         took < Duration::from_secs(20),
         "bounded by fetch_timeout, took {took:?}"
     );
-    assert!(s.metric("bindgate_jwks_fetches_total{outcome=\"failed\"}") >= 1.0);
+    assert!(
+        s.metric(&format!(
+            "bindgate_jwks_fetches_total{{issuer=\"{ISSUER}\",outcome=\"failed\"}}"
+        )) >= 1.0
+    );
 }

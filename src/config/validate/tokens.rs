@@ -8,70 +8,80 @@ use super::Problems;
 use crate::config::file::*;
 use crate::config::*;
 
+/// A key set section (`jwks`, or a software statement issuer's) under `key`.
+pub(super) fn jwks_of(p: &mut Problems, key: &str, j: &JwksFile, source: &Path) -> Option<Jwks> {
+    let path_of = |written: &str| resolve_against(source, written);
+    let jwks_source = match (&j.uri, &j.file) {
+        (Some(uri), None) => {
+            if !is_http_uri(uri) {
+                p.push(
+                    format!("{key}.uri"),
+                    format!("`{uri}` is not an http(s) URI"),
+                );
+            }
+            JwksSource::Uri(uri.clone())
+        }
+        (None, Some(f)) => {
+            let path = path_of(f);
+            if !path.is_file() {
+                p.push(
+                    format!("{key}.file"),
+                    format!("{} does not exist", path.display()),
+                );
+            }
+            JwksSource::File(path)
+        }
+        _ => {
+            p.push(key, "give exactly one of uri, file");
+            return None;
+        }
+    };
+    let ca =
+        j.ca.as_deref()
+            .and_then(|ca| certificates(p, &format!("{key}.ca"), &path_of(ca)));
+    let jwks = Jwks {
+        source: jwks_source,
+        refresh_interval: p.duration(
+            &format!("{key}.refresh_interval"),
+            j.refresh_interval.as_ref(),
+            Duration::from_secs(300),
+        ),
+        min_refetch_interval: p.duration(
+            &format!("{key}.min_refetch_interval"),
+            j.min_refetch_interval.as_ref(),
+            Duration::from_secs(30),
+        ),
+        max_stale: p.duration(
+            &format!("{key}.max_stale"),
+            j.max_stale.as_ref(),
+            Duration::from_secs(86_400),
+        ),
+        ca,
+        fetch_timeout: p.duration(
+            &format!("{key}.fetch_timeout"),
+            j.fetch_timeout.as_ref(),
+            Duration::from_secs(5),
+        ),
+    };
+    if jwks.refresh_interval.is_zero() {
+        p.push(format!("{key}.refresh_interval"), "must be more than 0");
+    }
+    if jwks.fetch_timeout.is_zero() {
+        p.push(format!("{key}.fetch_timeout"), "must be more than 0");
+    }
+    Some(jwks)
+}
+
 pub(super) fn jwks(
     p: &mut Problems,
     file: &FileConfig,
     source: &Path,
     issuer: Option<&String>,
 ) -> Option<Jwks> {
-    let path_of = |written: &str| resolve_against(source, written);
-    // jwks
-    let jwks = file.jwks.as_ref().and_then(|j| {
-        let source = match (&j.uri, &j.file) {
-            (Some(uri), None) => {
-                if !is_http_uri(uri) {
-                    p.push("jwks.uri", format!("`{uri}` is not an http(s) URI"));
-                }
-                JwksSource::Uri(uri.clone())
-            }
-            (None, Some(f)) => {
-                let path = path_of(f);
-                if !path.is_file() {
-                    p.push("jwks.file", format!("{} does not exist", path.display()));
-                }
-                JwksSource::File(path)
-            }
-            _ => {
-                p.push("jwks", "give exactly one of uri, file");
-                return None;
-            }
-        };
-        let ca =
-            j.ca.as_deref()
-                .and_then(|ca| certificates(p, "jwks.ca", &path_of(ca)));
-        Some(Jwks {
-            source,
-            refresh_interval: p.duration(
-                "jwks.refresh_interval",
-                j.refresh_interval.as_ref(),
-                Duration::from_secs(300),
-            ),
-            min_refetch_interval: p.duration(
-                "jwks.min_refetch_interval",
-                j.min_refetch_interval.as_ref(),
-                Duration::from_secs(30),
-            ),
-            max_stale: p.duration(
-                "jwks.max_stale",
-                j.max_stale.as_ref(),
-                Duration::from_secs(86_400),
-            ),
-            ca,
-            fetch_timeout: p.duration(
-                "jwks.fetch_timeout",
-                j.fetch_timeout.as_ref(),
-                Duration::from_secs(5),
-            ),
-        })
-    });
-    if let Some(j) = &jwks {
-        if j.refresh_interval.is_zero() {
-            p.push("jwks.refresh_interval", "must be more than 0");
-        }
-        if j.fetch_timeout.is_zero() {
-            p.push("jwks.fetch_timeout", "must be more than 0");
-        }
-    }
+    let jwks = file
+        .jwks
+        .as_ref()
+        .and_then(|j| jwks_of(p, "jwks", j, source));
     if jwks.is_some() && issuer.is_none() {
         p.push(
             "issuer",

@@ -217,6 +217,46 @@ pub(super) fn registration(
         rotate_registration_access_token: reg
             .and_then(|r| r.rotate_registration_access_token)
             .unwrap_or(false),
+        software_statement: reg
+            .and_then(|r| r.software_statement.as_ref())
+            .map(|s| software_statement(p, s, source)),
+    }
+}
+
+fn software_statement(
+    p: &mut Problems,
+    s: &SoftwareStatementFile,
+    source: &Path,
+) -> SoftwareStatement {
+    let key = "registration.software_statement";
+    if s.issuers.is_empty() {
+        p.push(
+            format!("{key}.issuers"),
+            "list at least one issuer (iss and jwks) whose statements are trusted",
+        );
+    }
+    let mut issuers: Vec<StatementIssuer> = Vec::new();
+    for (i, issuer) in s.issuers.iter().enumerate() {
+        let at = format!("{key}.issuers[{i}]");
+        if issuer.iss.is_empty() {
+            p.push(format!("{at}.iss"), "must not be empty");
+        } else if issuers.iter().any(|o| o.iss == issuer.iss) {
+            p.push(
+                format!("{at}.iss"),
+                format!("`{}` is listed twice", issuer.iss),
+            );
+        }
+        if let Some(jwks) = super::tokens::jwks_of(p, &format!("{at}.jwks"), &issuer.jwks, source) {
+            issuers.push(StatementIssuer {
+                iss: issuer.iss.clone(),
+                jwks,
+            });
+        }
+    }
+    SoftwareStatement {
+        required: s.required.unwrap_or(false),
+        issuers,
+        algorithms: algorithm_list(p, &format!("{key}.algorithms"), s.algorithms.as_ref()),
     }
 }
 
