@@ -167,25 +167,11 @@ impl Authoriser {
             require_certificate_binding: config.registration.require_certificate_binding,
             require_proof_of_possession: config.registration.require_proof_of_possession,
         };
-        let statement_settings = format!(
-            "{:?}",
-            (
-                &config.registration.software_statement,
-                config.tokens.leeway
-            )
-        );
-        let statements = match (
-            previous.filter(|p| p.statement_settings == statement_settings),
-            &config.registration.software_statement,
-        ) {
-            (Some(p), _) => p.statements.clone(),
-            (None, Some(s)) => Some(Arc::new(statement::Statements::new(
-                s,
-                config.tokens.leeway,
-                &metrics,
-            )?)),
-            (None, None) => None,
-        };
+        let (statements, statement_settings) = statement::Statements::of(
+            config,
+            previous.map(|p| (p.statement_settings.as_str(), &p.statements)),
+            &metrics,
+        )?;
         let routes = config
             .routes
             .iter()

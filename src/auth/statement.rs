@@ -43,6 +43,31 @@ fn invalid(why: &str) -> StatementError {
 }
 
 impl Statements {
+    /// The statement checks of `config` and the settings they were made from: `previous`'s
+    /// when its settings are the same (keys already fetched are kept across a reload).
+    pub fn of(
+        config: &crate::config::Config,
+        previous: Option<(&str, &Option<Arc<Statements>>)>,
+        metrics: &Arc<Metrics>,
+    ) -> Result<(Option<Arc<Statements>>, String), crate::config::Problem> {
+        let settings = format!(
+            "{:?}",
+            (
+                &config.registration.software_statement,
+                config.tokens.leeway
+            )
+        );
+        let statements = match (
+            previous.filter(|(s, _)| *s == settings),
+            &config.registration.software_statement,
+        ) {
+            (Some((_, kept)), _) => kept.clone(),
+            (None, Some(s)) => Some(Arc::new(Statements::new(s, config.tokens.leeway, metrics)?)),
+            (None, None) => None,
+        };
+        Ok((statements, settings))
+    }
+
     pub fn new(
         config: &SoftwareStatement,
         leeway: std::time::Duration,
