@@ -333,6 +333,23 @@ fn shipped_config_and_dev_token_tour() {
     );
     assert_eq!(register(&dev_token(&[]), None).status(), 201);
 
+    // The narrowed-scope step: a code-flow client is 201, a client_credentials one is 403
+    // naming the scope that would permit it.
+    let code = dev_token(&["--scope", "client-reg:grant:code"]);
+    assert_eq!(register(&code, None).status(), 201);
+    let refused = bg
+        .client(&pki, None, Http::One)
+        .post(bg.url("/clients"))
+        .bearer_auth(&code)
+        .body(r#"{"grant_types":["client_credentials"]}"#)
+        .send()
+        .unwrap();
+    assert_eq!(refused.status(), 403);
+    assert!(refused.headers()["www-authenticate"]
+        .to_str()
+        .unwrap()
+        .ends_with("scope=\"client-reg:grant:client_credentials\""));
+
     // The DPoP step of the tour: a proof key, a token bound to it, a proof for one request.
     let key = pki.path("dpop.key").display().to_string();
     let dev_proof =
@@ -508,4 +525,56 @@ fn a_secret_written_in_the_wrong_shape_is_never_echoed_by_check_or_run() {
             bg.logs()
         );
     }
+}
+
+/// The registration policy's keys (issue 16) are checked like every other.
+#[test]
+fn the_registration_policy_keys_are_checked() {
+    let pki = Pki::new();
+    let yaml = r#"
+listen:
+  address: "127.0.0.1:8443"
+  tls: {cert: "{PKI}/server.crt", key: "{PKI}/server.key"}
+registration:
+  grant_scopes: maybe
+  open: {grant_types: [authorization_code, urn:example:mine]}
+  software_statement:
+    required: true
+    issuers:
+      - {iss: "https://directory.example", jwks: {uri: "ftp://directory.example/jwks"}}
+      - {iss: "https://directory.example", jwks: {file: "{PKI}/nowhere.json"}}
+      - {iss: "", jwks: {}}
+    algorithms: [HS256]
+routes: []
+"#;
+    let (ok, out) = check(&pki, yaml);
+    assert!(!ok);
+    for expected in [
+        "registration.grant_scopes:",
+        "registration.open.grant_types[1]: `urn:example:mine` is not a grant type",
+        "registration.software_statement.issuers[0].jwks.uri: `ftp://directory.example/jwks` is not an http(s) URI",
+        "registration.software_statement.issuers[1].iss: `https://directory.example` is listed twice",
+        "registration.software_statement.issuers[1].jwks.file:",
+        "registration.software_statement.issuers[2].iss: must not be empty",
+        "registration.software_statement.issuers[2].jwks: give exactly one of uri, file",
+        "registration.software_statement.algorithms[0]: `HS256` is never accepted",
+    ] {
+        assert!(out.contains(expected), "missing `{expected}` in:\n{out}");
+    }
+    let (ok, out) = check(
+        &pki,
+        &GOOD.replace(
+            "routes:",
+            "registration: {open: {grant_types: []}, software_statement: {}}\nroutes:",
+        ),
+    );
+    assert!(!ok);
+    assert!(
+        out.contains("registration.open.grant_types: is empty"),
+        "{out}"
+    );
+    assert!(
+        out.contains("registration.software_statement.issuers: list at least one issuer"),
+        "{out}"
+    );
 }
