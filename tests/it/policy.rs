@@ -639,3 +639,35 @@ fn a_required_statement_in_front_of_a_provider() {
     let got = s.idp.wait_for(2);
     assert_eq!(got[1].body, body.as_bytes());
 }
+
+#[test]
+fn open_registration_in_front_of_a_provider_forwards_only_what_it_allows() {
+    let es = Signer::new(Algorithm::ES256, "es-1");
+    let s = setup(
+        &es,
+        "idp",
+        "  open: {grant_types: [authorization_code]}",
+        r#"{path: ":memory:"}"#,
+    );
+    let body = r#"{"redirect_uris":["https://app.example.com/cb"]}"#;
+    assert_eq!(s.register(None, body).status, 201);
+    assert_eq!(s.idp.wait_for(1)[0].body, body.as_bytes());
+    s.idp.clear();
+    for body in [
+        r#"{"response_types":["token"]}"#,
+        r#"{"grant_types":["refresh_token"]}"#,
+        r#"{"scope":"openid"}"#,
+        "not json",
+    ] {
+        let a = s.register(None, body);
+        assert!(a.status == 401 || a.status == 400, "{body}: {}", a.status);
+    }
+    assert!(
+        s.idp.requests().is_empty(),
+        "a refused open registration was forwarded"
+    );
+    // Listing and reading clients still need their credentials.
+    assert_eq!(s.send("GET", "/clients", None, "").status, 401);
+    assert_eq!(s.send("GET", "/clients/abc", None, "").status, 401);
+    assert!(s.idp.requests().is_empty());
+}
