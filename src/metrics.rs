@@ -44,6 +44,12 @@ pub struct Metrics {
     pub unknown_kid_refetches: IntCounterVec,
     /// Key lookups served from the last good key set while fetches fail.
     pub stale_key_uses: IntCounterVec,
+    /// Introspection calls by result (active, inactive, error).
+    pub introspection_requests: IntCounterVec,
+    /// How long an introspection call took.
+    pub introspection_duration: prometheus::Histogram,
+    /// Introspection answer cache lookups by result (hit, miss).
+    pub introspection_cache: IntCounterVec,
     /// Verified-token cache lookups by result (hit, miss).
     pub verified_cache: IntCounterVec,
     /// `verified_cache` with its label resolved once (the hot path does not look labels up).
@@ -138,6 +144,32 @@ impl Metrics {
             &["issuer"],
         )
         .expect("static metric definition");
+        let introspection_requests = IntCounterVec::new(
+            Opts::new(
+                "introspection_requests_total",
+                "Token introspection calls (RFC 7662) by result: active, inactive, error",
+            ),
+            &["result"],
+        )
+        .expect("static metric definition");
+        let introspection_duration = prometheus::Histogram::with_opts(
+            HistogramOpts::new(
+                "introspection_duration_seconds",
+                "How long a token introspection call took",
+            )
+            .buckets(vec![
+                0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+            ]),
+        )
+        .expect("static metric definition");
+        let introspection_cache = IntCounterVec::new(
+            Opts::new(
+                "introspection_cache_total",
+                "Introspection answer cache lookups by result: hit, miss",
+            ),
+            &["result"],
+        )
+        .expect("static metric definition");
         let verified_cache = IntCounterVec::new(
             Opts::new(
                 "verified_token_cache_total",
@@ -214,6 +246,9 @@ impl Metrics {
             Box::new(unknown_kid_refetches.clone()),
             Box::new(stale_key_uses.clone()),
             Box::new(verified_cache.clone()),
+            Box::new(introspection_requests.clone()),
+            Box::new(introspection_duration.clone()),
+            Box::new(introspection_cache.clone()),
         ] {
             registry
                 .register(m)
@@ -234,6 +269,9 @@ impl Metrics {
             verified_cache_miss: verified_cache.with_label_values(&["miss"]),
             verified_cache_revoked: verified_cache.with_label_values(&["revoked"]),
             dpop_proofs,
+            introspection_requests,
+            introspection_duration,
+            introspection_cache,
             verified_cache,
             reloads,
             connections_closed,

@@ -54,6 +54,9 @@ pub enum Rejection {
     /// A store or record failed (I/O) or is full: retry later. `cause`, when there is one, is
     /// logged where the answer is written (never sent to the client).
     StorageUnavailable { cause: Option<Arc<str>> },
+    /// The token could not be introspected (the provider did not answer usably): retry later.
+    /// `cause` is logged where the answer is written.
+    IntrospectionUnavailable { cause: Arc<str> },
     /// RFC 9449 §7.1 `invalid_dpop_proof`; `algs` lists the accepted proof algorithms.
     InvalidDpopProof { why: String, algs: Arc<str> },
     /// RFC 9449 §8: the proof needs a fresh server nonce, sent in `DPoP-Nonce`.
@@ -83,7 +86,9 @@ impl Rejection {
             | Rejection::SoftwareStatement { .. } => 400,
             Rejection::NotFound(_) => 404,
             Rejection::MethodNotAllowed { .. } => 405,
-            Rejection::StorageUnavailable { .. } => 503,
+            Rejection::StorageUnavailable { .. } | Rejection::IntrospectionUnavailable { .. } => {
+                503
+            }
             Rejection::InvalidDpopProof { .. }
             | Rejection::UseDpopNonce { .. }
             | Rejection::InvalidDpopToken { .. } => 401,
@@ -117,7 +122,9 @@ impl Rejection {
             Rejection::InvalidInput(_) => "invalid_request",
             Rejection::NotFound(_) => "not_found",
             Rejection::MethodNotAllowed { .. } => "method_not_allowed",
-            Rejection::StorageUnavailable { .. } => "temporarily_unavailable",
+            Rejection::StorageUnavailable { .. } | Rejection::IntrospectionUnavailable { .. } => {
+                "temporarily_unavailable"
+            }
             Rejection::InvalidDpopProof { .. } => "invalid_dpop_proof",
             Rejection::UseDpopNonce { .. } => "use_dpop_nonce",
             Rejection::InvalidDpopToken { .. } => "invalid_token",
@@ -150,6 +157,9 @@ impl Rejection {
             Rejection::NotFound(what) => format!("{what} not found"),
             Rejection::MethodNotAllowed { .. } => "Method not allowed on this resource".into(),
             Rejection::StorageUnavailable { .. } => "The store is temporarily unavailable".into(),
+            Rejection::IntrospectionUnavailable { .. } => {
+                "The access token could not be introspected: try again".into()
+            }
             Rejection::InvalidDpopProof { why, .. } | Rejection::InvalidDpopToken { why, .. } => {
                 why.clone()
             }
@@ -185,6 +195,7 @@ impl Rejection {
             Rejection::NotFound(_) => "not_found",
             Rejection::MethodNotAllowed { .. } => "method_not_allowed",
             Rejection::StorageUnavailable { .. } => "storage_unavailable",
+            Rejection::IntrospectionUnavailable { .. } => "introspection_unavailable",
             Rejection::InvalidDpopProof { .. } => "invalid_dpop_proof",
             Rejection::UseDpopNonce { .. } => "use_dpop_nonce",
             Rejection::InvalidDpopToken { .. } => "invalid_dpop_token",
@@ -273,7 +284,10 @@ impl Rejection {
         if let Rejection::UseDpopNonce { nonce, .. } = self {
             let _ = header.insert_header("dpop-nonce", nonce.as_str());
         }
-        if let Rejection::StorageUnavailable { .. } | Rejection::UpstreamBusy = self {
+        if let Rejection::StorageUnavailable { .. }
+        | Rejection::UpstreamBusy
+        | Rejection::IntrospectionUnavailable { .. } = self
+        {
             // RFC 9110 §10.2.3: when to try again (the state probe runs every second).
             let _ = header.insert_header("retry-after", "1");
         }

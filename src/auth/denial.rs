@@ -31,6 +31,9 @@ pub enum Denial {
     InvalidSoftwareStatement(String),
     /// RFC 7591 §3.2.2 `unapproved_software_statement`: its issuer is not trusted.
     UnapprovedSoftwareStatement(String),
+    /// The introspection endpoint did not give a usable answer (timeout, 5xx, not JSON, no
+    /// boolean `active`): 503, never a pass; `cause` for the operator's log.
+    IntrospectionUnavailable { cause: String },
     /// A record that must hold the request (DPoP replay, shared state) could not: full, handed
     /// over, or its store did not answer (`cause`, for the operator's log).
     RecordUnavailable { cause: Option<String> },
@@ -52,6 +55,7 @@ impl Denial {
             Denial::NotPermitted { .. } => "registration_not_permitted",
             Denial::InvalidClientMetadata(_) => "invalid_client_metadata",
             Denial::InvalidSoftwareStatement(_) => "invalid_software_statement",
+            Denial::IntrospectionUnavailable { .. } => "introspection_unavailable",
             Denial::UnapprovedSoftwareStatement(_) => "unapproved_software_statement",
         }
     }

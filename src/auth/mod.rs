@@ -7,6 +7,7 @@ pub mod cache;
 pub mod claims;
 pub mod denial;
 pub mod dpop;
+pub mod introspect;
 mod judge;
 pub mod jwk;
 pub mod jwks;
@@ -21,7 +22,7 @@ use http::{HeaderMap, Method};
 use std::sync::Arc;
 
 use crate::certificate::PeerCertificate;
-use crate::config::{Config, SecretDigest, SecretSet};
+use crate::config::{Config, SecretDigest, SecretSet, TokenFormat};
 use crate::metrics::{self, Metrics};
 use crate::readiness::Readiness;
 use crate::routing::{Credential, Operation, RegistryOp, SessionRequest};
@@ -77,6 +78,12 @@ pub struct Authoriser {
     registration_rules: registration::Rules,
     /// `registration.grant_scopes`: narrowed scopes accepted.
     grant_scopes: bool,
+    /// `tokens.format`: how a presented token is verified.
+    token_format: crate::config::TokenFormat,
+    /// RFC 7662 introspection of opaque tokens; kept across a reload that does not change
+    /// `introspection` (or `issuer`), with its answer cache.
+    introspector: Option<Arc<introspect::Introspector>>,
+    introspection_settings: String,
     /// `registration.open`: the grants a registration without a token may ask for.
     open_registration: Option<registration::Grants>,
     /// `registration.software_statement`, with its issuers' keys; kept across a reload that
@@ -98,11 +105,6 @@ pub struct Authoriser {
     /// `tokens.leeway`: a single-use token is accepted, so kept in the ledger, until `exp` +
     /// this.
     leeway: f64,
-}
-
-/// A JWS compact token's signing input: everything before the last `.`.
-fn signing_input(token: &str) -> &str {
-    token.rsplit_once('.').map_or(token, |(input, _)| input)
 }
 
 impl Authoriser {
@@ -167,6 +169,11 @@ impl Authoriser {
             require_certificate_binding: config.registration.require_certificate_binding,
             require_proof_of_possession: config.registration.require_proof_of_possession,
         };
+        let (introspector, introspection_settings) = introspect::Introspector::of(
+            config,
+            previous.map(|p| (p.introspection_settings.as_str(), &p.introspector)),
+            &metrics,
+        )?;
         let (statements, statement_settings) = statement::Statements::of(
             config,
             previous.map(|p| (p.statement_settings.as_str(), &p.statements)),
@@ -242,6 +249,9 @@ impl Authoriser {
                 }),
                 statements,
                 statement_settings,
+                token_format: config.tokens.format,
+                introspector,
+                introspection_settings,
                 routes,
                 dpop,
                 metrics,
@@ -378,29 +388,9 @@ impl Authoriser {
         .ok_or_else(|| Denial::InsufficientScope {
             scope: self.registration_rules.full_scope.clone(),
         })?;
-        // Single use: the ledger key is the token's jti, else the SHA-256 of its signing input
-        // (header.payload: not of the signature, which a holder can re-encode — ECDSA's
-        // s → n − s — into another valid token); the entry lasts as long as the token is
-        // accepted, `exp` + leeway.
-        let ledger = self.single_use.then(|| {
-            use sha2::Digest;
-            let key = match &entry.verified.jti {
-                Some(jti) => format!("jti:{}", hex::encode(sha2::Sha256::digest(jti.as_bytes()))),
-                None => {
-                    let signed = signing_input(presented.token);
-                    format!(
-                        "sig:{}",
-                        hex::encode(sha2::Sha256::digest(signed.as_bytes()))
-                    )
-                }
-            };
-            Ledger::new(
-                key,
-                (entry.verified.exp + self.leeway)
-                    .ceil()
-                    .clamp(1.0, i64::MAX as f64) as i64,
-            )
-        });
+        let ledger = self
+            .single_use
+            .then(|| Ledger::of_token(&entry.verified, presented.token, self.leeway));
         Ok(RegistryGrant::InitialAccessToken { ledger, reach })
     }
 
@@ -429,10 +419,6 @@ impl Authoriser {
         digest: &SecretDigest,
         facts: &Facts<'_>,
     ) -> Result<Arc<Entry>, Denial> {
-        let validator = self
-            .validator
-            .as_ref()
-            .ok_or_else(|| Denial::InvalidToken("Invalid access token".into()))?;
         let dpop_scheme = presented.scheme == Scheme::Dpop;
         let Some(checker) = self.dpop.as_ref() else {
             if dpop_scheme {
@@ -440,9 +426,7 @@ impl Authoriser {
                     "DPoP is not enabled: present the token with the Bearer scheme".into(),
                 ));
             }
-            return self
-                .bearer_only(validator, policy, presented, digest, facts)
-                .await;
+            return self.bearer_only(policy, presented, digest, facts).await;
         };
         // RFC 9449 §7.1: a token presented with the DPoP scheme is answered with its scheme.
         let in_scheme = |r: Denial| match r {
@@ -452,14 +436,12 @@ impl Authoriser {
             },
             r => r,
         };
-        let entry = validator
-            .verified(presented.token, digest.bytes())
+        let entry = self
+            .verify_token(presented.token, digest)
             .await
             .map_err(in_scheme)?;
         let now = now_secs();
-        validator
-            .check(&entry.verified, policy, facts.peer, now)
-            .map_err(in_scheme)?;
+        token::check(&entry.verified, policy, facts.peer, now, self.leeway).map_err(in_scheme)?;
         match (&entry.verified.jkt, presented.scheme) {
             (Some(jkt), Scheme::Dpop) => {
                 let proof = self.proof(checker, presented.token, facts, now).await?;
@@ -487,17 +469,30 @@ impl Authoriser {
         Ok(entry)
     }
 
+    /// The token verified: as a JWT, or by introspection (`tokens.format`); cached either way.
+    async fn verify_token(&self, token: &str, digest: &SecretDigest) -> Result<Arc<Entry>, Denial> {
+        let opaque = match self.token_format {
+            TokenFormat::Jwt => false,
+            TokenFormat::Opaque => true,
+            TokenFormat::Auto => !introspect::looks_like_jwt(token),
+        };
+        match (opaque, &self.introspector, &self.validator) {
+            (true, Some(i), _) => i.verified(token, digest.bytes()).await,
+            (false, _, Some(v)) => v.verified(token, digest.bytes()).await,
+            _ => Err(Denial::InvalidToken("Invalid access token".into())),
+        }
+    }
+
     /// Without DPoP configured: tokens bound to a DPoP key are refused.
     async fn bearer_only(
         &self,
-        validator: &TokenValidator,
         policy: &Policy,
         presented: Presented<'_>,
         digest: &SecretDigest,
         facts: &Facts<'_>,
     ) -> Result<Arc<Entry>, Denial> {
-        let entry = validator.verified(presented.token, digest.bytes()).await?;
-        validator.check(&entry.verified, policy, facts.peer, now_secs())?;
+        let entry = self.verify_token(presented.token, digest).await?;
+        token::check(&entry.verified, policy, facts.peer, now_secs(), self.leeway)?;
         if entry.verified.jkt.is_some() {
             return Err(Denial::InvalidToken(
                 "DPoP-bound tokens (cnf jkt) are not accepted: DPoP is not enabled".into(),

@@ -18,6 +18,33 @@ pub struct Ledger {
 }
 
 impl Ledger {
+    /// The entry of a single-use token: keyed by its `jti`, else by the SHA-256 of its signing
+    /// input (header.payload: not of the signature, which a holder can re-encode — ECDSA's
+    /// s → n − s — into another valid token; an opaque token is all signing input). It lasts
+    /// as long as the token is accepted, `exp` + leeway (at most 30 days for a token whose
+    /// provider gave no `exp`).
+    pub fn of_token(verified: &super::claims::Verified, token: &str, leeway: f64) -> Ledger {
+        use sha2::Digest;
+        let key = match &verified.jti {
+            Some(jti) => format!("jti:{}", hex::encode(sha2::Sha256::digest(jti.as_bytes()))),
+            None => {
+                let signed = token.rsplit_once('.').map_or(token, |(input, _)| input);
+                format!(
+                    "sig:{}",
+                    hex::encode(sha2::Sha256::digest(signed.as_bytes()))
+                )
+            }
+        };
+        let cap = super::cache::now_secs() + 30.0 * 86_400.0;
+        Ledger::new(
+            key,
+            (verified.exp + leeway)
+                .min(cap)
+                .ceil()
+                .clamp(1.0, i64::MAX as f64) as i64,
+        )
+    }
+
     pub fn new(key: String, expires: i64) -> Self {
         let mut bytes = [0u8; 16];
         // A holder only needs to differ from another request's: on an RNG failure the time

@@ -23,6 +23,26 @@ pub struct TokenValidator {
     metrics: Arc<Metrics>,
 }
 
+/// What is checked on every request, for a JWT and an introspected token alike: the clock,
+/// the policy's audience and binding requirements, the certificate binding.
+pub fn check(
+    v: &Verified,
+    policy: &Policy,
+    peer: Option<&PeerCertificate>,
+    now: f64,
+    leeway_secs: f64,
+) -> Result<(), Denial> {
+    check_time(v, now, leeway_secs)?;
+    policy.check_claims(v)?;
+    if let Some(bound) = &v.x5t_s256 {
+        // RFC 8705 §3: the connection's certificate must be the one the token is bound to.
+        if !peer.is_some_and(|p| bound.matches(p.sha256())) {
+            return Err(Denial::CertificateMismatch);
+        }
+    }
+    Ok(())
+}
+
 fn invalid(why: &str) -> Denial {
     Denial::InvalidToken(why.to_string())
 }
@@ -102,15 +122,7 @@ impl TokenValidator {
         peer: Option<&PeerCertificate>,
         now: f64,
     ) -> Result<(), Denial> {
-        check_time(v, now, self.leeway_secs)?;
-        policy.check_claims(v)?;
-        if let Some(bound) = &v.x5t_s256 {
-            // RFC 8705 §3: the connection's certificate must be the one the token is bound to.
-            if !peer.is_some_and(|p| bound.matches(p.sha256())) {
-                return Err(Denial::CertificateMismatch);
-            }
-        }
-        Ok(())
+        check(v, policy, peer, now, self.leeway_secs)
     }
 
     /// The leeway, for checks made elsewhere (DPoP proofs).

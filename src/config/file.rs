@@ -22,6 +22,57 @@ pub struct FileConfig {
     pub state: Option<StateFile>,
     pub server: Option<ServerFile>,
     pub dpop: Option<DpopFile>,
+    pub introspection: Option<IntrospectionFile>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IntrospectionFile {
+    pub endpoint: String,
+    pub auth: IntrospectionAuthFile,
+    pub ca: Option<String>,
+    pub timeout: Option<String>,
+    pub cache: Option<IntrospectionCacheFile>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IntrospectionAuthFile {
+    pub client_secret_basic: Option<ClientSecretFile>,
+    pub client_secret_post: Option<ClientSecretFile>,
+    pub private_key_jwt: Option<PrivateKeyJwtFile>,
+    pub tls_client_auth: Option<TlsClientAuthFile>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClientSecretFile {
+    pub client_id: String,
+    pub client_secret: SecretFile,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PrivateKeyJwtFile {
+    pub client_id: String,
+    pub key: String,
+    pub alg: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsClientAuthFile {
+    pub client_id: String,
+    pub cert: String,
+    pub key: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IntrospectionCacheFile {
+    pub max_entries: Option<u64>,
+    pub max_ttl: Option<String>,
+    pub negative_ttl: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -88,6 +139,8 @@ pub struct TokensFile {
     pub algorithms: Option<Vec<String>>,
     pub leeway: Option<String>,
     pub verified_cache_entries: Option<u64>,
+    /// `jwt`, `opaque` or `auto`.
+    pub format: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -90,6 +90,8 @@ pub struct Config {
     pub server: Server,
     /// RFC 9449; None: `cnf.jkt` tokens and DPoP proofs are refused.
     pub dpop: Option<Dpop>,
+    /// RFC 7662; None: JWT access tokens only.
+    pub introspection: Option<Introspection>,
 }
 
 /// DPoP proof checking (RFC 9449).
@@ -211,6 +213,56 @@ pub struct Tokens {
     pub algorithms: Vec<JwsAlgorithm>,
     pub leeway: Duration,
     pub verified_cache_entries: u64,
+    /// How an access token is validated: as a JWT, by introspection, or by its shape.
+    pub format: TokenFormat,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TokenFormat {
+    /// JWTs only.
+    Jwt,
+    /// Every token is introspected (RFC 7662).
+    Opaque,
+    /// Three base64url segments: a JWT; anything else is introspected.
+    Auto,
+}
+
+/// RFC 7662 token introspection: where, how bindgate authenticates, and the answer cache.
+#[derive(Debug, Clone)]
+pub struct Introspection {
+    pub endpoint: String,
+    pub auth: IntrospectionAuth,
+    pub ca: Option<files::CertificateFile>,
+    pub timeout: Duration,
+    pub max_entries: u64,
+    /// An active answer is kept until min(exp, now + max_ttl).
+    pub max_ttl: Duration,
+    /// An inactive answer is kept this long.
+    pub negative_ttl: Duration,
+}
+
+/// How bindgate authenticates to the introspection endpoint.
+#[derive(Debug, Clone)]
+pub enum IntrospectionAuth {
+    ClientSecretBasic {
+        client_id: String,
+        secret: Password,
+    },
+    ClientSecretPost {
+        client_id: String,
+        secret: Password,
+    },
+    /// RFC 7523 client assertion signed with `key` (PEM, PKCS#8).
+    PrivateKeyJwt {
+        client_id: String,
+        key: Password,
+        alg: JwsAlgorithm,
+    },
+    /// RFC 8705 §2: the certificate (PEM, with the PKCS#8 key appended) on the connection.
+    TlsClientAuth {
+        client_id: String,
+        identity: Password,
+    },
 }
 
 /// Where an approved request goes.

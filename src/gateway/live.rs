@@ -136,6 +136,9 @@ impl Live {
         if let Rejection::StorageUnavailable { cause: Some(cause) } = &rejection {
             tracing::error!(target: "bindgate::state", "answered 503: {cause}");
         }
+        if let Rejection::IntrospectionUnavailable { cause } = &rejection {
+            tracing::error!(target: "bindgate::introspection", "answered 503: {cause}");
+        }
         refuse(session, &rejection, self.body, &self.metrics).await?;
         ctx.rejection = Some(rejection);
         Ok(true)

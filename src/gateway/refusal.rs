@@ -22,6 +22,9 @@ impl From<Denial> for Rejection {
             Denial::RecordUnavailable { cause } => Rejection::StorageUnavailable {
                 cause: cause.map(Arc::from),
             },
+            Denial::IntrospectionUnavailable { cause } => Rejection::IntrospectionUnavailable {
+                cause: Arc::from(cause),
+            },
             Denial::NotPermitted { why, scope } => {
                 Rejection::RegistrationNotPermitted { why, scope }
             }
@@ -96,6 +99,7 @@ mod tests {
             },
             Denial::InvalidClientMetadata("x".into()),
             Denial::InvalidSoftwareStatement("x".into()),
+            Denial::IntrospectionUnavailable { cause: "x".into() },
             Denial::UnapprovedSoftwareStatement("x".into()),
         ];
         for d in denials {
@@ -108,7 +112,7 @@ mod tests {
                 | Denial::InvalidClientMetadata(_)
                 | Denial::InvalidSoftwareStatement(_)
                 | Denial::UnapprovedSoftwareStatement(_) => 400,
-                Denial::RecordUnavailable { .. } => 503,
+                Denial::RecordUnavailable { .. } | Denial::IntrospectionUnavailable { .. } => 503,
                 _ => 401,
             };
             assert_eq!(r.status(), expected, "{d:?}");

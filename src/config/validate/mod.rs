@@ -4,6 +4,7 @@ use std::path::Path;
 use std::time::Duration;
 
 mod checks;
+mod introspection;
 mod sections;
 mod tokens;
 mod upstreams;
@@ -66,6 +67,7 @@ pub fn validate(file: FileConfig, source: &Path) -> Result<Config, Vec<Problem>>
     let session_store = upstreams::session_store(&mut p, &file, source, &registration);
     let routes = upstreams::routes(&mut p, &file, jwks.is_some());
     let dpop = tokens::dpop(&mut p, &file);
+    let introspection = introspection::introspection(&mut p, &file, source);
     let state = sections::state(&mut p, &file, source);
     let server = sections::server(&mut p, &file, source);
 
@@ -87,5 +89,6 @@ pub fn validate(file: FileConfig, source: &Path) -> Result<Config, Vec<Problem>>
         state,
         server,
         dpop,
+        introspection,
     })
 }

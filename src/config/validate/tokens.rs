@@ -110,7 +110,26 @@ pub(super) fn tokens(p: &mut Problems, file: &FileConfig) -> Tokens {
         verified_cache_entries: tokens_file
             .and_then(|t| t.verified_cache_entries)
             .unwrap_or(100_000),
+        format: match tokens_file.and_then(|t| t.format.as_deref()) {
+            None if file.introspection.is_some() => TokenFormat::Auto,
+            None | Some("jwt") => TokenFormat::Jwt,
+            Some("opaque") => TokenFormat::Opaque,
+            Some("auto") => TokenFormat::Auto,
+            Some(other) => {
+                p.push(
+                    "tokens.format",
+                    format!("`{other}` is not one of jwt, opaque, auto"),
+                );
+                TokenFormat::Jwt
+            }
+        },
     };
+    if tokens.format != TokenFormat::Jwt && file.introspection.is_none() {
+        p.push(
+            "tokens.format",
+            "opaque and auto need an introspection section (where tokens are introspected)",
+        );
+    }
 
     tokens
 }
