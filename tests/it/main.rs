@@ -10,6 +10,7 @@ mod dpop;
 mod enforcement;
 mod fuzz;
 mod hostile;
+mod introspection;
 mod live;
 mod paths;
 mod policy;
