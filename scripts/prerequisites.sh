@@ -5,6 +5,7 @@
 #   curl, openssl    the tests' real-world clients and certificate checks
 #   redis-server     the tests' own Redis servers and Redis Cluster (state.redis)
 #   systemd          systemd-analyze, which checks deploy/bindgate.service
+#   nodejs, npm      the tests' real OpenID provider (node-oidc-provider, tests/oidc)
 need=()
 command -v cmake >/dev/null 2>&1 || need+=(cmake)
 command -v make >/dev/null 2>&1 || need+=(make)
@@ -14,6 +15,8 @@ command -v curl >/dev/null 2>&1 || need+=(curl)
 command -v openssl >/dev/null 2>&1 || need+=(openssl)
 { command -v redis-server >/dev/null 2>&1 && command -v redis-cli >/dev/null 2>&1; } || need+=(redis-server)
 command -v systemd-analyze >/dev/null 2>&1 || need+=(systemd)
+command -v node >/dev/null 2>&1 || need+=(nodejs)
+command -v npm >/dev/null 2>&1 || need+=(npm)
 if [ "${#need[@]}" -gt 0 ]; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
     echo "installing missing packages: ${need[*]}" >&2

@@ -15,6 +15,7 @@ mod live;
 mod paths;
 mod policy;
 mod pool;
+mod provider;
 mod redis;
 mod state;
 mod structure;
