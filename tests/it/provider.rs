@@ -130,6 +130,15 @@ fn token(
 }
 
 fn start_bindgate(pki: &Pki, p: &Provider, idp: &Upstream) -> Bindgate {
+    start_with_auth(
+        pki,
+        p,
+        idp,
+        "client_secret_basic: {client_id: bindgate, client_secret: {value: bindgate-secret}}",
+    )
+}
+
+fn start_with_auth(pki: &Pki, p: &Provider, idp: &Upstream, auth: &str) -> Bindgate {
     let yaml = format!(
         r#"
 listen:
@@ -142,7 +151,7 @@ introspection:
   endpoint: "https://localhost:{port}/token/introspection"
   ca: "{{PKI}}/ca.crt"
   auth:
-    client_secret_basic: {{client_id: bindgate, client_secret: {{value: bindgate-secret}}}}
+    {auth}
   timeout: 2s
   cache: {{max_ttl: 1s, negative_ttl: 1s}}
 registration:
@@ -248,4 +257,31 @@ fn tokens_of_a_real_provider_by_introspection() {
         std::thread::sleep(Duration::from_millis(200));
     }
     assert!(!bg.logs().contains(&again), "a token was logged");
+}
+
+#[test]
+fn every_client_authentication_method_is_accepted_by_the_provider() {
+    let pki = Pki::new();
+    // The key bindgate signs its client assertions with; the provider trusts its public half.
+    let pem = bindgate::devtoken::new_key_pem().unwrap();
+    std::fs::write(pki.path("introspect.key"), &pem).unwrap();
+    let jwk = bindgate::devtoken::public_jwk(&bindgate::devtoken::load_key(&pem).unwrap()).unwrap();
+    std::fs::write(pki.path("introspect.jwk.json"), jwk.to_string()).unwrap();
+    let provider = Provider::start(&pki, 0);
+    let idp = Upstream::start();
+    let pki_dir = pki.dir.path().display().to_string();
+    for (auth, expected) in [
+        ("client_secret_post: {client_id: bindgate-post, client_secret: {value: bindgate-post-secret}}".to_string(), 200),
+        (format!("private_key_jwt: {{client_id: bindgate-jwt, key: \"{pki_dir}/introspect.key\", alg: ES256}}"), 200),
+        (format!("tls_client_auth: {{client_id: bindgate-mtls, cert: \"{pki_dir}/client1.crt\", key: \"{pki_dir}/client1.key\"}}"), 200),
+        // The provider refuses bindgate's own credentials: no answer, so 503, never a pass.
+        ("client_secret_basic: {client_id: bindgate, client_secret: {value: wrong}}".to_string(), 503),
+        (format!("tls_client_auth: {{client_id: bindgate-mtls, cert: \"{pki_dir}/client2.crt\", key: \"{pki_dir}/client2.key\"}}"), 503),
+    ] {
+        let bg = start_with_auth(&pki, &provider, &idp, &auth);
+        let plain = token(&pki, &provider, "app", None, None);
+        let status = register(&bg, &pki, &format!("Bearer {plain}"), None, None).status();
+        assert_eq!(status, expected, "{auth}\n{}", bg.logs());
+        assert!(!bg.logs().contains("bindgate-post-secret"), "a secret was logged");
+    }
 }

@@ -36,9 +36,24 @@ server.listen(Number(port), '127.0.0.1', () => {
 });
 
 function start(bound) {
+// The public key bindgate signs its private_key_jwt assertions with, when the test wrote one.
+const assertionKey = path.join(pki, 'introspect.jwk.json');
+const introspecting = (id, extra) => client(id, { grant_types: [], scope: undefined, ...extra });
 const provider = new Provider(`https://localhost:${bound}`, {
+  clientAuthMethods: ['client_secret_basic', 'client_secret_post', 'private_key_jwt', 'tls_client_auth'],
   clients: [
-    client('bindgate', { grant_types: [], scope: undefined }),
+    introspecting('bindgate'),
+    introspecting('bindgate-post', { token_endpoint_auth_method: 'client_secret_post' }),
+    introspecting('bindgate-mtls', {
+      token_endpoint_auth_method: 'tls_client_auth',
+      tls_client_auth_subject_dn: 'client1',
+    }),
+    ...(fs.existsSync(assertionKey)
+      ? [introspecting('bindgate-jwt', {
+        token_endpoint_auth_method: 'private_key_jwt',
+        jwks: { keys: [JSON.parse(fs.readFileSync(assertionKey))] },
+      })]
+      : []),
     client('app'),
     client('mtls-app', { tls_client_certificate_bound_access_tokens: true }),
     client('dpop-app', { dpop_bound_access_tokens: true }),
@@ -53,6 +68,14 @@ const provider = new Provider(`https://localhost:${bound}`, {
     mTLS: {
       enabled: true,
       certificateBoundAccessTokens: true,
+      tlsClientAuth: true,
+      // The socket verified the certificate against the test CA.
+      certificateAuthorized: (ctx) => ctx.socket.authorized === true,
+      // tls_client_auth_subject_dn is matched against the certificate's CN.
+      certificateSubjectMatches(ctx, property, expected) {
+        const peer = ctx.socket.getPeerCertificate?.();
+        return property === 'tls_client_auth_subject_dn' && peer?.subject?.CN === expected;
+      },
       getCertificate(ctx) {
         const peer = ctx.socket.getPeerCertificate?.();
         if (!peer || !peer.raw) return undefined;
