@@ -578,3 +578,54 @@ routes: []
         "{out}"
     );
 }
+
+/// `introspection` and `tokens.format` are checked like every other key; the secret is never
+/// shown.
+#[test]
+fn the_introspection_keys_are_checked() {
+    let pki = Pki::new();
+    let yaml = r#"
+listen:
+  address: "127.0.0.1:8443"
+  tls: {cert: "{PKI}/server.crt", key: "{PKI}/server.key"}
+tokens: {format: sometimes}
+introspection:
+  endpoint: "ldap://idp.example.com"
+  auth:
+    client_secret_basic: {client_id: bindgate, client_secret: {value: hunter2-very-secret}}
+    client_secret_post: {client_id: bindgate, client_secret: {value: hunter2-very-secret}}
+  timeout: 0s
+routes: []
+"#;
+    let (ok, out) = check(&pki, yaml);
+    assert!(!ok);
+    for expected in [
+        "tokens.format: `sometimes` is not one of jwt, opaque, auto",
+        "introspection.endpoint: `ldap://idp.example.com` is not an http(s) URI",
+        "introspection.auth: give exactly one of",
+    ] {
+        assert!(out.contains(expected), "missing `{expected}` in:\n{out}");
+    }
+    assert!(!out.contains("hunter2"), "{out}");
+    let (ok, out) = check(
+        &pki,
+        &GOOD.replace("routes:", "tokens: {format: opaque}\nroutes:"),
+    );
+    assert!(!ok);
+    assert!(
+        out.contains("tokens.format: opaque and auto need an introspection section"),
+        "{out}"
+    );
+    let (ok, out) = check(
+        &pki,
+        &GOOD.replace(
+            "routes:",
+            "introspection:\n  endpoint: https://idp.example.com/introspect\n  auth: {private_key_jwt: {client_id: b, key: \"{PKI}/ca.crt\", alg: HS256}}\nroutes:",
+        ),
+    );
+    assert!(!ok);
+    assert!(
+        out.contains("introspection.auth.private_key_jwt.alg: `HS256` is not one of ES256, RS256"),
+        "{out}"
+    );
+}
