@@ -115,6 +115,21 @@ fn main() {
     let upstream = static_upstream();
     let minted = Instant::now();
     let es_repeat = Arc::new(vec![m.es256(0)]);
+    let opaque_repeat = Arc::new(vec!["bench-opaque-token-0123456789".to_string()]);
+    // With an a-opaque cell, every bindgate of the run introspects opaque tokens (the same
+    // configuration for the JWT cells it is compared with).
+    let introspection = o.scenarios.iter().any(|s| s == "a-opaque").then(|| {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs();
+        common::json_upstream(
+            json!({"active": true, "scope": "client-reg", "aud": material::ENDPOINT,
+                   "iss": material::ISSUER, "exp": now + 3600, "client_id": "load",
+                   "cnf": {"x5t#S256": m.x5t}})
+            .to_string(),
+        )
+    });
     let rs_repeat = Arc::new(vec![m.rs256(0)]);
     let fresh = if o.scenarios.iter().any(|s| s == "b" || s == "c-fresh") {
         Arc::new((1..=o.tokens).map(|i| m.es256(i)).collect::<Vec<_>>())
@@ -211,6 +226,8 @@ fn main() {
         for proxy in &o.proxies {
             let (work, tokens, embedded) = match scenario.as_str() {
                 "a-es256" => (Work::Registration, es_repeat.clone(), false),
+                // An opaque token, bound to client1's certificate by the introspection answer.
+                "a-opaque" => (Work::Registration, opaque_repeat.clone(), false),
                 "a-rs256" => (Work::Registration, rs_repeat.clone(), false),
                 // Proofs name the proxy's port: minted once it is known, below.
                 "a-dpop" => (Work::RegistrationDpop, es_repeat.clone(), false),
@@ -222,7 +239,7 @@ fn main() {
                 "d" => (Work::Sessions, es_repeat.clone(), true),
                 "e" => (Work::Passthrough, es_repeat.clone(), false),
                 other => panic!(
-                    "unknown scenario {other} (a-es256, a-rs256, a-dpop, b, c, c-fresh, d, e)"
+                    "unknown scenario {other} (a-es256, a-rs256, a-opaque, a-dpop, b, c, c-fresh, d, e)"
                 ),
             };
             if proxy != "bindgate"
@@ -231,9 +248,14 @@ fn main() {
                 continue;
             }
             let p = match proxy.as_str() {
-                "bindgate" => {
-                    start_bindgate(&o, &m, upstream, embedded, redis.as_ref().map(|r| r.port))
-                }
+                "bindgate" => start_bindgate(
+                    &o,
+                    &m,
+                    upstream,
+                    embedded,
+                    redis.as_ref().map(|r| r.port),
+                    introspection,
+                ),
                 "haproxy" => start_haproxy(&o, &m, upstream),
                 "envoy" => start_envoy(&o, &m, upstream),
                 other => panic!("unknown proxy {other} (bindgate, haproxy, envoy, both, all)"),
@@ -262,10 +284,10 @@ fn main() {
             } else {
                 (tokens, o.clone())
             };
-            if matches!(scenario.as_str(), "a-es256" | "a-rs256") {
+            if matches!(scenario.as_str(), "a-es256" | "a-rs256" | "a-opaque") {
                 enforces_binding(&m, p.port, &tokens[0], proxy);
             }
-            let repeated = matches!(scenario.as_str(), "a-es256" | "a-rs256" | "e");
+            let repeated = matches!(scenario.as_str(), "a-es256" | "a-rs256" | "a-opaque" | "e");
             let mut report = if o.generator == "oha" && repeated && !o.smoke {
                 let path = if work == Work::Passthrough {
                     "/passthrough/api"

@@ -50,6 +50,19 @@ pub fn rss_kib(pid: u32) -> u64 {
 
 /// A small static upstream: every request gets `200 ok`, keep-alive.
 pub fn static_upstream() -> u16 {
+    json_upstream(r#"{"ok":true}"#.to_string())
+}
+
+/// An upstream that answers every request with `200` and `body` (JSON), keep-alive: a
+/// static upstream, or an introspection endpoint that says one thing of every token.
+#[allow(dead_code)]
+pub fn json_upstream(body: String) -> u16 {
+    let answer: std::sync::Arc<[u8]> = format!(
+        "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .into_bytes()
+    .into();
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     listener.set_nonblocking(true).unwrap();
     let port = listener.local_addr().unwrap().port();
@@ -64,9 +77,10 @@ pub fn static_upstream() -> u16 {
                 let Ok((tcp, _)) = listener.accept().await else {
                     continue;
                 };
+                let answer = answer.clone();
                 tokio::spawn(async move {
                     let _ = tcp.set_nodelay(true);
-                    answer_ok(tcp).await;
+                    answer_with(tcp, &answer).await;
                 });
             }
         });
@@ -89,7 +103,19 @@ impl Drop for Running {
 
 /// Answers every HTTP/1.1 request on `stream` with `200 {"ok":true}` (keep-alive), reading and
 /// discarding each request's body by its Content-Length, until the peer closes.
-pub async fn answer_ok<S>(mut stream: S)
+pub async fn answer_ok<S>(stream: S)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    answer_with(
+        stream,
+        b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 11\r\n\r\n{\"ok\":true}",
+    )
+    .await
+}
+
+/// Answers every HTTP/1.1 request on `stream` with the bytes of `answer`.
+pub async fn answer_with<S>(mut stream: S, answer: &[u8])
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
 {
@@ -110,11 +136,7 @@ where
             }
         }
         buf.drain(..len);
-        if stream
-            .write_all(b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 11\r\n\r\n{\"ok\":true}")
-            .await
-            .is_err()
-        {
+        if stream.write_all(answer).await.is_err() {
             return;
         }
     }

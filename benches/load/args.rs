@@ -114,9 +114,11 @@ impl Options {
     pub fn of(a: &Args, connections: Option<usize>) -> Options {
         let smoke = !a.bench;
         let scenarios = if a.scenario == "all" {
-            ["a-es256", "a-rs256", "a-dpop", "b", "c", "d", "e"]
-                .map(String::from)
-                .to_vec()
+            [
+                "a-es256", "a-rs256", "a-opaque", "a-dpop", "b", "c", "d", "e",
+            ]
+            .map(String::from)
+            .to_vec()
         } else {
             a.scenario.split(',').map(String::from).collect()
         };

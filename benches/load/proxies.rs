@@ -82,6 +82,7 @@ pub(crate) fn start_bindgate(
     upstream: u16,
     embedded: bool,
     redis: Option<u16>,
+    introspection: Option<u16>,
 ) -> Proxy {
     let [port, admin] = free_ports();
     let dir = &m.dir;
@@ -113,11 +114,18 @@ routes:
 dpop: {{origins: ["https://localhost:{port}"], replay_cache_entries: 1000000}}
 state: {state}
 server: {{threads: {threads}, grace_period: 1s}}
+{introspection}
 "#,
             d = dir.display(),
             threads = o.threads,
             single_use = o.single_use,
             verified_cache = o.verified_cache,
+            introspection = match introspection {
+                Some(p) => format!(
+                    "introspection:\n  endpoint: \"http://127.0.0.1:{p}/introspect\"\n  auth: {{client_secret_basic: {{client_id: bench, client_secret: {{value: bench-secret}}}}}}"
+                ),
+                None => String::new(),
+            },
             state = match redis {
                 Some(p) => format!(r#"{{redis: {{url: "redis://127.0.0.1:{p}/0", key_prefix: "bench-{port}:"}}}}"#),
                 None => r#"{path: ":memory:"}"#.to_string(),
