@@ -279,3 +279,40 @@ fn single_use_keys_an_opaque_token_by_its_jti_or_digest() {
     assert_eq!(s.register("first-with-jti").status, 200);
     assert_eq!(s.register("second-with-jti").status, 401);
 }
+
+/// Without a JWKS, a token-protected route takes introspected tokens alone.
+#[test]
+fn a_protected_route_with_introspection_and_no_jwks() {
+    let pki = Pki::new();
+    let introspection = Upstream::start();
+    introspection.set_reply(200, r#"{"active":true,"scope":"read"}"#);
+    let idp = Upstream::start();
+    let yaml = format!(
+        r#"
+listen:
+  address: "{{LISTEN}}"
+  tls: {{cert: "{{PKI}}/server.crt", key: "{{PKI}}/server.key"}}
+admin: {{address: "{{ADMIN}}"}}
+introspection:
+  endpoint: "http://{}/introspect"
+  auth: {{client_secret_post: {{client_id: b, client_secret: {{value: s}}}}}}
+upstreams:
+  idp: {{address: "{}"}}
+routes:
+  - {{prefix: /api, upstream: idp, token: {{scope: [read]}}}}
+"#,
+        introspection.addr, idp.addr
+    );
+    let bg = Bindgate::start(&pki, &yaml);
+    let resp = bg
+        .client(&pki, None, Http::One)
+        .get(bg.url("/api/x"))
+        .bearer_auth("an-opaque-token")
+        .send()
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(
+        introspection.requests()[0].body,
+        b"token=an-opaque-token&token_type_hint=access_token&client_id=b&client_secret=s"
+    );
+}

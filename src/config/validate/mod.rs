@@ -65,7 +65,12 @@ pub fn validate(file: FileConfig, source: &Path) -> Result<Config, Vec<Problem>>
     let upstreams = upstreams::upstreams(&mut p, &file, source);
     let registration = upstreams::registration(&mut p, &file, source, issuer.as_ref());
     let session_store = upstreams::session_store(&mut p, &file, source, &registration);
-    let routes = upstreams::routes(&mut p, &file, jwks.is_some());
+    // Access tokens are verified with the JWKS, or by introspection.
+    let routes = upstreams::routes(
+        &mut p,
+        &file,
+        jwks.is_some() || file.introspection.is_some(),
+    );
     let dpop = tokens::dpop(&mut p, &file);
     let introspection = introspection::introspection(&mut p, &file, source);
     let state = sections::state(&mut p, &file, source);

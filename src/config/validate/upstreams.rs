@@ -328,7 +328,7 @@ pub(super) fn routes(p: &mut Problems, file: &FileConfig, jwks: bool) -> Vec<Rou
             if !jwks {
                 p.push(
                     format!("{key}.token"),
-                    "needs jwks and issuer: the route's access tokens are verified with them",
+                    "needs jwks and issuer, or introspection: the route's access tokens are verified with them",
                 );
             }
             RouteToken {
