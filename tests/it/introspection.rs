@@ -18,6 +18,8 @@ struct Setup {
     _jwks: Upstream,
     es: Signer,
     bg: Bindgate,
+    /// The configuration as started (placeholders unfilled), for reloads.
+    yaml: String,
 }
 
 struct Answer {
@@ -74,6 +76,7 @@ state: {{path: ":memory:"}}
         _jwks: jwks,
         es,
         bg,
+        yaml,
     }
 }
 
@@ -315,4 +318,28 @@ routes:
         introspection.requests()[0].body,
         b"token=an-opaque-token&token_type_hint=access_token&client_id=b&client_secret=s"
     );
+}
+
+#[test]
+fn a_reload_that_changes_introspection_forgets_its_answers_and_huge_answers_are_refused() {
+    let s = setup(false);
+    s.introspection.set_reply(200, &active(json!({})));
+    assert_eq!(s.register("kept-until-reload").status, 200);
+    assert_eq!(s.register("kept-until-reload").status, 200);
+    assert_eq!(s.asked(), 1);
+    // A reload that changes nothing of introspection keeps the cache...
+    s.bg.reload_with(&s.pki, &s.yaml.replace("threads: 2", "threads: 2 "));
+    assert_eq!(s.register("kept-until-reload").status, 200);
+    assert_eq!(s.asked(), 1);
+    // ...one that changes it (here its secret) starts a new one.
+    s.bg.reload_with(&s.pki, &s.yaml.replace("s3cret:/+", "another-secret"));
+    s.introspection.set_reply(200, r#"{"active":false}"#);
+    assert_eq!(s.register("kept-until-reload").status, 401);
+    assert_eq!(s.asked(), 2);
+    // An answer of more than 64 KiB is no answer.
+    let padding = "x".repeat(70 * 1024);
+    s.introspection
+        .set_reply(200, &active(json!({ "padding": padding })));
+    let a = s.register("huge-answer");
+    assert_eq!(a.status, 503, "{:?}", a.body);
 }
