@@ -45,6 +45,7 @@ registration:
 {extra}
 upstreams:
   idp: {{address: "{idp}"}}
+dpop: {{origins: ["https://localhost:{{PORT}}"]}}
 state: {state}
 server: {{threads: 2}}
 "#,
@@ -670,4 +671,38 @@ fn open_registration_in_front_of_a_provider_forwards_only_what_it_allows() {
     assert_eq!(s.send("GET", "/clients", None, "").status, 401);
     assert_eq!(s.send("GET", "/clients/abc", None, "").status, 401);
     assert!(s.idp.requests().is_empty());
+}
+
+#[test]
+fn a_dpop_bound_narrowed_token_needs_its_proof() {
+    let es = Signer::new(Algorithm::ES256, "es-1");
+    let s = setup(&es, "idp", "  grant_scopes: true", r#"{path: ":memory:"}"#);
+    let key = bindgate::devtoken::load_key(&bindgate::devtoken::new_key_pem().unwrap()).unwrap();
+    let jkt = bindgate::devtoken::public_jwk(&key).unwrap()["kid"].clone();
+    let mut c = scoped(&["client-reg:grant:code"]);
+    c["cnf"] = json!({ "jkt": jkt });
+    let token = es.sign(&c);
+    let client = s.bg.client(&s.pki, None, Http::One);
+    let htu = format!("https://localhost:{}/clients", s.bg.port);
+    let send = |scheme: &str, body: &str| {
+        let proof = bindgate::devtoken::dpop_proof(&key, "POST", &htu, Some(&token), None).unwrap();
+        client
+            .post(s.bg.url("/clients"))
+            .header("authorization", format!("{scheme} {token}"))
+            .header("dpop", proof)
+            .header("content-type", "application/json")
+            .body(body.to_string())
+            .send()
+            .unwrap()
+            .status()
+            .as_u16()
+    };
+    assert_eq!(send("DPoP", "{}"), 201);
+    assert_eq!(send("Bearer", "{}"), 401);
+    // The proof does not widen the scope.
+    assert_eq!(
+        send("DPoP", r#"{"grant_types":["client_credentials"]}"#),
+        403
+    );
+    assert_eq!(s.idp.wait_for(1).len(), 1);
 }
