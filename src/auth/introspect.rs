@@ -32,6 +32,23 @@ enum Answer {
     Refused(String),
 }
 
+/// Why the provider gave no usable answer (503, never cached).
+#[derive(Debug, thiserror::Error)]
+enum CallError {
+    #[error("introspection: {0}")]
+    Transport(String),
+    #[error("introspection: HTTP {0}")]
+    Status(reqwest::StatusCode),
+    #[error("introspection: the answer is too large")]
+    TooLarge,
+    #[error("introspection: the answer is not a JSON object")]
+    NotJson,
+    #[error("introspection: the answer has no boolean `active`")]
+    NoActive,
+    #[error("introspection: the client assertion cannot be made")]
+    Assertion,
+}
+
 struct Cached {
     answer: Answer,
     ttl: Duration,
@@ -180,7 +197,7 @@ impl Introspector {
         }
     }
 
-    async fn call(&self, token: &str) -> Result<Arc<Cached>, String> {
+    async fn call(&self, token: &str) -> Result<Arc<Cached>, CallError> {
         let started = Instant::now();
         let result = self.ask(token).await;
         self.metrics
@@ -198,7 +215,7 @@ impl Introspector {
         result.map(Arc::new)
     }
 
-    async fn ask(&self, token: &str) -> Result<Cached, String> {
+    async fn ask(&self, token: &str) -> Result<Cached, CallError> {
         let mut pairs = vec![("token", token), ("token_type_hint", "access_token")];
         let assertion;
         let mut req = self
@@ -219,7 +236,8 @@ impl Introspector {
                 key,
                 alg,
             } => {
-                assertion = client_assertion(client_id, &self.endpoint, key.expose(), *alg)?;
+                assertion = client_assertion(client_id, &self.endpoint, key.expose(), *alg)
+                    .ok_or(CallError::Assertion)?;
                 pairs.push(("client_id", client_id));
                 pairs.push((
                     "client_assertion_type",
@@ -235,38 +253,38 @@ impl Introspector {
             .body(form(&pairs))
             .send()
             .await
-            .map_err(|e| format!("introspection: {}", without_url(&e)))?;
+            .map_err(|e| CallError::Transport(without_url(&e)))?;
         if resp.status() != reqwest::StatusCode::OK {
-            return Err(format!("introspection: HTTP {}", resp.status()));
+            return Err(CallError::Status(resp.status()));
         }
         if resp
             .content_length()
             .is_some_and(|l| l as usize > MAX_ANSWER_BYTES)
         {
-            return Err("introspection: the answer is too large".into());
+            return Err(CallError::TooLarge);
         }
         let mut body = Vec::new();
         while let Some(chunk) = resp
             .chunk()
             .await
-            .map_err(|e| format!("introspection: {}", without_url(&e)))?
+            .map_err(|e| CallError::Transport(without_url(&e)))?
         {
             body.extend_from_slice(&chunk);
             if body.len() > MAX_ANSWER_BYTES {
-                return Err("introspection: the answer is too large".into());
+                return Err(CallError::TooLarge);
             }
         }
         self.read_answer(&body)
     }
 
     /// Reads an answer: JSON with a boolean `active`, else an error (503).
-    fn read_answer(&self, body: &[u8]) -> Result<Cached, String> {
+    fn read_answer(&self, body: &[u8]) -> Result<Cached, CallError> {
         let Ok(Value::Object(mut answer)) = serde_json::from_slice::<Value>(body) else {
-            return Err("introspection: the answer is not a JSON object".into());
+            return Err(CallError::NotJson);
         };
         let active = match answer.get("active") {
             Some(Value::Bool(b)) => *b,
-            _ => return Err("introspection: the answer has no boolean `active`".into()),
+            _ => return Err(CallError::NoActive),
         };
         if !active {
             return Ok(Cached {
@@ -356,18 +374,18 @@ fn split_identity(pem: &[u8]) -> (&[u8], &[u8]) {
     }
 }
 
-/// An RFC 7523 client assertion for the endpoint, signed with the client's key.
+/// An RFC 7523 client assertion for the endpoint, signed with the client's key; None when
+/// the key cannot sign (validation checked it loads).
 fn client_assertion(
     client_id: &str,
     endpoint: &str,
     key_pem: &str,
     alg: JwsAlgorithm,
-) -> Result<String, String> {
-    let key = openssl::pkey::PKey::private_key_from_pem(key_pem.as_bytes())
-        .map_err(|_| "introspection: the client assertion key is unusable".to_string())?;
+) -> Option<String> {
+    let key = openssl::pkey::PKey::private_key_from_pem(key_pem.as_bytes()).ok()?;
     let now = now_secs() as i64;
     let mut jti = [0u8; 16];
-    openssl::rand::rand_bytes(&mut jti).map_err(|_| "introspection: no random bytes")?;
+    openssl::rand::rand_bytes(&mut jti).ok()?;
     let header = serde_json::json!({"alg": alg.name(), "typ": "JWT"});
     let claims = serde_json::json!({
         "iss": client_id, "sub": client_id, "aud": endpoint,
@@ -378,25 +396,23 @@ fn client_assertion(
         URL_SAFE_NO_PAD.encode(header.to_string()),
         URL_SAFE_NO_PAD.encode(claims.to_string())
     );
-    let fail = |_| "introspection: the client assertion cannot be signed".to_string();
     let signature = match alg {
         JwsAlgorithm::ES256 => {
-            let ec = key.ec_key().map_err(fail)?;
+            let ec = key.ec_key().ok()?;
             let digest = openssl::sha::sha256(input.as_bytes());
-            let sig = openssl::ecdsa::EcdsaSig::sign(&digest, &ec).map_err(fail)?;
-            let mut raw = sig.r().to_vec_padded(32).map_err(fail)?;
-            raw.extend(sig.s().to_vec_padded(32).map_err(fail)?);
+            let sig = openssl::ecdsa::EcdsaSig::sign(&digest, &ec).ok()?;
+            let mut raw = sig.r().to_vec_padded(32).ok()?;
+            raw.extend(sig.s().to_vec_padded(32).ok()?);
             raw
         }
         _ => {
             let mut signer =
-                openssl::sign::Signer::new(openssl::hash::MessageDigest::sha256(), &key)
-                    .map_err(fail)?;
-            signer.update(input.as_bytes()).map_err(fail)?;
-            signer.sign_to_vec().map_err(fail)?
+                openssl::sign::Signer::new(openssl::hash::MessageDigest::sha256(), &key).ok()?;
+            signer.update(input.as_bytes()).ok()?;
+            signer.sign_to_vec().ok()?
         }
     };
-    Ok(format!("{input}.{}", URL_SAFE_NO_PAD.encode(signature)))
+    Some(format!("{input}.{}", URL_SAFE_NO_PAD.encode(signature)))
 }
 
 /// What an introspector is made from, secrets included (as a digest: their `Debug` is
