@@ -306,6 +306,10 @@ pub fn settings(tls: Arc<ServerTls>) -> Result<TlsSettings, Problem> {
     let mut settings = TlsSettings::with_callbacks(Box::new(Callbacks { tls: tls.clone() }))
         .map_err(|e| Problem::new("listen.tls", e))?;
     settings.enable_h2();
+    // An idle connection keeps no TLS read or write buffer (OpenSSL's
+    // SSL_MODE_RELEASE_BUFFERS, as nginx sets it): 32 KiB and more per connection between
+    // requests, most of the memory of many idle or slow clients.
+    settings.set_mode(pingora::tls::ssl::SslMode::RELEASE_BUFFERS);
     // Without a session id context a client's resumed handshake fails once it has sent a
     // certificate ("session id context uninitialized").
     settings
