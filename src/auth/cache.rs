@@ -154,6 +154,7 @@ mod tests {
                 x5t_s256: None,
                 jkt: None,
                 jti: None,
+                raw: std::sync::Arc::from(&b"{}"[..]),
             },
             kid: Some("k1".into()),
             key: [1; 32],

@@ -43,6 +43,8 @@ pub struct Verified {
     /// The token's identifier (RFC 7519 §4.1.7), when it has a string one: the single-use
     /// ledger's key.
     pub jti: Option<String>,
+    /// The claims as verified (JSON), for the claims a route passes on as headers.
+    pub raw: std::sync::Arc<[u8]>,
 }
 
 /// A `cnf` member naming a SHA-256 thumbprint.
@@ -224,6 +226,7 @@ pub fn verify_claims(payload: &[u8], issuer: &str) -> Result<Verified, Denial> {
         x5t_s256,
         jkt,
         jti,
+        raw: payload.into(),
     })
 }
 
@@ -503,6 +506,7 @@ mod tests {
             x5t_s256: None,
             jkt: None,
             jti: None,
+            raw: std::sync::Arc::from(&b"{}"[..]),
         };
         assert!(check_time(&v, 900.0, 60.0).is_ok());
         assert!(check_time(&v, 1059.0, 60.0).is_ok());

@@ -4,6 +4,7 @@
 
 pub mod bearer;
 pub mod cache;
+pub mod claim_headers;
 pub mod claims;
 pub mod denial;
 pub mod dpop;
@@ -92,6 +93,8 @@ pub struct Authoriser {
     statement_settings: String,
     /// By route index; None for a route without `token`.
     routes: Vec<Option<Policy>>,
+    /// By route index: the headers set from the token's claims (header, claim).
+    route_headers: Vec<Vec<(http::HeaderName, String)>>,
     dpop: Option<ProofChecker>,
     metrics: Arc<Metrics>,
     /// The shared state (Redis): DPoP proofs are recorded there too, so that a proof replayed
@@ -253,6 +256,16 @@ impl Authoriser {
                 introspector,
                 introspection_settings,
                 routes,
+                route_headers: config
+                    .routes
+                    .iter()
+                    .map(|r| {
+                        r.token
+                            .as_ref()
+                            .map(|t| t.headers.clone())
+                            .unwrap_or_default()
+                    })
+                    .collect(),
                 dpop,
                 metrics,
                 shared,
@@ -317,6 +330,7 @@ impl Authoriser {
                 return Ok(Permit::Route(RoutePermit {
                     route: *route,
                     protected: false,
+                    claim_headers: Vec::new(),
                 }))
             }
             (Credential::InitialAccessOrMaster, _) => {
@@ -333,10 +347,11 @@ impl Authoriser {
                 })
             }
             (Credential::AccessToken { route }, Operation::Protected { .. }) => {
-                self.route_token(route, facts).await.map(|()| {
+                self.route_token(route, facts).await.map(|claim_headers| {
                     Permit::Route(RoutePermit {
                         route,
                         protected: true,
+                        claim_headers,
                     })
                 })
             }
@@ -394,8 +409,13 @@ impl Authoriser {
         Ok(RegistryGrant::InitialAccessToken { ledger, reach })
     }
 
-    /// A protected route: an access token that satisfies the route's policy.
-    async fn route_token(&self, route: usize, facts: &Facts<'_>) -> Result<(), Denial> {
+    /// A protected route: an access token that satisfies the route's policy; the headers its
+    /// claims give the upstream.
+    async fn route_token(
+        &self,
+        route: usize,
+        facts: &Facts<'_>,
+    ) -> Result<Vec<(http::HeaderName, http::HeaderValue)>, Denial> {
         let Some(Some(policy)) = self.routes.get(route) else {
             // The router names protected routes only: nothing to check means a bug, refused.
             return Err(Denial::InvalidToken(
@@ -406,7 +426,11 @@ impl Authoriser {
             bearer::access_token(facts.headers, facts.query)?.ok_or_else(|| self.missing())?;
         let digest = SecretDigest::of(presented.token.as_bytes());
         let entry = self.access_token(policy, presented, &digest, facts).await?;
-        policy.check_scope(&entry.verified)
+        policy.check_scope(&entry.verified)?;
+        match self.route_headers.get(route) {
+            Some(wanted) if !wanted.is_empty() => claim_headers::of(&entry.verified, wanted),
+            _ => Ok(Vec::new()),
+        }
     }
 
     /// A JWT access token against `policy`: signature and claims (cached), clock, audience,

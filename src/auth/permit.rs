@@ -147,6 +147,8 @@ impl SessionPermit {
 pub struct RoutePermit {
     pub(super) route: usize,
     pub(super) protected: bool,
+    /// Set for the upstream from the verified token's claims (`routes[].token.headers`).
+    pub(super) claim_headers: Vec<(http::HeaderName, http::HeaderValue)>,
 }
 
 impl RoutePermit {
@@ -158,6 +160,11 @@ impl RoutePermit {
     /// another one (method-override headers are dropped).
     pub fn method_bound(&self) -> bool {
         self.protected
+    }
+
+    /// The headers the verified token's claims give the upstream.
+    pub fn claim_headers(&self) -> &[(http::HeaderName, http::HeaderValue)] {
+        &self.claim_headers
     }
 }
 

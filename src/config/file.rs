@@ -94,6 +94,9 @@ pub struct RouteTokenFile {
     #[serde(default)]
     pub audience: Vec<String>,
     pub require_proof_of_possession: Option<bool>,
+    /// Header name → claim: set from the verified token, stripped from the client's request.
+    #[serde(default)]
+    pub headers: BTreeMap<String, String>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -113,6 +113,24 @@ pub struct RouteToken {
     /// One of these audiences; empty: no audience check.
     pub audience: Vec<String>,
     pub require_proof_of_possession: bool,
+    /// Headers set for the upstream from the verified token's claims: (header, claim).
+    pub headers: Vec<(http::HeaderName, String)>,
+}
+
+impl Config {
+    /// Every header a route sets from token claims: removed from every forwarded request
+    /// first, whatever its route (a client cannot send them in bindgate's name).
+    pub fn claim_header_names(&self) -> Vec<http::HeaderName> {
+        let mut names: Vec<http::HeaderName> = self
+            .routes
+            .iter()
+            .filter_map(|r| r.token.as_ref())
+            .flat_map(|t| t.headers.iter().map(|(h, _)| h.clone()))
+            .collect();
+        names.sort_by(|a, b| a.as_str().cmp(b.as_str()));
+        names.dedup();
+        names
+    }
 }
 
 #[derive(Debug, Clone)]

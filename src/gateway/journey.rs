@@ -55,6 +55,8 @@ pub(super) struct Forwarding {
     pub taken_token: Option<Ledger>,
     /// A quiet delete on an upstream session store: the answer becomes a bodiless 204.
     pub quiet_delete: bool,
+    /// Headers from the verified token's claims (a protected route's `token.headers`).
+    pub claim_headers: Vec<(http::HeaderName, http::HeaderValue)>,
 }
 
 impl Stage {

@@ -34,6 +34,8 @@ pub struct Live {
     pub(super) upstreams: HashMap<String, Arc<UpstreamTarget>>,
     pub(super) body: BodyLimits,
     pub(super) metrics: Arc<Metrics>,
+    /// Every header a route sets from token claims: stripped from every forwarded request.
+    pub(super) claim_header_names: Vec<http::HeaderName>,
 }
 
 /// What one request learnt on its way through the hooks.
@@ -119,6 +121,7 @@ impl Live {
                 linger_bytes: config.server.max_body.saturating_mul(4).max(1 << 20),
             },
             metrics,
+            claim_header_names: config.claim_header_names(),
         })
     }
 
@@ -281,6 +284,10 @@ impl Live {
                 })?;
                 state.take_token(l).await?;
             }
+            let claim_headers = match &permit {
+                Permit::Route(p) => p.claim_headers().to_vec(),
+                _ => Vec::new(),
+            };
             Ok::<_, Rejection>(Forwarding {
                 upstream: upstream.clone(),
                 _slot: slot,
@@ -288,6 +295,7 @@ impl Live {
                 method_bound,
                 taken_token: ledger,
                 quiet_delete,
+                claim_headers,
             })
         }
         .await;

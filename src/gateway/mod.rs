@@ -190,6 +190,8 @@ impl ProxyHttp for Gateway {
                 peer_certificate: ctx.peer_certificate.as_ref(),
                 client,
                 upgrade,
+                claim_header_names: &ctx.live.claim_header_names,
+                claim_headers: &forwarding.claim_headers,
             },
         )
     }

@@ -78,6 +78,9 @@ pub(super) struct Outgoing<'a> {
     pub peer_certificate: Option<&'a PeerCertificate>,
     pub client: Option<std::net::IpAddr>,
     pub upgrade: bool,
+    /// Every header some route sets from claims (removed first) and this request's.
+    pub claim_header_names: &'a [http::HeaderName],
+    pub claim_headers: &'a [(http::HeaderName, http::HeaderValue)],
 }
 
 /// Rewrites the head that goes upstream: the authorised target, the body's framing when it
@@ -122,6 +125,13 @@ pub(super) fn prepare_request(
         outgoing.method_bound,
         upstream.forward_underscore_headers,
     );
+    // A client never sends what bindgate sets from a verified token, on any route.
+    for name in outgoing.claim_header_names {
+        upstream_request.remove_header(name);
+    }
+    for (name, value) in outgoing.claim_headers {
+        upstream_request.insert_header(name.clone(), value.clone())?;
+    }
     if upstream.keepalive_pool == 0 {
         // No connection is kept for this upstream: the request says so, and Pingora does not
         // put the connection back in the pool.

@@ -4,6 +4,7 @@
 mod harness;
 
 mod answers;
+mod claims;
 mod config;
 mod core;
 mod dpop;

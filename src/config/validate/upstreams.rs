@@ -331,10 +331,24 @@ pub(super) fn routes(p: &mut Problems, file: &FileConfig, jwks: bool) -> Vec<Rou
                     "needs jwks and issuer, or introspection: the route's access tokens are verified with them",
                 );
             }
+            let mut headers = Vec::new();
+            for (name, claim) in &t.headers {
+                let at = format!("{key}.token.headers.{name}");
+                match http::HeaderName::from_bytes(name.as_bytes()) {
+                    Ok(n) if crate::headers::is_reserved(n.as_str()) => p.push(
+                        at,
+                        "is a header bindgate or HTTP already gives a meaning to",
+                    ),
+                    Ok(_) if claim.is_empty() => p.push(at, "names no claim"),
+                    Ok(n) => headers.push((n, claim.clone())),
+                    Err(_) => p.push(at, "is not a valid header name"),
+                }
+            }
             RouteToken {
                 scope: t.scope.clone(),
                 audience: t.audience.clone(),
                 require_proof_of_possession: t.require_proof_of_possession.unwrap_or(false),
+                headers,
             }
         });
         routes.push(Route {
