@@ -168,7 +168,7 @@ fn dev_proof(a: DevProofArgs) -> Result<String, CliError> {
 /// wake-up, whatever the rate, and waits at most 100 ms; other lines are written at once.
 /// Nothing is dropped (loggers wait when 4 MiB are buffered). Keep the guard alive: dropping
 /// it writes what is left.
-fn init_logging() -> Option<bindgate::logwriter::Flush> {
+fn init_logging(format: bindgate::config::LogFormat) -> Option<bindgate::logwriter::Flush> {
     use std::os::fd::AsFd;
     let filter = tracing_subscriber::EnvFilter::try_from_env("BINDGATE_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
@@ -179,21 +179,26 @@ fn init_logging() -> Option<bindgate::logwriter::Flush> {
         .and_then(|fd| {
             bindgate::logwriter::BatchWriter::spawn("bindgate-log", std::fs::File::from(fd))
         });
-    let Ok((writer, flush)) = writer else {
-        // No descriptor or no thread for the writer: log synchronously rather than not at all.
-        tracing_subscriber::fmt()
-            .with_env_filter(filter)
-            .with_target(true)
-            .with_ansi(ansi)
-            .init();
-        return None;
-    };
-    tracing_subscriber::fmt()
+    let json = format == bindgate::config::LogFormat::Json;
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_target(true)
-        .with_ansi(ansi)
-        .with_writer(writer)
-        .init();
+        .with_ansi(ansi && !json);
+    let Ok((writer, flush)) = writer else {
+        // No descriptor or no thread for the writer: log synchronously rather than not at all.
+        if json {
+            builder.event_format(bindgate::logformat::JsonLines).init();
+        } else {
+            builder.init();
+        }
+        return None;
+    };
+    let builder = builder.with_writer(writer);
+    if json {
+        builder.event_format(bindgate::logformat::JsonLines).init();
+    } else {
+        builder.init();
+    }
     Some(flush)
 }
 
@@ -396,8 +401,6 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::Run { config, upgrade } => {
-            // Held until the process ends: dropping it flushes what is queued.
-            let _log = init_logging();
             let config = match bindgate::config::load(&config) {
                 Ok(c) => c,
                 Err(e) => {
@@ -405,6 +408,8 @@ fn main() -> ExitCode {
                     return ExitCode::from(2);
                 }
             };
+            // Held until the process ends: dropping it flushes what is queued.
+            let _log = init_logging(config.log_format);
             match bindgate::serve::run(config, upgrade) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {

@@ -58,6 +58,7 @@ fn fixed_parts(c: &Config) -> Vec<(&'static str, String)> {
                 .unwrap_or_default(),
         ),
         ("server.threads", c.server.threads.to_string()),
+        ("log.format", format!("{:?}", c.log_format)),
         (
             "state",
             format!(

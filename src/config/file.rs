@@ -23,6 +23,14 @@ pub struct FileConfig {
     pub server: Option<ServerFile>,
     pub dpop: Option<DpopFile>,
     pub introspection: Option<IntrospectionFile>,
+    pub log: Option<LogFile>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogFile {
+    /// `text` or `json`.
+    pub format: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -92,6 +92,17 @@ pub struct Config {
     pub dpop: Option<Dpop>,
     /// RFC 7662; None: JWT access tokens only.
     pub introspection: Option<Introspection>,
+    /// `log.format`.
+    pub log_format: LogFormat,
+}
+
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    /// Human-readable lines (tracing's).
+    Text,
+    /// One JSON object per line (`logformat`).
+    Json,
 }
 
 /// DPoP proof checking (RFC 9449).

@@ -13,6 +13,7 @@ mod fuzz;
 mod hostile;
 mod introspection;
 mod live;
+mod logs;
 mod paths;
 mod policy;
 mod pool;

@@ -73,6 +73,14 @@ pub fn validate(file: FileConfig, source: &Path) -> Result<Config, Vec<Problem>>
     );
     let dpop = tokens::dpop(&mut p, &file);
     let introspection = introspection::introspection(&mut p, &file, source);
+    let log_format = match file.log.as_ref().and_then(|l| l.format.as_deref()) {
+        None | Some("text") => LogFormat::Text,
+        Some("json") => LogFormat::Json,
+        Some(other) => {
+            p.push("log.format", format!("`{other}` is not one of text, json"));
+            LogFormat::Text
+        }
+    };
     let state = sections::state(&mut p, &file, source);
     let server = sections::server(&mut p, &file, source);
 
@@ -95,5 +103,6 @@ pub fn validate(file: FileConfig, source: &Path) -> Result<Config, Vec<Problem>>
         server,
         dpop,
         introspection,
+        log_format,
     })
 }

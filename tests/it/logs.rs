@@ -1,0 +1,66 @@
+//! `log.format: json` (issue 18 §1): every line bindgate writes is one JSON object, with the
+//! documented names, whatever a client puts in its request.
+
+use crate::harness::*;
+
+#[test]
+fn json_lines_for_events_and_the_access_log() {
+    let pki = Pki::new();
+    let upstream = Upstream::start();
+    let yaml = format!(
+        r#"
+listen:
+  address: "{{LISTEN}}"
+  tls: {{cert: "{{PKI}}/server.crt", key: "{{PKI}}/server.key"}}
+admin: {{address: "{{ADMIN}}"}}
+upstreams:
+  up: {{address: "{}"}}
+routes:
+  - {{prefix: /api, upstream: up}}
+log: {{format: json}}
+"#,
+        upstream.addr
+    );
+    let bg = Bindgate::start(&pki, &yaml);
+    let client = bg.client(&pki, Some("client1"), Http::One);
+    assert_eq!(
+        client
+            .get(bg.url("/api/ok?secret-query=1"))
+            .send()
+            .unwrap()
+            .status(),
+        200
+    );
+    // A path a text log could be fooled by: quotes, backslashes, encoded line breaks.
+    let hostile = "/nowhere%22%0A%5C%22,%22status%22:200";
+    assert_eq!(client.get(bg.url(hostile)).send().unwrap().status(), 400);
+    let over_h2 = bg.client(&pki, None, Http::Alpn);
+    assert_eq!(over_h2.get(bg.url("/api/h2")).send().unwrap().status(), 200);
+    let log = bg.wait_log("/api/h2");
+    let mut access = Vec::new();
+    for line in log.lines().filter(|l| !l.trim().is_empty()) {
+        let v: serde_json::Value =
+            serde_json::from_str(line).unwrap_or_else(|e| panic!("not a JSON line ({e}): {line}"));
+        assert!(
+            v["time"].as_str().is_some_and(|t| t.ends_with('Z')),
+            "{line}"
+        );
+        assert!(v["level"].is_string() && v["target"].is_string(), "{line}");
+        if v["target"] == "bindgate::access" {
+            access.push(v);
+        }
+    }
+    assert_eq!(access.len(), 3, "{log}");
+    assert_eq!(access[0]["method"], "GET");
+    assert_eq!(access[0]["path"], "/api/ok");
+    assert_eq!(access[0]["status"], 200);
+    assert_eq!(access[0]["client_cert"], pki.thumbprint("client1"));
+    assert!(access[0]["latency_us"].is_u64());
+    // The hostile path is one value of one line: no `status` of its choosing.
+    assert_eq!(access[1]["status"], 400);
+    assert_eq!(access[1]["reason"], "bad_path");
+    assert!(access[1]["path"].as_str().unwrap().starts_with("/nowhere"));
+    assert_eq!(access[2]["path"], "/api/h2");
+    // The query is never logged.
+    assert!(!log.contains("secret-query"));
+}
