@@ -408,6 +408,13 @@ fn main() -> ExitCode {
                     return ExitCode::from(2);
                 }
             };
+            // An unreadable BINDGATE_LOG is an error, not silence at another level.
+            if let Ok(filter) = std::env::var("BINDGATE_LOG") {
+                if let Err(e) = tracing_subscriber::EnvFilter::try_new(&filter) {
+                    eprintln!("bindgate: BINDGATE_LOG=`{filter}` is not a log filter: {e}");
+                    return ExitCode::from(2);
+                }
+            }
             // Held until the process ends: dropping it flushes what is queued.
             let _log = init_logging(config.log_format);
             match bindgate::serve::run(config, upgrade) {

@@ -194,6 +194,10 @@ impl Metrics {
             &["result"],
         )
         .expect("static metric definition");
+        // Every series exists from the start, at 0: a dashboard's rate() needs no first event.
+        for result in ["ok", "failed", "certificates"] {
+            reloads.with_label_values(&[result]);
+        }
         let connections_closed = IntCounterVec::new(
             Opts::new(
                 "connections_closed_total",

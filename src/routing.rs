@@ -106,19 +106,28 @@ impl SessionRequest {
         };
         let (mut all, mut quiet, mut skip) = (false, false, false);
         for (k, v) in form_urlencoded::parse(query.unwrap_or_default().as_bytes()) {
-            let twice = match &*k {
-                "subject" => request.subject.replace(v.into_owned()).is_some(),
-                "all" => std::mem::replace(&mut all, true) || !set_flag(&mut request.all, &v),
-                "quiet" => std::mem::replace(&mut quiet, true) || !set_flag(&mut request.quiet, &v),
-                "skip_last_used_update" => {
-                    std::mem::replace(&mut skip, true)
-                        || !set_flag(&mut request.skip_last_used_update, &v)
+            let (seen, flag) = match &*k {
+                "subject" => {
+                    if request.subject.replace(v.into_owned()).is_some() {
+                        return Err(Rejection::InvalidInput(
+                            "The subject parameter is given twice".into(),
+                        ));
+                    }
+                    continue;
                 }
-                _ => false,
+                "all" => (&mut all, &mut request.all),
+                "quiet" => (&mut quiet, &mut request.quiet),
+                "skip_last_used_update" => (&mut skip, &mut request.skip_last_used_update),
+                _ => continue,
             };
-            if twice {
+            if std::mem::replace(seen, true) {
                 return Err(Rejection::InvalidInput(format!(
-                    "The {k} parameter is given twice or is not true / false"
+                    "The {k} parameter is given twice"
+                )));
+            }
+            if !set_flag(flag, &v) {
+                return Err(Rejection::InvalidInput(format!(
+                    "The {k} parameter must be true or false"
                 )));
             }
         }
@@ -366,6 +375,31 @@ fn sessions(method: &Method, rest: &str) -> Result<SessionOp, Rejection> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_parameter_error_names_the_parameter_and_the_problem() {
+        let read =
+            |q: &str| match SessionRequest::read(SessionOp::Delete, Some(q), &HeaderMap::new()) {
+                Err(Rejection::InvalidInput(why)) => why,
+                other => panic!("{q}: {other:?}"),
+            };
+        assert_eq!(
+            read("all=true&all=true"),
+            "The all parameter is given twice"
+        );
+        assert_eq!(
+            read("quiet=yes&all=true"),
+            "The quiet parameter must be true or false"
+        );
+        assert_eq!(
+            read("subject=a&subject=b"),
+            "The subject parameter is given twice"
+        );
+        assert_eq!(
+            read("skip_last_used_update=1"),
+            "The skip_last_used_update parameter must be true or false"
+        );
+    }
 
     fn router() -> Router {
         Router::from_parts(

@@ -252,6 +252,7 @@ pub fn run(config: Config, upgrade: bool) -> Result<(), Problem> {
     let source = config.source.clone();
     let leeway = config.tokens.leeway;
     let shared_state = config.state.redis.is_some();
+    let startup = startup_summary(&config);
     let control = Control::start(config, metrics.clone(), readiness.clone())?;
     if upgrade && !shared_state {
         // Before serving: no proof the old process accepted is good here. (With Redis, the
@@ -368,9 +369,14 @@ pub fn run(config: Config, upgrade: bool) -> Result<(), Problem> {
             .map_err(|e| Problem::new("server.pid_file", format!("{}: {e}", path.display())))?;
     }
     tracing::info!(
+        version = env!("CARGO_PKG_VERSION"),
         config = %source.display(),
         threads,
         upgrade,
+        listen = %startup.listen,
+        admin = %startup.admin,
+        state = %startup.state,
+        routes = %startup.routes,
         "bindgate starting"
     );
     server.run(pingora::server::RunArgs::default());
@@ -532,5 +538,39 @@ impl BackgroundService for Operator {
                 }
             }
         }
+    }
+}
+
+/// What the startup line says of a configuration.
+struct Startup {
+    listen: String,
+    admin: String,
+    state: String,
+    routes: String,
+}
+
+fn startup_summary(config: &crate::config::Config) -> Startup {
+    let state = match (&config.state.redis, &config.state.path) {
+        (Some(r), _) if !r.cluster.is_empty() => {
+            format!("redis cluster ({} seeds)", r.cluster.len())
+        }
+        (Some(_), _) => "redis".to_string(),
+        (None, p) => format!("redb {p:?}"),
+    };
+    let routes = config
+        .routes
+        .iter()
+        .map(|r| format!("{}→{}", r.prefix, r.upstream))
+        .collect::<Vec<_>>()
+        .join(" ");
+    Startup {
+        listen: config.listen.address.to_string(),
+        admin: config
+            .admin
+            .as_ref()
+            .map(|a| a.address.to_string())
+            .unwrap_or_else(|| "-".into()),
+        state,
+        routes,
     }
 }

@@ -287,10 +287,26 @@ pub struct SessionLimitsFile {
 pub struct ServerFile {
     pub threads: Option<usize>,
     pub grace_period: Option<String>,
+    /// A size with a unit (`64KiB`), or a plain number of bytes (string or integer).
+    #[serde(default, deserialize_with = "size_text")]
     pub max_body: Option<String>,
     pub pid_file: Option<String>,
     pub upgrade_sock: Option<String>,
     pub idle_timeout: Option<String>,
     pub header_timeout: Option<String>,
     pub body_timeout: Option<String>,
+}
+
+/// A size written as text (`64KiB`, `1024`) or as a YAML integer (`1024`: bytes), as text.
+fn size_text<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Size {
+        Bytes(u64),
+        Text(String),
+    }
+    Ok(Option::<Size>::deserialize(d)?.map(|s| match s {
+        Size::Bytes(n) => n.to_string(),
+        Size::Text(t) => t,
+    }))
 }

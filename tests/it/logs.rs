@@ -63,4 +63,41 @@ log: {{format: json}}
     assert_eq!(access[2]["path"], "/api/h2");
     // The query is never logged.
     assert!(!log.contains("secret-query"));
+    // The startup line says what runs.
+    let start = log
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .find(|v| v["message"] == "bindgate starting")
+        .expect("a startup line");
+    assert_eq!(start["version"], env!("CARGO_PKG_VERSION"));
+    assert_eq!(start["listen"], bg.listen.to_string());
+    assert_eq!(start["routes"], "/api→up");
+    // Every reload series exists from the start.
+    let metrics = bg.metrics();
+    for result in ["ok", "failed", "certificates"] {
+        let series = format!("bindgate_config_reloads_total{{result=\"{result}\"}} 0");
+        assert!(metrics.contains(&series), "{series} missing");
+    }
+}
+
+#[test]
+fn an_unreadable_bindgate_log_is_an_error_and_sizes_take_plain_bytes() {
+    let pki = Pki::new();
+    let yaml = "listen:\n  address: \"{LISTEN}\"\n  tls: {cert: \"{PKI}/server.crt\", key: \"{PKI}/server.key\"}\nroutes: []\n";
+    let mut bg = Bindgate::spawn(&pki, yaml, &[("BINDGATE_LOG", "bindgate=[")]);
+    let status = bg
+        .wait_exit(std::time::Duration::from_secs(10))
+        .expect("bindgate exits");
+    assert_eq!(status.code(), Some(2));
+    assert!(
+        bg.logs()
+            .contains("BINDGATE_LOG=`bindgate=[` is not a log filter"),
+        "{}",
+        bg.logs()
+    );
+    let (ok, out) = check(
+        &pki,
+        "listen:\n  address: \"127.0.0.1:8443\"\n  tls: {cert: \"{PKI}/server.crt\", key: \"{PKI}/server.key\"}\nserver: {max_body: 1024}\nroutes: []\n",
+    );
+    assert!(ok, "{out}");
 }
