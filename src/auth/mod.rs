@@ -502,6 +502,11 @@ impl Authoriser {
         };
         match (opaque, &self.introspector, &self.validator) {
             (true, Some(i), _) => i.verified(token, digest.bytes()).await,
+            // Not even a JWT's shape (an unknown master token, a typo, an opaque token where
+            // none is introspected): said as such, not as a malformed JWT.
+            (false, _, Some(_)) if !introspect::looks_like_jwt(token) => Err(Denial::InvalidToken(
+                "The token is not a JWT (nor, on the registration endpoint, a master token)".into(),
+            )),
             (false, _, Some(v)) => v.verified(token, digest.bytes()).await,
             _ => Err(Denial::InvalidToken("Invalid access token".into())),
         }

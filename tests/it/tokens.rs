@@ -192,7 +192,13 @@ fn every_row_of_the_answer_table() {
         &s.register(Some(&tampered(&es.sign(&claims()), &json!({"iss": ISSUER, "exp": now() + 60, "aud": ENDPOINT, "scp": ["client-reg", "admin"]}))), None),
         "tampered payload",
     );
-    assert_invalid_token(&s.register(Some("not-a-jwt"), None), "unknown master token");
+    let unknown = s.register(Some("not-a-jwt"), None);
+    assert_invalid_token(&unknown, "unknown master token");
+    // Said as what it is, not as a malformed JWT.
+    assert_eq!(
+        unknown.body["error_description"],
+        "The token is not a JWT (nor, on the registration endpoint, a master token)"
+    );
     assert_invalid_token(&s.register(Some("aaa.bbb.ccc"), None), "malformed JWT");
     let unknown = Signer::new(Algorithm::ES256, "nobody-knows-me");
     assert_invalid_token(
