@@ -14,6 +14,8 @@ pub struct Readiness {
     /// `noeviction`, and `state.redis.allow_eviction` is false): ledger and replay records
     /// could vanish.
     state_evicts: AtomicBool,
+    /// While the state is down: it refused bindgate's credentials (rather than not answering).
+    state_refuses_credentials: AtomicBool,
 }
 
 impl Readiness {
@@ -29,11 +31,18 @@ impl Readiness {
             keys_loaded: AtomicBool::new(!keys_needed),
             state_up: AtomicBool::new(!state_probed),
             state_evicts: AtomicBool::new(false),
+            state_refuses_credentials: AtomicBool::new(false),
         }
     }
 
     pub fn set_state_up(&self, up: bool) {
         self.state_up.store(up, Ordering::Release);
+    }
+
+    /// The state is down because it refuses bindgate's credentials (`/readyz` says so).
+    pub fn set_state_refuses_credentials(&self, refuses: bool) {
+        self.state_refuses_credentials
+            .store(refuses, Ordering::Release);
     }
 
     pub fn set_state_evicts(&self, evicts: bool) {
@@ -55,7 +64,11 @@ impl Readiness {
         } else if !self.keys_loaded.load(Ordering::Acquire) {
             Some("no signing keys are loaded")
         } else if !self.state_up.load(Ordering::Acquire) {
-            Some("the shared state (Redis) does not answer")
+            if self.state_refuses_credentials.load(Ordering::Acquire) {
+                Some("the shared state (Redis) refuses bindgate's password (state.redis.password or the url's)")
+            } else {
+                Some("the shared state (Redis) does not answer")
+            }
         } else if self.state_evicts.load(Ordering::Acquire) {
             Some("the shared state (Redis) evicts keys (maxmemory-policy is not noeviction; state.redis.allow_eviction: true accepts it)")
         } else {

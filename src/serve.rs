@@ -86,10 +86,13 @@ impl BackgroundService for StateProbe {
                 Ok::<_, crate::state::store::StoreError>(store.eviction_policy().ok().flatten())
             })
             .await;
-            let (up, policy) = match probed {
-                Ok(Ok(policy)) => (true, policy),
-                _ => (false, None),
+            let (up, policy, refused) = match probed {
+                Ok(Ok(policy)) => (true, policy, None),
+                Ok(Err(e)) if e.refuses_credentials() => (false, None, Some(e)),
+                _ => (false, None, None),
             };
+            self.readiness
+                .set_state_refuses_credentials(refused.is_some());
             if up {
                 // Keys an evicting policy may drop: the single-use ledger, the replay record.
                 let evicting =
@@ -104,6 +107,8 @@ impl BackgroundService for StateProbe {
             if up != was_up {
                 if up {
                     tracing::info!(target: "bindgate::state", "the shared state answers again");
+                } else if let Some(e) = &refused {
+                    tracing::error!(target: "bindgate::state", "the shared state (Redis) refuses bindgate's password: {e}");
                 } else {
                     tracing::warn!(target: "bindgate::state", "the shared state (Redis) does not answer");
                 }

@@ -11,6 +11,21 @@ impl StoreError {
     pub fn new(why: String) -> Self {
         StoreError(why)
     }
+
+    /// Whether the store refused bindgate's credentials (Redis `WRONGPASS`, `NOAUTH`, a failed
+    /// `AUTH`): a configuration to fix, not a store that does not answer.
+    pub fn refuses_credentials(&self) -> bool {
+        let why = self.0.to_ascii_uppercase();
+        [
+            "WRONGPASS",
+            "NOAUTH",
+            "AUTHENTICATION",
+            "INVALID PASSWORD",
+            "INVALID USERNAME-PASSWORD",
+        ]
+        .iter()
+        .any(|m| why.contains(m))
+    }
 }
 
 pub(super) fn fail(e: impl std::fmt::Display) -> StoreError {

@@ -1042,3 +1042,39 @@ fn nonce_given_by_one_is_good_on_the_other(p: &Pair, giver: &Node, taker: &Node)
         "the other instance takes the nonce"
     );
 }
+
+/// A wrong Redis password is said as such, in `/readyz` and in one log line.
+#[test]
+fn a_wrong_redis_password_is_named() {
+    let pki = Pki::new();
+    let signer = Signer::new(Algorithm::ES256, "issuer-1");
+    let (jwks, idp) = key_server_and_provider(&[&signer]);
+    let guarded = RedisServer::start();
+    // A password set once it runs (the harness's own probe speaks without one).
+    let set = std::process::Command::new("redis-cli")
+        .args([
+            "-p",
+            &guarded.port.to_string(),
+            "CONFIG",
+            "SET",
+            "requirepass",
+            "the-right-one",
+        ])
+        .output()
+        .expect("redis-cli");
+    assert!(String::from_utf8_lossy(&set.stdout).contains("OK"));
+    let state = format!(
+        r#"{{redis: {{url: "{}", key_prefix: "bg-test:", password: {{value: "a-wrong-one"}}}}}}"#,
+        guarded.url()
+    );
+    let bg = Bindgate::spawn(&pki, &config(&state, jwks.addr, idp.addr, true), &[]);
+    let body = readyz_state_reason(&bg);
+    assert!(body.contains("refuses bindgate's password"), "{body}");
+    let log = bg.wait_log("refuses bindgate's password");
+    assert!(!log.contains("a-wrong-one"), "the password was logged");
+    assert_eq!(
+        log.matches("refuses bindgate's password").count(),
+        1,
+        "{log}"
+    );
+}
