@@ -19,6 +19,32 @@ use crate::readiness::Readiness;
 /// A JWK set document larger than this is refused.
 const MAX_JWKS_BYTES: usize = 1024 * 1024;
 
+/// What went wrong on the way, in words an operator acts on: the kind (timed out, connection
+/// refused, TLS, ...) and the innermost cause, without the URL (said once, before).
+fn transport_cause(e: &reqwest::Error) -> String {
+    let mut innermost = e.to_string();
+    let mut source = std::error::Error::source(e);
+    while let Some(s) = source {
+        innermost = s.to_string();
+        source = s.source();
+    }
+    let lower = innermost.to_ascii_lowercase();
+    let kind = if e.is_timeout() {
+        "timed out"
+    } else if lower.contains("refused") {
+        "connection refused"
+    } else if lower.contains("certificate") || lower.contains("ssl") || lower.contains("tls") {
+        "TLS"
+    } else if e.is_connect() {
+        "cannot connect"
+    } else if e.is_body() || e.is_decode() {
+        "the answer could not be read"
+    } else {
+        "failed"
+    };
+    format!("{kind}: {innermost}")
+}
+
 /// Why a key set could not be fetched (the keys held stay in use).
 #[derive(Debug, thiserror::Error)]
 enum FetchError {
@@ -39,7 +65,7 @@ enum FetchError {
 
 #[derive(Debug, thiserror::Error)]
 enum HttpProblem {
-    #[error("{0}")]
+    #[error("{}", transport_cause(.0))]
     Transport(reqwest::Error),
     #[error("HTTP {0}")]
     Status(reqwest::StatusCode),

@@ -881,3 +881,40 @@ fn a_hanging_key_server_never_hangs_requests() {
         )) >= 1.0
     );
 }
+
+/// A failed key fetch names its cause: refused, TLS, HTTP status, not a key set.
+#[test]
+fn a_key_fetch_failure_names_its_cause() {
+    let pki = Pki::new();
+    let dead = std::net::SocketAddr::from(([127, 0, 0, 1], free_port()));
+    let tls = Upstream::start_tls(&pki.path("server.crt"), &pki.path("server.key"));
+    let status = Upstream::start();
+    status.set_reply(404, "{}");
+    let garbage = Upstream::start();
+    garbage.set_reply(200, "[1, 2, 3]");
+    for (uri, cause) in [
+        (format!("http://{dead}/jwks.json"), "connection refused"),
+        // The test CA is not among the system's roots: the server's certificate is not trusted.
+        (
+            format!("https://localhost:{}/jwks.json", tls.addr.port()),
+            "TLS",
+        ),
+        (format!("http://{}/jwks.json", status.addr), "HTTP 404"),
+        (
+            format!("http://{}/jwks.json", garbage.addr),
+            "not a JWK set",
+        ),
+    ] {
+        let yaml = format!(
+            "{LISTENERS}issuer: \"{ISSUER}\"\njwks: {{uri: \"{uri}\", fetch_timeout: 2s}}\nroutes: []\n"
+        );
+        let bg = Bindgate::spawn(&pki, &yaml, &[]);
+        let log = bg.wait_log("key set fetch failed");
+        let line = log
+            .lines()
+            .find(|l| l.contains("key set fetch failed"))
+            .unwrap()
+            .to_string();
+        assert!(line.contains(cause), "{cause}: {line}");
+    }
+}
