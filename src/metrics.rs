@@ -1,8 +1,8 @@
 //! Prometheus metrics, in a registry of bindgate's own (served by the admin listener).
 
 use prometheus::{
-    Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
-    TextEncoder,
+    Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry, TextEncoder,
 };
 use std::sync::atomic::{AtomicI64, Ordering};
 
@@ -235,8 +235,28 @@ impl Metrics {
             "Seconds until the served certificate expires",
         )
         .expect("static metric definition");
+        let build_info = IntGaugeVec::new(
+            Opts::new(
+                "build_info",
+                "The bindgate build that runs: its version and commit (always 1)",
+            ),
+            &["version", "commit"],
+        )
+        .expect("static metric definition");
+        build_info
+            .with_label_values(&[env!("CARGO_PKG_VERSION"), env!("BINDGATE_COMMIT")])
+            .set(1);
+        // RSS, CPU, open and maximum descriptors, threads, start time (process_*).
+        #[cfg(target_os = "linux")]
+        {
+            let process = prometheus::process_collector::ProcessCollector::for_self();
+            registry
+                .register(Box::new(process))
+                .expect("the process collector is registered once");
+        }
         for m in [
-            Box::new(reloads.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(build_info) as Box<dyn prometheus::core::Collector>,
+            Box::new(reloads.clone()),
             Box::new(connections_closed.clone()),
             Box::new(connections_refused.clone()),
             Box::new(upstream_connections.clone()),

@@ -72,8 +72,26 @@ log: {{format: json}}
     assert_eq!(start["version"], env!("CARGO_PKG_VERSION"));
     assert_eq!(start["listen"], bg.listen.to_string());
     assert_eq!(start["routes"], "/api→up");
-    // Every reload series exists from the start.
+    // Every reload series exists from the start; the build and the process are described.
     let metrics = bg.metrics();
+    let build = metrics
+        .lines()
+        .find(|l| l.starts_with("bindgate_build_info{"))
+        .expect("bindgate_build_info");
+    assert!(
+        build.contains(&format!("version=\"{}\"", env!("CARGO_PKG_VERSION")))
+            && build.contains("commit=\"")
+            && build.ends_with(" 1"),
+        "{build}"
+    );
+    for process in [
+        "bindgate_process_resident_memory_bytes",
+        "bindgate_process_open_fds",
+        "bindgate_process_max_fds",
+        "bindgate_process_cpu_seconds_total",
+    ] {
+        assert!(metrics.contains(process), "{process} missing");
+    }
     for result in ["ok", "failed", "certificates"] {
         let series = format!("bindgate_config_reloads_total{{result=\"{result}\"}} 0");
         assert!(metrics.contains(&series), "{series} missing");
