@@ -357,6 +357,20 @@ mod tests {
     use super::*;
     use crate::config::StatePath;
 
+    /// A state service on an in-memory store.
+    fn in_memory(limits: SessionLimits) -> StateService {
+        StateService {
+            store: Store::open(&StatePath::Memory).unwrap(),
+            limits,
+            registration_uri: "https://idp.example.com/clients".into(),
+            rules: Rules {
+                full_scope: "client-reg".into(),
+                privileged: Vec::new(),
+            },
+            rotate_token: false,
+        }
+    }
+
     async fn all_of(store: &Store, subject: &str) -> store::Entries {
         let mut snapshot = store.sessions_of(subject).await.unwrap();
         let mut out = Vec::new();
@@ -373,16 +387,7 @@ mod tests {
             auth_life: 30,
             max_idle: 15,
         };
-        let state = StateService {
-            store: Store::open(&StatePath::Memory).unwrap(),
-            limits,
-            registration_uri: "https://idp.example.com/clients".into(),
-            rules: Rules {
-                full_scope: "client-reg".into(),
-                privileged: Vec::new(),
-            },
-            rotate_token: false,
-        };
+        let state = in_memory(limits);
         let at = now();
         let mut items = Vec::new();
         for i in 0..2500 {
@@ -462,16 +467,7 @@ mod tests {
             auth_life: 600,
             max_idle: 600,
         };
-        let state = StateService {
-            store: Store::open(&StatePath::Memory).unwrap(),
-            limits,
-            registration_uri: "https://idp.example.com/clients".into(),
-            rules: Rules {
-                full_scope: "client-reg".into(),
-                privileged: Vec::new(),
-            },
-            rotate_token: false,
-        };
+        let state = in_memory(limits);
         let at = now();
         let mut record =
             sessions::record_from_body(br#"{"sub":"alice"}"#, &limits, at, at).unwrap();
