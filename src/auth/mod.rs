@@ -18,12 +18,13 @@ pub mod registration;
 pub mod replay;
 pub mod statement;
 pub mod token;
+mod verify;
 
 use http::{HeaderMap, Method};
 use std::sync::Arc;
 
 use crate::certificate::PeerCertificate;
-use crate::config::{Config, SecretDigest, SecretSet, TokenFormat};
+use crate::config::{Config, SecretDigest, SecretSet};
 use crate::metrics::{self, Metrics};
 use crate::readiness::Readiness;
 use crate::routing::{Credential, Operation, RegistryOp, SessionRequest};
@@ -489,43 +490,6 @@ impl Authoriser {
                 })
             }
             (None, Scheme::Bearer) => {}
-        }
-        Ok(entry)
-    }
-
-    /// The token verified: as a JWT, or by introspection (`tokens.format`); cached either way.
-    async fn verify_token(&self, token: &str, digest: &SecretDigest) -> Result<Arc<Entry>, Denial> {
-        let opaque = match self.token_format {
-            TokenFormat::Jwt => false,
-            TokenFormat::Opaque => true,
-            TokenFormat::Auto => !introspect::looks_like_jwt(token),
-        };
-        match (opaque, &self.introspector, &self.validator) {
-            (true, Some(i), _) => i.verified(token, digest.bytes()).await,
-            // Not even a JWT's shape (an unknown master token, a typo, an opaque token where
-            // none is introspected): said as such, not as a malformed JWT.
-            (false, _, Some(_)) if !introspect::looks_like_jwt(token) => Err(Denial::InvalidToken(
-                "The token is not a JWT (nor, on the registration endpoint, a master token)".into(),
-            )),
-            (false, _, Some(v)) => v.verified(token, digest.bytes()).await,
-            _ => Err(Denial::InvalidToken("Invalid access token".into())),
-        }
-    }
-
-    /// Without DPoP configured: tokens bound to a DPoP key are refused.
-    async fn bearer_only(
-        &self,
-        policy: &Policy,
-        presented: Presented<'_>,
-        digest: &SecretDigest,
-        facts: &Facts<'_>,
-    ) -> Result<Arc<Entry>, Denial> {
-        let entry = self.verify_token(presented.token, digest).await?;
-        token::check(&entry.verified, policy, facts.peer, now_secs(), self.leeway)?;
-        if entry.verified.jkt.is_some() {
-            return Err(Denial::InvalidToken(
-                "DPoP-bound tokens (cnf jkt) are not accepted: DPoP is not enabled".into(),
-            ));
         }
         Ok(entry)
     }
