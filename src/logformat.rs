@@ -1,7 +1,8 @@
 //! `log.format: json`: one JSON object per line, for the access log and bindgate's own
 //! events. Stable names: `time` (RFC 3339, UTC, microseconds), `level`, `target`, `message`
 //! (an event's text), then the event's own fields by name (the access log's: `method`, `path`,
-//! `status`, `route`, `target`, `latency_us`, `reason`, `client_cert`, `client`, `error`).
+//! `status`, `route`, `route_target`, `operation`, `decision`, `reason`, `latency_us`,
+//! `auth_us`, `bytes_in`, `bytes_out`, `client_cert`, `client`, `error`).
 //! Every value is escaped as JSON requires: a hostile path or header cannot forge a field or a
 //! line.
 

@@ -21,6 +21,25 @@ pub enum Operation {
     Protected { route: usize },
 }
 
+impl Operation {
+    /// A stable name, for the access log.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Operation::Registry(RegistryOp::Register) => "registry.register",
+            Operation::Registry(RegistryOp::List) => "registry.list",
+            Operation::Registry(RegistryOp::Read { .. }) => "registry.read",
+            Operation::Registry(RegistryOp::Update { .. }) => "registry.update",
+            Operation::Registry(RegistryOp::Delete { .. }) => "registry.delete",
+            Operation::Sessions(SessionOp::Create) => "sessions.create",
+            Operation::Sessions(SessionOp::Read) => "sessions.read",
+            Operation::Sessions(SessionOp::Replace) => "sessions.replace",
+            Operation::Sessions(SessionOp::Delete) => "sessions.delete",
+            Operation::Forward { .. } => "forward",
+            Operation::Protected { .. } => "protected",
+        }
+    }
+}
+
 /// The client registration endpoint (RFC 7591 / RFC 7592).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum RegistryOp {

@@ -49,6 +49,8 @@ pub struct RequestCtx {
     pub(super) rejection: Option<Rejection>,
     /// Body bytes seen going upstream (a body without Content-Length is held to `max_body`).
     pub(super) body_bytes: u64,
+    /// How long the authorisation took (the access log's `auth_us`).
+    pub(super) authorising: std::time::Duration,
 }
 
 impl RequestCtx {
@@ -60,6 +62,7 @@ impl RequestCtx {
             stage: Stage::Received,
             rejection: None,
             body_bytes: 0,
+            authorising: std::time::Duration::ZERO,
         }
     }
 

@@ -96,10 +96,12 @@ impl ProxyHttp for Gateway {
             query: reading.target.query.as_deref(),
             peer: ctx.peer_certificate.as_ref(),
         };
+        let authorising = std::time::Instant::now();
         let permit = live
             .authoriser
             .authorise(&reading.operation, session_request, &facts)
             .await;
+        ctx.authorising = authorising.elapsed();
         let permit = match permit {
             Ok(permit) => permit,
             Err(denial) => {
@@ -355,6 +357,11 @@ impl ProxyHttp for Gateway {
             route,
             target,
             latency_us = elapsed.as_micros() as u64,
+            auth_us = ctx.authorising.as_micros() as u64,
+            operation = operation.map(|o| o.name()).unwrap_or("-"),
+            decision = if reason.is_some() { "refused" } else { "allowed" },
+            bytes_in = ctx.body_bytes,
+            bytes_out = session.body_bytes_sent() as u64,
             reason = reason.unwrap_or("-"),
             client_cert = ctx.peer_certificate.as_ref().map(|c| c.thumbprint()).unwrap_or("-"),
             client = %session.client_addr().map(|a| a.to_string()).unwrap_or_default(),

@@ -55,7 +55,15 @@ log: {{format: json}}
     assert_eq!(access[0]["path"], "/api/ok");
     assert_eq!(access[0]["status"], 200);
     assert_eq!(access[0]["client_cert"], pki.thumbprint("client1"));
-    assert!(access[0]["latency_us"].is_u64());
+    assert!(access[0]["latency_us"].is_u64() && access[0]["auth_us"].is_u64());
+    assert_eq!(access[0]["operation"], "forward");
+    assert_eq!(access[0]["decision"], "allowed");
+    assert!(
+        access[0]["bytes_out"].as_u64().is_some_and(|n| n > 0),
+        "{}",
+        access[0]
+    );
+    assert_eq!(access[1]["decision"], "refused");
     // The hostile path is one value of one line: no `status` of its choosing.
     assert_eq!(access[1]["status"], 400);
     assert_eq!(access[1]["reason"], "bad_path");
