@@ -629,3 +629,41 @@ routes: []
         "{out}"
     );
 }
+
+/// `deploy/proxy.production.yaml` passes `check`, its /etc/bindgate files stood in for by the
+/// test's own (development certificates and tokens) and its secrets given by environment.
+#[test]
+fn the_production_example_passes_check() {
+    let pki = Pki::new();
+    let etc = tempfile::tempdir().unwrap();
+    let tls = etc.path().join("tls");
+    std::fs::create_dir_all(&tls).unwrap();
+    for (from, to) in [
+        ("server.crt", "tls/server.crt"),
+        ("server.key", "tls/server.key"),
+        ("ca.crt", "tls/clients-ca.crt"),
+        ("ca.crt", "tls/idp-ca.crt"),
+        ("ca.crt", "tls/redis-ca.crt"),
+        ("session-store.token", "session-store.token"),
+    ] {
+        std::fs::copy(pki.path(from), etc.path().join(to)).unwrap();
+    }
+    let yaml = std::fs::read_to_string(repo_path("deploy/proxy.production.yaml"))
+        .unwrap()
+        .replace("/etc/bindgate", &etc.path().display().to_string());
+    let config = etc.path().join("proxy.yaml");
+    std::fs::write(&config, yaml).unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_bindgate"))
+        .args(["check", "-c"])
+        .arg(&config)
+        .env("BINDGATE_MASTER_TOKEN", "a-master-token-of-enough-length")
+        .env("BINDGATE_REDIS_PASSWORD", "a-redis-password")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
