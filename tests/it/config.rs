@@ -333,6 +333,19 @@ fn shipped_config_and_dev_token_tour() {
     );
     assert_eq!(register(&dev_token(&[]), None).status(), 201);
 
+    // `bindgate reload -c proxy.yaml`, as the README says: the shipped file names its pid file.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_bindgate"))
+        .args(["reload", "-c"])
+        .arg(bg.config_path())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+
     // The narrowed-scope step: a code-flow client is 201, a client_credentials one is 403
     // naming the scope that would permit it.
     let code = dev_token(&["--scope", "client-reg:grant:code"]);
