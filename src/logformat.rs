@@ -2,7 +2,8 @@
 //! events. Stable names: `time` (RFC 3339, UTC, microseconds), `level`, `target`, `message`
 //! (an event's text), then the event's own fields by name (the access log's: `method`, `path`,
 //! `status`, `route`, `route_target`, `operation`, `decision`, `reason`, `latency_us`,
-//! `auth_us`, `bytes_in`, `bytes_out`, `client_cert`, `client`, `error`).
+//! `auth_us`, `bytes_in`, `bytes_out`, `sub`, `client_id`, `jti`, `client_cert`, `client`,
+//! `error`).
 //! Every value is escaped as JSON requires: a hostile path or header cannot forge a field or a
 //! line.
 

@@ -154,6 +154,8 @@ mod tests {
                 x5t_s256: None,
                 jkt: None,
                 jti: None,
+                sub: None,
+                client_id: None,
                 raw: std::sync::Arc::from(&b"{}"[..]),
             },
             kid: Some("k1".into()),

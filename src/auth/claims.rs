@@ -43,6 +43,9 @@ pub struct Verified {
     /// The token's identifier (RFC 7519 §4.1.7), when it has a string one: the single-use
     /// ledger's key.
     pub jti: Option<String>,
+    /// `sub` and `client_id` when they are strings: the access log names them.
+    pub sub: Option<String>,
+    pub client_id: Option<String>,
     /// The claims as verified (JSON), for the claims a route passes on as headers.
     pub raw: std::sync::Arc<[u8]>,
 }
@@ -93,6 +96,10 @@ struct RawClaims<'a> {
     cnf: Option<&'a RawValue>,
     #[serde(borrow)]
     jti: Option<&'a RawValue>,
+    #[serde(borrow)]
+    sub: Option<&'a RawValue>,
+    #[serde(borrow)]
+    client_id: Option<&'a RawValue>,
 }
 
 /// A member that is present, whatever its value — `null` included, which serde's `Option`
@@ -209,6 +216,10 @@ pub fn verify_claims(payload: &[u8], issuer: &str) -> Result<Verified, Denial> {
         }
         Some(_) => return Err(invalid("The cnf claim is not a JSON object")),
     };
+    // Who the token is about and for, for the access log; a value that is not a string is
+    // left out (they decide nothing).
+    let sub = raw.sub.and_then(string).map(Cow::into_owned);
+    let client_id = raw.client_id.and_then(string).map(Cow::into_owned);
     let jti = match raw.jti {
         None => None,
         Some(v) => Some(
@@ -226,6 +237,8 @@ pub fn verify_claims(payload: &[u8], issuer: &str) -> Result<Verified, Denial> {
         x5t_s256,
         jkt,
         jti,
+        sub,
+        client_id,
         raw: payload.into(),
     })
 }
@@ -506,6 +519,8 @@ mod tests {
             x5t_s256: None,
             jkt: None,
             jti: None,
+            sub: None,
+            client_id: None,
             raw: std::sync::Arc::from(&b"{}"[..]),
         };
         assert!(check_time(&v, 900.0, 60.0).is_ok());

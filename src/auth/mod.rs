@@ -319,10 +319,11 @@ impl Authoriser {
             Credential::AccessToken { .. } => Some(metrics::Policy::Route),
             _ => Some(metrics::Policy::Registration),
         };
-        let registry = |grant| match op {
+        let registry = |(grant, token)| match op {
             Operation::Registry(op) => Ok(Permit::Registry(RegistryPermit {
                 op: op.clone(),
                 grant,
+                token,
             })),
             _ => Err(no_policy()),
         };
@@ -332,30 +333,34 @@ impl Authoriser {
                     route: *route,
                     protected: false,
                     claim_headers: Vec::new(),
+                    token: None,
                 }))
             }
             (Credential::InitialAccessOrMaster, _) => {
                 self.initial_access(facts).await.and_then(registry)
             }
-            (Credential::Master, _) => self.master(facts).and_then(registry),
-            (Credential::RegistrationAccessOrMaster, _) => {
-                self.registration_access(facts).and_then(registry)
-            }
+            (Credential::Master, _) => self.master(facts).map(|g| (g, None)).and_then(registry),
+            (Credential::RegistrationAccessOrMaster, _) => self
+                .registration_access(facts)
+                .map(|g| (g, None))
+                .and_then(registry),
             (Credential::SessionStoreToken, Operation::Sessions(_)) => {
                 self.session_store(facts).and_then(|()| {
                     let request = session.ok_or_else(no_policy)?;
                     Ok(Permit::Sessions(SessionPermit { request }))
                 })
             }
-            (Credential::AccessToken { route }, Operation::Protected { .. }) => {
-                self.route_token(route, facts).await.map(|claim_headers| {
+            (Credential::AccessToken { route }, Operation::Protected { .. }) => self
+                .route_token(route, facts)
+                .await
+                .map(|(claim_headers, token)| {
                     Permit::Route(RoutePermit {
                         route,
                         protected: true,
                         claim_headers,
+                        token: Some(token),
                     })
-                })
-            }
+                }),
             // The table above pairs every operation with its credential.
             _ => Err(no_policy()),
         };
@@ -382,16 +387,19 @@ impl Authoriser {
     /// full registration scope, or with `grant_scopes` narrowed ones); with `open`, no
     /// credential at all. What the body may ask for is judged once it is read
     /// ([`Authoriser::judge_registration`]).
-    async fn initial_access(&self, facts: &Facts<'_>) -> Result<RegistryGrant, Denial> {
+    async fn initial_access(
+        &self,
+        facts: &Facts<'_>,
+    ) -> Result<(RegistryGrant, Option<Arc<Entry>>), Denial> {
         let Some(presented) = bearer::access_token(facts.headers, facts.query)? else {
             return match self.open_registration {
-                Some(grants) => Ok(RegistryGrant::Open { grants }),
+                Some(grants) => Ok((RegistryGrant::Open { grants }, None)),
                 None => Err(self.missing()),
             };
         };
         let digest = SecretDigest::of(presented.token.as_bytes());
         if presented.scheme == Scheme::Bearer && self.master_tokens.contains_digest(&digest) {
-            return Ok(RegistryGrant::MasterToken);
+            return Ok((RegistryGrant::MasterToken, None));
         }
         let entry = self
             .access_token(&self.registration, presented, &digest, facts)
@@ -407,7 +415,10 @@ impl Authoriser {
         let ledger = self
             .single_use
             .then(|| Ledger::of_token(&entry.verified, presented.token, self.leeway));
-        Ok(RegistryGrant::InitialAccessToken { ledger, reach })
+        Ok((
+            RegistryGrant::InitialAccessToken { ledger, reach },
+            Some(entry),
+        ))
     }
 
     /// A protected route: an access token that satisfies the route's policy; the headers its
@@ -416,7 +427,7 @@ impl Authoriser {
         &self,
         route: usize,
         facts: &Facts<'_>,
-    ) -> Result<Vec<(http::HeaderName, http::HeaderValue)>, Denial> {
+    ) -> Result<(Vec<(http::HeaderName, http::HeaderValue)>, Arc<Entry>), Denial> {
         let Some(Some(policy)) = self.routes.get(route) else {
             // The router names protected routes only: nothing to check means a bug, refused.
             return Err(Denial::InvalidToken(
@@ -429,8 +440,10 @@ impl Authoriser {
         let entry = self.access_token(policy, presented, &digest, facts).await?;
         policy.check_scope(&entry.verified)?;
         match self.route_headers.get(route) {
-            Some(wanted) if !wanted.is_empty() => claim_headers::of(&entry.verified, wanted),
-            _ => Ok(Vec::new()),
+            Some(wanted) if !wanted.is_empty() => {
+                Ok((claim_headers::of(&entry.verified, wanted)?, entry))
+            }
+            _ => Ok((Vec::new(), entry)),
         }
     }
 

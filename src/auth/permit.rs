@@ -4,8 +4,10 @@
 //! `auth`), so a request that was not authorised cannot reach them — a missing decision does
 //! not compile, it is not a default.
 
+use super::cache::Entry;
 use super::registration::{Grants, Reach};
 use crate::routing::{RegistryOp, SessionRequest};
+use std::sync::Arc;
 
 /// A single-use initial access token's entry in the ledger: its key (from `jti`, else the
 /// SHA-256 of its signing input), when it expires (`exp` + leeway) and the request that takes
@@ -91,6 +93,8 @@ pub enum RegistryGrant {
 pub struct RegistryPermit {
     pub(super) op: RegistryOp,
     pub(super) grant: RegistryGrant,
+    /// The initial access token as verified, when one was presented (the access log's).
+    pub(super) token: Option<Arc<Entry>>,
 }
 
 impl RegistryPermit {
@@ -149,6 +153,8 @@ pub struct RoutePermit {
     pub(super) protected: bool,
     /// Set for the upstream from the verified token's claims (`routes[].token.headers`).
     pub(super) claim_headers: Vec<(http::HeaderName, http::HeaderValue)>,
+    /// The access token as verified (the access log's).
+    pub(super) token: Option<Arc<Entry>>,
 }
 
 impl RoutePermit {
@@ -174,4 +180,16 @@ pub enum Permit {
     Registry(RegistryPermit),
     Sessions(SessionPermit),
     Route(RoutePermit),
+}
+
+impl Permit {
+    /// The verified token the permit was issued on, when there was one (never the token's
+    /// text): who it is about and for, for the access log.
+    pub fn token(&self) -> Option<&Arc<Entry>> {
+        match self {
+            Permit::Registry(p) => p.token.as_ref(),
+            Permit::Route(p) => p.token.as_ref(),
+            Permit::Sessions(_) => None,
+        }
+    }
 }

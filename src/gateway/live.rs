@@ -51,6 +51,9 @@ pub struct RequestCtx {
     pub(super) body_bytes: u64,
     /// How long the authorisation took (the access log's `auth_us`).
     pub(super) authorising: std::time::Duration,
+    /// The verified token the request was let through on (its `sub`, `client_id`, `jti` go
+    /// to the access log; never the token).
+    pub(super) token: Option<Arc<crate::auth::cache::Entry>>,
 }
 
 impl RequestCtx {
@@ -63,6 +66,7 @@ impl RequestCtx {
             rejection: None,
             body_bytes: 0,
             authorising: std::time::Duration::ZERO,
+            token: None,
         }
     }
 

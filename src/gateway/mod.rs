@@ -103,7 +103,10 @@ impl ProxyHttp for Gateway {
             .await;
         ctx.authorising = authorising.elapsed();
         let permit = match permit {
-            Ok(permit) => permit,
+            Ok(permit) => {
+                ctx.token = permit.token().cloned();
+                permit
+            }
             Err(denial) => {
                 ctx.stage = Stage::Read(reading);
                 return live.reject(session, ctx, denial.into()).await;
@@ -343,6 +346,7 @@ impl ProxyHttp for Gateway {
         if let Some(reason) = reason {
             live.metrics.rejections.with_label_values(&[reason]).inc();
         }
+        let token = ctx.token.as_ref().map(|t| &t.verified);
         let req = session.req_header();
         // The path only: a query may carry a token (RFC 6750 §2.3) and is never logged.
         let path = match ctx.reading() {
@@ -362,6 +366,9 @@ impl ProxyHttp for Gateway {
             decision = if reason.is_some() { "refused" } else { "allowed" },
             bytes_in = ctx.body_bytes,
             bytes_out = session.body_bytes_sent() as u64,
+            sub = token.and_then(|t| t.sub.as_deref()).unwrap_or("-"),
+            client_id = token.and_then(|t| t.client_id.as_deref()).unwrap_or("-"),
+            jti = token.and_then(|t| t.jti.as_deref()).unwrap_or("-"),
             reason = reason.unwrap_or("-"),
             client_cert = ctx.peer_certificate.as_ref().map(|c| c.thumbprint()).unwrap_or("-"),
             client = %session.client_addr().map(|a| a.to_string()).unwrap_or_default(),

@@ -75,6 +75,19 @@ fn verified_claims_reach_the_upstream_as_headers_and_nothing_else_does() {
     assert_eq!(got[0].header("x-auth-roles"), Some("reader writer"));
     // `scope` is not in this token (it carries `scp`): a missing claim sets nothing.
     assert_eq!(got[0].header("x-auth-scope"), None);
+    // The access line names who the token is about and for, never the token.
+    let log = bg.wait_log("path=/userinfo");
+    let line = log
+        .lines()
+        .find(|l| l.contains("path=/userinfo"))
+        .unwrap()
+        .to_string();
+    assert!(line.contains("sub=") && line.contains("tester"), "{line}");
+    assert!(
+        line.contains("client_id=") && line.contains("app-1"),
+        "{line}"
+    );
+    assert!(!log.contains(&t), "the token was logged");
     // On a route without a token, the names are removed all the same.
     assert_eq!(get("/open/x", None, true), 200);
     let got = api.wait_for(2);
