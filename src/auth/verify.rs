@@ -24,11 +24,19 @@ impl Authoriser {
         match (opaque, &self.introspector, &self.validator) {
             (true, Some(i), _) => i.verified(token, digest.bytes()).await,
             // Not even a JWT's shape (an unknown master token, a typo, an opaque token where
-            // none is introspected): said as such, not as a malformed JWT.
-            (false, _, Some(_)) if !introspect::looks_like_jwt(token) => Err(Denial::InvalidToken(
-                "The token is not a JWT (nor, on the registration endpoint, a master token)".into(),
-            )),
-            (false, _, Some(v)) => v.verified(token, digest.bytes()).await,
+            // none is introspected): said as such, not as a malformed JWT. Only a refused
+            // token is looked at again: a cache hit costs no scan.
+            (false, _, Some(v)) => v.verified(token, digest.bytes()).await.map_err(|d| {
+                match d {
+                Denial::InvalidToken(_) if !introspect::looks_like_jwt(token) => {
+                    Denial::InvalidToken(
+                        "The token is not a JWT (nor, on the registration endpoint, a master token)"
+                            .into(),
+                    )
+                }
+                d => d,
+            }
+            }),
             _ => Err(Denial::InvalidToken("Invalid access token".into())),
         }
     }

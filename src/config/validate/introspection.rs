@@ -112,14 +112,11 @@ pub(super) fn introspection(
         i.ca.as_deref()
             .and_then(|ca| certificates(p, "introspection.ca", &resolve_against(source, ca)));
     let cache = i.cache.as_ref();
-    let timeout = p.duration(
+    let timeout = p.positive_duration(
         "introspection.timeout",
         i.timeout.as_ref(),
         Duration::from_secs(2),
     );
-    if timeout.is_zero() {
-        p.push("introspection.timeout", "must be more than 0");
-    }
     Some(Introspection {
         endpoint: i.endpoint.clone(),
         auth,
