@@ -38,12 +38,7 @@ fn setup(single_use: bool) -> Setup {
     introspection.set_reply(200, r#"{"active":false}"#);
     let idp = Upstream::start();
     let yaml = format!(
-        r#"
-listen:
-  address: "{{LISTEN}}"
-  tls: {{cert: "{{PKI}}/server.crt", key: "{{PKI}}/server.key", client_auth: optional}}
-admin: {{address: "{{ADMIN}}"}}
-issuer: "{ISSUER}"
+        r#"{LISTENERS}issuer: "{ISSUER}"
 jwks: {{uri: "http://{jwks}/jwks.json"}}
 tokens: {{algorithms: [ES256], leeway: 5s}}
 introspection:
@@ -291,12 +286,7 @@ fn a_protected_route_with_introspection_and_no_jwks() {
     introspection.set_reply(200, r#"{"active":true,"scope":"read"}"#);
     let idp = Upstream::start();
     let yaml = format!(
-        r#"
-listen:
-  address: "{{LISTEN}}"
-  tls: {{cert: "{{PKI}}/server.crt", key: "{{PKI}}/server.key"}}
-admin: {{address: "{{ADMIN}}"}}
-introspection:
+        r#"{LISTENERS}introspection:
   endpoint: "http://{}/introspect"
   auth: {{client_secret_post: {{client_id: b, client_secret: {{value: s}}}}}}
 upstreams:

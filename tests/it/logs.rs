@@ -8,12 +8,7 @@ fn json_lines_for_events_and_the_access_log() {
     let pki = Pki::new();
     let upstream = Upstream::start();
     let yaml = format!(
-        r#"
-listen:
-  address: "{{LISTEN}}"
-  tls: {{cert: "{{PKI}}/server.crt", key: "{{PKI}}/server.key"}}
-admin: {{address: "{{ADMIN}}"}}
-upstreams:
+        r#"{LISTENERS}upstreams:
   up: {{address: "{}"}}
 routes:
   - {{prefix: /api, upstream: up}}

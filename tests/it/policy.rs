@@ -30,12 +30,7 @@ fn setup(signer: &Signer, target: &str, extra: &str, state: &str) -> Setup {
     let idp = Upstream::start();
     idp.set_reply(201, r#"{"client_id":"from-the-provider"}"#);
     let yaml = format!(
-        r#"
-listen:
-  address: "{{LISTEN}}"
-  tls: {{cert: "{{PKI}}/server.crt", key: "{{PKI}}/server.key", client_auth: optional}}
-admin: {{address: "{{ADMIN}}"}}
-issuer: "{ISSUER}"
+        r#"{LISTENERS}issuer: "{ISSUER}"
 jwks: {{uri: "http://{jwks}/jwks.json"}}
 tokens: {{algorithms: [ES256]}}
 registration:

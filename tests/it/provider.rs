@@ -140,12 +140,7 @@ fn start_bindgate(pki: &Pki, p: &Provider, idp: &Upstream) -> Bindgate {
 
 fn start_with_auth(pki: &Pki, p: &Provider, idp: &Upstream, auth: &str) -> Bindgate {
     let yaml = format!(
-        r#"
-listen:
-  address: "{{LISTEN}}"
-  tls: {{cert: "{{PKI}}/server.crt", key: "{{PKI}}/server.key", client_auth: optional}}
-admin: {{address: "{{ADMIN}}"}}
-issuer: "https://localhost:{port}"
+        r#"{LISTENERS}issuer: "https://localhost:{port}"
 tokens: {{format: opaque, leeway: 5s}}
 introspection:
   endpoint: "https://localhost:{port}/token/introspection"

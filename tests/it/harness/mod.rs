@@ -448,6 +448,18 @@ server:
     )
 }
 
+/// `bindgate check` refuses `yaml`, naming every one of `expected` (key path and reason);
+/// its output.
+#[allow(dead_code)]
+pub fn refused_with(pki: &Pki, yaml: &str, expected: &[&str]) -> String {
+    let (ok, out) = check(pki, yaml);
+    assert!(!ok, "accepted:\n{out}");
+    for e in expected {
+        assert!(out.contains(e), "missing `{e}` in:\n{out}");
+    }
+    out
+}
+
 /// Runs `bindgate check -c` on `yaml` (with `{PKI}` replaced): exit success and output.
 pub fn check(pki: &Pki, yaml: &str) -> (bool, String) {
     let dir = tempfile::tempdir().expect("tempdir");
