@@ -105,6 +105,19 @@ fn verified_claims_reach_the_upstream_as_headers_and_nothing_else_does() {
         403
     );
     assert_eq!(api.requests().len(), 2);
+    // Over HTTP/2 the same: the client's copies go, the verified claim is set.
+    let h2 = bg.client(&pki, None, Http::Alpn);
+    let resp = h2
+        .get(bg.url("/userinfo"))
+        .bearer_auth(&t)
+        .header("x-auth-subject", "admin")
+        .header("x-auth-subject", "root")
+        .send()
+        .unwrap();
+    assert_eq!(resp.version(), reqwest::Version::HTTP_2);
+    assert_eq!(resp.status(), 200);
+    let got = api.wait_for(3);
+    assert_eq!(got[2].all("x-auth-subject"), ["tester"]);
 }
 
 #[test]

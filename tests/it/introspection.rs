@@ -156,6 +156,17 @@ fn an_active_opaque_token_is_introspected_once_and_checked_on_every_request() {
         s.bg.metric("bindgate_introspection_requests_total{result=\"active\"}"),
         1
     );
+    // Over HTTP/2 the cached answer serves and is checked the same way.
+    let h2 =
+        s.bg.client(&s.pki, None, Http::Alpn)
+            .post(s.bg.url("/clients"))
+            .bearer_auth(token)
+            .body("{}")
+            .send()
+            .unwrap();
+    assert_eq!(h2.version(), reqwest::Version::HTTP_2);
+    assert_eq!(h2.status(), 200);
+    assert_eq!(s.asked(), 1);
     // A JWT still goes the JWT way (tokens.format: auto), not to the endpoint.
     assert_eq!(s.register(&s.es.sign(&claims())).status, 200);
     assert_eq!(s.asked(), 1);

@@ -216,6 +216,17 @@ fn narrowed_scopes_in_front_of_a_provider() {
         201
     );
     assert_eq!(s.idp.wait_for(2).len(), 2);
+    // Over HTTP/2 the same refusal, nothing forwarded.
+    let h2 =
+        s.bg.client(&s.pki, None, Http::Alpn)
+            .post(s.bg.url("/clients"))
+            .bearer_auth(&code)
+            .body(r#"{"grant_types":["client_credentials"]}"#)
+            .send()
+            .unwrap();
+    assert_eq!(h2.version(), reqwest::Version::HTTP_2);
+    assert_eq!(h2.status(), 403);
+    assert_eq!(s.idp.requests().len(), 2);
     assert!(
         s.bg.metric("bindgate_authorisations_total{decision=\"rejected\",policy=\"registration\",reason=\"registration_not_permitted\"}")
             >= 9
