@@ -36,6 +36,8 @@ pub struct Material {
     /// (OpenSSL compares them), so a resumed session's certificate was verified under the
     /// rules and CAs in force now.
     session_context: [u8; 32],
+    /// `listen.tls.groups`, set on each handshake as its ClientHello arrives.
+    groups: Option<std::ffi::CString>,
     /// What the files were when read: a watcher reloads when this changes.
     pub stamp: Vec<FileStamp>,
 }
@@ -78,6 +80,7 @@ impl Material {
             not_after,
             not_before,
             session_context,
+            groups: tls.groups.clone(),
             stamp,
         })
     }
@@ -212,6 +215,35 @@ fn set_session_context(
     }
 }
 
+/// Sets the key exchange groups of one handshake (`SSL_set1_groups_list`; the openssl crate
+/// wraps only the context-wide setter).
+fn set_groups(
+    ssl: &mut pingora::tls::ssl::SslRef,
+    groups: &std::ffi::CStr,
+) -> Result<(), openssl::error::ErrorStack> {
+    use foreign_types::ForeignTypeRef;
+    // SAFETY: `ssl` is a live SSL handed to the callback; OpenSSL parses the NUL-terminated
+    // list and keeps its own copy.
+    let ok = unsafe { openssl_sys::SSL_set1_groups_list(ssl.as_ptr(), groups.as_ptr()) };
+    if ok == 1 {
+        Ok(())
+    } else {
+        Err(openssl::error::ErrorStack::get())
+    }
+}
+
+/// Whether this OpenSSL offers the key exchange group `name` to a TLS server.
+pub fn known_group(name: &str) -> bool {
+    let Ok(mut ctx) = openssl::ssl::SslContext::builder(openssl::ssl::SslMethod::tls_server())
+    else {
+        return false;
+    };
+    let known = ctx.set_groups_list(name).is_ok();
+    // A refused name leaves an error on the thread's queue; it is not this caller's.
+    let _ = openssl::error::ErrorStack::get();
+    known
+}
+
 fn not_after_unix(cert: &X509) -> i64 {
     asn1_unix(cert.not_after())
 }
@@ -319,9 +351,15 @@ pub fn settings(tls: Arc<ServerTls>) -> Result<TlsSettings, Problem> {
     // before OpenSSL looks at the session it offers: a session from before a change of
     // certificate, client_auth or client CA is not resumed, a full handshake runs instead.
     // Failing to set it fails the handshake.
+    // The key exchange groups are set there too, before OpenSSL reads the client's key
+    // shares, so a reload changes them for the next handshake.
     settings.set_client_hello_callback(move |ssl, _alert| {
-        let context = tls.current.load().session_context;
-        set_session_context(ssl, &context).map(|()| pingora::tls::ssl::ClientHelloResponse::SUCCESS)
+        let material = tls.current.load();
+        set_session_context(ssl, &material.session_context)?;
+        if let Some(groups) = &material.groups {
+            set_groups(ssl, groups)?;
+        }
+        Ok(pingora::tls::ssl::ClientHelloResponse::SUCCESS)
     });
     Ok(settings)
 }

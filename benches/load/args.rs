@@ -55,6 +55,10 @@ pub(crate) struct Args {
     /// bindgate writes its access log (otherwise warnings only).
     #[arg(long)]
     pub access_log: bool,
+    /// bindgate's `listen.tls.groups`, comma-separated (default: OpenSSL's, hybrid
+    /// post-quantum first); `X25519` gives it the key exchange HAProxy's OpenSSL 3.0 makes.
+    #[arg(long)]
+    pub groups: Option<String>,
     /// bindgate's `tokens.verified_cache_entries` (0: every request verifies its token).
     #[arg(long, default_value_t = 100_000)]
     pub verified_cache: u64,
@@ -107,6 +111,8 @@ pub(crate) struct Options {
     /// bindgate writes its access log (`BINDGATE_LOG=info`, its default) to a file; without
     /// it, warnings only.
     pub access_log: bool,
+    /// bindgate's `listen.tls.groups` (None: OpenSSL's default).
+    pub groups: Option<String>,
 }
 
 impl Options {
@@ -145,6 +151,7 @@ impl Options {
             state: a.state.clone(),
             single_use: a.single_use,
             access_log: a.access_log,
+            groups: a.groups.clone(),
             verified_cache: a.verified_cache,
         }
     }

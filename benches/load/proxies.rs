@@ -88,13 +88,18 @@ pub(crate) fn start_bindgate(
     let dir = &m.dir;
     let target = if embedded { "embedded" } else { "static" };
     let config = dir.join(format!("bindgate-{port}.yaml"));
+    let groups = o
+        .groups
+        .as_deref()
+        .map(|g| format!(", groups: [{g}]"))
+        .unwrap_or_default();
     std::fs::write(
         &config,
         format!(
             r#"
 listen:
   address: "127.0.0.1:{port}"
-  tls: {{cert: "{d}/server.crt", key: "{d}/server.key", client_auth: optional, client_ca: "{d}/ca.crt"}}
+  tls: {{cert: "{d}/server.crt", key: "{d}/server.key", client_auth: optional, client_ca: "{d}/ca.crt"{groups}}}
 admin: {{address: "127.0.0.1:{admin}"}}
 issuer: "{ISSUER}"
 jwks: {{file: "{d}/bench-jwks.json"}}

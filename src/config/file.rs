@@ -122,6 +122,7 @@ pub struct ListenTlsFile {
     pub client_auth: Option<String>,
     pub client_ca: Option<String>,
     pub watch: Option<bool>,
+    pub groups: Option<Vec<String>>,
 }
 
 #[derive(Debug, Deserialize)]

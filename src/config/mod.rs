@@ -160,6 +160,9 @@ pub struct ListenTls {
     pub client_ca: Option<files::CertificateFile>,
     /// Re-read certificate, key and client CA when their files change.
     pub watch: bool,
+    /// The key exchange groups offered, in order of preference (OpenSSL's names, joined by
+    /// `:`); None: OpenSSL's default.
+    pub groups: Option<std::ffi::CString>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -833,3 +833,73 @@ fn tls_to(bg: &Bindgate) -> openssl::ssl::SslStream<std::net::TcpStream> {
         .connect("localhost", tcp)
         .unwrap()
 }
+
+fn groups_config(upstream: std::net::SocketAddr, groups: &str) -> String {
+    passthrough_config(upstream).replace(
+        "    client_auth: optional\n",
+        &format!("    client_auth: optional\n    groups: {groups}\n"),
+    )
+}
+
+/// Whether a TLS 1.3 handshake offering only the key exchange `group` succeeds.
+fn handshake_with_group(port: u16, pki: &Pki, group: &str) -> bool {
+    use openssl::ssl::{SslConnector, SslMethod, SslVersion};
+    let mut b = SslConnector::builder(SslMethod::tls_client()).unwrap();
+    b.set_ca_file(pki.path("ca.crt")).unwrap();
+    b.set_min_proto_version(Some(SslVersion::TLS1_3)).unwrap();
+    b.set_groups_list(group).unwrap();
+    let tcp = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    tcp.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    b.build().connect("localhost", tcp).is_ok()
+}
+
+/// `listen.tls.groups` chooses the key exchanges offered, and a reload changes them for the
+/// next handshake; by default OpenSSL's own list (the hybrid post-quantum group first).
+#[test]
+fn listen_tls_groups_choose_the_key_exchange_and_reload() {
+    let pki = Pki::new();
+    let upstream = Upstream::start();
+    let default = Bindgate::start(&pki, &passthrough_config(upstream.addr));
+    for group in ["X25519MLKEM768", "X25519", "P-256"] {
+        assert!(handshake_with_group(default.port, &pki, group), "{group}");
+    }
+    drop(default);
+
+    let bg = Bindgate::start(&pki, &groups_config(upstream.addr, "[P-256]"));
+    assert!(handshake_with_group(bg.port, &pki, "P-256"));
+    assert!(!handshake_with_group(bg.port, &pki, "X25519"));
+    assert!(!handshake_with_group(bg.port, &pki, "X25519MLKEM768"));
+
+    bg.reload_with(
+        &pki,
+        &groups_config(upstream.addr, "[X25519, X25519MLKEM768]"),
+    );
+    assert!(handshake_with_group(bg.port, &pki, "X25519"));
+    assert!(handshake_with_group(bg.port, &pki, "X25519MLKEM768"));
+    assert!(!handshake_with_group(bg.port, &pki, "P-256"));
+    // Served after all that.
+    let client = bg.client(&pki, None, Http::One);
+    assert_eq!(client.get(bg.url("/g")).send().unwrap().status(), 200);
+}
+
+#[test]
+fn check_names_unknown_empty_and_repeated_groups() {
+    let pki = Pki::new();
+    let upstream: std::net::SocketAddr = "127.0.0.1:9".parse().unwrap();
+    for (groups, said) in [
+        (
+            "[X25519, nosuchgroup]",
+            "`nosuchgroup` is not a group this OpenSSL offers",
+        ),
+        ("[]", "is empty"),
+        ("[X25519, x25519]", "`x25519` is named twice"),
+        ("[\"X25519:P-256\"]", "`X25519:P-256` is not a group name"),
+    ] {
+        let out = refused_with(
+            &pki,
+            &groups_config(upstream, groups),
+            &["listen.tls.groups"],
+        );
+        assert!(out.contains(said), "{groups}: {out}");
+    }
+}

@@ -45,6 +45,7 @@ pub(super) fn listen(
         );
     }
 
+    let groups = tls.groups.as_deref().and_then(|g| groups(p, g));
     let tls = identity.map(|identity| ListenTls {
         cert,
         key,
@@ -52,8 +53,42 @@ pub(super) fn listen(
         client_auth,
         client_ca,
         watch: tls.watch.unwrap_or(false),
+        groups,
     });
     (listen_address, tls)
+}
+
+/// `listen.tls.groups`: key exchange groups OpenSSL knows, each named once.
+fn groups(p: &mut Problems, written: &[String]) -> Option<std::ffi::CString> {
+    let key = "listen.tls.groups";
+    if written.is_empty() {
+        p.push(key, "is empty (leave it out for OpenSSL's default)");
+        return None;
+    }
+    let mut good = true;
+    for (i, name) in written.iter().enumerate() {
+        let plain = !name.is_empty()
+            && name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+        if !plain {
+            p.push(key, format!("`{name}` is not a group name"));
+            good = false;
+        } else if written[..i].iter().any(|n| n.eq_ignore_ascii_case(name)) {
+            p.push(key, format!("`{name}` is named twice"));
+            good = false;
+        } else if !crate::tls::known_group(name) {
+            p.push(
+                key,
+                format!("`{name}` is not a group this OpenSSL offers (e.g. X25519MLKEM768, X25519, P-256, P-384)"),
+            );
+            good = false;
+        }
+    }
+    if !good {
+        return None;
+    }
+    std::ffi::CString::new(written.join(":")).ok()
 }
 
 pub(super) fn admin(
