@@ -12,6 +12,7 @@ pub mod fuzzing;
 pub mod gateway;
 pub mod grants;
 pub mod headers;
+pub mod listeners;
 pub mod logformat;
 pub mod logwriter;
 pub mod metrics;

@@ -7,7 +7,7 @@ use pingora::server::{Server, ShutdownWatch};
 use pingora::services::background::{background_service, BackgroundService};
 use pingora::services::listening::Service;
 use std::io::Write;
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener};
+use std::net::SocketAddr;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -19,13 +19,12 @@ use crate::auth::jwks::JwksRefresher;
 use crate::auth::replay::{ReplayRecord, Snapshot};
 use crate::config::{Config, Problem};
 use crate::gateway::Gateway;
+use crate::listeners::{bind_listener, hand_to_pingora, no_port_zero, ListenerProbe};
 use crate::metrics::Metrics;
 use crate::readiness::Readiness;
 use crate::reload::Control;
 use crate::tls;
 
-/// Marks the listener up once it completes a TLS handshake (a bare TCP probe would log a failed
-/// handshake).
 /// The background services, run side by side on one runtime.
 struct Housekeeping {
     probe: ListenerProbe,
@@ -122,83 +121,30 @@ impl BackgroundService for StateProbe {
     }
 }
 
-struct ListenerProbe {
-    address: SocketAddr,
-    readiness: Arc<Readiness>,
-}
-
-#[async_trait]
-impl BackgroundService for ListenerProbe {
-    async fn start(&self, mut shutdown: ShutdownWatch) {
-        let target = reachable(self.address);
-        loop {
-            tokio::select! {
-                _ = shutdown.changed() => return,
-                handshake = tokio::task::spawn_blocking(move || tls_handshake(target)) => {
-                    if matches!(handshake, Ok(true)) {
-                        self.readiness.set_listener_up();
-                        tracing::info!("listening on https://{}", self.address);
-                        return;
-                    }
-                    tokio::time::sleep(Duration::from_millis(20)).await;
-                }
-            }
-        }
-    }
-}
-
-fn tls_handshake(target: SocketAddr) -> bool {
-    use pingora::tls::ssl::{SslConnector, SslMethod, SslVerifyMode};
-    let Ok(tcp) = std::net::TcpStream::connect_timeout(&target, Duration::from_secs(1)) else {
-        return false;
-    };
-    let _ = tcp.set_read_timeout(Some(Duration::from_secs(1)));
-    let Ok(mut builder) = SslConnector::builder(SslMethod::tls_client()) else {
-        return false;
-    };
-    // The probe checks that the listener answers; it trusts nothing it learns.
-    builder.set_verify(SslVerifyMode::NONE);
-    let connector = builder.build();
-    match connector
-        .configure()
-        .map(|c| c.verify_hostname(false).connect("localhost", tcp))
-    {
-        Ok(Ok(mut stream)) => {
-            let _ = stream.shutdown();
-            true
-        }
-        _ => false,
-    }
-}
-
-/// The address to reach a listener bound to `address` (a wildcard address is reached on loopback).
-fn reachable(address: SocketAddr) -> SocketAddr {
-    match address.ip() {
-        IpAddr::V4(ip) if ip.is_unspecified() => {
-            SocketAddr::new(Ipv4Addr::LOCALHOST.into(), address.port())
-        }
-        IpAddr::V6(ip) if ip.is_unspecified() => {
-            SocketAddr::new(Ipv6Addr::LOCALHOST.into(), address.port())
-        }
-        _ => address,
-    }
-}
-
-/// Fails early, with the key to blame, when an address cannot be bound.
-fn check_bindable(key: &str, address: SocketAddr) -> Result<(), Problem> {
-    TcpListener::bind(address)
-        .map(drop)
-        .map_err(|e| Problem::new(key, format!("cannot listen on {address}: {e}")))
-}
-
 /// Runs bindgate until SIGTERM (graceful, within `server.grace_period`) or SIGINT (at once).
 /// With `upgrade`, takes the listening sockets over from the running bindgate (which hands them
 /// over on SIGQUIT and drains) instead of binding them.
 pub fn run(config: Config, upgrade: bool) -> Result<(), Problem> {
-    if !upgrade {
-        check_bindable("listen.address", config.listen.address)?;
-        if let Some(admin) = &config.admin {
-            check_bindable("admin.address", admin.address)?;
+    // Bound here, before anything else, so that a taken port is the first thing said; with
+    // `upgrade` the running bindgate's sockets are taken over instead. The configuration keeps
+    // the addresses as written (a reload compares them); `listen` and `admin_address` are the
+    // bound ones.
+    let mut listen = config.listen.address;
+    let mut admin_address = config.admin.as_ref().map(|a| a.address);
+    let mut bound = Vec::new();
+    if upgrade {
+        no_port_zero("listen.address", listen)?;
+        if let Some(admin) = admin_address {
+            no_port_zero("admin.address", admin)?;
+        }
+    } else {
+        let b = bind_listener("listen.address", listen)?;
+        listen = b.address;
+        bound.push(b);
+        if let Some(admin) = &mut admin_address {
+            let b = bind_listener("admin.address", *admin)?;
+            *admin = b.address;
+            bound.push(b);
         }
     }
     // SIGHUP reloads; its handler is installed before anything else runs, so that an early
@@ -238,6 +184,7 @@ pub fn run(config: Config, upgrade: bool) -> Result<(), Problem> {
     }
     // With `upgrade`: waits here for the old process's listening sockets.
     server.bootstrap();
+    hand_to_pingora(&server, bound);
 
     let metrics = Arc::new(Metrics::new());
     let readiness = Arc::new(Readiness::with_state_probe(
@@ -250,14 +197,12 @@ pub fn run(config: Config, upgrade: bool) -> Result<(), Problem> {
         .as_ref()
         .is_some_and(|r| r.allow_eviction);
     let pid_file = config.server.pid_file.clone();
-    let listen = config.listen.address;
-    let admin_address = config.admin.as_ref().map(|a| a.address);
     let threads = config.server.threads;
     let config_server = config.server.clone();
     let source = config.source.clone();
     let leeway = config.tokens.leeway;
     let shared_state = config.state.redis.is_some();
-    let startup = startup_summary(&config);
+    let startup = startup_summary(&config, listen, admin_address);
     let control = Control::start(config, metrics.clone(), readiness.clone())?;
     if upgrade && !shared_state {
         // Before serving: no proof the old process accepted is good here. (With Redis, the
@@ -554,7 +499,11 @@ struct Startup {
     routes: String,
 }
 
-fn startup_summary(config: &crate::config::Config) -> Startup {
+fn startup_summary(
+    config: &crate::config::Config,
+    listen: SocketAddr,
+    admin: Option<SocketAddr>,
+) -> Startup {
     let state = match (&config.state.redis, &config.state.path) {
         (Some(r), _) if !r.cluster.is_empty() => {
             format!("redis cluster ({} seeds)", r.cluster.len())
@@ -569,12 +518,8 @@ fn startup_summary(config: &crate::config::Config) -> Startup {
         .collect::<Vec<_>>()
         .join(" ");
     Startup {
-        listen: config.listen.address.to_string(),
-        admin: config
-            .admin
-            .as_ref()
-            .map(|a| a.address.to_string())
-            .unwrap_or_else(|| "-".into()),
+        listen: listen.to_string(),
+        admin: admin.map_or_else(|| "-".into(), |a| a.to_string()),
         state,
         routes,
     }

@@ -903,3 +903,43 @@ fn check_names_unknown_empty_and_repeated_groups() {
         assert!(out.contains(said), "{groups}: {out}");
     }
 }
+
+/// Port 0 in `listen.address` and `admin.address`: bindgate binds, names the ports it got in
+/// its startup line and serves there; a reload of the same file keeps them; `run --upgrade`
+/// cannot take over a port it cannot name.
+#[test]
+fn port_zero_is_bound_and_named_in_the_startup_line() {
+    let pki = Pki::new();
+    let upstream = Upstream::start();
+    let yaml = passthrough_config(upstream.addr);
+    let bg = Bindgate::start(&pki, &yaml);
+    let written = std::fs::read_to_string(bg.config_path()).unwrap();
+    assert!(written.contains("address: \"127.0.0.1:0\""), "{written}");
+    assert_ne!(bg.port, 0);
+    assert_ne!(bg.admin_port, 0);
+    assert_ne!(bg.port, bg.admin_port);
+    let log = bg.logs();
+    assert!(
+        log.contains(&format!("listening on https://127.0.0.1:{}", bg.port)),
+        "{log}"
+    );
+    let client = bg.client(&pki, None, Http::One);
+    assert_eq!(client.get(bg.url("/p0")).send().unwrap().status(), 200);
+    // The same file again: nothing that needs a restart changed.
+    bg.reload_with(&pki, &yaml);
+    assert_eq!(client.get(bg.url("/p0")).send().unwrap().status(), 200);
+
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_bindgate"))
+        .args(["run", "--upgrade", "-c"])
+        .arg(bg.config_path())
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        said.contains("listen.address: port 0 cannot be taken over by `run --upgrade`"),
+        "{said}"
+    );
+    // The running process was not touched.
+    assert_eq!(client.get(bg.url("/p0")).send().unwrap().status(), 200);
+}

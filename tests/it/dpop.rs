@@ -870,7 +870,7 @@ fn a_binary_upgrade_hands_the_replay_record_over() {
         r#"server: {threads: 2, grace_period: 2s, pid_file: "{DIR}/bindgate.pid", upgrade_sock: "{DIR}/upgrade.sock"}"#,
     );
     let mut s = Setup {
-        bg: Bindgate::start(&pki, &config),
+        bg: Bindgate::start_named(&pki, &config),
         pki,
         issuer,
         _jwks: jwks,

@@ -41,6 +41,10 @@ server: {{threads: 2, grace_period: 3s, pid_file: "{{DIR}}/bindgate.pid", upgrad
 /// Starts bindgate with its certificate, key and master token in its own directory, for the
 /// test to replace.
 fn start(pki: &Pki, yaml: &str) -> Bindgate {
+    start_on(pki, yaml, Ports::Chosen)
+}
+
+fn start_on(pki: &Pki, yaml: &str, ports: Ports) -> Bindgate {
     Bindgate::start_with_files(
         pki,
         yaml,
@@ -49,6 +53,7 @@ fn start(pki: &Pki, yaml: &str) -> Bindgate {
             ("server.key", pki.read("server.key")),
             ("master.token", b"first-master-token-0123456789".to_vec()),
         ],
+        ports,
     )
 }
 
@@ -223,10 +228,12 @@ fn a_broken_or_unreloadable_config_keeps_the_running_one() {
         assert!(logs.contains("routes[0].upstream"), "{logs}");
         assert!(logs.contains("server.threads"), "{logs}");
         // A valid file changing what cannot change live: refused, the key named.
-        let moved = good.replace(
-            &format!("127.0.0.1:{}", bg.port),
-            &format!("127.0.0.1:{}", free_port()),
+        let moved = good.replacen(
+            "address: \"127.0.0.1:0\"",
+            &format!("address: \"127.0.0.1:{}\"", free_port()),
+            1,
         );
+        assert_ne!(moved, good);
         std::fs::write(bg.config_path(), &moved).unwrap();
         // `bindgate reload` passes its own check, then reports the running process's refusal.
         let (ok, out) = bindgate_reload(&bg);
@@ -435,7 +442,8 @@ fn upgrade_with(state: &str) {
     let (a, b) = (Upstream::start(), Upstream::start());
     let yaml = config(&a, &b, false, "")
         .replace(r#"state: {path: ":memory:"}"#, &format!("state: {state}"));
-    let mut old = start(&pki, &yaml);
+    // The new process takes the sockets over by the addresses the configuration names.
+    let mut old = start_on(&pki, &yaml, Ports::Named);
     let master = "first-master-token-0123456789";
     let before = old
         .client(&pki, None, Http::One)

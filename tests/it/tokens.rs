@@ -24,6 +24,7 @@ struct Options {
     min_refetch: &'static str,
     max_stale: &'static str,
     cache_entries: u64,
+    /// false: the key server fails from the start, and the test waits for readiness itself.
     wait_ready: bool,
 }
 
@@ -45,7 +46,12 @@ impl Default for Options {
 fn setup(signers: &[&Signer], o: Options) -> Setup {
     let pki = Pki::new();
     let jwks = Upstream::start();
-    jwks.set_reply(200, &crate::harness::tokens::jwks(signers));
+    if o.wait_ready {
+        jwks.set_reply(200, &crate::harness::tokens::jwks(signers));
+    } else {
+        // Not ready: the key server fails from the first fetch on.
+        jwks.set_reply(503, "{}");
+    }
     let idp = Upstream::start();
     std::fs::write(pki.path("api.token"), "session-api-token\n").unwrap();
     let yaml = format!(
@@ -700,7 +706,6 @@ fn readyz_waits_for_the_first_key_set() {
             ..Options::default()
         },
     );
-    s.jwks.set_reply(503, "{}");
     // Until a key set is loaded, /readyz is 503 and tokens are refused (bounded wait for the
     // listener to be up first).
     let deadline = Instant::now() + Duration::from_secs(30);

@@ -91,8 +91,29 @@ pub struct Bindgate {
     pub port: u16,
     pub admin_port: u16,
     pub listen: SocketAddr,
+    /// The ports written into its configuration (0: chosen by bindgate).
+    written: (u16, u16),
     dir: tempfile::TempDir,
     log: PathBuf,
+}
+
+/// How a test's bindgate gets its listen and admin ports.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum Ports {
+    /// Port 0 in the configuration; bindgate binds and the harness reads its startup line.
+    Chosen,
+    /// Probed free before it starts, written into the configuration (DPoP origins, upgrades).
+    Named,
+}
+
+impl Ports {
+    fn of(yaml: &str) -> Ports {
+        if yaml.contains("{PORT}") {
+            Ports::Named
+        } else {
+            Ports::Chosen
+        }
+    }
 }
 
 pub struct Started {
@@ -101,35 +122,45 @@ pub struct Started {
 
 impl Bindgate {
     /// Starts bindgate on `yaml`, where `{LISTEN}`, `{PORT}`, `{ADMIN}` and `{PKI}` are replaced
-    /// by a free listen address, its port, a free admin address and the PKI directory; waits
-    /// until `/readyz` is 200.
+    /// by the listen address, its port, the admin address and the PKI directory; waits until
+    /// `/readyz` is 200. The addresses are port 0, bound by bindgate and read back from its
+    /// startup line, unless `yaml` names `{PORT}` (a DPoP `htu`, an origin): then the ports
+    /// must be known before it starts (see [`Ports::Named`]).
     pub fn start(pki: &Pki, yaml: &str) -> Bindgate {
-        // A free port can be taken by a parallel test between our probe and bindgate's bind:
-        // then bindgate exits at once saying so, and another pair of ports is tried.
-        for _ in 0..3 {
-            let mut b = Self::spawn(pki, yaml, &[]);
-            match b.ready_or_exit() {
-                Ok(()) => return b,
-                Err(log) if log.contains("cannot listen on") => continue,
-                Err(log) => panic!("bindgate exited:\n{log}"),
-            }
-        }
-        panic!("no free ports after three tries");
+        Self::start_with_files(pki, yaml, &[], Ports::of(yaml))
+    }
+
+    /// As [`Bindgate::start`], on ports known before it starts: a `run --upgrade` takes the
+    /// sockets over by the addresses in the configuration.
+    #[allow(dead_code)]
+    pub fn start_named(pki: &Pki, yaml: &str) -> Bindgate {
+        Self::start_with_files(pki, yaml, &[], Ports::Named)
     }
 
     /// As [`Bindgate::start`], with `files` written into the config's directory first (`{DIR}`
     /// in `yaml` names it): files a test replaces while bindgate runs.
-    pub fn start_with_files(pki: &Pki, yaml: &str, files: &[(&str, Vec<u8>)]) -> Bindgate {
-        for _ in 0..3 {
+    pub fn start_with_files(
+        pki: &Pki,
+        yaml: &str,
+        files: &[(&str, Vec<u8>)],
+        ports: Ports,
+    ) -> Bindgate {
+        // Named ports are probed free, and a parallel test can take one between the probe and
+        // bindgate's bind: then bindgate exits at once saying so, and another pair is tried.
+        // Ports bindgate chose itself cannot be taken.
+        let tries = match ports {
+            Ports::Chosen => 1,
+            Ports::Named => 3,
+        };
+        for _ in 0..tries {
             let dir = tempfile::tempdir().expect("tempdir");
             for (name, content) in files {
                 std::fs::write(dir.path().join(name), content).expect("write a file");
             }
-            let (port, admin_port) = two_free_ports();
-            let mut b = Self::spawn_in(pki, yaml, &[], port, admin_port, dir, &[]);
+            let mut b = Self::spawn_in(pki, yaml, &[], ports, dir, &[]);
             match b.ready_or_exit() {
                 Ok(()) => return b,
-                Err(log) if log.contains("cannot listen on") => continue,
+                Err(log) if ports == Ports::Named && log.contains("cannot listen on") => continue,
                 Err(log) => panic!("bindgate exited:\n{log}"),
             }
         }
@@ -137,9 +168,8 @@ impl Bindgate {
     }
 
     pub fn spawn(pki: &Pki, yaml: &str, env: &[(&str, &str)]) -> Bindgate {
-        let (port, admin_port) = two_free_ports();
         let dir = tempfile::tempdir().expect("tempdir");
-        Self::spawn_in(pki, yaml, env, port, admin_port, dir, &[])
+        Self::spawn_in(pki, yaml, env, Ports::of(yaml), dir, &[])
     }
 
     /// `yaml` with the placeholders of [`Bindgate::start`] filled in for these ports.
@@ -163,7 +193,8 @@ impl Bindgate {
 
     /// Replaces the configuration file (placeholders filled in as at start), atomically.
     pub fn rewrite_config(&self, pki: &Pki, yaml: &str) {
-        let text = Self::fill(pki, yaml, self.port, self.admin_port, self.dir.path());
+        let (port, admin_port) = self.written;
+        let text = Self::fill(pki, yaml, port, admin_port, self.dir.path());
         let tmp = self.dir.path().join("proxy.yaml.new");
         std::fs::write(&tmp, text).expect("write config");
         std::fs::rename(&tmp, self.config_path()).expect("rename config");
@@ -190,11 +221,14 @@ impl Bindgate {
         pki: &Pki,
         yaml: &str,
         env: &[(&str, &str)],
-        port: u16,
-        admin_port: u16,
+        ports: Ports,
         dir: tempfile::TempDir,
         args: &[&str],
     ) -> Bindgate {
+        let (port, admin_port) = match ports {
+            Ports::Named => two_free_ports(),
+            Ports::Chosen => (0, 0),
+        };
         let config = dir.path().join("proxy.yaml");
         let text = Self::fill(pki, yaml, port, admin_port, dir.path());
         std::fs::write(&config, text).expect("write config");
@@ -213,13 +247,48 @@ impl Bindgate {
             cmd.env(k, v);
         }
         let child = cmd.spawn().expect("start bindgate");
-        Bindgate {
+        let mut b = Bindgate {
             child,
             port,
             admin_port,
             listen: SocketAddr::from(([127, 0, 0, 1], port)),
+            written: (port, admin_port),
             dir,
             log,
+        };
+        if ports == Ports::Chosen {
+            b.read_back_ports();
+        }
+        b
+    }
+
+    /// Reads the ports bindgate bound from its startup line (text or JSON), waiting for it
+    /// until the process exits (its ports stay 0) or 60 s pass.
+    fn read_back_ports(&mut self) {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let log = self.logs();
+            if let Some(line) = log.lines().find(|l| l.contains("bindgate starting")) {
+                let port_of = |key: &str| -> u16 {
+                    let at = [format!("{key}="), format!("\"{key}\":\"")]
+                        .iter()
+                        .find_map(|k| line.find(k.as_str()).map(|i| i + k.len()))
+                        .unwrap_or_else(|| panic!("no {key} address in: {line}"));
+                    let address: String = line[at..]
+                        .chars()
+                        .take_while(|c| c.is_ascii_digit() || *c == '.' || *c == ':')
+                        .collect();
+                    address.parse::<SocketAddr>().map(|a| a.port()).unwrap_or(0)
+                };
+                self.port = port_of("listen");
+                self.admin_port = port_of("admin");
+                self.listen = SocketAddr::from(([127, 0, 0, 1], self.port));
+                return;
+            }
+            if !self.is_running() || Instant::now() > deadline {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(10));
         }
     }
 

@@ -370,8 +370,12 @@ impl Server {
     }
 
     /// Get the configured file descriptors for listening
+    ///
+    /// bindgate: public, so that a server can bind its listeners itself (and learn the port
+    /// the kernel chose for port 0) and hand them over before the services start: a service
+    /// whose address is in this table takes the descriptor instead of binding.
     #[cfg(unix)]
-    fn listen_fds(&self) -> ListenFds {
+    pub fn listen_fds(&self) -> ListenFds {
         self.bootstrap.lock().get_fds()
     }
 
