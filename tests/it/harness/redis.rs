@@ -16,22 +16,48 @@ pub struct RedisServer {
     cli_tls: Vec<String>,
 }
 
-fn answers(port: u16, tls: &[String]) -> bool {
-    Command::new("redis-cli")
+/// The process id of the redis-server answering on `port`, if one does.
+fn answering_pid(port: u16, tls: &[String]) -> Option<u32> {
+    let out = Command::new("redis-cli")
         .args(["-p", &port.to_string()])
         .args(tls)
-        .arg("PING")
+        .args(["INFO", "server"])
         .output()
-        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "PONG")
+        .ok()?;
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .find_map(|l| l.strip_prefix("process_id:"))
+        .and_then(|p| p.trim().parse().ok())
 }
 
-fn wait_answers(port: u16, log: &Path, tls: &[String]) {
+/// How a launch ended.
+enum Launch {
+    /// This child answers on its port.
+    Up,
+    /// Another process took the port between the probe and redis-server's bind.
+    PortTaken,
+}
+
+/// Waits until `child` itself answers on `port` (not another test's server that took the
+/// port), or it exits.
+fn wait_answers(child: &mut Child, port: u16, log: &Path, tls: &[String]) -> Launch {
     let deadline = Instant::now() + Duration::from_secs(20);
-    while !answers(port, tls) {
+    loop {
+        if answering_pid(port, tls) == Some(child.id()) {
+            return Launch::Up;
+        }
+        let said = || std::fs::read_to_string(log).unwrap_or_default();
+        if let Ok(Some(_)) = child.try_wait() {
+            let said = said();
+            if said.contains("Address already in use") {
+                return Launch::PortTaken;
+            }
+            panic!("redis-server on {port} exited: {said}");
+        }
         assert!(
             Instant::now() < deadline,
             "redis-server on {port} did not start: {}",
-            std::fs::read_to_string(log).unwrap_or_default()
+            said()
         );
         std::thread::sleep(Duration::from_millis(20));
     }
@@ -56,8 +82,19 @@ impl RedisServer {
             extra: extra.iter().map(|e| e.to_string()).collect(),
             cli_tls: Vec::new(),
         };
-        s.launch();
-        s
+        // redis-server cannot bind port 0 and report it (`--port 0` means no TCP): the port is
+        // probed free, and when another process takes it first, another is probed.
+        for _ in 0..3 {
+            if let Launch::Up = s.launch() {
+                return s;
+            }
+            s.port = if extra.contains(&"--cluster-enabled") {
+                cluster_port()
+            } else {
+                free_port()
+            };
+        }
+        panic!("redis-server found no free port in three tries");
     }
 
     /// A server that speaks TLS only, with `cert` and `key` (clients need not present one).
@@ -84,11 +121,13 @@ impl RedisServer {
             ],
             cli_tls: vec!["--tls".into(), "--cacert".into(), path(ca)],
         };
-        s.launch();
-        s
+        match s.launch() {
+            Launch::Up => s,
+            Launch::PortTaken => panic!("port {port} was taken before redis-server bound it"),
+        }
     }
 
-    fn launch(&mut self) {
+    fn launch(&mut self) -> Launch {
         let log = self.dir.path().join("redis.log");
         let mut cmd = Command::new("redis-server");
         cmd.args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
@@ -108,11 +147,12 @@ impl RedisServer {
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null());
-        self.child = Some(
-            cmd.spawn()
-                .expect("redis-server (apt-get install -y redis-server)"),
-        );
-        wait_answers(self.port, &log, &self.cli_tls);
+        let mut child = cmd
+            .spawn()
+            .expect("redis-server (apt-get install -y redis-server)");
+        let launch = wait_answers(&mut child, self.port, &log, &self.cli_tls);
+        self.child = Some(child);
+        launch
     }
 
     pub fn url(&self) -> String {
@@ -130,7 +170,9 @@ impl RedisServer {
     /// Starts again on the same port and data directory.
     pub fn restart(&mut self) {
         self.kill();
-        self.launch();
+        if let Launch::PortTaken = self.launch() {
+            panic!("port {} was taken while redis-server was down", self.port);
+        }
     }
 
     /// `redis-cli` against this server; its output.
