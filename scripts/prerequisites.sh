@@ -6,6 +6,7 @@
 #   redis-server     the tests' own Redis servers and Redis Cluster (state.redis)
 #   systemd          systemd-analyze, which checks deploy/bindgate.service
 #   nodejs, npm      the tests' real OpenID provider (node-oidc-provider, tests/oidc)
+#   umoci, binutils  scripts/image.sh's check of the OCI image and the test that unpacks it
 need=()
 command -v cmake >/dev/null 2>&1 || need+=(cmake)
 command -v make >/dev/null 2>&1 || need+=(make)
@@ -17,6 +18,8 @@ command -v openssl >/dev/null 2>&1 || need+=(openssl)
 command -v systemd-analyze >/dev/null 2>&1 || need+=(systemd)
 command -v node >/dev/null 2>&1 || need+=(nodejs)
 command -v npm >/dev/null 2>&1 || need+=(npm)
+command -v umoci >/dev/null 2>&1 || need+=(umoci)
+command -v strip >/dev/null 2>&1 || need+=(binutils)
 if [ "${#need[@]}" -gt 0 ]; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
     echo "installing missing packages: ${need[*]}" >&2

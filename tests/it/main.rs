@@ -11,6 +11,7 @@ mod dpop;
 mod enforcement;
 mod fuzz;
 mod hostile;
+mod image;
 mod introspection;
 mod live;
 mod logs;

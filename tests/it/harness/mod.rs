@@ -97,6 +97,23 @@ pub struct Bindgate {
     log: PathBuf,
 }
 
+/// The listen and admin ports a `bindgate starting` line of `log` names (text or JSON log).
+pub fn startup_ports(log: &str) -> Option<(u16, u16)> {
+    let line = log.lines().find(|l| l.contains("bindgate starting"))?;
+    let port_of = |key: &str| -> u16 {
+        let at = [format!("{key}="), format!("\"{key}\":\"")]
+            .iter()
+            .find_map(|k| line.find(k.as_str()).map(|i| i + k.len()))
+            .unwrap_or_else(|| panic!("no {key} address in: {line}"));
+        let address: String = line[at..]
+            .chars()
+            .take_while(|c| c.is_ascii_digit() || *c == '.' || *c == ':')
+            .collect();
+        address.parse::<SocketAddr>().map(|a| a.port()).unwrap_or(0)
+    };
+    Some((port_of("listen"), port_of("admin")))
+}
+
 /// How a test's bindgate gets its listen and admin ports.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 pub enum Ports {
@@ -262,27 +279,15 @@ impl Bindgate {
         b
     }
 
-    /// Reads the ports bindgate bound from its startup line (text or JSON), waiting for it
-    /// until the process exits (its ports stay 0) or 60 s pass.
+    /// Reads the ports bindgate bound from its startup line, waiting for it until the process
+    /// exits (its ports stay 0) or 60 s pass.
     fn read_back_ports(&mut self) {
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
-            let log = self.logs();
-            if let Some(line) = log.lines().find(|l| l.contains("bindgate starting")) {
-                let port_of = |key: &str| -> u16 {
-                    let at = [format!("{key}="), format!("\"{key}\":\"")]
-                        .iter()
-                        .find_map(|k| line.find(k.as_str()).map(|i| i + k.len()))
-                        .unwrap_or_else(|| panic!("no {key} address in: {line}"));
-                    let address: String = line[at..]
-                        .chars()
-                        .take_while(|c| c.is_ascii_digit() || *c == '.' || *c == ':')
-                        .collect();
-                    address.parse::<SocketAddr>().map(|a| a.port()).unwrap_or(0)
-                };
-                self.port = port_of("listen");
-                self.admin_port = port_of("admin");
-                self.listen = SocketAddr::from(([127, 0, 0, 1], self.port));
+            if let Some((port, admin_port)) = startup_ports(&self.logs()) {
+                self.port = port;
+                self.admin_port = admin_port;
+                self.listen = SocketAddr::from(([127, 0, 0, 1], port));
                 return;
             }
             if !self.is_running() || Instant::now() > deadline {
