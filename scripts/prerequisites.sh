@@ -7,6 +7,7 @@
 #   systemd          systemd-analyze, which checks deploy/bindgate.service
 #   nodejs, npm      the tests' real OpenID provider (node-oidc-provider, tests/oidc)
 #   umoci, binutils  scripts/image.sh's check of the OCI image and the test that unpacks it
+#   python3-venv     the tests' OTLP receiver (opentelemetry-proto from PyPI, tests/otlp)
 need=()
 command -v cmake >/dev/null 2>&1 || need+=(cmake)
 command -v make >/dev/null 2>&1 || need+=(make)
@@ -19,6 +20,7 @@ command -v systemd-analyze >/dev/null 2>&1 || need+=(systemd)
 command -v node >/dev/null 2>&1 || need+=(nodejs)
 command -v npm >/dev/null 2>&1 || need+=(npm)
 command -v umoci >/dev/null 2>&1 || need+=(umoci)
+{ command -v python3 >/dev/null 2>&1 && python3 -c 'import venv, ensurepip' >/dev/null 2>&1; } || need+=(python3 python3-venv)
 command -v strip >/dev/null 2>&1 || need+=(binutils)
 if [ "${#need[@]}" -gt 0 ]; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then

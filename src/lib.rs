@@ -23,4 +23,5 @@ pub mod routing;
 pub mod serve;
 pub mod state;
 pub mod target;
+pub mod telemetry;
 pub mod tls;

@@ -59,6 +59,7 @@ fn fixed_parts(c: &Config) -> Vec<(&'static str, String)> {
         ),
         ("server.threads", c.server.threads.to_string()),
         ("log.format", format!("{:?}", c.log_format)),
+        ("telemetry", format!("{:?}", c.telemetry)),
         (
             "state",
             format!(

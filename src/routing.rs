@@ -330,6 +330,18 @@ impl Router {
         2 + self.routes.len()
     }
 
+    /// The path template an operation matched (OpenTelemetry's `http.route`): the
+    /// registration or session store path, or the route's prefix.
+    pub fn template(&self, op: &Operation) -> &str {
+        match op {
+            Operation::Registry(_) => &self.registration_path,
+            Operation::Sessions(_) => &self.session_store_path,
+            Operation::Forward { route } | Operation::Protected { route } => {
+                &self.routes[*route].prefix
+            }
+        }
+    }
+
     /// A label for logs and metrics: `registration`, `session_store` or `route:<prefix>`.
     pub fn label(&self, op: &Operation) -> &str {
         match op {

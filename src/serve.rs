@@ -203,6 +203,7 @@ pub fn run(config: Config, upgrade: bool) -> Result<(), Problem> {
     let leeway = config.tokens.leeway;
     let shared_state = config.state.redis.is_some();
     let startup = startup_summary(&config, listen, admin_address);
+    let telemetry = config.telemetry.clone();
     let control = Control::start(config, metrics.clone(), readiness.clone())?;
     if upgrade && !shared_state {
         // Before serving: no proof the old process accepted is good here. (With Redis, the
@@ -246,7 +247,17 @@ pub fn run(config: Config, upgrade: bool) -> Result<(), Problem> {
             }
         })
         .map_err(|e| Problem::new("", format!("cannot start a thread: {e}")))?;
-    let gateway = Gateway::new(control.live.clone(), draining, metrics.clone());
+    let tracer = telemetry.map(|settings| {
+        let queue = crate::telemetry::Queue::new(settings.queue);
+        metrics.register(queue.metric());
+        Arc::new(crate::telemetry::Tracer { settings, queue })
+    });
+    let gateway = Gateway::new(
+        control.live.clone(),
+        draining,
+        metrics.clone(),
+        tracer.clone(),
+    );
     let mut client_options =
         pingora::connectors::ConnectorOptions::from_server_conf(&server.configuration);
     client_options.keepalive_pool_size = keepalive_pool;
@@ -260,6 +271,13 @@ pub fn run(config: Config, upgrade: bool) -> Result<(), Problem> {
     let settings = tls::settings(control.tls.clone())?;
     proxy.add_tls_with_settings(&listen.to_string(), None, settings);
     server.add_service(proxy);
+
+    if let Some(tracer) = tracer {
+        server.add_service(background_service(
+            "telemetry",
+            crate::telemetry::Exporter { tracer },
+        ));
+    }
 
     if let Some(address) = admin_address {
         let mut service = Service::new(

@@ -184,7 +184,10 @@ impl Introspector {
                     .inc();
                 // Concurrent misses for one token wait for the one call.
                 self.cache
-                    .try_get_with(*digest, self.call(token))
+                    .try_get_with(
+                        *digest,
+                        crate::telemetry::step("introspection", self.call(token)),
+                    )
                     .await
                     .map_err(|e| Denial::IntrospectionUnavailable {
                         cause: e.to_string(),

@@ -482,7 +482,11 @@ impl Authoriser {
         token::check(&entry.verified, policy, facts.peer, now, self.leeway).map_err(in_scheme)?;
         match (&entry.verified.jkt, presented.scheme) {
             (Some(jkt), Scheme::Dpop) => {
-                let proof = self.proof(checker, presented.token, facts, now).await?;
+                let proof = crate::telemetry::step(
+                    "dpop proof",
+                    self.proof(checker, presented.token, facts, now),
+                )
+                .await?;
                 if !jkt.matches(&proof.jkt) {
                     return Err(Denial::InvalidDpopProof {
                         why: "The DPoP proof key is not the key the token is bound to (cnf jkt)"

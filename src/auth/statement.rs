@@ -182,7 +182,7 @@ impl Issuer {
         match lookup(&self.keys)? {
             Lookup::Found(k) => Ok(k),
             Lookup::Unknown => {
-                self.keys.refetch_for_unknown_kid().await;
+                crate::telemetry::step("jwks fetch", self.keys.refetch_for_unknown_kid()).await;
                 match lookup(&self.keys)? {
                     Lookup::Found(k) => Ok(k),
                     Lookup::Unknown => Err(invalid(

@@ -72,7 +72,7 @@ impl TokenValidator {
         if let Some(entry) = self.verified_now(token, digest)? {
             return Ok(entry);
         }
-        self.keys.refetch_for_unknown_kid().await;
+        crate::telemetry::step("jwks fetch", self.keys.refetch_for_unknown_kid()).await;
         self.verified_now(token, digest)?
             .ok_or_else(|| invalid("Unknown signing key"))
     }

@@ -24,6 +24,24 @@ pub struct FileConfig {
     pub dpop: Option<DpopFile>,
     pub introspection: Option<IntrospectionFile>,
     pub log: Option<LogFile>,
+    pub telemetry: Option<TelemetryFile>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TelemetryFile {
+    pub otlp: Option<OtlpFile>,
+    pub trust_incoming_trace: Option<bool>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OtlpFile {
+    pub endpoint: String,
+    pub sample_ratio: Option<f64>,
+    pub service_name: Option<String>,
+    pub queue: Option<usize>,
+    pub timeout: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]

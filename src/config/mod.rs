@@ -94,6 +94,8 @@ pub struct Config {
     pub introspection: Option<Introspection>,
     /// `log.format`.
     pub log_format: LogFormat,
+    /// OpenTelemetry traces; None: no trace context, no spans.
+    pub telemetry: Option<crate::telemetry::Settings>,
 }
 
 /// How log lines are written.

@@ -22,6 +22,7 @@ use crate::rejection::Rejection;
 use crate::routing::{Operation, Router, SessionOp, SessionRequest};
 use crate::state::StateService;
 use crate::target::{self, RequestTarget};
+use crate::telemetry::step;
 
 /// Everything a request is decided by that a reload may replace: a request takes the one
 /// current when it starts and finishes on it, whatever is reloaded meanwhile.
@@ -54,6 +55,12 @@ pub struct RequestCtx {
     /// The verified token the request was let through on (its `sub`, `client_id`, `jti` go
     /// to the access log; never the token).
     pub(super) token: Option<Arc<crate::auth::cache::Entry>>,
+    /// The request's trace, when `telemetry` is configured.
+    pub(super) trace: Option<crate::telemetry::Trace>,
+    /// When bindgate asked for an upstream connection, and how long until the upstream's
+    /// answer head (the access log's `upstream_us`).
+    pub(super) upstream_started: Option<Instant>,
+    pub(super) upstream_took: Option<std::time::Duration>,
 }
 
 impl RequestCtx {
@@ -67,6 +74,9 @@ impl RequestCtx {
             body_bytes: 0,
             authorising: std::time::Duration::ZERO,
             token: None,
+            trace: None,
+            upstream_started: None,
+            upstream_took: None,
         }
     }
 
@@ -238,8 +248,12 @@ impl Live {
             _ => body,
         };
         let reply = match &permit {
-            Permit::Registry(p) => state.registration(p, body).await.map_err(Rejection::from),
-            Permit::Sessions(p) => state.sessions(p, body).await.map_err(Rejection::from),
+            Permit::Registry(p) => step("state registration", state.registration(p, body))
+                .await
+                .map_err(Rejection::from),
+            Permit::Sessions(p) => step("state sessions", state.sessions(p, body))
+                .await
+                .map_err(Rejection::from),
             // Routes always name an upstream.
             Permit::Route(_) => Err(Rejection::NoRoute),
         };
@@ -289,7 +303,7 @@ impl Live {
                 let state = self.state.as_ref().ok_or(Rejection::StorageUnavailable {
                     cause: Some("single-use tokens need the embedded state".into()),
                 })?;
-                state.take_token(l).await?;
+                step("state take token", state.take_token(l)).await?;
             }
             let claim_headers = match &permit {
                 Permit::Route(p) => p.claim_headers().to_vec(),

@@ -19,6 +19,7 @@ mod body;
 mod journey;
 mod live;
 mod refusal;
+mod spans;
 mod upstream;
 
 use async_trait::async_trait;
@@ -33,6 +34,7 @@ use std::sync::Arc;
 use crate::auth::Facts;
 use crate::config::Target;
 use crate::rejection::Rejection;
+use crate::telemetry;
 use crate::tls;
 use answer::write_answer;
 use journey::Stage;
@@ -50,6 +52,8 @@ pub struct Gateway {
     draining: Arc<std::sync::atomic::AtomicBool>,
     /// The process's metrics (upstream connection reuse is counted here, not per `Live`).
     metrics: Arc<crate::metrics::Metrics>,
+    /// Traces, when `telemetry` is configured (fixed for the process's life).
+    tracer: crate::telemetry::Shared,
 }
 
 impl Gateway {
@@ -57,11 +61,13 @@ impl Gateway {
         live: Arc<arc_swap::ArcSwap<Live>>,
         draining: Arc<std::sync::atomic::AtomicBool>,
         metrics: Arc<crate::metrics::Metrics>,
+        tracer: crate::telemetry::Shared,
     ) -> Self {
         Gateway {
             live,
             draining,
             metrics,
+            tracer,
         }
     }
 }
@@ -83,6 +89,10 @@ impl ProxyHttp for Gateway {
             session.set_keepalive(None);
         }
         let live = ctx.live.clone();
+        if let Some(tracer) = &self.tracer {
+            ctx.trace = Some(tracer.begin(&session.req_header().headers));
+        }
+        let traced = ctx.trace.as_ref().is_some_and(|t| t.sampled);
         ctx.peer_certificate = tls::peer_certificate(session.digest());
         let (reading, session_request) = match live.read(session) {
             Ok(read) => read,
@@ -97,29 +107,42 @@ impl ProxyHttp for Gateway {
             peer: ctx.peer_certificate.as_ref(),
         };
         let authorising = std::time::Instant::now();
-        let permit = live
-            .authoriser
-            .authorise(&reading.operation, session_request, &facts)
-            .await;
+        let (permit, steps) = telemetry::collect(
+            traced,
+            live.authoriser
+                .authorise(&reading.operation, session_request, &facts),
+        )
+        .await;
         ctx.authorising = authorising.elapsed();
         let permit = match permit {
             Ok(permit) => {
+                spans::authorised(ctx, authorising, steps, None);
                 ctx.token = permit.token().cloned();
                 permit
             }
             Err(denial) => {
+                let rejection: Rejection = denial.into();
+                spans::authorised(ctx, authorising, steps, Some(rejection.reason()));
                 ctx.stage = Stage::Read(reading);
-                return live.reject(session, ctx, denial.into()).await;
+                return live.reject(session, ctx, rejection).await;
             }
         };
-        match live.router.target(&reading.operation) {
+        let (served, steps) = match live.router.target(&reading.operation) {
             Target::Embedded => {
                 let operation = reading.operation.clone();
                 ctx.stage = Stage::Read(reading);
-                live.serve_embedded(session, ctx, &operation, permit).await
+                telemetry::collect(
+                    traced,
+                    live.serve_embedded(session, ctx, &operation, permit),
+                )
+                .await
             }
-            Target::Upstream(name) => live.forward(session, ctx, reading, permit, name).await,
-        }
+            Target::Upstream(name) => {
+                telemetry::collect(traced, live.forward(session, ctx, reading, permit, name)).await
+            }
+        };
+        spans::steps(ctx, steps);
+        served
     }
 
     async fn request_body_filter(
@@ -168,6 +191,7 @@ impl ProxyHttp for Gateway {
         _session: &mut Session,
         ctx: &mut RequestCtx,
     ) -> Result<Box<HttpPeer>> {
+        ctx.upstream_started = Some(std::time::Instant::now());
         let (_, forwarding) = ctx.forwarding()?;
         Ok(Box::new(forwarding.upstream.peer.clone()))
     }
@@ -198,7 +222,13 @@ impl ProxyHttp for Gateway {
                 claim_header_names: &ctx.live.claim_header_names,
                 claim_headers: &forwarding.claim_headers,
             },
-        )
+        )?;
+        let trusted = self
+            .tracer
+            .as_ref()
+            .is_some_and(|t| t.settings.trust_incoming_trace);
+        spans::propagate(ctx, trusted, upstream_request);
+        Ok(())
     }
 
     async fn response_filter(
@@ -207,6 +237,7 @@ impl ProxyHttp for Gateway {
         upstream_response: &mut pingora::http::ResponseHeader,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
+        spans::upstream_answered(ctx, upstream_response.status.as_u16());
         let (_, forwarding) = ctx.forwarding()?;
         if upstream_response.status.is_success() {
             // The provider registered the client: the single-use token stays used.
@@ -329,6 +360,15 @@ impl ProxyHttp for Gateway {
             .response_written()
             .map(|r| r.status.as_u16())
             .unwrap_or(0);
+        let trace_id = ctx.trace.as_ref().map(|t| t.trace_id_hex());
+        if let Some(tracer) = &self.tracer {
+            let route = match ctx.reading() {
+                Some(r) => live.router.template(&r.operation).to_string(),
+                None => "none".to_string(),
+            };
+            let reason = ctx.rejection.as_ref().map(Rejection::reason);
+            spans::finish(tracer, ctx, session, status, &route, reason);
+        }
         let operation = ctx.reading().map(|r| &r.operation);
         let (route, target) = match operation {
             Some(op) => (live.router.label(op), live.router.target(op).label()),
@@ -347,6 +387,10 @@ impl ProxyHttp for Gateway {
             live.metrics.rejections.with_label_values(&[reason]).inc();
         }
         let token = ctx.token.as_ref().map(|t| &t.verified);
+        let upstream_name = match &ctx.stage {
+            Stage::Forwarding { forwarding, .. } => forwarding.upstream.config.name.as_str(),
+            _ => "-",
+        };
         let req = session.req_header();
         // The path only: a query may carry a token (RFC 6750 §2.3) and is never logged.
         let path = match ctx.reading() {
@@ -362,6 +406,9 @@ impl ProxyHttp for Gateway {
             target,
             latency_us = elapsed.as_micros() as u64,
             auth_us = ctx.authorising.as_micros() as u64,
+            upstream_us = ctx.upstream_took.map(|d| d.as_micros() as u64).unwrap_or(0),
+            upstream = %upstream_name,
+            trace_id = %trace_id.as_deref().unwrap_or("-"),
             operation = operation.map(|o| o.name()).unwrap_or("-"),
             decision = if reason.is_some() { "refused" } else { "allowed" },
             bytes_in = ctx.body_bytes,

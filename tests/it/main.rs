@@ -22,4 +22,5 @@ mod provider;
 mod redis;
 mod state;
 mod structure;
+mod telemetry;
 mod tokens;

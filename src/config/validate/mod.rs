@@ -83,6 +83,7 @@ pub fn validate(file: FileConfig, source: &Path) -> Result<Config, Vec<Problem>>
     };
     let state = sections::state(&mut p, &file, source);
     let server = sections::server(&mut p, &file, source);
+    let telemetry = telemetry(&mut p, &file);
 
     // A None pushed a problem above.
     let (Some(address), Some(tls), true) = (listen_address, tls, p.0.is_empty()) else {
@@ -104,5 +105,68 @@ pub fn validate(file: FileConfig, source: &Path) -> Result<Config, Vec<Problem>>
         dpop,
         introspection,
         log_format,
+        telemetry,
+    })
+}
+
+/// `telemetry`: where spans go, which share of traces, whether a client's trace is taken.
+fn telemetry(p: &mut Problems, file: &FileConfig) -> Option<crate::telemetry::Settings> {
+    let t = file.telemetry.as_ref()?;
+    let Some(o) = &t.otlp else {
+        p.push(
+            "telemetry.otlp",
+            "is missing (telemetry needs an OTLP endpoint)",
+        );
+        return None;
+    };
+    let endpoint = match url::Url::parse(&o.endpoint) {
+        Ok(mut u) if matches!(u.scheme(), "http" | "https") && u.host().is_some() => {
+            if !u.path().ends_with('/') {
+                let path = format!("{}/", u.path());
+                u.set_path(&path);
+            }
+            if u.query().is_some() || !u.username().is_empty() || u.password().is_some() {
+                p.push(
+                    "telemetry.otlp.endpoint",
+                    "takes no query or credentials (spans go to <endpoint>/v1/traces)",
+                );
+            }
+            Some(u)
+        }
+        _ => {
+            p.push(
+                "telemetry.otlp.endpoint",
+                format!("`{}` is not an http(s) URL", o.endpoint),
+            );
+            None
+        }
+    };
+    let sample_ratio = o.sample_ratio.unwrap_or(1.0);
+    if !(0.0..=1.0).contains(&sample_ratio) {
+        p.push("telemetry.otlp.sample_ratio", "must be between 0 and 1");
+    }
+    let service_name = o.service_name.clone().unwrap_or_else(|| "bindgate".into());
+    if service_name.trim().is_empty() {
+        p.push("telemetry.otlp.service_name", "is empty");
+    }
+    let queue = o.queue.unwrap_or(2048);
+    if queue == 0 || queue > 1_000_000 {
+        p.push(
+            "telemetry.otlp.queue",
+            "must be between 1 and 1000000 spans",
+        );
+    }
+    let timeout = p.positive_duration(
+        "telemetry.otlp.timeout",
+        o.timeout.as_ref(),
+        std::time::Duration::from_secs(5),
+    );
+    Some(crate::telemetry::Settings {
+        endpoint: endpoint?,
+        sample_ratio,
+        service_name,
+        trust_incoming_trace: t.trust_incoming_trace.unwrap_or(false),
+        queue,
+        timeout,
     })
 }

@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod http1;
+pub mod otlp;
 pub mod redis;
 pub mod tokens;
 pub mod upstream;
