@@ -235,6 +235,20 @@ pub fn run(config: Config, upgrade: bool) -> Result<(), Problem> {
                     P::GracefulUpgradeTransferringFds | P::GracefulUpgradeCloseTimeout
                 );
                 let stopping = matches!(phase, P::GracefulTerminate | P::ShutdownStarted);
+                // Running again after an upgrade began: no new process took the sockets, this
+                // one serves on as before.
+                if matches!(phase, P::Running) && flag.load(std::sync::atomic::Ordering::Relaxed) {
+                    flag.store(false, std::sync::atomic::Ordering::Relaxed);
+                    if handed_over {
+                        handed_over = false;
+                        live.load().replay_record().unseal();
+                        let _ = std::fs::remove_file(&handover);
+                    }
+                    tracing::warn!(
+                        "the upgrade did not happen: serving on, DPoP proofs accepted again"
+                    );
+                    continue;
+                }
                 if (upgrading || stopping) && !flag.swap(true, std::sync::atomic::Ordering::Relaxed)
                 {
                     tracing::info!("draining: answers now close their connections");

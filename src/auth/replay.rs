@@ -121,6 +121,12 @@ impl ReplayRecord {
         }
     }
 
+    /// Accepts proofs again after a [`Self::seal`] for an upgrade that did not happen (no new
+    /// process took the sockets): the record kept everything meanwhile.
+    pub fn unseal(&self) {
+        self.lock().sealed = false;
+    }
+
     /// Takes in what an old process recorded (before this one serves): its proofs stay
     /// replays here, and this record begins when the old one began. Entries past their window
     /// at `now` are left out; the rest are kept even beyond the capacity (never forgotten:

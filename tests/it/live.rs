@@ -509,3 +509,65 @@ fn upgrade_with(state: &str) {
     let expected = if state.contains("memory") { 404 } else { 200 };
     assert_eq!(read, expected, "{state}");
 }
+
+/// SIGQUIT with no new process waiting for the sockets: the old process says so and serves
+/// on (it used to shut down); a later upgrade still works. `run --upgrade` with no process to
+/// hand it sockets exits non-zero, saying why.
+#[test]
+fn sigquit_without_a_successor_keeps_serving() {
+    let pki = Pki::new();
+    let (a, b) = (Upstream::start(), Upstream::start());
+    let mut old = start_on(&pki, &config(&a, &b, false, ""), Ports::Named);
+    let client = old.client(&pki, None, Http::One);
+    assert_eq!(
+        client.get(old.url("/a/before")).send().unwrap().status(),
+        200
+    );
+    old.signal("QUIT");
+    let log = old.wait_log("no new process took the listening sockets");
+    assert!(
+        log.contains("no new process took the listening sockets"),
+        "{log}"
+    );
+    wait_for("the process to say it serves on", || {
+        old.logs().contains("the upgrade did not happen")
+    });
+    assert!(old.is_running(), "the old process exited");
+    // A new connection and the kept one are both served; /readyz stays 200.
+    let fresh = old.client(&pki, None, Http::One);
+    assert_eq!(fresh.get(old.url("/a/after")).send().unwrap().status(), 200);
+    assert_eq!(client.get(old.url("/a/kept")).send().unwrap().status(), 200);
+    assert_eq!(
+        reqwest::blocking::get(old.admin_url("/readyz"))
+            .unwrap()
+            .status(),
+        200
+    );
+
+    // The documented upgrade still works afterwards.
+    let mut new = Reaped(old.spawn_beside(&["--upgrade"], "upgraded.log"));
+    std::thread::sleep(Duration::from_millis(500));
+    old.signal("QUIT");
+    assert!(old.wait_exit(Duration::from_secs(30)).is_some());
+    let after = old.client(&pki, None, Http::One);
+    assert_eq!(after.get(old.url("/a/new")).send().unwrap().status(), 200);
+    assert!(new.0.try_wait().unwrap().is_none());
+    let _ = new.0.kill();
+
+    // Nobody to take sockets from: `run --upgrade` gives up, non-zero, and says why.
+    let started = std::time::Instant::now();
+    let mut lonely = Reaped(old.spawn_beside(&["--upgrade"], "lonely.log"));
+    let status = loop {
+        if let Some(status) = lonely.0.try_wait().unwrap() {
+            break status;
+        }
+        assert!(started.elapsed() < Duration::from_secs(30), "still waiting");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert!(!status.success());
+    let said = std::fs::read_to_string(old.dir().join("lonely.log")).unwrap();
+    assert!(
+        said.contains("no running process handed its listening sockets over"),
+        "{said}"
+    );
+}

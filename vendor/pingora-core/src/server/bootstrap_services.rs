@@ -230,7 +230,11 @@ impl Bootstrap {
                 #[cfg(all(not(debug_assertions), feature = "sentry"))]
                 sentry::capture_error(&e);
 
-                error!("Bootstrap failed on error: {:?}, exiting.", e);
+                // bindgate: say what did not happen, and exit non-zero.
+                error!(
+                    "no running process handed its listening sockets over on {} ({:?}): send the running bindgate SIGQUIT after starting this one; exiting",
+                    self.upgrade_sock, e
+                );
                 std::process::exit(1);
             }
         }

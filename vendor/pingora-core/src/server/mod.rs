@@ -244,10 +244,13 @@ impl Server {
             .send(ExecutionPhase::Running)
             .ok();
 
+        // bindgate: a loop, so that an upgrade no new process took the sockets for goes back
+        // to serving instead of shutting down.
+        loop {
         match run_args.shutdown_signal.recv().await {
             ShutdownSignal::FastShutdown => {
                 info!("SIGINT received, exiting");
-                ShutdownType::Quick
+                return ShutdownType::Quick;
             }
             ShutdownSignal::GracefulTerminate => {
                 // we receive a graceful terminate, all instances are instructed to stop
@@ -268,7 +271,7 @@ impl Server {
                     .send(ExecutionPhase::GracefulTerminate)
                     .ok();
 
-                ShutdownType::Graceful
+                return ShutdownType::Graceful;
             }
             ShutdownSignal::GracefulUpgrade => {
                 // TODO: still need to select! on signals in case a fast shutdown is needed
@@ -290,14 +293,23 @@ impl Server {
                         match fds.send_to_sock(self.configuration.as_ref().upgrade_sock.as_str()) {
                             Ok(_) => {
                                 info!("listener sockets sent");
+                                true
                             }
                             Err(e) => {
-                                error!("Unable to send listener sockets to new process: {e}");
+                                // bindgate: no new process took the sockets (none started, or
+                                // it gave up): keep serving rather than take the service down.
+                                error!(
+                                    "no new process took the listening sockets on {} ({e}): still serving; start `bindgate run --upgrade` first, then send SIGQUIT",
+                                    self.configuration.as_ref().upgrade_sock
+                                );
                                 #[cfg(all(not(debug_assertions), feature = "sentry"))]
                                 sentry::capture_error(&e);
+                                self.execution_phase_watch
+                                    .send(ExecutionPhase::Running)
+                                    .ok();
+                                continue;
                             }
                         }
-                        true
                     }
                 };
                 if sent_fds {
@@ -319,8 +331,9 @@ impl Server {
                     }
                 }
                 info!("Broadcast graceful shutdown complete");
-                ShutdownType::Graceful
+                return ShutdownType::Graceful;
             }
+        }
         }
     }
 
