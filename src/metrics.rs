@@ -64,6 +64,8 @@ pub struct Metrics {
     /// Connections ended by a deadline, by reason (idle_timeout, header_timeout,
     /// handshake_timeout, body_timeout).
     pub connections_closed: IntCounterVec,
+    /// Client TLS handshakes that failed, by kind (Pingora counts them; copied on scrape).
+    tls_handshake_failures: IntCounterVec,
     /// Connections the listener could not accept for want of a file descriptor.
     pub connections_refused: IntCounter,
     /// Upstream connections: opened, reused from the keep-alive pool, closed after leaving
@@ -198,6 +200,19 @@ impl Metrics {
         for result in ["ok", "failed", "certificates"] {
             reloads.with_label_values(&[result]);
         }
+        let tls_handshake_failures = IntCounterVec::new(
+            Opts::new(
+                "tls_handshake_failures_total",
+                "Client TLS handshakes that failed, by reason: tls (no shared version or cipher, \
+                 a certificate refused, not TLS), closed (the client went away), timeout \
+                 (server.header_timeout), other",
+            ),
+            &["reason"],
+        )
+        .expect("static metric definition");
+        for reason in ["tls", "closed", "timeout", "other"] {
+            tls_handshake_failures.with_label_values(&[reason]);
+        }
         let connections_closed = IntCounterVec::new(
             Opts::new(
                 "connections_closed_total",
@@ -258,6 +273,7 @@ impl Metrics {
             Box::new(build_info) as Box<dyn prometheus::core::Collector>,
             Box::new(reloads.clone()),
             Box::new(connections_closed.clone()),
+            Box::new(tls_handshake_failures.clone()),
             Box::new(connections_refused.clone()),
             Box::new(upstream_connections.clone()),
             Box::new(certificate_expiry_seconds.clone()),
@@ -299,6 +315,7 @@ impl Metrics {
             verified_cache,
             reloads,
             connections_closed,
+            tls_handshake_failures,
             connections_refused,
             upstream_opened: upstream_connections.with_label_values(&["opened"]),
             upstream_reused: upstream_connections.with_label_values(&["reused"]),
@@ -349,6 +366,17 @@ impl Metrics {
         ] {
             catch_up(
                 &self.connections_closed.with_label_values(&[reason]),
+                total.load(Ordering::Relaxed),
+            );
+        }
+        for (reason, total) in [
+            ("tls", &deadlines::HANDSHAKE_FAILED_TLS),
+            ("closed", &deadlines::HANDSHAKE_FAILED_CLOSED),
+            ("timeout", &deadlines::HANDSHAKE),
+            ("other", &deadlines::HANDSHAKE_FAILED_OTHER),
+        ] {
+            catch_up(
+                &self.tls_handshake_failures.with_label_values(&[reason]),
                 total.load(Ordering::Relaxed),
             );
         }

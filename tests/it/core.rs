@@ -943,3 +943,55 @@ fn port_zero_is_bound_and_named_in_the_startup_line() {
     // The running process was not touched.
     assert_eq!(client.get(bg.url("/p0")).send().unwrap().status(), 200);
 }
+
+/// Failed client handshakes are counted by kind (`bindgate_tls_handshake_failures_total`), not
+/// logged as an ERROR per attempt: plain HTTP on the TLS port, a client offering only TLS 1.1,
+/// a client gone after half a ClientHello.
+#[test]
+fn failed_handshakes_are_counted_not_logged_as_errors() {
+    use openssl::ssl::{SslConnector, SslMethod, SslVersion};
+    let pki = Pki::new();
+    let upstream = Upstream::start();
+    let bg = Bindgate::start(&pki, &passthrough_config(upstream.addr));
+    let metric = |r: &str| {
+        bg.metric(&format!(
+            "bindgate_tls_handshake_failures_total{{reason=\"{r}\"}}"
+        ))
+    };
+    assert_eq!(metric("tls"), 0);
+    for _ in 0..3 {
+        let mut tcp = std::net::TcpStream::connect(("127.0.0.1", bg.port)).unwrap();
+        tcp.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        tcp.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+        let _ = tcp.read(&mut [0u8; 512]);
+    }
+    let mut old = SslConnector::builder(SslMethod::tls_client()).unwrap();
+    old.set_max_proto_version(Some(SslVersion::TLS1_1)).unwrap();
+    old.set_security_level(0);
+    let tcp = std::net::TcpStream::connect(("127.0.0.1", bg.port)).unwrap();
+    tcp.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    assert!(old.build().connect("localhost", tcp).is_err());
+    // Half a ClientHello (a record header promising 512 bytes, 5 of them), then gone.
+    let mut tcp = std::net::TcpStream::connect(("127.0.0.1", bg.port)).unwrap();
+    tcp.write_all(&[0x16, 0x03, 0x01, 0x02, 0x00, 0x01, 0x00, 0x01, 0xfc, 0x03])
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(100));
+    drop(tcp);
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while (metric("tls") < 4 || metric("closed") + metric("other") < 1)
+        && std::time::Instant::now() < deadline
+    {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(metric("tls"), 4, "{}", bg.metrics());
+    assert!(metric("closed") + metric("other") >= 1, "{}", bg.metrics());
+    // Served as ever, and not one ERROR line for any of it.
+    let client = bg.client(&pki, None, Http::One);
+    assert_eq!(client.get(bg.url("/ok")).send().unwrap().status(), 200);
+    let log = bg.logs();
+    assert!(
+        !log.lines()
+            .any(|l| l.contains("ERROR") && l.contains("andshake")),
+        "{log}"
+    );
+}

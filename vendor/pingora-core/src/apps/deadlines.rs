@@ -9,6 +9,43 @@ pub static IDLE: AtomicU64 = AtomicU64::new(0);
 pub static HEADER: AtomicU64 = AtomicU64::new(0);
 /// TLS handshakes that did not complete within the handshake timeout.
 pub static HANDSHAKE: AtomicU64 = AtomicU64::new(0);
+/// TLS handshakes that failed: a TLS protocol failure (no shared version or cipher, a
+/// certificate refused, not TLS at all), a client that went away mid-handshake, anything else.
+pub static HANDSHAKE_FAILED_TLS: AtomicU64 = AtomicU64::new(0);
+pub static HANDSHAKE_FAILED_CLOSED: AtomicU64 = AtomicU64::new(0);
+pub static HANDSHAKE_FAILED_OTHER: AtomicU64 = AtomicU64::new(0);
+/// When a handshake failure was last logged (seconds since the epoch): one line a second.
+static HANDSHAKE_LOGGED: AtomicU64 = AtomicU64::new(0);
+
+/// Counts a failed handshake by its kind; whether a (debug) line may be logged for it: one a
+/// second, so that a scan or a flood of bad clients is a counter, not a log storm.
+pub fn handshake_failed(e: &crate::Error) -> bool {
+    use crate::ErrorType;
+    use std::sync::atomic::Ordering::Relaxed;
+    // OpenSSL reports a client gone mid-handshake as a TLS error ("unexpected eof").
+    let gone = || {
+        let said = e.to_string().to_ascii_lowercase();
+        said.contains("unexpected eof") || said.contains("connection reset")
+    };
+    let counter = match e.etype() {
+        ErrorType::TLSHandshakeFailure if gone() => &HANDSHAKE_FAILED_CLOSED,
+        ErrorType::TLSHandshakeFailure | ErrorType::InvalidCert | ErrorType::TLSWantX509Lookup => {
+            &HANDSHAKE_FAILED_TLS
+        }
+        ErrorType::ConnectionClosed | ErrorType::ReadError | ErrorType::WriteError => {
+            &HANDSHAKE_FAILED_CLOSED
+        }
+        _ => &HANDSHAKE_FAILED_OTHER,
+    };
+    counter.fetch_add(1, Relaxed);
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    let last = HANDSHAKE_LOGGED.load(Relaxed);
+    now > last && HANDSHAKE_LOGGED.compare_exchange(last, now, Relaxed, Relaxed).is_ok()
+}
+
 /// `accept()` failures for want of a file descriptor (EMFILE, ENFILE).
 pub static ACCEPT_FD_LIMIT: AtomicU64 = AtomicU64::new(0);
 

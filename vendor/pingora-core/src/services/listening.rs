@@ -250,11 +250,15 @@ impl<A: ServerApp + Send + Sync + 'static> Service<A> {
                                 match handshake {
                                     Ok(io) => Self::handle_event(io, app, shutdown).await,
                                     Err(e) => {
-                                        // TODO: Maybe IOApp trait needs a fn to handle/filter out this error
-                                        if let Some(addr) = peer_addr {
-                                            error!("Downstream handshake error from {}: {e}", addr);
-                                        } else {
-                                            error!("Downstream handshake error: {e}");
+                                        // bindgate: a client's failed handshake is counted
+                                        // (by kind) and logged at debug, one line a second:
+                                        // not an ERROR per attempt.
+                                        if crate::apps::deadlines::handshake_failed(&e) {
+                                            if let Some(addr) = peer_addr {
+                                                debug!("Downstream handshake error from {}: {e}", addr);
+                                            } else {
+                                                debug!("Downstream handshake error: {e}");
+                                            }
                                         }
                                     }
                                 }
@@ -262,7 +266,8 @@ impl<A: ServerApp + Send + Sync + 'static> Service<A> {
                             Err(_) => {
                                 crate::apps::deadlines::HANDSHAKE
                                     .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                                error!("Downstream handshake timeout");
+                                // bindgate: counted; not an ERROR per slow client.
+                                debug!("Downstream handshake timeout");
                             }
                         }
                     });
