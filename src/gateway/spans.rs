@@ -66,6 +66,9 @@ pub(super) fn upstream_answered(ctx: &mut RequestCtx, status: u16) {
 }
 
 fn upstream_span(ctx: &mut RequestCtx, started: Instant, end: Instant, status: Option<u16>) {
+    if !ctx.trace.as_ref().is_some_and(|t| t.sampled) {
+        return;
+    }
     let address = ctx
         .forwarding()
         .ok()

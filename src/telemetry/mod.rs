@@ -296,10 +296,7 @@ tokio::task_local! {
 }
 
 /// Runs `f` with a recorder for the [`step`]s it awaits; returns what they recorded.
-pub async fn collect<F: std::future::Future>(record: bool, f: F) -> (F::Output, Steps) {
-    if !record {
-        return (f.await, Vec::new());
-    }
+pub async fn collect<F: std::future::Future>(f: F) -> (F::Output, Steps) {
     RECORDED
         .scope(RefCell::new(Vec::new()), async move {
             let out = f.await;
