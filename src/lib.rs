@@ -16,6 +16,7 @@ pub mod listeners;
 pub mod logformat;
 pub mod logwriter;
 pub mod metrics;
+pub mod notify;
 pub mod readiness;
 pub mod rejection;
 pub mod reload;

@@ -28,6 +28,7 @@ impl BackgroundService for ListenerProbe {
                 handshake = tokio::task::spawn_blocking(move || tls_handshake(target)) => {
                     if matches!(handshake, Ok(true)) {
                         self.readiness.set_listener_up();
+                        crate::notify::ready(self.address);
                         tracing::info!("listening on https://{}", self.address);
                         return;
                     }

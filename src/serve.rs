@@ -247,11 +247,21 @@ pub fn run(config: Config, upgrade: bool) -> Result<(), Problem> {
                     tracing::warn!(
                         "the upgrade did not happen: serving on, DPoP proofs accepted again"
                     );
+                    crate::notify::notify("STATUS=serving; the upgrade did not happen");
                     continue;
                 }
                 if (upgrading || stopping) && !flag.swap(true, std::sync::atomic::Ordering::Relaxed)
                 {
                     tracing::info!("draining: answers now close their connections");
+                    // An upgrade is not a stop: the new process names itself MAINPID when it
+                    // serves, and systemd follows it.
+                    if upgrading {
+                        crate::notify::notify(
+                            "STATUS=handing the listening sockets to the new process",
+                        );
+                    } else {
+                        crate::notify::stopping("draining requests in flight");
+                    }
                 }
                 // Once, at the first upgrade phase seen (a lagging receiver may miss one).
                 if upgrading && !shared_state && !handed_over {
@@ -510,7 +520,13 @@ impl BackgroundService for Operator {
                 _ = shutdown.changed() => return,
                 _ = signalled => {
                     tracing::info!(target: "bindgate::reload", "SIGHUP: reloading the configuration");
-                    let _ = self.control.reload().await;
+                    crate::notify::reloading();
+                    let verdict = self.control.reload().await;
+                    crate::notify::reloaded(if verdict.is_ok() {
+                        "serving; configuration reloaded"
+                    } else {
+                        "serving; the new configuration was refused, the running one kept"
+                    });
                 }
                 _ = tokio::time::sleep(Duration::from_secs(1)) => {
                     if self.control.config().listen.tls.watch {

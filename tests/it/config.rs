@@ -488,13 +488,18 @@ fn state_redis_settings_are_checked_and_the_password_never_shown() {
 fn the_systemd_unit_is_accepted_by_systemd_analyze() {
     // The unit names the installed binary; verify a copy naming the one just built.
     let unit = std::fs::read_to_string(repo_path("deploy/bindgate.service")).unwrap();
-    assert!(unit.contains("ExecReload=/bin/kill -HUP $MAINPID"));
+    assert!(unit.contains("ExecReload=/usr/local/libexec/bindgate-reload $MAINPID"));
+    assert!(unit.contains("Type=notify\nNotifyAccess=all\n"));
     assert!(unit.contains("NoNewPrivileges=yes") && unit.contains("ProtectSystem=strict"));
     let dir = tempfile::tempdir().unwrap();
     let copy = dir.path().join("bindgate.service");
     std::fs::write(
         &copy,
-        unit.replace("/usr/local/bin/bindgate", env!("CARGO_BIN_EXE_bindgate")),
+        unit.replace("/usr/local/bin/bindgate", env!("CARGO_BIN_EXE_bindgate"))
+            .replace(
+                "/usr/local/libexec/bindgate-reload",
+                &repo_path("deploy/bindgate-reload").display().to_string(),
+            ),
     )
     .unwrap();
     let out = std::process::Command::new("systemd-analyze")

@@ -571,3 +571,123 @@ fn sigquit_without_a_successor_keeps_serving() {
         "{said}"
     );
 }
+
+/// What systemd sees (`Type=notify`, `NotifyAccess=all`), with a datagram socket standing in
+/// for its NOTIFY_SOCKET and the unit's own ExecReload helper run as systemd runs it: READY=1
+/// naming the process once it serves; `systemctl reload` with the same binary a configuration
+/// reload (RELOADING=1, then READY=1); with a new binary installed over the old one, an
+/// upgrade after which the new process names itself MAINPID, the old one gone, nothing
+/// refused.
+#[test]
+fn systemd_readiness_reload_and_upgrade_through_the_units_helper() {
+    use std::os::unix::net::UnixDatagram;
+    let pki = Pki::new();
+    let (a, b) = (Upstream::start(), Upstream::start());
+    let place = tempfile::tempdir().unwrap();
+    let socket_path = place.path().join("notify.sock");
+    let systemd = UnixDatagram::bind(&socket_path).unwrap();
+    systemd
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    // Messages until one holds `want` (20 s at most each).
+    let until = |want: &str| -> Vec<String> {
+        let mut seen = Vec::new();
+        let mut buf = [0u8; 4096];
+        loop {
+            let n = systemd.recv(&mut buf).expect("a notification in time");
+            let m = String::from_utf8_lossy(&buf[..n]).to_string();
+            let done = m.contains(want);
+            seen.push(m);
+            if done {
+                return seen;
+            }
+        }
+    };
+    // The installed binary: a copy, which the upgrade replaces.
+    let bin = place.path().join("bindgate");
+    std::fs::copy(env!("CARGO_BIN_EXE_bindgate"), &bin).unwrap();
+    let notify = socket_path.display().to_string();
+    let env = [("NOTIFY_SOCKET", notify.as_str())];
+    let files = [
+        ("server.crt", pki.read("server.crt")),
+        ("server.key", pki.read("server.key")),
+        ("master.token", b"first-master-token-0123456789".to_vec()),
+    ];
+    let mut old = Bindgate::start_program(&pki, &config(&a, &b, false, ""), &bin, &env, &files);
+    let ready = until("READY=1");
+    assert!(
+        ready
+            .last()
+            .unwrap()
+            .contains(&format!("MAINPID={}", old.pid())),
+        "{ready:?}"
+    );
+
+    // The helper's output goes to a file, as systemd's to the journal: a new process it starts
+    // keeps that open.
+    let said_file = place.path().join("reload.log");
+    let reload = || {
+        let log = std::fs::File::create(&said_file).unwrap();
+        let status = std::process::Command::new(repo_path("deploy/bindgate-reload"))
+            .arg(
+                std::fs::read_to_string(old.dir().join("bindgate.pid"))
+                    .unwrap()
+                    .trim(),
+            )
+            .env("BINDGATE_BIN", &bin)
+            .env("BINDGATE_CONF", old.config_path())
+            .env("NOTIFY_SOCKET", &notify)
+            .env("BINDGATE_LOG", "info")
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .status()
+            .unwrap();
+        (status, std::fs::read_to_string(&said_file).unwrap())
+    };
+    // Same binary: a configuration reload.
+    let (status, said) = reload();
+    assert!(status.success(), "{said}");
+    let seen = until("READY=1");
+    assert!(seen.iter().any(|m| m.contains("RELOADING=1")), "{seen:?}");
+    assert!(
+        seen.last().unwrap().contains("configuration reloaded"),
+        "{seen:?}"
+    );
+    assert_eq!(reloads(&old, "ok"), 1);
+
+    // A new binary installed over the old one (a new file renamed into place).
+    let fresh = place.path().join("bindgate.new");
+    std::fs::copy(env!("CARGO_BIN_EXE_bindgate"), &fresh).unwrap();
+    std::fs::rename(&fresh, &bin).unwrap();
+    let old_pid = old.pid();
+    let (status, said) = reload();
+    assert!(status.success(), "{said}");
+    assert!(said.contains("is a new binary"), "{said}");
+    let new_pid: u32 = std::fs::read_to_string(old.dir().join("bindgate.pid"))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    assert_ne!(new_pid, old_pid);
+    let seen = until(&format!("MAINPID={new_pid}"));
+    assert!(seen.last().unwrap().contains("READY=1"), "{seen:?}");
+    assert!(
+        !seen.iter().any(|m| m.contains("STOPPING=1")),
+        "an upgrade is not a stop: {seen:?}"
+    );
+    assert!(old.wait_exit(Duration::from_secs(30)).is_some());
+    let client = old.client(&pki, None, Http::One);
+    assert_eq!(
+        client.get(old.url("/a/upgraded")).send().unwrap().status(),
+        200
+    );
+
+    // The new process stops as systemd stops it: STOPPING=1.
+    let killed = std::process::Command::new("kill")
+        .args(["-TERM", &new_pid.to_string()])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    let seen = until("STOPPING=1");
+    assert!(!seen.is_empty());
+}

@@ -185,6 +185,27 @@ impl Bindgate {
         panic!("no free ports after three tries");
     }
 
+    /// `program` (a copy of the binary, as installed) on named ports with `env` and `files`
+    /// in its directory, ready.
+    #[allow(dead_code)]
+    pub fn start_program(
+        pki: &Pki,
+        yaml: &str,
+        program: &Path,
+        env: &[(&str, &str)],
+        files: &[(&str, Vec<u8>)],
+    ) -> Bindgate {
+        let dir = tempfile::tempdir().expect("tempdir");
+        for (name, content) in files {
+            std::fs::write(dir.path().join(name), content).expect("write a file");
+        }
+        let mut b = Self::spawn_program(program, pki, yaml, env, Ports::Named, dir, &[]);
+        if let Err(log) = b.ready_or_exit() {
+            panic!("bindgate exited:\n{log}");
+        }
+        b
+    }
+
     pub fn spawn(pki: &Pki, yaml: &str, env: &[(&str, &str)]) -> Bindgate {
         let dir = tempfile::tempdir().expect("tempdir");
         Self::spawn_in(pki, yaml, env, Ports::of(yaml), dir, &[])
@@ -243,6 +264,19 @@ impl Bindgate {
         dir: tempfile::TempDir,
         args: &[&str],
     ) -> Bindgate {
+        let program = Path::new(env!("CARGO_BIN_EXE_bindgate"));
+        Self::spawn_program(program, pki, yaml, env, ports, dir, args)
+    }
+
+    fn spawn_program(
+        program: &Path,
+        pki: &Pki,
+        yaml: &str,
+        env: &[(&str, &str)],
+        ports: Ports,
+        dir: tempfile::TempDir,
+        args: &[&str],
+    ) -> Bindgate {
         let (port, admin_port) = match ports {
             Ports::Named => two_free_ports(),
             Ports::Chosen => (0, 0),
@@ -252,7 +286,7 @@ impl Bindgate {
         std::fs::write(&config, text).expect("write config");
         let log = dir.path().join("bindgate.log");
         let log_file = std::fs::File::create(&log).expect("log file");
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_bindgate"));
+        let mut cmd = Command::new(program);
         cmd.arg("run")
             .arg("-c")
             .arg(&config)
