@@ -20,6 +20,7 @@ pub mod notify;
 pub mod readiness;
 pub mod rejection;
 pub mod reload;
+pub mod request_id;
 pub mod routing;
 pub mod serve;
 pub mod state;

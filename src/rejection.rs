@@ -263,16 +263,29 @@ impl Rejection {
 
     /// The JSON body.
     pub fn body(&self) -> Bytes {
-        let body = serde_json::json!({
+        self.body_for(None)
+    }
+
+    /// The body, naming the request it answers when its id is known.
+    pub fn body_for(&self, request_id: Option<&str>) -> Bytes {
+        let mut body = serde_json::json!({
             "error": self.error_code(),
             "error_description": self.description(),
         });
+        if let Some(id) = request_id.filter(|id| !id.is_empty()) {
+            body["request_id"] = serde_json::Value::from(id);
+        }
         Bytes::from(body.to_string())
     }
 
     /// The complete answer: header and body.
     pub fn response(&self) -> (ResponseHeader, Bytes) {
-        let body = self.body();
+        self.response_for(None)
+    }
+
+    /// The complete answer, its body naming the request it answers.
+    pub fn response_for(&self, request_id: Option<&str>) -> (ResponseHeader, Bytes) {
+        let body = self.body_for(request_id);
         let mut header = json_header(self.status(), body.len());
         if let Some(challenge) = self.www_authenticate() {
             // Cannot fail: the challenge is built from ASCII without control characters.

@@ -314,6 +314,7 @@ pub struct ServerFile {
     pub idle_timeout: Option<String>,
     pub header_timeout: Option<String>,
     pub body_timeout: Option<String>,
+    pub trust_request_id: Option<bool>,
 }
 
 /// A size written as text (`64KiB`, `1024`) or as a YAML integer (`1024`: bytes), as text.

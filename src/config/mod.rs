@@ -508,6 +508,8 @@ pub struct Server {
     pub header_timeout: Duration,
     /// The whole request body must arrive within this; else 408 and nothing is forwarded.
     pub body_timeout: Duration,
+    /// Take a client's `X-Request-Id` (else every request gets one of bindgate's own).
+    pub trust_request_id: bool,
 }
 
 impl Config {

@@ -17,8 +17,9 @@ pub(super) async fn refuse(
     rejection: &Rejection,
     body_limits: BodyLimits,
     metrics: &Metrics,
+    request_id: &str,
 ) -> Result<()> {
-    let (header, body) = rejection.response();
+    let (header, body) = rejection.response_for(Some(request_id));
     if rejection.closes_connection() {
         session.set_keepalive(None);
     }
@@ -36,9 +37,9 @@ pub(super) async fn refuse(
         // malformed (RST_STREAM PROTOCOL_ERROR): the client then reports an error instead of
         // the answer it had.
         body_limits.linger(session).await;
-        return write_answer(session, header, body).await;
+        return write_answer(session, header, body, request_id).await;
     }
-    write_answer(session, header, body).await?;
+    write_answer(session, header, body, request_id).await?;
     if lingers {
         body_limits.linger(session).await;
     }
@@ -46,7 +47,11 @@ pub(super) async fn refuse(
 }
 
 /// Writes an embedded answer.
-pub(super) async fn send_reply(session: &mut Session, reply: Reply) -> Result<()> {
+pub(super) async fn send_reply(
+    session: &mut Session,
+    reply: Reply,
+    request_id: &str,
+) -> Result<()> {
     match reply {
         Reply::Json {
             status,
@@ -57,21 +62,27 @@ pub(super) async fn send_reply(session: &mut Session, reply: Reply) -> Result<()
             if pragma_no_cache {
                 header.insert_header("pragma", "no-cache")?;
             }
-            write_answer(session, header, Bytes::from(body)).await
+            write_answer(session, header, Bytes::from(body), request_id).await
         }
         Reply::NoContent => {
-            let mut header = pingora::http::ResponseHeader::build(204, Some(2))?;
+            let mut header = pingora::http::ResponseHeader::build(204, Some(3))?;
             header.insert_header("cache-control", "no-store")?;
+            header.insert_header("x-request-id", request_id)?;
             session.write_response_header(Box::new(header), true).await
         }
-        Reply::Stream(stream) => stream_map(session, stream).await,
+        Reply::Stream(stream) => stream_map(session, stream, request_id).await,
     }
 }
 
 /// Streams a session map chunk by chunk: memory stays flat whatever the store holds.
-async fn stream_map(session: &mut Session, mut stream: Box<StreamingMap>) -> Result<()> {
-    let mut header = pingora::http::ResponseHeader::build(200, Some(4))?;
+async fn stream_map(
+    session: &mut Session,
+    mut stream: Box<StreamingMap>,
+    request_id: &str,
+) -> Result<()> {
+    let mut header = pingora::http::ResponseHeader::build(200, Some(5))?;
     header.insert_header("content-type", "application/json")?;
+    header.insert_header("x-request-id", request_id)?;
     header.insert_header("cache-control", "no-store")?;
     if session.req_header().method == http::Method::HEAD {
         return session.write_response_header(Box::new(header), true).await;
@@ -109,9 +120,14 @@ async fn stream_map(session: &mut Session, mut stream: Box<StreamingMap>) -> Res
 /// protocol error on HTTP/2).
 pub(super) async fn write_answer(
     session: &mut Session,
-    header: pingora::http::ResponseHeader,
+    mut header: pingora::http::ResponseHeader,
     body: Bytes,
+    request_id: &str,
 ) -> Result<()> {
+    // Empty before the request was read (a malformed request Pingora refused first).
+    if !request_id.is_empty() {
+        header.insert_header("x-request-id", request_id)?;
+    }
     if session.req_header().method == http::Method::HEAD {
         return session.write_response_header(Box::new(header), true).await;
     }

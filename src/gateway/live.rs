@@ -37,6 +37,8 @@ pub struct Live {
     pub(super) metrics: Arc<Metrics>,
     /// Every header a route sets from token claims: stripped from every forwarded request.
     pub(super) claim_header_names: Vec<http::HeaderName>,
+    /// `server.trust_request_id`.
+    pub(super) trust_request_id: bool,
 }
 
 /// What one request learnt on its way through the hooks.
@@ -61,6 +63,8 @@ pub struct RequestCtx {
     /// answer head (the access log's `upstream_us`).
     pub(super) upstream_started: Option<Instant>,
     pub(super) upstream_took: Option<std::time::Duration>,
+    /// The request's id (`X-Request-Id`), named as it arrives.
+    pub(super) request_id: String,
 }
 
 impl RequestCtx {
@@ -77,6 +81,7 @@ impl RequestCtx {
             trace: None,
             upstream_started: None,
             upstream_took: None,
+            request_id: String::new(),
         }
     }
 
@@ -139,6 +144,7 @@ impl Live {
             },
             metrics,
             claim_header_names: config.claim_header_names(),
+            trust_request_id: config.server.trust_request_id,
         })
     }
 
@@ -159,7 +165,14 @@ impl Live {
         if let Rejection::IntrospectionUnavailable { cause } = &rejection {
             tracing::error!(target: "bindgate::introspection", "answered 503: {cause}");
         }
-        refuse(session, &rejection, self.body, &self.metrics).await?;
+        refuse(
+            session,
+            &rejection,
+            self.body,
+            &self.metrics,
+            &ctx.request_id,
+        )
+        .await?;
         ctx.rejection = Some(rejection);
         Ok(true)
     }
@@ -259,7 +272,7 @@ impl Live {
         };
         match reply {
             Ok(reply) => {
-                send_reply(session, reply).await?;
+                send_reply(session, reply, &ctx.request_id).await?;
                 Ok(true)
             }
             Err(r) => self.reject(session, ctx, r).await,

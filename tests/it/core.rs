@@ -773,7 +773,7 @@ fn header_names_reach_the_upstream_titled_or_lowercase() {
     let bg = Bindgate::start(&pki, &passthrough_config(addr));
     let mut s = tls_to(&bg);
     s.write_all(
-        b"POST /api/case HTTP/1.1\r\nHost: localhost\r\nX-Request-ID: Abc-1\r\n\
+        b"POST /api/case HTTP/1.1\r\nHost: localhost\r\nX-Correlation-ID: Abc-1\r\n\
           CONTENT-TYPE: text/plain\r\nX-Dup: a\r\nx-DUP: b\r\n\
           X-FORWARDED-FOR: 203.0.113.9\r\nCLIENT-CERT: :c3Bvb2Y=:\r\n\
           connection: close\r\ncontent-length: 2\r\n\r\nhi",
@@ -790,7 +790,7 @@ fn header_names_reach_the_upstream_titled_or_lowercase() {
     }
     assert!(got.ends_with("\r\n\r\nhi"), "{got}");
     let lines: Vec<&str> = got.split("\r\n").collect();
-    assert!(lines.contains(&"x-request-id: Abc-1"), "{got}");
+    assert!(lines.contains(&"x-correlation-id: Abc-1"), "{got}");
     assert!(lines.contains(&"Content-Type: text/plain"), "{got}");
     assert!(lines.contains(&"Content-Length: 2"), "{got}");
     // The same name twice, in two cases: both values, in order, under one spelling.
@@ -805,7 +805,7 @@ fn header_names_reach_the_upstream_titled_or_lowercase() {
     assert!(!got.to_ascii_lowercase().contains("client-cert"), "{got}");
     assert!(!got.contains("203.0.113.9"), "{got}");
     for name in [
-        "x-request-id:",
+        "x-correlation-id:",
         "content-type:",
         "content-length:",
         "x-forwarded-for:",
@@ -994,4 +994,103 @@ fn failed_handshakes_are_counted_not_logged_as_errors() {
             .any(|l| l.contains("ERROR") && l.contains("andshake")),
         "{log}"
     );
+}
+
+fn request_id_config(upstream: std::net::SocketAddr, trust: bool) -> String {
+    passthrough_config(upstream).replace(
+        "  max_body: 1KiB\n",
+        &format!("  max_body: 1KiB\n  trust_request_id: {trust}\n"),
+    ) + "registration: {endpoint_uri: \"https://idp.example.com/clients\", master_tokens: [{file: \"{PKI}/master.token\"}]}\n"
+}
+
+fn request_ids(http: Http) {
+    let pki = Pki::new();
+    let upstream = Upstream::start();
+    let generated = |id: &str| id.len() == 32 && id.bytes().all(|b| b.is_ascii_hexdigit());
+
+    // Not trusted (the default): the client's id is replaced by bindgate's own, the same one
+    // upstream, in the answer and in the access line.
+    let bg = Bindgate::start(&pki, &request_id_config(upstream.addr, false));
+    let client = bg.client(&pki, None, http);
+    let answer = client
+        .get(bg.url("/r1"))
+        .header("x-request-id", "client-chosen")
+        .send()
+        .unwrap();
+    assert_eq!(answer.status(), 200);
+    let id = answer.headers()["x-request-id"]
+        .to_str()
+        .unwrap()
+        .to_string();
+    assert!(generated(&id), "{id}");
+    let seen = upstream.wait_for(1);
+    assert_eq!(seen[0].header("x-request-id"), Some(id.as_str()));
+    assert!(bg
+        .wait_log(&format!("request_id={id}"))
+        .contains(&format!("request_id={id}")));
+    // A refusal names it in its header and its body.
+    let refused = client.post(bg.url("/clients")).body("{}").send().unwrap();
+    assert_eq!(refused.status(), 401);
+    let id = refused.headers()["x-request-id"]
+        .to_str()
+        .unwrap()
+        .to_string();
+    assert!(generated(&id));
+    let body: serde_json::Value = refused.json().unwrap();
+    assert_eq!(body["request_id"], id.as_str());
+    assert_eq!(body["error"], "unauthorized");
+    drop(bg);
+
+    // Trusted: a plain, single id is kept; a doubled or hostile one is replaced.
+    let bg = Bindgate::start(&pki, &request_id_config(upstream.addr, true));
+    let client = bg.client(&pki, None, http);
+    let answer = client
+        .get(bg.url("/r2"))
+        .header("x-request-id", "3f9a-client:7")
+        .send()
+        .unwrap();
+    assert_eq!(answer.headers()["x-request-id"], "3f9a-client:7");
+    assert_eq!(
+        upstream.wait_for(2)[1].header("x-request-id"),
+        Some("3f9a-client:7")
+    );
+    let doubled = client
+        .get(bg.url("/r3"))
+        .header("x-request-id", "one")
+        .header("x-request-id", "two")
+        .send()
+        .unwrap();
+    let id = doubled.headers()["x-request-id"]
+        .to_str()
+        .unwrap()
+        .to_string();
+    assert!(generated(&id), "{id}");
+    let hostile = client
+        .get(bg.url("/r4"))
+        .header("x-request-id", "a\"b<script>")
+        .send()
+        .unwrap();
+    let id = hostile.headers()["x-request-id"]
+        .to_str()
+        .unwrap()
+        .to_string();
+    assert!(generated(&id), "{id}");
+    let seen = upstream.wait_for(4);
+    assert_eq!(seen[3].header("x-request-id"), Some(id.as_str()));
+    let named = seen[3]
+        .headers
+        .iter()
+        .filter(|(n, _)| n.eq_ignore_ascii_case("x-request-id"))
+        .count();
+    assert_eq!(named, 1);
+}
+
+#[test]
+fn every_request_has_an_id_http1() {
+    request_ids(Http::One);
+}
+
+#[test]
+fn every_request_has_an_id_http2() {
+    request_ids(Http::Alpn);
 }

@@ -564,8 +564,8 @@ fn sigquit_without_a_successor_keeps_serving() {
         assert!(started.elapsed() < Duration::from_secs(30), "still waiting");
         std::thread::sleep(Duration::from_millis(100));
     };
-    assert!(!status.success());
     let said = std::fs::read_to_string(old.dir().join("lonely.log")).unwrap();
+    assert!(!status.success(), "{status:?}: {said}");
     assert!(
         said.contains("no running process handed its listening sockets over"),
         "{said}"

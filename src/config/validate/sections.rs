@@ -227,6 +227,7 @@ pub(super) fn server(p: &mut Problems, file: &FileConfig, source: &Path) -> Serv
             sv.and_then(|s| s.body_timeout.as_ref()),
             Duration::from_secs(30),
         ),
+        trust_request_id: sv.and_then(|s| s.trust_request_id).unwrap_or(false),
     };
 
     server
