@@ -6,10 +6,13 @@
 
 use std::cell::Cell;
 
-/// The id of a request with these headers.
-pub fn for_request(headers: &http::HeaderMap, trust: bool) -> String {
+/// `X-Request-Id`, named once.
+pub const HEADER: http::HeaderName = http::HeaderName::from_static("x-request-id");
+
+/// The id of a request with these headers, as the header value it is sent in (cheap to clone).
+pub fn for_request(headers: &http::HeaderMap, trust: bool) -> http::HeaderValue {
     if trust {
-        let mut given = headers.get_all("x-request-id").iter();
+        let mut given = headers.get_all(HEADER).iter();
         if let (Some(v), None) = (given.next(), given.next()) {
             let b = v.as_bytes();
             let plain = !b.is_empty()
@@ -17,8 +20,7 @@ pub fn for_request(headers: &http::HeaderMap, trust: bool) -> String {
                 && b.iter()
                     .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'-' | b'_' | b'.' | b':'));
             if plain {
-                // Checked ASCII above.
-                return String::from_utf8_lossy(b).into_owned();
+                return v.clone();
             }
         }
     }
@@ -49,8 +51,21 @@ fn next() -> u64 {
 }
 
 /// 32 lowercase hex digits (128 bits).
-fn generate() -> String {
-    format!("{:016x}{:016x}", next(), next())
+fn generate() -> http::HeaderValue {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut out = [0u8; 32];
+    for (half, word) in [next(), next()].into_iter().enumerate() {
+        for i in 0..16 {
+            out[half * 16 + i] = HEX[((word >> (60 - 4 * i)) & 0xf) as usize];
+        }
+    }
+    // Hex digits are a valid header value.
+    http::HeaderValue::from_bytes(&out).unwrap_or(http::HeaderValue::from_static("-"))
+}
+
+/// The id as text (the access log, error bodies).
+pub fn text(id: &http::HeaderValue) -> &str {
+    id.to_str().unwrap_or("-")
 }
 
 #[cfg(test)]
@@ -65,13 +80,15 @@ mod tests {
         assert_ne!(for_request(&h, false), "abc-123_4.5:6");
         h.append("x-request-id", "second".parse().unwrap());
         assert_ne!(for_request(&h, true), "abc-123_4.5:6");
+        let id = generate();
+        assert!(text(&id).bytes().all(|b| b.is_ascii_hexdigit()) && id.len() == 32);
         for bad in ["a b", "a\"b", "", &"x".repeat(129), "é"] {
             let mut h = http::HeaderMap::new();
             if let Ok(v) = http::HeaderValue::from_bytes(bad.as_bytes()) {
                 h.insert("x-request-id", v);
             }
             let id = for_request(&h, true);
-            assert_eq!(id.len(), 32, "{bad:?} → {id}");
+            assert_eq!(id.len(), 32, "{bad:?} → {id:?}");
         }
         assert_ne!(generate(), generate());
     }

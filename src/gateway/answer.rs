@@ -17,9 +17,9 @@ pub(super) async fn refuse(
     rejection: &Rejection,
     body_limits: BodyLimits,
     metrics: &Metrics,
-    request_id: &str,
+    request_id: &http::HeaderValue,
 ) -> Result<()> {
-    let (header, body) = rejection.response_for(Some(request_id));
+    let (header, body) = rejection.response_for(Some(crate::request_id::text(request_id)));
     if rejection.closes_connection() {
         session.set_keepalive(None);
     }
@@ -50,7 +50,7 @@ pub(super) async fn refuse(
 pub(super) async fn send_reply(
     session: &mut Session,
     reply: Reply,
-    request_id: &str,
+    request_id: &http::HeaderValue,
 ) -> Result<()> {
     match reply {
         Reply::Json {
@@ -67,7 +67,7 @@ pub(super) async fn send_reply(
         Reply::NoContent => {
             let mut header = pingora::http::ResponseHeader::build(204, Some(3))?;
             header.insert_header("cache-control", "no-store")?;
-            header.insert_header("x-request-id", request_id)?;
+            header.insert_header(crate::request_id::HEADER, request_id.clone())?;
             session.write_response_header(Box::new(header), true).await
         }
         Reply::Stream(stream) => stream_map(session, stream, request_id).await,
@@ -78,11 +78,11 @@ pub(super) async fn send_reply(
 async fn stream_map(
     session: &mut Session,
     mut stream: Box<StreamingMap>,
-    request_id: &str,
+    request_id: &http::HeaderValue,
 ) -> Result<()> {
     let mut header = pingora::http::ResponseHeader::build(200, Some(5))?;
     header.insert_header("content-type", "application/json")?;
-    header.insert_header("x-request-id", request_id)?;
+    header.insert_header(crate::request_id::HEADER, request_id.clone())?;
     header.insert_header("cache-control", "no-store")?;
     if session.req_header().method == http::Method::HEAD {
         return session.write_response_header(Box::new(header), true).await;
@@ -122,11 +122,11 @@ pub(super) async fn write_answer(
     session: &mut Session,
     mut header: pingora::http::ResponseHeader,
     body: Bytes,
-    request_id: &str,
+    request_id: &http::HeaderValue,
 ) -> Result<()> {
     // Empty before the request was read (a malformed request Pingora refused first).
     if !request_id.is_empty() {
-        header.insert_header("x-request-id", request_id)?;
+        header.insert_header(crate::request_id::HEADER, request_id.clone())?;
     }
     if session.req_header().method == http::Method::HEAD {
         return session.write_response_header(Box::new(header), true).await;

@@ -64,7 +64,7 @@ pub struct RequestCtx {
     pub(super) upstream_started: Option<Instant>,
     pub(super) upstream_took: Option<std::time::Duration>,
     /// The request's id (`X-Request-Id`), named as it arrives.
-    pub(super) request_id: String,
+    pub(super) request_id: http::HeaderValue,
 }
 
 impl RequestCtx {
@@ -81,7 +81,7 @@ impl RequestCtx {
             trace: None,
             upstream_started: None,
             upstream_took: None,
-            request_id: String::new(),
+            request_id: http::HeaderValue::from_static(""),
         }
     }
 

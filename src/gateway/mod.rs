@@ -250,7 +250,7 @@ impl ProxyHttp for Gateway {
             .as_ref()
             .is_some_and(|t| t.settings.trust_incoming_trace);
         spans::propagate(ctx, trusted, upstream_request);
-        upstream_request.insert_header("x-request-id", ctx.request_id.as_str())?;
+        upstream_request.insert_header(crate::request_id::HEADER, ctx.request_id.clone())?;
         Ok(())
     }
 
@@ -261,7 +261,7 @@ impl ProxyHttp for Gateway {
         ctx: &mut RequestCtx,
     ) -> Result<()> {
         spans::upstream_answered(ctx, upstream_response.status.as_u16());
-        upstream_response.insert_header("x-request-id", ctx.request_id.as_str())?;
+        upstream_response.insert_header(crate::request_id::HEADER, ctx.request_id.clone())?;
         let (_, forwarding) = ctx.forwarding()?;
         if upstream_response.status.is_success() {
             // The provider registered the client: the single-use token stays used.
@@ -356,7 +356,8 @@ impl ProxyHttp for Gateway {
             // The connection is not reused after a failure: say so, so that clients do not
             // send the next request into a closing connection.
             session.set_keepalive(None);
-            let (header, body) = rejection.response_for(Some(&ctx.request_id));
+            let (header, body) =
+                rejection.response_for(Some(crate::request_id::text(&ctx.request_id)));
             if write_answer(session, header, body, &ctx.request_id)
                 .await
                 .is_ok()
@@ -436,7 +437,7 @@ impl ProxyHttp for Gateway {
             upstream_us = ctx.upstream_took.map(|d| d.as_micros() as u64).unwrap_or(0),
             upstream = %upstream_name,
             trace_id = %trace_id.as_deref().unwrap_or("-"),
-            request_id = %if ctx.request_id.is_empty() { "-" } else { ctx.request_id.as_str() },
+            request_id = %if ctx.request_id.is_empty() { "-" } else { crate::request_id::text(&ctx.request_id) },
             operation = operation.map(|o| o.name()).unwrap_or("-"),
             decision = if reason.is_some() { "refused" } else { "allowed" },
             bytes_in = ctx.body_bytes,
