@@ -230,9 +230,10 @@ impl Bootstrap {
                 #[cfg(all(not(debug_assertions), feature = "sentry"))]
                 sentry::capture_error(&e);
 
-                // bindgate: say what did not happen, and exit non-zero.
-                error!(
-                    "no running process handed its listening sockets over on {} ({:?}): send the running bindgate SIGQUIT after starting this one; exiting",
+                // bindgate: say what did not happen, and exit non-zero. Straight to stderr:
+                // a logger that writes from a thread of its own would lose the line at exit.
+                eprintln!(
+                    "ERROR no running process handed its listening sockets over on {} ({:?}): send the running bindgate SIGQUIT after starting this one; exiting",
                     self.upgrade_sock, e
                 );
                 std::process::exit(1);
