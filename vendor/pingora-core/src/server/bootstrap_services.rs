@@ -17,7 +17,7 @@ pub use super::transfer_fd::Fds;
 use async_trait::async_trait;
 #[cfg(unix)]
 use log::warn;
-use log::{debug, error, info};
+use log::{debug, info};
 use parking_lot::Mutex;
 #[cfg(unix)]
 use std::collections::HashSet;
