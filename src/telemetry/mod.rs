@@ -318,17 +318,6 @@ pub async fn step<F: std::future::Future>(name: &str, f: F) -> F::Output {
     out
 }
 
-/// As [`step`], for work that does not wait.
-pub fn step_sync<T>(name: &str, f: impl FnOnce() -> T) -> T {
-    let start = Instant::now();
-    let out = f();
-    let _ = RECORDED.try_with(|r| {
-        r.borrow_mut()
-            .push((name.to_string(), start, Instant::now()));
-    });
-    out
-}
-
 /// A shared tracer, when `telemetry` is configured.
 pub type Shared = Option<Arc<Tracer>>;
 
