@@ -1,4 +1,5 @@
-//! The admin listener: `/healthz`, `/readyz`, `/metrics`.
+//! The admin listener: `/healthz`, `/readyz`, `/metrics`, `/config`. Plain HTTP without
+//! authentication: it belongs on loopback or behind a network policy (`check` warns).
 
 use async_trait::async_trait;
 use http::Response;
@@ -8,10 +9,12 @@ use std::sync::Arc;
 
 use crate::metrics::Metrics;
 use crate::readiness::Readiness;
+use crate::reload::Control;
 
 pub struct AdminApp {
     pub readiness: Arc<Readiness>,
     pub metrics: Arc<Metrics>,
+    pub control: Arc<Control>,
 }
 
 fn reply(status: u16, content_type: &str, body: Vec<u8>) -> Response<Vec<u8>> {
@@ -47,13 +50,14 @@ impl ServeHttp for AdminApp {
                 "text/plain; version=0.0.4; charset=utf-8",
                 self.metrics.render(),
             ),
-            (false, "/healthz" | "/readyz" | "/metrics") => json(
+            (true, "/config") => json(200, self.control.describe()),
+            (false, "/healthz" | "/readyz" | "/metrics" | "/config") => json(
                 405,
                 serde_json::json!({"error": "method_not_allowed", "error_description": "Use GET"}),
             ),
             _ => json(
                 404,
-                serde_json::json!({"error": "not_found", "error_description": "Try /healthz, /readyz or /metrics"}),
+                serde_json::json!({"error": "not_found", "error_description": "Try /healthz, /readyz, /metrics or /config"}),
             ),
         }
     }

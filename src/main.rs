@@ -427,7 +427,10 @@ fn main() -> ExitCode {
         }
         Command::Reload { config } => reload(&config),
         Command::Check { config } => match bindgate::config::load(&config) {
-            Ok(_) => {
+            Ok(loaded) => {
+                for w in bindgate::config::advice::warnings(&loaded) {
+                    eprintln!("warning: {w}");
+                }
                 println!("{}: ok", config.display());
                 ExitCode::SUCCESS
             }

@@ -34,10 +34,29 @@ pub struct Control {
     reloading: tokio::sync::Mutex<()>,
     /// The certificate files the watcher last refused, and why: retried every second, logged
     /// and counted once per change of the files or of the reason.
-    refused_certificates: std::sync::Mutex<Option<(Vec<crate::tls::FileStamp>, Problem)>>,
+    refused_certificates: std::sync::Mutex<Option<Refused>>,
     /// Reloads this process has done (SIGHUP), numbering its verdicts.
     reloads_done: std::sync::atomic::AtomicU64,
+    /// When the running configuration was loaded (at start or by the last reload taken).
+    loaded_at: std::sync::Mutex<std::time::SystemTime>,
+    /// The last reload of the file: when, and its verdict (for `GET /config`).
+    last_reload: std::sync::Mutex<Option<(std::time::SystemTime, Verdict)>>,
 }
+
+/// A reload's verdict: taken, or refused with every problem.
+type Verdict = Result<(), Vec<Problem>>;
+
+/// Certificate files the watcher could not serve: which, why, since when, and what was counted.
+struct Refused {
+    stamps: Vec<crate::tls::FileStamp>,
+    why: crate::tls::Unusable,
+    since: std::time::Instant,
+    counted: &'static str,
+}
+
+/// How long a key and a certificate that do not match are taken for a rotation under way
+/// (renamed one after the other) before they count as a failed reload.
+const PAIR_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// Where a process with `pid_file` writes its reload verdicts.
 pub fn verdict_path(pid_file: &std::path::Path) -> std::path::PathBuf {
@@ -110,6 +129,10 @@ impl Control {
         } else {
             None
         };
+        if let Some(redis) = store.as_ref().and_then(Store::redis) {
+            redis.time_commands(metrics.ops.redis_command_duration.clone());
+            metrics.register_state();
+        }
         let material = Material::new(&config.listen.tls)?;
         metrics.certificate_expiry(material.not_after);
         let (live, keys) = build(&config, &metrics, &readiness, store.as_ref(), None)?;
@@ -124,6 +147,8 @@ impl Control {
             reloading: tokio::sync::Mutex::new(()),
             refused_certificates: std::sync::Mutex::new(None),
             reloads_done: std::sync::atomic::AtomicU64::new(0),
+            loaded_at: std::sync::Mutex::new(std::time::SystemTime::now()),
+            last_reload: std::sync::Mutex::new(None),
         }))
     }
 
@@ -147,11 +172,11 @@ impl Control {
         let outcome = self.try_reload().await;
         match &outcome {
             Ok(()) => {
-                self.metrics.reloads.with_label_values(&["ok"]).inc();
+                self.metrics.reloads_done("ok");
                 tracing::info!(target: "bindgate::reload", "configuration reloaded");
             }
             Err(problems) => {
-                self.metrics.reloads.with_label_values(&["failed"]).inc();
+                self.metrics.reload_refused();
                 for p in problems {
                     tracing::error!(target: "bindgate::reload", "reload refused: {p}");
                 }
@@ -159,7 +184,37 @@ impl Control {
             }
         }
         self.write_verdict(&outcome);
+        let now = std::time::SystemTime::now();
+        if outcome.is_ok() {
+            *self.loaded_at.lock().unwrap_or_else(|p| p.into_inner()) = now;
+        }
+        *self.last_reload.lock().unwrap_or_else(|p| p.into_inner()) = Some((now, outcome.clone()));
         outcome
+    }
+
+    /// What `GET /config` answers: the effective configuration (no secret), when it was
+    /// loaded, and the last reload's time and verdict.
+    pub fn describe(&self) -> serde_json::Value {
+        use crate::logformat::rfc3339;
+        let loaded_at = *self.loaded_at.lock().unwrap_or_else(|p| p.into_inner());
+        let last = self
+            .last_reload
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        let last_reload = last.map(|(at, outcome)| match outcome {
+            Ok(()) => serde_json::json!({"at": rfc3339(at), "result": "ok"}),
+            Err(problems) => serde_json::json!({
+                "at": rfc3339(at),
+                "result": "refused",
+                "problems": problems.iter().map(|p| p.to_string()).collect::<Vec<_>>(),
+            }),
+        });
+        serde_json::json!({
+            "loaded_at": rfc3339(loaded_at),
+            "last_reload": last_reload,
+            "config": crate::config::show::effective(&self.config()),
+        })
     }
 
     /// Writes this reload's verdict beside the pid file (`server.pid_file` + `.reload`), for
@@ -264,33 +319,58 @@ impl Control {
         let _one = self.reloading.lock().await;
         let tls = config.listen.tls.clone();
         let reread = tokio::task::spawn_blocking(move || {
-            Material::reread(&tls).and_then(|m| m.valid_at(unix_now()).map(|()| m))
+            Material::reread(&tls)
+                .and_then(|m| m.valid_at(unix_now()).map(|()| m).map_err(Into::into))
         })
         .await
-        .unwrap_or_else(|_| Err(Problem::new("listen.tls", "the reading task failed")));
+        .unwrap_or_else(|_| Err(Problem::new("listen.tls", "the reading task failed").into()));
+        let mut last = self
+            .refused_certificates
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
         match reread {
             Ok(material) => {
+                *last = None;
+                drop(last);
                 self.metrics.certificate_expiry(material.not_after);
                 self.tls.replace(material);
-                self.metrics
-                    .reloads
-                    .with_label_values(&["certificates"])
-                    .inc();
+                self.metrics.reloads_done("certificates");
                 tracing::info!(target: "bindgate::reload", "server certificate reloaded");
                 true
             }
-            Err(e) => {
+            Err(why) => {
                 // Half-written files (a copy, not a rename), an expired or not-yet-valid
-                // certificate fail here; the next look (a second later) retries.
-                let mut last = self
-                    .refused_certificates
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner());
-                let seen = last.as_ref().is_some_and(|(s, why)| *s == now && *why == e);
+                // certificate fail here; the next look (a second later) retries. Each change
+                // of the files or of the reason is counted and logged once.
+                let seen = last
+                    .as_ref()
+                    .is_some_and(|r| r.stamps == now && r.why == why);
                 if !seen {
-                    self.metrics.reloads.with_label_values(&["failed"]).inc();
-                    tracing::warn!(target: "bindgate::reload", "certificate files changed but cannot be used yet: {e}");
-                    *last = Some((now, e));
+                    *last = Some(Refused {
+                        stamps: now,
+                        why,
+                        since: std::time::Instant::now(),
+                        counted: "",
+                    });
+                }
+                let Some(r) = last.as_mut() else {
+                    return false;
+                };
+                // A key renamed in before its certificate: waited for, not a failure, unless
+                // the certificate does not follow.
+                let verdict = if r.why.half_rotated && r.since.elapsed() < PAIR_WAIT {
+                    "pending_pair"
+                } else {
+                    "failed"
+                };
+                if r.counted != verdict {
+                    r.counted = verdict;
+                    self.metrics.reloads.with_label_values(&[verdict]).inc();
+                    if verdict == "pending_pair" {
+                        tracing::info!(target: "bindgate::reload", "certificate files changed: waiting up to {}s for the certificate that matches the new key ({})", PAIR_WAIT.as_secs(), r.why.problem);
+                    } else {
+                        tracing::warn!(target: "bindgate::reload", "certificate files changed but cannot be used yet: {}", r.why.problem);
+                    }
                 }
                 false
             }

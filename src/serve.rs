@@ -68,6 +68,7 @@ struct StateProbe {
     live: Arc<arc_swap::ArcSwap<crate::gateway::Live>>,
     /// `state.redis.allow_eviction`.
     allow_eviction: bool,
+    metrics: Arc<Metrics>,
 }
 
 #[async_trait]
@@ -103,6 +104,7 @@ impl BackgroundService for StateProbe {
                 self.readiness.set_state_evicts(evicting);
             }
             self.readiness.set_state_up(up);
+            self.metrics.ops.state_up.set(i64::from(up));
             if up != was_up {
                 if up {
                     tracing::info!(target: "bindgate::state", "the shared state answers again");
@@ -203,6 +205,7 @@ pub fn run(config: Config, upgrade: bool) -> Result<(), Problem> {
     let leeway = config.tokens.leeway;
     let shared_state = config.state.redis.is_some();
     let startup = startup_summary(&config, listen, admin_address);
+    let warnings = crate::config::advice::warnings(&config);
     let telemetry = config.telemetry.clone();
     let control = Control::start(config, metrics.clone(), readiness.clone())?;
     if upgrade && !shared_state {
@@ -309,6 +312,7 @@ pub fn run(config: Config, upgrade: bool) -> Result<(), Problem> {
             AdminApp {
                 readiness: readiness.clone(),
                 metrics: metrics.clone(),
+                control: control.clone(),
             },
         );
         service.threads = Some(1);
@@ -348,6 +352,7 @@ pub fn run(config: Config, upgrade: bool) -> Result<(), Problem> {
                 readiness: readiness.clone(),
                 live: control.live.clone(),
                 allow_eviction,
+                metrics: metrics.clone(),
             }),
             operator: Operator {
                 control: control.clone(),
@@ -371,6 +376,9 @@ pub fn run(config: Config, upgrade: bool) -> Result<(), Problem> {
         routes = %startup.routes,
         "bindgate starting"
     );
+    for w in warnings {
+        tracing::warn!("{w}");
+    }
     server.run(pingora::server::RunArgs::default());
     // After an upgrade the file names the new process: only our own pid is removed.
     if let Some(path) = &pid_file {

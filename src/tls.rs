@@ -44,6 +44,24 @@ pub struct Material {
 
 pub use crate::config::files::FileStamp;
 
+/// Why changed certificate files cannot be served (yet).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Unusable {
+    pub problem: Problem,
+    /// Certificate and key both read, but not a pair: most likely one half of a rotation that
+    /// renames the key and the certificate one after the other.
+    pub half_rotated: bool,
+}
+
+impl From<Problem> for Unusable {
+    fn from(problem: Problem) -> Self {
+        Unusable {
+            problem,
+            half_rotated: false,
+        }
+    }
+}
+
 /// The stamps of the files `tls` names, as they are now.
 pub fn stamps(tls: &ListenTls) -> Vec<FileStamp> {
     std::iter::once(&tls.cert)
@@ -87,13 +105,16 @@ impl Material {
 
     /// Reads certificate, key and client CA again (their files changed) and checks them as
     /// validation does.
-    pub fn reread(tls: &ListenTls) -> Result<Material, Problem> {
-        use crate::config::files::{CertificateFile, TlsIdentity};
+    pub fn reread(tls: &ListenTls) -> Result<Material, Unusable> {
+        use crate::config::files::{CertificateFile, FileError, TlsIdentity};
         let identity =
             TlsIdentity::read(&tls.cert, &tls.key).map_err(|e| match (e.cert, e.key) {
-                (Some(e), _) => Problem::new("listen.tls.cert", e.to_string()),
-                (None, Some(e)) => Problem::new("listen.tls.key", e.to_string()),
-                (None, None) => Problem::new("listen.tls", "cannot be read"),
+                (Some(e), _) => Unusable::from(Problem::new("listen.tls.cert", e.to_string())),
+                (None, Some(e)) => Unusable {
+                    half_rotated: matches!(e, FileError::KeyMismatch(_)),
+                    problem: Problem::new("listen.tls.key", e.to_string()),
+                },
+                (None, None) => Unusable::from(Problem::new("listen.tls", "cannot be read")),
             })?;
         let client_ca = match &tls.client_ca {
             Some(ca) => Some(
@@ -102,11 +123,11 @@ impl Material {
             ),
             None => None,
         };
-        Material::new(&ListenTls {
+        Ok(Material::new(&ListenTls {
             identity,
             client_ca,
             ..tls.clone()
-        })
+        })?)
     }
 
     fn store(&self) -> Option<(X509Store, Stack<X509Name>)> {
@@ -391,6 +412,6 @@ routes: []
         // would look again, and find nothing it can serve.
         assert_ne!(material.stamp, stamps(&config.listen.tls));
         let refused = Material::reread(&config.listen.tls).err().unwrap();
-        assert_eq!(refused.key, "listen.tls.cert");
+        assert_eq!(refused.problem.key, "listen.tls.cert");
     }
 }

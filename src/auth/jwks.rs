@@ -107,6 +107,8 @@ pub struct KeyStore {
     label: String,
     fetched_ok: prometheus::IntCounter,
     fetch_failed: prometheus::IntCounter,
+    /// When the key set was last installed (`bindgate_jwks_last_success_timestamp_seconds`).
+    last_success: prometheus::IntGauge,
     unknown_kid: prometheus::IntCounter,
     stale_use: prometheus::IntCounter,
 }
@@ -158,6 +160,7 @@ impl KeyStore {
             label: issuer.to_string(),
             fetched_ok: metrics.jwks_fetches.with_label_values(&[issuer, "ok"]),
             fetch_failed: metrics.jwks_fetches.with_label_values(&[issuer, "failed"]),
+            last_success: metrics.ops.jwks_last_success.with_label_values(&[issuer]),
             unknown_kid: metrics.unknown_kid_refetches.with_label_values(&[issuer]),
             stale_use: metrics.stale_key_uses.with_label_values(&[issuer]),
             readiness,
@@ -226,6 +229,12 @@ impl KeyStore {
             Ok(set) => {
                 self.fetched_ok.inc();
                 self.install(set);
+                self.last_success.set(
+                    std::time::SystemTime::now()
+                        .duration_since(std::time::UNIX_EPOCH)
+                        .map(|d| d.as_secs() as i64)
+                        .unwrap_or(0),
+                );
                 true
             }
             Err(e) => {

@@ -5,10 +5,12 @@
 //! `Config`. Every step records problems as `key.path: reason` and goes on where it can, so a
 //! user sees every mistake of a file at once, not one per run.
 
+pub mod advice;
 pub mod file;
 pub mod files;
 mod load;
 pub mod secret;
+pub mod show;
 pub mod units;
 mod validate;
 

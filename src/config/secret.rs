@@ -48,6 +48,11 @@ impl SecretSet {
         self.digests.is_empty()
     }
 
+    /// How many secrets (what `/config` shows of them).
+    pub fn len(&self) -> usize {
+        self.digests.len()
+    }
+
     /// Whether `presented` is one of the secrets. Every entry is compared, in constant time, so
     /// the answer's timing says nothing about which entry or how many bytes matched.
     pub fn contains(&self, presented: &[u8]) -> bool {

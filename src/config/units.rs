@@ -53,6 +53,23 @@ pub fn parse_duration(text: &str) -> Result<Duration, UnitError> {
         .ok_or_else(|| UnitError::TooLarge(text.into()))
 }
 
+/// `d` as `parse_duration` reads it back, in the largest unit that holds it whole (`90s`,
+/// `5m`, `250ms`); below a millisecond is dropped.
+pub fn format_duration(d: Duration) -> String {
+    let ms = d.as_millis();
+    for (unit, per) in [
+        ("d", 86_400_000),
+        ("h", 3_600_000),
+        ("m", 60_000),
+        ("s", 1_000),
+    ] {
+        if ms >= per && ms.is_multiple_of(per) {
+            return format!("{}{unit}", ms / per);
+        }
+    }
+    format!("{ms}ms")
+}
+
 /// Parses `512`, `64KiB`, `1MiB`, `16kB`. Binary units are powers of 1024, decimal ones of 1000.
 pub fn parse_size(text: &str) -> Result<u64, UnitError> {
     let text = text.trim();
@@ -89,6 +106,24 @@ pub fn parse_size(text: &str) -> Result<u64, UnitError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_formatted_duration_reads_back_as_itself() {
+        for (ms, text) in [
+            (0, "0ms"),
+            (250, "250ms"),
+            (1_500, "1500ms"),
+            (5_000, "5s"),
+            (90_000, "90s"),
+            (300_000, "5m"),
+            (7_200_000, "2h"),
+            (86_400_000, "1d"),
+        ] {
+            let d = Duration::from_millis(ms);
+            assert_eq!(format_duration(d), text);
+            assert_eq!(parse_duration(text), Ok(d));
+        }
+    }
 
     #[test]
     fn durations() {

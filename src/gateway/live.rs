@@ -113,7 +113,7 @@ impl Live {
     ) -> Result<Self, Problem> {
         let mut upstreams = HashMap::new();
         for (name, u) in &config.upstreams {
-            upstreams.insert(name.clone(), Arc::new(UpstreamTarget::new(u)?));
+            upstreams.insert(name.clone(), Arc::new(UpstreamTarget::new(u, &metrics)?));
         }
         let router = Router::new(config);
         let mut place_metrics = Vec::with_capacity(router.places() + 1);

@@ -262,7 +262,11 @@ impl ProxyHttp for Gateway {
     ) -> Result<()> {
         spans::upstream_answered(ctx, upstream_response.status.as_u16());
         upstream_response.insert_header(crate::request_id::HEADER, ctx.request_id.clone())?;
+        let took = ctx.upstream_took;
         let (_, forwarding) = ctx.forwarding()?;
+        if let Some(took) = took {
+            forwarding.upstream.answered.observe(took.as_secs_f64());
+        }
         if upstream_response.status.is_success() {
             // The provider registered the client: the single-use token stays used.
             forwarding.taken_token = None;
@@ -315,9 +319,12 @@ impl ProxyHttp for Gateway {
         &self,
         _session: &mut Session,
         _peer: &HttpPeer,
-        _ctx: &mut RequestCtx,
+        ctx: &mut RequestCtx,
         mut e: Box<Error>,
     ) -> Box<Error> {
+        if let Ok((_, forwarding)) = ctx.forwarding() {
+            forwarding.upstream.connect_failed.inc();
+        }
         // A refused or timed-out connection is answered at once, not retried into a hang.
         e.set_retry(false);
         e

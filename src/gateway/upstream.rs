@@ -20,10 +20,14 @@ pub struct UpstreamTarget {
     pub(super) peer: HttpPeer,
     /// One permit per request in flight to this upstream (`max_connections`).
     slots: Arc<tokio::sync::Semaphore>,
+    /// `bindgate_upstream_response_duration_seconds{upstream}`, resolved once.
+    pub(super) answered: prometheus::Histogram,
+    /// `bindgate_upstream_connect_failures_total{upstream}`, resolved once.
+    pub(super) connect_failed: prometheus::IntCounter,
 }
 
 impl UpstreamTarget {
-    pub fn new(config: &Upstream) -> Result<Self, Problem> {
+    pub fn new(config: &Upstream, metrics: &crate::metrics::Metrics) -> Result<Self, Problem> {
         let mut peer = HttpPeer::new(config.address, config.tls, config.sni.clone());
         peer.options.connection_timeout = Some(config.connect_timeout);
         peer.options.total_connection_timeout = Some(config.connect_timeout);
@@ -42,6 +46,14 @@ impl UpstreamTarget {
             config: config.clone(),
             peer,
             slots: Arc::new(tokio::sync::Semaphore::new(config.max_connections)),
+            answered: metrics
+                .ops
+                .upstream_response_duration
+                .with_label_values(&[&config.name]),
+            connect_failed: metrics
+                .ops
+                .upstream_connect_failures
+                .with_label_values(&[&config.name]),
         })
     }
 

@@ -367,11 +367,40 @@ fn a_replaced_certificate_is_served_to_new_handshakes_and_old_connections_keep_w
         now_expiry <= 30 * 86_400 && now_expiry > 29 * 86_400,
         "{now_expiry}"
     );
-    // A key that does not match is not served: the old pair stays.
+    // A key renamed in before its certificate is a rotation under way, not a failure: the
+    // old pair is served meanwhile, then the new one.
+    assert_eq!(
+        reloads(&bg, "failed"),
+        0,
+        "a rotation is not a failed reload"
+    );
+    let (cert, key) = server_certificate(&pki, 4343);
+    let pending = reloads(&bg, "pending_pair");
+    std::fs::write(bg.dir().join("server.key.new"), key).unwrap();
+    std::fs::rename(bg.dir().join("server.key.new"), bg.dir().join("server.key")).unwrap();
+    wait_for("the pending pair", || {
+        reloads(&bg, "pending_pair") > pending
+    });
+    assert_eq!(served_serial(&bg), "4242");
+    std::thread::sleep(Duration::from_millis(1500));
+    assert_eq!(
+        reloads(&bg, "pending_pair"),
+        pending + 1,
+        "counted once, not per look"
+    );
+    assert_eq!(reloads(&bg, "failed"), 0);
+    std::fs::write(bg.dir().join("server.crt.new"), cert).unwrap();
+    std::fs::rename(bg.dir().join("server.crt.new"), bg.dir().join("server.crt")).unwrap();
+    wait_for("the rotated pair", || served_serial(&bg) == "4343");
+    assert_eq!(reloads(&bg, "failed"), 0);
+    // A key that does not match is not served: the old pair stays; once the certificate has
+    // not followed within 5 s it is a failed reload.
+    let pending = reloads(&bg, "pending_pair");
     let (other_cert, _) = server_certificate(&pki, 5151);
     std::fs::write(bg.dir().join("server.crt"), other_cert).unwrap();
     wait_for("the refused pair", || reloads(&bg, "failed") >= 1);
-    assert_eq!(served_serial(&bg), "4242");
+    assert_eq!(reloads(&bg, "pending_pair"), pending + 1);
+    assert_eq!(served_serial(&bg), "4343");
 
     // An expired certificate is not served, and counted once, not at every retry.
     let now = std::time::SystemTime::now()
@@ -401,7 +430,7 @@ fn a_replaced_certificate_is_served_to_new_handshakes_and_old_connections_keep_w
     std::thread::sleep(Duration::from_millis(2500));
     assert_eq!(
         served_serial(&bg),
-        "4242",
+        "4343",
         "an expired certificate was served"
     );
     assert_eq!(
@@ -417,7 +446,7 @@ fn a_replaced_certificate_is_served_to_new_handshakes_and_old_connections_keep_w
     });
     assert_eq!(
         served_serial(&bg),
-        "4242",
+        "4343",
         "a not-yet-valid certificate was served"
     );
     wait_for("the certificate once valid", || {

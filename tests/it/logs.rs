@@ -95,7 +95,7 @@ log: {{format: json}}
     ] {
         assert!(metrics.contains(process), "{process} missing");
     }
-    for result in ["ok", "failed", "certificates"] {
+    for result in ["ok", "failed", "certificates", "pending_pair"] {
         let series = format!("bindgate_config_reloads_total{{result=\"{result}\"}} 0");
         assert!(metrics.contains(&series), "{series} missing");
     }

@@ -15,6 +15,7 @@ mod image;
 mod introspection;
 mod live;
 mod logs;
+mod operations;
 mod paths;
 mod policy;
 mod pool;

@@ -596,6 +596,8 @@ fn redis_down_then_back_without_restart_and_nothing_acknowledged_lost() {
             );
             std::thread::sleep(Duration::from_millis(100));
         }
+        // The probe's verdict is a metric too.
+        wait_metric(&a.bg, "bindgate_state_up", 0);
         // What needs no state keeps working: a bearer token on a protected route is checked
         // and forwarded, a bad token is still refused, health answers.
         let forwarded = out(a
@@ -616,9 +618,13 @@ fn redis_down_then_back_without_restart_and_nothing_acknowledged_lost() {
             assert!(Instant::now() < deadline, "/readyz did not come back");
             std::thread::sleep(Duration::from_millis(100));
         }
+        wait_metric(&a.bg, "bindgate_state_up", 1);
         std::thread::sleep(Duration::from_millis(500));
         stop.store(true, std::sync::atomic::Ordering::Relaxed);
         let (acked, statuses) = writer.join().unwrap();
+        // Every command was timed: at least one per acknowledged session.
+        let timed = a.bg.metric("bindgate_redis_command_duration_seconds_count");
+        assert!(timed as usize > acked.len(), "{timed} commands timed");
         assert!(statuses.get(&503).is_some_and(|n| *n > 0), "{statuses:?}");
         let after = a.sessions("POST", "", None, Some(&json!({"sub": "after"})));
         assert_eq!(after.status, 201, "{:?}", after.body);
@@ -632,6 +638,19 @@ fn redis_down_then_back_without_restart_and_nothing_acknowledged_lost() {
             );
         }
     });
+}
+
+/// Waits (10 s at most) until `series` reads `value`.
+fn wait_metric(bg: &Bindgate, series: &str, value: u64) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while bg.metric(series) != value || !bg.metrics().contains(series) {
+        assert!(
+            Instant::now() < deadline,
+            "{series} did not become {value}:\n{}",
+            bg.metrics()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
 }
 
 #[test]

@@ -199,6 +199,28 @@ pub(super) fn server(p: &mut Problems, file: &FileConfig, source: &Path) -> Serv
             64 * 1024
         }
     };
+    let pid_file = sv.and_then(|s| s.pid_file.as_deref()).map(path_of);
+    // Each instance its own, in a folder its operator chose: beside the pid file (a runtime
+    // folder bindgate's user owns), else beside the configuration file. Never one shared path
+    // in a world-writable folder, where another user could listen first and be handed the
+    // listening sockets.
+    let upgrade_sock = match sv.and_then(|s| s.upgrade_sock.as_deref()) {
+        Some(written) => path_of(written),
+        None => pid_file
+            .as_deref()
+            .unwrap_or(source)
+            .with_extension("upgrade.sock"),
+    };
+    // sockaddr_un holds 108 bytes, the final NUL included.
+    if upgrade_sock.as_os_str().len() > 107 {
+        p.push(
+            "server.upgrade_sock",
+            format!(
+                "{} is longer than a Unix socket path may be (107 bytes); set a shorter one",
+                upgrade_sock.display()
+            ),
+        );
+    }
     let server = Server {
         threads,
         grace_period: p.duration(
@@ -207,11 +229,8 @@ pub(super) fn server(p: &mut Problems, file: &FileConfig, source: &Path) -> Serv
             Duration::from_secs(5),
         ),
         max_body,
-        pid_file: sv.and_then(|s| s.pid_file.as_deref()).map(path_of),
-        upgrade_sock: path_of(
-            sv.and_then(|s| s.upgrade_sock.as_deref())
-                .unwrap_or("/tmp/bindgate_upgrade.sock"),
-        ),
+        pid_file: pid_file.clone(),
+        upgrade_sock,
         idle_timeout: p.positive_duration(
             "server.idle_timeout",
             sv.and_then(|s| s.idle_timeout.as_ref()),

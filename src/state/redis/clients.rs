@@ -71,16 +71,11 @@ impl RedisStore {
         let (expected, record) = (expected.to_vec(), record.to_vec());
         self.run(async move {
             let mut c = me.link().await?;
+            let mut invocation = me.inner.cas.key(&key);
+            invocation.arg(expected).arg(record).arg(0);
             let r: i64 = me
-                .inner
-                .cas
-                .key(&key)
-                .arg(expected)
-                .arg(record)
-                .arg(0)
-                .invoke_async(&mut c)
-                .await
-                .map_err(fail)?;
+                .timed(async { invocation.invoke_async(&mut c).await.map_err(fail) })
+                .await?;
             if r == 1 {
                 me.replicated(Commit::Durable).await?;
             }
@@ -120,7 +115,10 @@ impl RedisStore {
         let mut invocation = script.key(&used);
         invocation.arg(&l.holder);
         let done: Result<i64> = match self.link().await {
-            Ok(mut c) => invocation.invoke_async(&mut c).await.map_err(fail),
+            Ok(mut c) => {
+                self.timed(async { invocation.invoke_async(&mut c).await.map_err(fail) })
+                    .await
+            }
             Err(e) => Err(e),
         };
         if let Err(e) = done {

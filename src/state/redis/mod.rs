@@ -85,6 +85,8 @@ struct Inner {
     /// be dropped on an async thread).
     _owner: RuntimeOwner,
     cas: Script,
+    /// Times every command (`bindgate_redis_command_duration_seconds`), once set.
+    timer: std::sync::OnceLock<prometheus::Histogram>,
 }
 
 /// A runtime shut down in the background when dropped, wherever that happens.
@@ -167,6 +169,7 @@ impl RedisStore {
                 runtime: runtime.handle().clone(),
                 _owner: RuntimeOwner(Some(runtime)),
                 cas: Script::new(CAS),
+                timer: std::sync::OnceLock::new(),
             }),
         };
         // Old generations a crash left half removed: resumed in the background.
@@ -182,6 +185,22 @@ impl RedisStore {
             }
         });
         Ok(store)
+    }
+
+    /// From now on every command's duration is observed in `timer`.
+    pub fn time_commands(&self, timer: prometheus::Histogram) {
+        let _ = self.inner.timer.set(timer);
+    }
+
+    /// `fut` (one command, pipeline or script), timed.
+    async fn timed<T>(&self, fut: impl Future<Output = Result<T>>) -> Result<T> {
+        let Some(timer) = self.inner.timer.get() else {
+            return fut.await;
+        };
+        let started = std::time::Instant::now();
+        let out = fut.await;
+        timer.observe(started.elapsed().as_secs_f64());
+        out
     }
 
     fn key(&self, suffix: &str) -> String {
@@ -238,12 +257,14 @@ impl RedisStore {
 
     async fn query<T: FromRedisValue>(&self, cmd: &Cmd) -> Result<T> {
         let mut c = self.link().await?;
-        cmd.query_async(&mut c).await.map_err(fail)
+        self.timed(async { cmd.query_async(&mut c).await.map_err(fail) })
+            .await
     }
 
     async fn pipe<T: FromRedisValue>(&self, pipe: &Pipeline) -> Result<T> {
         let mut c = self.link().await?;
-        pipe.query_async(&mut c).await.map_err(fail)
+        self.timed(async { pipe.query_async(&mut c).await.map_err(fail) })
+            .await
     }
 
     /// Commands on keys of any slots, their replies in order: one pipeline on a server; on a
@@ -252,23 +273,27 @@ impl RedisStore {
         if cmds.is_empty() {
             return Ok(Vec::new());
         }
-        match self.link().await? {
-            LinkConn::Single(mut c) => {
-                let mut p = redis::pipe();
-                for cmd in cmds {
-                    p.add_command(cmd);
+        let link = self.link().await?;
+        self.timed(async move {
+            match link {
+                LinkConn::Single(mut c) => {
+                    let mut p = redis::pipe();
+                    for cmd in cmds {
+                        p.add_command(cmd);
+                    }
+                    p.query_async(&mut c).await.map_err(fail)
                 }
-                p.query_async(&mut c).await.map_err(fail)
+                LinkConn::Cluster(c) => {
+                    let replies = futures_util::future::join_all(cmds.into_iter().map(|cmd| {
+                        let mut c = c.clone();
+                        async move { cmd.query_async::<T>(&mut c).await }
+                    }))
+                    .await;
+                    replies.into_iter().map(|r| r.map_err(fail)).collect()
+                }
             }
-            LinkConn::Cluster(c) => {
-                let replies = futures_util::future::join_all(cmds.into_iter().map(|cmd| {
-                    let mut c = c.clone();
-                    async move { cmd.query_async::<T>(&mut c).await }
-                }))
-                .await;
-                replies.into_iter().map(|r| r.map_err(fail)).collect()
-            }
-        }
+        })
+        .await
     }
 
     /// After a write acknowledged to a client: `WAIT` for the configured replicas.
@@ -334,13 +359,17 @@ impl RedisStore {
     }
 
     async fn route<T: FromRedisValue>(&self, cmd: Cmd, routing: RoutingInfo) -> Result<T> {
-        match self.link().await? {
-            LinkConn::Single(mut c) => cmd.query_async(&mut c).await.map_err(fail),
-            LinkConn::Cluster(mut c) => {
-                let v = c.route_command(cmd, routing).await.map_err(fail)?;
-                T::from_redis_value(v).map_err(fail)
+        let link = self.link().await?;
+        self.timed(async move {
+            match link {
+                LinkConn::Single(mut c) => cmd.query_async(&mut c).await.map_err(fail),
+                LinkConn::Cluster(mut c) => {
+                    let v = c.route_command(cmd, routing).await.map_err(fail)?;
+                    T::from_redis_value(v).map_err(fail)
+                }
             }
-        }
+        })
+        .await
     }
 
     /// One `SCAN` step on `node` (None: the standalone server).

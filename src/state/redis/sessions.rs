@@ -116,16 +116,14 @@ impl RedisStore {
                 .run(async move {
                     let key = me.session_key(g, &sid_owned);
                     let mut c = me.link().await?;
-                    let r: i64 = me
-                        .inner
-                        .cas
-                        .key(&key)
+                    let mut invocation = me.inner.cas.key(&key);
+                    invocation
                         .arg(current)
                         .arg(record)
-                        .arg(expires.map(|e| e.max(1)).unwrap_or(0))
-                        .invoke_async(&mut c)
-                        .await
-                        .map_err(fail)?;
+                        .arg(expires.map(|e| e.max(1)).unwrap_or(0));
+                    let r: i64 = me
+                        .timed(async { invocation.invoke_async(&mut c).await.map_err(fail) })
+                        .await?;
                     if r == 1 {
                         if old_subject != subject {
                             let _ = me

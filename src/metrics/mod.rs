@@ -1,5 +1,9 @@
 //! Prometheus metrics, in a registry of bindgate's own (served by the admin listener).
 
+mod operations;
+
+pub use operations::Operations;
+
 use prometheus::{
     Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
     Registry, TextEncoder,
@@ -59,7 +63,7 @@ pub struct Metrics {
     pub verified_cache_revoked: IntCounter,
     /// DPoP proofs by result (`accepted`, `refused`) and reason of a refusal.
     pub dpop_proofs: IntCounterVec,
-    /// Configuration reloads by result (`ok`, `failed`, `certificates`).
+    /// Configuration reloads by result (`ok`, `failed`, `certificates`, `pending_pair`).
     pub reloads: IntCounterVec,
     /// Connections ended by a deadline, by reason (idle_timeout, header_timeout,
     /// handshake_timeout, body_timeout).
@@ -78,6 +82,8 @@ pub struct Metrics {
     /// Seconds until the served certificate's `notAfter` (negative once expired).
     certificate_expiry_seconds: IntGauge,
     certificate_not_after: AtomicI64,
+    /// Reloads, key sets, the shared state, upstreams.
+    pub ops: Operations,
 }
 
 impl Metrics {
@@ -191,13 +197,14 @@ impl Metrics {
         let reloads = IntCounterVec::new(
             Opts::new(
                 "config_reloads_total",
-                "Configuration reloads by result (ok, failed, certificates: new certificate files)",
+                "Configuration reloads by result (ok, failed, certificates: new certificate files, \
+                 pending_pair: a new key waiting for its certificate)",
             ),
             &["result"],
         )
         .expect("static metric definition");
         // Every series exists from the start, at 0: a dashboard's rate() needs no first event.
-        for result in ["ok", "failed", "certificates"] {
+        for result in ["ok", "failed", "certificates", "pending_pair"] {
             reloads.with_label_values(&[result]);
         }
         let tls_handshake_failures = IntCounterVec::new(
@@ -294,6 +301,12 @@ impl Metrics {
                 .register(m)
                 .expect("each metric is registered once");
         }
+        let ops = Operations::new();
+        for m in ops.collectors() {
+            registry
+                .register(m)
+                .expect("each metric is registered once");
+        }
         Metrics {
             registry,
             requests,
@@ -323,6 +336,7 @@ impl Metrics {
             deadline_sync: std::sync::Mutex::new(()),
             certificate_expiry_seconds,
             certificate_not_after: AtomicI64::new(0),
+            ops,
         }
     }
 
@@ -344,6 +358,26 @@ impl Metrics {
             self.certificate_expiry_seconds.set(not_after - now);
         }
         self.copy_deadline_counts();
+        self.ops.tick(now);
+    }
+
+    /// A reload taken: `result` is `ok` (the file) or `certificates` (the watched files).
+    pub fn reloads_done(&self, result: &str) {
+        self.reloads.with_label_values(&[result]).inc();
+        self.ops.reloaded(true);
+    }
+
+    /// A reload of the file refused.
+    pub fn reload_refused(&self) {
+        self.reloads.with_label_values(&["failed"]).inc();
+        self.ops.reloaded(false);
+    }
+
+    /// The shared state's metrics (with Redis only).
+    pub fn register_state(&self) {
+        for m in self.ops.state_collectors() {
+            self.register(m);
+        }
     }
 
     /// Brings the counts of Pingora's deadlines (kept in `pingora_core::apps::deadlines`) into
