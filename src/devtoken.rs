@@ -25,6 +25,11 @@ pub enum DevError {
     },
     #[error("{} is not a file name", .0.display())]
     NotAFileName(std::path::PathBuf),
+    #[error("{}: {reason}", path.display())]
+    Config {
+        path: std::path::PathBuf,
+        reason: String,
+    },
 }
 
 impl DevError {
@@ -39,6 +44,73 @@ impl DevError {
             path,
             source,
         }
+    }
+}
+
+/// What `dev-token` and `dev-proof` take from a configuration file. Only the file's own text
+/// is read (parsed, not validated): no file it names is opened — no master token, TLS key or
+/// Redis password — so a developer needs none of the production secrets, and a file whose
+/// secrets are elsewhere still serves.
+#[derive(Debug, Default)]
+pub struct DevSettings {
+    pub issuer: Option<String>,
+    /// Where the development keys are: the folder of `jwks.file`, resolved as `run` resolves
+    /// it (against the configuration file's folder). `signing.key` and `dpop.key` live there.
+    pub keys: Option<std::path::PathBuf>,
+    pub scope: Option<String>,
+    pub endpoint_uri: Option<String>,
+}
+
+impl DevSettings {
+    pub fn read(config: &std::path::Path) -> Result<DevSettings, DevError> {
+        let text = std::fs::read_to_string(config).map_err(DevError::file("read", config))?;
+        let (file, problems) = crate::config::parse(&text);
+        let Some(file) = file else {
+            let reason = problems
+                .iter()
+                .map(|p| p.to_string())
+                .collect::<Vec<_>>()
+                .join("; ");
+            return Err(DevError::Config {
+                path: config.to_path_buf(),
+                reason,
+            });
+        };
+        let keys = file
+            .jwks
+            .as_ref()
+            .and_then(|j| j.file.as_deref())
+            .map(|f| crate::config::resolve_against(config, f))
+            .and_then(|f| f.parent().map(std::path::Path::to_path_buf));
+        let registration = file.registration.as_ref();
+        // As validation defaults it: the issuer and the registration path.
+        let endpoint_uri = registration
+            .and_then(|r| r.endpoint_uri.clone())
+            .or_else(|| {
+                let path = registration
+                    .and_then(|r| r.path.as_deref())
+                    .unwrap_or("/clients");
+                let issuer = file.issuer.as_deref()?;
+                Some(format!("{}{path}", issuer.trim_end_matches('/')))
+            });
+        Ok(DevSettings {
+            issuer: file.issuer.clone(),
+            keys,
+            scope: registration.and_then(|r| r.scope.clone()),
+            endpoint_uri,
+        })
+    }
+
+    /// A development key's path: `given` (from the command line, as given), else `name`
+    /// beside the configured `jwks.file`.
+    pub fn key_path(
+        &self,
+        given: Option<&std::path::Path>,
+        name: &str,
+    ) -> Option<std::path::PathBuf> {
+        given
+            .map(std::path::Path::to_path_buf)
+            .or_else(|| self.keys.as_ref().map(|k| k.join(name)))
     }
 }
 

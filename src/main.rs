@@ -97,9 +97,14 @@ enum Command {
 
 #[derive(clap::Args)]
 struct DevProofArgs {
-    /// The proof key (P-256 PEM); created when the file does not exist.
-    #[arg(long, default_value = "certs/dev/dpop.key")]
-    key: PathBuf,
+    /// The configuration whose jwks.file folder holds the development keys (only the file
+    /// itself is read).
+    #[arg(short, long, default_value = "proxy.yaml")]
+    config: PathBuf,
+    /// The proof key (P-256 PEM); created when the file does not exist. Default: dpop.key
+    /// beside the configured jwks.file (as dev-token finds signing.key).
+    #[arg(long)]
+    key: Option<PathBuf>,
     /// Print the key's RFC 7638 thumbprint (the cnf.jkt of tokens bound to it) and exit.
     #[arg(long)]
     jkt: bool,
@@ -128,8 +133,8 @@ enum CliError {
     Usage(&'static str),
     #[error("--lifetime: {0}")]
     Lifetime(bindgate::config::units::UnitError),
-    #[error("{0}(or give --iss and --key)")]
-    Config(bindgate::config::ConfigError),
+    #[error("{0} (or give --iss and --key)")]
+    Config(bindgate::devtoken::DevError),
 }
 
 fn read(path: &std::path::Path) -> Result<Vec<u8>, bindgate::devtoken::DevError> {
@@ -137,15 +142,23 @@ fn read(path: &std::path::Path) -> Result<Vec<u8>, bindgate::devtoken::DevError>
 }
 
 fn dev_proof(a: DevProofArgs) -> Result<String, CliError> {
-    if !a.key.exists() {
-        if let Some(dir) = a.key.parent().filter(|d| !d.as_os_str().is_empty()) {
+    let key_path = match a.key {
+        Some(k) => k,
+        None => bindgate::devtoken::DevSettings::read(&a.config)?
+            .key_path(None, "dpop.key")
+            .ok_or(CliError::Usage(
+                "give --key: the configuration has no jwks.file to find dpop.key beside",
+            ))?,
+    };
+    if !key_path.exists() {
+        if let Some(dir) = key_path.parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir)
                 .map_err(bindgate::devtoken::DevError::file("create", dir))?;
         }
         let pem = bindgate::devtoken::new_key_pem()?;
-        bindgate::devcerts::write_private(&a.key, &pem)?;
+        bindgate::devcerts::write_private(&key_path, &pem)?;
     }
-    let pem = read(&a.key)?;
+    let pem = read(&key_path)?;
     let key = bindgate::devtoken::load_key(&pem)?;
     if a.jkt {
         let jwk = bindgate::devtoken::public_jwk(&key)?;
@@ -207,7 +220,8 @@ struct DevTokenArgs {
     /// Configuration to take the issuer, audience, scope and key set from.
     #[arg(short, long, default_value = "proxy.yaml")]
     config: PathBuf,
-    /// Signing key (PEM). Default: signing.key next to the configured jwks.file.
+    /// Signing key (PEM). Default: signing.key beside the configured jwks.file (only the
+    /// configuration file itself is read, none of the secrets it names).
     #[arg(long)]
     key: Option<PathBuf>,
     /// Scope claim (space-separated). Default: registration.scope. Empty for none.
@@ -237,49 +251,32 @@ struct DevTokenArgs {
 }
 
 fn dev_token(a: DevTokenArgs) -> Result<String, CliError> {
-    let config = bindgate::config::load(&a.config);
-    let config = match (config, &a.iss, &a.key) {
-        (Ok(c), _, _) => Some(c),
-        (Err(_), Some(_), Some(_)) => None,
-        (Err(e), _, _) => return Err(CliError::Config(e)),
+    // Only the file's text is read: no secret it names is needed. With --iss and --key it is
+    // not needed at all.
+    let settings = match bindgate::devtoken::DevSettings::read(&a.config) {
+        Ok(s) => s,
+        Err(_) if a.iss.is_some() && a.key.is_some() => Default::default(),
+        Err(e) => return Err(CliError::Config(e)),
     };
-    let key_path = match (&a.key, config.as_ref().and_then(|c| c.jwks.as_ref())) {
-        (Some(k), _) => k.clone(),
-        (
-            None,
-            Some(bindgate::config::Jwks {
-                source: bindgate::config::JwksSource::File(f),
-                ..
-            }),
-        ) => f.with_file_name("signing.key"),
-        _ => {
-            return Err(CliError::Usage(
-                "give --key: the configuration has no jwks.file to find signing.key next to",
-            ))
-        }
-    };
+    let key_path = settings
+        .key_path(a.key.as_deref(), "signing.key")
+        .ok_or(CliError::Usage(
+            "give --key: the configuration has no jwks.file to find signing.key beside",
+        ))?;
     let pem = read(&key_path)?;
     let key = bindgate::devtoken::load_key(&pem)?;
     let jwk = bindgate::devtoken::public_jwk(&key)?;
     let kid = jwk["kid"].as_str().unwrap_or_default().to_string();
-    let issuer = a
-        .iss
-        .or_else(|| config.as_ref().and_then(|c| c.issuer.clone()))
-        .ok_or(CliError::Usage(
-            "give --iss: the configuration has no issuer",
-        ))?;
+    let issuer = a.iss.or(settings.issuer).ok_or(CliError::Usage(
+        "give --iss: the configuration has no issuer",
+    ))?;
     let scope = a
         .scope
-        .or_else(|| config.as_ref().map(|c| c.registration.scope.clone()))
+        .or(settings.scope)
         .unwrap_or_else(|| "client-reg".into());
     let mut audiences = a.audiences;
     if audiences.is_empty() {
-        if let Some(uri) = config
-            .as_ref()
-            .and_then(|c| c.registration.endpoint_uri.clone())
-        {
-            audiences.push(uri);
-        }
+        audiences.extend(settings.endpoint_uri);
     }
     let lifetime =
         bindgate::config::units::parse_duration(&a.lifetime).map_err(CliError::Lifetime)?;

@@ -20,7 +20,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-pub use load::{load, load_str};
+pub use load::{load, load_str, parse};
 pub use secret::{SecretDigest, SecretSet};
 
 /// One problem of a configuration file: where, and why.
@@ -521,7 +521,7 @@ impl Config {
     }
 }
 
-pub(crate) fn resolve_against(source: &Path, path: &str) -> PathBuf {
+pub fn resolve_against(source: &Path, path: &str) -> PathBuf {
     let p = Path::new(path);
     if p.is_absolute() {
         return p.to_path_buf();

@@ -392,6 +392,65 @@ fn shipped_config_and_dev_token_tour() {
         .unwrap()
         .starts_with("DPoP error=\"invalid_dpop_proof\""));
     assert_eq!(register(&token, None).status(), 401, "the downgrade");
+
+    // Run from another folder on a copy of the file whose secrets are not there (no master
+    // token, TLS key or API token file): both commands read only the file and the keys they
+    // need, found beside jwks.file as `run` resolves it (against the file's folder).
+    let copy = tempfile::tempdir().unwrap();
+    std::fs::create_dir(copy.path().join("dev")).unwrap();
+    for name in ["jwks.json", "signing.key"] {
+        std::fs::copy(pki.path(name), copy.path().join("dev").join(name)).unwrap();
+    }
+    std::fs::write(
+        copy.path().join("proxy.yaml"),
+        shipped.replace("certs/dev", "dev"),
+    )
+    .unwrap();
+    let elsewhere = tempfile::tempdir().unwrap();
+    let run_in = |cwd: &std::path::Path, args: &[&str]| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_bindgate"))
+            .args(args)
+            .current_dir(cwd)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap().trim().to_string()
+    };
+    let copied = copy.path().join("proxy.yaml").display().to_string();
+    let token = run_in(elsewhere.path(), &["dev-token", "-c", &copied]);
+    assert_eq!(register(&token, None).status(), 201);
+    let jkt = run_in(elsewhere.path(), &["dev-proof", "-c", &copied, "--jkt"]);
+    assert!(
+        copy.path().join("dev/dpop.key").exists(),
+        "dpop.key is made beside jwks.file"
+    );
+    assert!(!elsewhere.path().join("dev").exists());
+    // From the file's own folder with the default -c: the same key.
+    assert_eq!(run_in(copy.path(), &["dev-proof", "--jkt"]), jkt);
+    // Without a jwks.file, each command asks for --key.
+    let no_keys = copy.path().join("nokeys.yaml");
+    std::fs::write(
+        &no_keys,
+        "listen: {address: \"127.0.0.1:1\", tls: {cert: a.crt, key: a.key}}\nissuer: \"https://i\"\n",
+    )
+    .unwrap();
+    for cmd in ["dev-token", "dev-proof"] {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_bindgate"))
+            .args([cmd, "-c"])
+            .arg(&no_keys)
+            .output()
+            .unwrap();
+        assert!(!out.status.success());
+        assert!(
+            String::from_utf8_lossy(&out.stderr).contains("give --key"),
+            "{cmd}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
 }
 
 #[test]
