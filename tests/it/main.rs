@@ -20,6 +20,7 @@ mod paths;
 mod policy;
 mod pool;
 mod provider;
+mod readme;
 mod redis;
 mod state;
 mod structure;
