@@ -210,7 +210,23 @@ impl Control {
                 "problems": problems.iter().map(|p| p.to_string()).collect::<Vec<_>>(),
             }),
         });
+        // Each balanced upstream's endpoints as they are now.
+        let endpoints: serde_json::Map<String, serde_json::Value> = self
+            .live
+            .load()
+            .balancers()
+            .iter()
+            .map(|b| {
+                let list = b
+                    .health()
+                    .into_iter()
+                    .map(|(a, healthy)| serde_json::json!({"address": a.to_string(), "healthy": healthy}))
+                    .collect::<Vec<_>>();
+                (b.name().to_string(), serde_json::Value::Array(list))
+            })
+            .collect();
         serde_json::json!({
+            "upstream_endpoints": endpoints,
             "loaded_at": rfc3339(loaded_at),
             "last_reload": last_reload,
             "config": crate::config::show::effective(&self.config()),
@@ -282,7 +298,7 @@ impl Control {
             &self.metrics,
             &self.readiness,
             self.store.as_ref(),
-            Some(previous.authoriser()),
+            Some(&previous),
         )
         .map_err(|e| vec![e])?;
         // A new key set is fetched before it is served: a reload never answers with no keys.
@@ -379,23 +395,29 @@ impl Control {
 }
 
 /// Everything a request is decided by, from `config`; `previous` hands over what must survive
-/// a reload (verified tokens and keys when their settings are the same, DPoP replay records).
+/// a reload (verified tokens and keys when their settings are the same, DPoP replay records,
+/// upstream balancers with their health).
 fn build(
     config: &Config,
     metrics: &Arc<Metrics>,
     readiness: &Arc<Readiness>,
     store: Option<&Store>,
-    previous: Option<&Authoriser>,
+    previous: Option<&Live>,
 ) -> Result<(Live, Option<Arc<KeyStore>>), Problem> {
     let shared = store
         .and_then(Store::redis)
         .map(|r| Arc::new(r.clone()) as Arc<dyn crate::auth::SharedRecord>);
-    let (authoriser, keys) =
-        Authoriser::new(config, metrics.clone(), readiness.clone(), shared, previous)?;
+    let (authoriser, keys) = Authoriser::new(
+        config,
+        metrics.clone(),
+        readiness.clone(),
+        shared,
+        previous.map(Live::authoriser),
+    )?;
     let state = match (store, needs_state(config)) {
         (Some(store), true) => Some(StateService::with_store(config, store.clone())),
         _ => None,
     };
-    let live = Live::new(config, authoriser, state, metrics.clone())?;
+    let live = Live::new(config, authoriser, state, metrics.clone(), previous)?;
     Ok((live, keys))
 }

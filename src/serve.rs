@@ -32,6 +32,7 @@ struct Housekeeping {
     jwks: JwksRefresher,
     state: Option<StateProbe>,
     operator: Operator,
+    upstreams: crate::gateway::balance::Tender,
 }
 
 #[async_trait]
@@ -53,7 +54,8 @@ impl BackgroundService for Housekeeping {
             purge,
             jwks,
             state,
-            self.operator.start(shutdown.clone())
+            self.operator.start(shutdown.clone()),
+            self.upstreams.start(shutdown.clone())
         );
     }
 }
@@ -357,6 +359,9 @@ pub fn run(config: Config, upgrade: bool) -> Result<(), Problem> {
             operator: Operator {
                 control: control.clone(),
                 metrics: metrics.clone(),
+            },
+            upstreams: crate::gateway::balance::Tender {
+                live: control.live.clone(),
             },
         },
     ));

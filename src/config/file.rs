@@ -238,10 +238,63 @@ pub struct SecretFile {
     pub file: Option<String>,
 }
 
+/// `upstreams.<name>.address`: one `host:port`, or a list of them.
+#[derive(Debug)]
+pub enum AddressFile {
+    One(String),
+    Many(Vec<String>),
+}
+
+impl<'de> Deserialize<'de> for AddressFile {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Visitor;
+        impl<'de> serde::de::Visitor<'de> for Visitor {
+            type Value = AddressFile;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("host:port, or a list of host:port")
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<AddressFile, E> {
+                Ok(AddressFile::One(v.to_string()))
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                mut seq: A,
+            ) -> Result<AddressFile, A::Error> {
+                let mut all = Vec::new();
+                while let Some(one) = seq.next_element::<String>()? {
+                    all.push(one);
+                }
+                Ok(AddressFile::Many(all))
+            }
+        }
+        d.deserialize_any(Visitor)
+    }
+}
+
+/// `upstreams.<name>.health_check`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HealthCheckFile {
+    /// What each endpoint is asked (`GET`); a 2xx answer is healthy.
+    pub path: String,
+    /// Default 5s.
+    pub interval: Option<String>,
+    /// Default 1s.
+    pub timeout: Option<String>,
+}
+
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct UpstreamFile {
-    pub address: String,
+    /// `host:port`, or a list of them; a DNS name is resolved again every `resolve_interval`.
+    pub address: AddressFile,
+    /// How often a DNS name in `address` is resolved again (default 10s).
+    pub resolve_interval: Option<String>,
+    /// Active health checks of each endpoint (default: none).
+    pub health_check: Option<HealthCheckFile>,
+    /// How long an endpoint that refused or timed out a connection is left out (default 10s;
+    /// 0s: never).
+    pub ejection_time: Option<String>,
     pub tls: Option<bool>,
     pub sni: Option<String>,
     pub client_cert_header: Option<String>,

@@ -370,9 +370,19 @@ pub struct SessionStore {
 #[derive(Debug, Clone)]
 pub struct Upstream {
     pub name: String,
-    /// As written, for logs.
+    /// As written, for logs (a list joined with `, `).
     pub address_text: String,
+    /// The first endpoint's address, as resolved at validation.
     pub address: SocketAddr,
+    /// Each `host:port` as written (`address`, one or a list).
+    pub endpoints: Vec<String>,
+    /// Every address they resolved to at validation.
+    pub resolved: Vec<SocketAddr>,
+    /// A DNS name among the endpoints is resolved again this often.
+    pub resolve_interval: Duration,
+    pub health_check: Option<HealthCheck>,
+    /// An endpoint a connection failed to is left out this long (zero: never).
+    pub ejection_time: Duration,
     pub tls: bool,
     pub sni: String,
     /// RFC 9440 header set from the client's certificate; None: not passed on.
@@ -390,6 +400,28 @@ pub struct Upstream {
     pub keepalive_pool: usize,
     /// Forward header names with `_` (but never one that folds to an identity header).
     pub forward_underscore_headers: bool,
+}
+
+/// Active health checks: `GET path` on each endpoint every `interval`; a 2xx answer within
+/// `timeout` is healthy.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HealthCheck {
+    pub path: String,
+    pub interval: Duration,
+    pub timeout: Duration,
+}
+
+impl Upstream {
+    /// More than one address, a name to resolve again, or health checks: requests are
+    /// balanced over its endpoints (else one fixed peer).
+    pub fn balanced(&self) -> bool {
+        self.resolved.len() > 1
+            || self.health_check.is_some()
+            || self
+                .endpoints
+                .iter()
+                .any(|e| e.parse::<SocketAddr>().is_err())
+    }
 }
 
 #[derive(Debug, Clone)]

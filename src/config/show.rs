@@ -175,8 +175,15 @@ fn registration(r: &Registration) -> Value {
 
 fn upstream(u: &Upstream) -> Value {
     json!({
-        "address": u.address_text,
-        "resolved": u.address.to_string(),
+        "address": u.endpoints,
+        "resolved": u.resolved.iter().map(|a| a.to_string()).collect::<Vec<_>>(),
+        "resolve_interval": duration(u.resolve_interval),
+        "health_check": u.health_check.as_ref().map(|h| json!({
+            "path": h.path,
+            "interval": duration(h.interval),
+            "timeout": duration(h.timeout),
+        })),
+        "ejection_time": duration(u.ejection_time),
         "tls": u.tls,
         "sni": u.sni,
         "client_cert_header": u.client_cert_header.as_ref().map(|h| h.as_str()),

@@ -57,6 +57,8 @@ pub(super) struct Forwarding {
     pub quiet_delete: bool,
     /// Headers from the verified token's claims (a protected route's `token.headers`).
     pub claim_headers: Vec<(http::HeaderName, http::HeaderValue)>,
+    /// Connections that failed and were tried again on another endpoint.
+    pub connect_retries: usize,
 }
 
 impl Stage {

@@ -100,6 +100,14 @@ impl RequestCtx {
 }
 
 impl Live {
+    /// The balancers of the upstreams with several endpoints (tended in the background).
+    pub fn balancers(&self) -> Vec<Arc<super::balance::Balancer>> {
+        self.upstreams
+            .values()
+            .filter_map(|t| t.balancer.clone())
+            .collect()
+    }
+
     /// The process's DPoP replay record (the same across reloads).
     pub fn replay_record(&self) -> Arc<crate::auth::replay::ReplayRecord> {
         self.authoriser.replay_record()
@@ -110,10 +118,19 @@ impl Live {
         authoriser: Authoriser,
         state: Option<StateService>,
         metrics: Arc<Metrics>,
+        previous: Option<&Live>,
     ) -> Result<Self, Problem> {
         let mut upstreams = HashMap::new();
         for (name, u) in &config.upstreams {
-            upstreams.insert(name.clone(), Arc::new(UpstreamTarget::new(u, &metrics)?));
+            // A balancer whose settings a reload kept is kept, with its health and ejections.
+            let kept = previous
+                .and_then(|p| p.upstreams.get(name))
+                .and_then(|t| t.balancer.clone())
+                .filter(|b| b.settings == super::balance::settings_of(u));
+            upstreams.insert(
+                name.clone(),
+                Arc::new(UpstreamTarget::new(u, &metrics, kept)?),
+            );
         }
         let router = Router::new(config);
         let mut place_metrics = Vec::with_capacity(router.places() + 1);
@@ -330,6 +347,7 @@ impl Live {
                 taken_token: ledger,
                 quiet_delete,
                 claim_headers,
+                connect_retries: 0,
             })
         }
         .await;

@@ -15,6 +15,7 @@
 //! | `logging` | everything | token given back unless kept; metrics; access log |
 
 mod answer;
+pub mod balance;
 mod body;
 mod journey;
 mod live;
@@ -215,7 +216,10 @@ impl ProxyHttp for Gateway {
     ) -> Result<Box<HttpPeer>> {
         ctx.upstream_started = Some(std::time::Instant::now());
         let (_, forwarding) = ctx.forwarding()?;
-        Ok(Box::new(forwarding.upstream.peer.clone()))
+        match forwarding.upstream.peer_for_request() {
+            Some(peer) => Ok(Box::new(peer)),
+            None => Error::e_explain(ErrorType::ConnectNoRoute, "the upstream has no endpoint"),
+        }
     }
 
     async fn upstream_request_filter(
@@ -318,15 +322,26 @@ impl ProxyHttp for Gateway {
     fn fail_to_connect(
         &self,
         _session: &mut Session,
-        _peer: &HttpPeer,
+        peer: &HttpPeer,
         ctx: &mut RequestCtx,
         mut e: Box<Error>,
     ) -> Box<Error> {
+        // A refused or timed-out connection is answered at once, not retried into a hang;
+        // with several endpoints, the one that failed is left out and the next one tried
+        // (nothing was sent yet), at most twice.
+        e.set_retry(false);
         if let Ok((_, forwarding)) = ctx.forwarding() {
             forwarding.upstream.connect_failed.inc();
+            if let Some(b) = &forwarding.upstream.balancer {
+                if let Some(a) = peer._address.as_inet() {
+                    b.eject(*a);
+                }
+                if forwarding.connect_retries < 2 && forwarding.connect_retries + 1 < b.endpoints() {
+                    forwarding.connect_retries += 1;
+                    e.set_retry(true);
+                }
+            }
         }
-        // A refused or timed-out connection is answered at once, not retried into a hang.
-        e.set_retry(false);
         e
     }
 

@@ -8,6 +8,7 @@ use pingora::prelude::*;
 use pingora::upstreams::peer::HttpPeer;
 use std::sync::Arc;
 
+use super::balance::Balancer;
 use crate::certificate::PeerCertificate;
 use crate::config::Upstream;
 use crate::headers;
@@ -18,6 +19,8 @@ use crate::target::RequestTarget;
 pub struct UpstreamTarget {
     pub config: Upstream,
     pub(super) peer: HttpPeer,
+    /// Several endpoints: the peer is chosen per request (`peer` is its template).
+    pub(super) balancer: Option<Arc<Balancer>>,
     /// One permit per request in flight to this upstream (`max_connections`).
     slots: Arc<tokio::sync::Semaphore>,
     /// `bindgate_upstream_response_duration_seconds{upstream}`, resolved once.
@@ -27,7 +30,11 @@ pub struct UpstreamTarget {
 }
 
 impl UpstreamTarget {
-    pub fn new(config: &Upstream, metrics: &crate::metrics::Metrics) -> Result<Self, Problem> {
+    pub fn new(
+        config: &Upstream,
+        metrics: &crate::metrics::Metrics,
+        kept: Option<Arc<Balancer>>,
+    ) -> Result<Self, Problem> {
         let mut peer = HttpPeer::new(config.address, config.tls, config.sni.clone());
         peer.options.connection_timeout = Some(config.connect_timeout);
         peer.options.total_connection_timeout = Some(config.connect_timeout);
@@ -42,9 +49,15 @@ impl UpstreamTarget {
                 peer.options.ca = Some(Arc::new(ca.certificates().into()));
             }
         }
+        let balancer = match kept {
+            Some(b) => Some(b),
+            None if config.balanced() => Some(Arc::new(Balancer::new(config, peer.clone())?)),
+            None => None,
+        };
         Ok(UpstreamTarget {
             config: config.clone(),
             peer,
+            balancer,
             slots: Arc::new(tokio::sync::Semaphore::new(config.max_connections)),
             answered: metrics
                 .ops
@@ -55,6 +68,14 @@ impl UpstreamTarget {
                 .upstream_connect_failures
                 .with_label_values(&[&config.name]),
         })
+    }
+
+    /// The peer this request goes to: the one endpoint, or the balancer's choice.
+    pub(super) fn peer_for_request(&self) -> Option<HttpPeer> {
+        match &self.balancer {
+            None => Some(self.peer.clone()),
+            Some(b) => b.peer(),
+        }
     }
 
     /// Takes a place among the upstream's `max_connections`, waiting at most its connect

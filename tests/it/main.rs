@@ -4,6 +4,7 @@
 mod harness;
 
 mod answers;
+mod balance;
 mod claims;
 mod config;
 mod core;

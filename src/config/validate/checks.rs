@@ -63,19 +63,26 @@ pub(super) fn socket_addr(p: &mut Problems, key: &str, text: &str) -> Option<Soc
     }
 }
 
-pub(super) fn resolve_addr(p: &mut Problems, key: &str, text: &str) -> Option<SocketAddr> {
+/// Every address `text` (`host:port`) resolves to (at most 64), or none and a problem.
+pub(super) fn resolve_all(p: &mut Problems, key: &str, text: &str) -> Vec<SocketAddr> {
     if let Ok(a) = text.parse::<SocketAddr>() {
-        return Some(a);
+        return vec![a];
     }
     if !text.contains(':') {
         p.push(key, format!("`{text}` has no port (write host:port)"));
-        return None;
+        return Vec::new();
     }
-    match text.to_socket_addrs().map(|mut a| a.next()) {
-        Ok(Some(a)) => Some(a),
-        Ok(None) | Err(_) => {
+    match text.to_socket_addrs() {
+        Ok(all) => {
+            let all: Vec<SocketAddr> = all.take(64).collect();
+            if all.is_empty() {
+                p.push(key, format!("`{text}` does not resolve to an address"));
+            }
+            all
+        }
+        Err(_) => {
             p.push(key, format!("`{text}` does not resolve to an address"));
-            None
+            Vec::new()
         }
     }
 }

@@ -26,7 +26,51 @@ pub(super) fn upstreams(
                 "`embedded` is reserved for the embedded state service",
             );
         }
-        let address = resolve_addr(p, &format!("{key}.address"), &u.address);
+        let endpoints = match &u.address {
+            AddressFile::One(a) => vec![a.clone()],
+            AddressFile::Many(list) => list.clone(),
+        };
+        if endpoints.is_empty() || endpoints.len() > 64 {
+            p.push(
+                format!("{key}.address"),
+                "give one host:port, or a list of 1 to 64",
+            );
+        }
+        let mut resolved = Vec::new();
+        for (i, e) in endpoints.iter().enumerate() {
+            let at = match &u.address {
+                AddressFile::One(_) => format!("{key}.address"),
+                AddressFile::Many(_) => format!("{key}.address[{i}]"),
+            };
+            resolved.extend(resolve_all(p, &at, e));
+        }
+        let mut seen = std::collections::HashSet::new();
+        resolved.retain(|a| seen.insert(*a));
+        let address = resolved.first().copied();
+        let health_check = u.health_check.as_ref().map(|h| {
+            let at = format!("{key}.health_check");
+            let plain = h.path.starts_with('/')
+                && h.path.bytes().all(|b| b.is_ascii_graphic() && b != b'#');
+            if !plain {
+                p.push(
+                    format!("{at}.path"),
+                    format!("`{}` must be a plain path starting with /", h.path),
+                );
+            }
+            HealthCheck {
+                path: h.path.clone(),
+                interval: p.positive_duration(
+                    &format!("{at}.interval"),
+                    h.interval.as_ref(),
+                    Duration::from_secs(5),
+                ),
+                timeout: p.positive_duration(
+                    &format!("{at}.timeout"),
+                    h.timeout.as_ref(),
+                    Duration::from_secs(1),
+                ),
+            }
+        });
         // Absent: `Client-Cert` (RFC 9440). "": the certificate is not passed on (the client's
         // own Client-Cert and Client-Cert-Chain are removed all the same).
         let given = u.client_cert_header.as_deref().unwrap_or("Client-Cert");
@@ -62,8 +106,21 @@ pub(super) fn upstreams(
         }
         let upstream = Upstream {
             name: name.clone(),
-            address_text: u.address.clone(),
+            address_text: endpoints.join(", "),
             address: address.unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 0))),
+            endpoints,
+            resolved,
+            resolve_interval: p.positive_duration(
+                &format!("{key}.resolve_interval"),
+                u.resolve_interval.as_ref(),
+                Duration::from_secs(10),
+            ),
+            health_check,
+            ejection_time: p.duration(
+                &format!("{key}.ejection_time"),
+                u.ejection_time.as_ref(),
+                Duration::from_secs(10),
+            ),
             tls,
             sni,
             client_cert_header,
