@@ -336,7 +336,8 @@ impl ProxyHttp for Gateway {
                 if let Some(a) = peer._address.as_inet() {
                     b.eject(*a);
                 }
-                if forwarding.connect_retries < 2 && forwarding.connect_retries + 1 < b.endpoints() {
+                if forwarding.connect_retries < 2 && forwarding.connect_retries + 1 < b.endpoints()
+                {
                     forwarding.connect_retries += 1;
                     e.set_retry(true);
                 }

@@ -4,7 +4,7 @@
 use crate::harness::*;
 use base64::Engine;
 use std::io::{Read, Write};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 fn rfc9440(der: &[u8]) -> String {
     format!(
@@ -561,15 +561,30 @@ fn access_log_never_holds_credentials() {
     assert!(!log.contains("header-secret-456"), "{log}");
 }
 
+/// As the README says: SIGTERM ends within `grace_period` + 1 s (the listeners closed at
+/// once, requests in flight given the grace period), SIGINT at once.
 #[test]
-fn sigterm_exits_within_the_grace_period() {
+fn sigterm_exits_within_the_grace_period_and_sigint_at_once() {
     let pki = Pki::new();
     let upstream = Upstream::start();
     let mut bg = Bindgate::start(&pki, &passthrough_config(upstream.addr));
+    let sent = Instant::now();
     bg.signal("TERM");
-    // grace_period is 1s; allow the runtime shutdown and process teardown on a loaded machine.
+    // grace_period is 1s; 0.5 s more for process teardown on a loaded machine.
     let status = bg.wait_exit(Duration::from_secs(15));
+    let took = sent.elapsed();
     assert!(status.is_some(), "still running after SIGTERM");
+    assert!(
+        took < Duration::from_millis(2500),
+        "SIGTERM took {took:?}, more than grace_period + 1 s"
+    );
+    let mut bg = Bindgate::start(&pki, &passthrough_config(upstream.addr));
+    let sent = Instant::now();
+    bg.signal("INT");
+    let status = bg.wait_exit(Duration::from_secs(15));
+    let took = sent.elapsed();
+    assert!(status.is_some(), "still running after SIGINT");
+    assert!(took < Duration::from_millis(800), "SIGINT took {took:?}");
 }
 
 #[test]
