@@ -25,6 +25,15 @@ pub fn warnings(c: &Config) -> Vec<Problem> {
         .parent()
         .filter(|f| !f.as_os_str().is_empty())
         .unwrap_or(std::path::Path::new("."));
+    if !folder.is_dir() {
+        out.push(Problem::new(
+            "server.upgrade_sock",
+            format!(
+                "the folder {} does not exist: a binary upgrade (`run --upgrade`) would fail",
+                folder.display()
+            ),
+        ));
+    }
     let shared = std::fs::metadata(folder).is_ok_and(|m| m.permissions().mode() & 0o002 != 0);
     if shared {
         out.push(Problem::new(

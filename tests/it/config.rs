@@ -695,7 +695,8 @@ routes: []
 }
 
 /// `deploy/proxy.production.yaml` passes `check`, its /etc/bindgate files stood in for by the
-/// test's own (development certificates and tokens) and its secrets given by environment.
+/// test's own (development certificates and tokens), its /run/bindgate by a folder of the
+/// test's, and its secrets given by environment.
 #[test]
 fn the_production_example_passes_check() {
     let pki = Pki::new();
@@ -712,9 +713,12 @@ fn the_production_example_passes_check() {
     ] {
         std::fs::copy(pki.path(from), etc.path().join(to)).unwrap();
     }
+    // /run/bindgate is the unit's RuntimeDirectory: made by systemd before start.
+    let run = tempfile::tempdir().unwrap();
     let yaml = std::fs::read_to_string(repo_path("deploy/proxy.production.yaml"))
         .unwrap()
-        .replace("/etc/bindgate", &etc.path().display().to_string());
+        .replace("/etc/bindgate", &etc.path().display().to_string())
+        .replace("/run/bindgate", &run.path().display().to_string());
     let config = etc.path().join("proxy.yaml");
     std::fs::write(&config, yaml).unwrap();
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_bindgate"))

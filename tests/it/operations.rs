@@ -301,6 +301,30 @@ fn check_warns_of_a_public_admin_listener_and_a_shared_upgrade_socket() {
         text.contains("warning: server.upgrade_sock: /tmp/bindgate-test.sock is in a folder every user may write"),
         "{text}"
     );
+    // A pid file whose folder is not there is refused, as `run` would; an upgrade socket's
+    // missing folder is a warning (only an upgrade needs it).
+    let missing = base.replace(
+        "  max_body: 1KiB\n",
+        "  max_body: 1KiB\n  pid_file: /nonexistent-bindgate/bindgate.pid\n  upgrade_sock: /nonexistent-bindgate-2/u.sock\n",
+    );
+    let (ok, text) = check(&pki, &missing);
+    assert!(!ok, "{text}");
+    assert!(
+        text.contains("server.pid_file: the folder /nonexistent-bindgate does not exist"),
+        "{text}"
+    );
+    let missing_sock = base.replace(
+        "  max_body: 1KiB\n",
+        "  max_body: 1KiB\n  upgrade_sock: /nonexistent-bindgate-2/u.sock\n",
+    );
+    let (ok, text) = check(&pki, &missing_sock);
+    assert!(ok, "{text}");
+    assert!(
+        text.contains(
+            "warning: server.upgrade_sock: the folder /nonexistent-bindgate-2 does not exist"
+        ),
+        "{text}"
+    );
     // A path a Unix socket cannot have is refused.
     let long = base.replace(
         "  max_body: 1KiB\n",

@@ -200,6 +200,20 @@ pub(super) fn server(p: &mut Problems, file: &FileConfig, source: &Path) -> Serv
         }
     };
     let pid_file = sv.and_then(|s| s.pid_file.as_deref()).map(path_of);
+    // `run` writes it at start: a folder that is not there is refused here, not there.
+    if let Some(folder) = pid_file
+        .as_deref()
+        .and_then(Path::parent)
+        .filter(|f| !f.as_os_str().is_empty() && !f.is_dir())
+    {
+        p.push(
+            "server.pid_file",
+            format!(
+                "the folder {} does not exist (create it, owned by bindgate's user)",
+                folder.display()
+            ),
+        );
+    }
     // Each instance its own, in a folder its operator chose: beside the pid file (a runtime
     // folder bindgate's user owns), else beside the configuration file. Never one shared path
     // in a world-writable folder, where another user could listen first and be handed the
