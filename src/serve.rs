@@ -362,6 +362,7 @@ pub fn run(config: Config, upgrade: bool) -> Result<(), Problem> {
             },
             upstreams: crate::gateway::balance::Tender {
                 live: control.live.clone(),
+                metrics: metrics.clone(),
             },
         },
     ));

@@ -283,6 +283,7 @@ impl Balancer {
 /// Tends the balancers of the live configuration (a reload's new ones from its next round).
 pub struct Tender {
     pub live: std::sync::Arc<arc_swap::ArcSwap<super::Live>>,
+    pub metrics: std::sync::Arc<crate::metrics::Metrics>,
 }
 
 #[async_trait]
@@ -292,6 +293,17 @@ impl pingora::services::background::BackgroundService for Tender {
             let balancers = self.live.load().balancers();
             if !balancers.is_empty() {
                 futures_util::future::join_all(balancers.iter().map(|b| b.tend())).await;
+            }
+            let counts = &self.metrics.ops.upstream_endpoints;
+            for b in &balancers {
+                let health = b.health();
+                let healthy = health.iter().filter(|(_, up)| *up).count();
+                counts
+                    .with_label_values(&[b.name(), "healthy"])
+                    .set(healthy as i64);
+                counts
+                    .with_label_values(&[b.name(), "out"])
+                    .set((health.len() - healthy) as i64);
             }
             tokio::select! {
                 _ = shutdown.changed() => return,

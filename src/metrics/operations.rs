@@ -31,6 +31,9 @@ pub struct Operations {
     pub upstream_connect_failures: IntCounterVec,
     /// From choosing an upstream to its response head, by upstream.
     pub upstream_response_duration: HistogramVec,
+    /// A balanced upstream's endpoints by state: `healthy` (taken) or `out` (failing its
+    /// health check, or left out after a failed connection).
+    pub upstream_endpoints: IntGaugeVec,
 }
 
 impl Operations {
@@ -95,8 +98,18 @@ impl Operations {
             &["upstream"],
         )
         .expect("static metric definition");
+        let upstream_endpoints = IntGaugeVec::new(
+            Opts::new(
+                "upstream_endpoints",
+                "A balanced upstream's endpoints by state: healthy, or out (failing its health \
+                 check or left out after a failed connection)",
+            ),
+            &["upstream", "state"],
+        )
+        .expect("static metric definition");
         Operations {
             last_reload_success,
+            upstream_endpoints,
             last_reload_successful,
             jwks_last_success,
             jwks_key_set_age,
@@ -116,6 +129,7 @@ impl Operations {
             Box::new(self.jwks_key_set_age.clone()),
             Box::new(self.upstream_connect_failures.clone()),
             Box::new(self.upstream_response_duration.clone()),
+            Box::new(self.upstream_endpoints.clone()),
         ]
     }
 

@@ -212,6 +212,15 @@ routes:
     let client = bg.client(&pki, None, Http::One);
     let seen = answers(&bg, &client, 30);
     assert!(seen.iter().all(|s| s == "well"), "{seen:?}");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while bg.metric("bindgate_upstream_endpoints{state=\"out\",upstream=\"pool\"}") != 1 {
+        assert!(Instant::now() < deadline, "{}", bg.metrics());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(
+        bg.metric("bindgate_upstream_endpoints{state=\"healthy\",upstream=\"pool\"}"),
+        1
+    );
     assert_eq!(
         bg.metric("bindgate_upstream_connect_failures_total{upstream=\"pool\"}"),
         0
