@@ -21,9 +21,18 @@ impl Server {
 
     /// `state`: `sick` answers its health check with 503.
     fn start_as(name: &'static str, port: u16, state: &str) -> Server {
+        Self::launch(name, &port.to_string(), state)
+    }
+
+    /// On another loopback address than 127.0.0.1.
+    fn start_at(name: &'static str, ip: &str, port: u16) -> Server {
+        Self::launch(name, &format!("{ip}:{port}"), "well")
+    }
+
+    fn launch(name: &'static str, address: &str, state: &str) -> Server {
         let mut child = Command::new("python3")
             .arg(repo_path("tests/upstream/server.py"))
-            .args([name, &port.to_string(), state])
+            .args([name, address, state])
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
             .spawn()
@@ -287,6 +296,73 @@ routes:
             .any(|(a, _)| a == &format!("127.0.0.1:{}", server.port)),
         "{h:?}"
     );
+}
+
+/// A name follows its records: bindgate runs in a mount namespace of its own whose
+/// `/etc/hosts` is the test's file (the system resolver reads it at every lookup), so the
+/// test can change what the name resolves to. Needs root for the namespace, as CI runs.
+#[test]
+fn a_name_follows_its_records() {
+    let pki = Pki::new();
+    let port = free_port();
+    let first = Server::start_at("first", "127.0.0.2", port);
+    let second = Server::start_at("second", "127.0.0.3", port);
+    let dir = tempfile::tempdir().unwrap();
+    let hosts = dir.path().join("hosts");
+    let name = "upstream.bindgate.test";
+    std::fs::write(&hosts, format!("127.0.0.2 {name}\n")).unwrap();
+    let wrapper = dir.path().join("bindgate-in-namespace");
+    std::fs::write(
+        &wrapper,
+        format!(
+            "#!/bin/sh\nexec unshare -m sh -c 'mount --bind \"$0\" /etc/hosts && exec \"$@\"' {} {} \"$@\"\n",
+            hosts.display(),
+            env!("CARGO_BIN_EXE_bindgate")
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(
+        &wrapper,
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+    let yaml = format!(
+        r#"{LISTENERS}upstreams:
+  pool: {{address: "{name}:{port}", resolve_interval: 1s}}
+routes:
+  - {{prefix: /, upstream: pool}}
+"#
+    );
+    let bg = Bindgate::start_program(&pki, &yaml, &wrapper, &[], &[]);
+    let client = bg.client(&pki, None, Http::One);
+    let seen = answers(&bg, &client, 10);
+    assert!(seen.iter().all(|s| s == first.name), "{seen:?}");
+    // The record moves (written in place, as the bind mount needs).
+    std::fs::write(&hosts, format!("127.0.0.3 {name}\n")).unwrap();
+    let moved = Instant::now();
+    loop {
+        let seen = answers(&bg, &client, 5);
+        assert!(
+            seen.iter().all(|s| s == first.name || s == second.name),
+            "a request failed while the record moved: {seen:?}"
+        );
+        if seen.iter().all(|s| s == second.name) {
+            break;
+        }
+        assert!(
+            moved.elapsed() < Duration::from_secs(10),
+            "the new record was not followed: {:?}",
+            healthy(&bg)
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // Within about one resolve_interval (1 s) and the tender's round.
+    assert!(
+        moved.elapsed() < Duration::from_secs(4),
+        "{:?}",
+        moved.elapsed()
+    );
+    assert_eq!(healthy(&bg), vec![(format!("127.0.0.3:{port}"), true)]);
 }
 
 #[test]

@@ -1,7 +1,7 @@
 """A plain HTTP/1.1 upstream in a process of its own, for the balancing tests: it answers every
 GET with 200 and its name, keeps connections alive, and prints the port it bound (0: the
-kernel's choice) on its first line. `server.py NAME PORT [sick]`: a sick one answers `/healthz`
-with 503 (and everything else as usual)."""
+kernel's choice) on its first line. `server.py NAME [IP:]PORT [sick]` (IP default 127.0.0.1): a
+sick one answers `/healthz` with 503 (and everything else as usual)."""
 
 import http.server
 import sys
@@ -23,7 +23,8 @@ class Handler(http.server.BaseHTTPRequestHandler):
         pass
 
 
-server = http.server.ThreadingHTTPServer(("127.0.0.1", int(sys.argv[2])), Handler)
+ip, _, port = sys.argv[2].rpartition(":")
+server = http.server.ThreadingHTTPServer((ip or "127.0.0.1", int(port)), Handler)
 server.daemon_threads = True
 print(server.server_address[1], flush=True)
 server.serve_forever()
