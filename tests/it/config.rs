@@ -1,6 +1,7 @@
 //! `bindgate check` and the other commands, as a user runs them.
 
 use crate::harness::*;
+use std::path::Path;
 
 const GOOD: &str = r#"
 listen:
@@ -259,8 +260,14 @@ fn dev_certs_chain_to_the_ca_and_are_kept_on_rerun() {
 
 /// What `bindgate ARGS` prints, trimmed; it must succeed.
 fn bindgate_output(args: &[&str]) -> String {
+    bindgate_output_in(Path::new("."), args)
+}
+
+/// What `bindgate ARGS` run from `cwd` prints, trimmed; it must succeed.
+fn bindgate_output_in(cwd: &Path, args: &[&str]) -> String {
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_bindgate"))
         .args(args)
+        .current_dir(cwd)
         .output()
         .unwrap();
     assert!(
@@ -276,12 +283,7 @@ fn bindgate_output(args: &[&str]) -> String {
 #[test]
 fn shipped_config_and_dev_token_tour() {
     let pki = Pki::new();
-    let shipped = std::fs::read_to_string(repo_path("proxy.yaml")).unwrap();
-    let yaml = shipped
-        .replace("certs/dev", "{PKI}")
-        .replace("127.0.0.1:8443", "{LISTEN}")
-        .replace("localhost:8443", "localhost:{PORT}")
-        .replace("127.0.0.1:9901", "{ADMIN}");
+    let (shipped, yaml) = shipped_proxy_yaml();
     let bg = Bindgate::start(&pki, &yaml);
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("proxy.yaml");
@@ -407,30 +409,20 @@ fn shipped_config_and_dev_token_tour() {
     )
     .unwrap();
     let elsewhere = tempfile::tempdir().unwrap();
-    let run_in = |cwd: &std::path::Path, args: &[&str]| {
-        let out = std::process::Command::new(env!("CARGO_BIN_EXE_bindgate"))
-            .args(args)
-            .current_dir(cwd)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8(out.stdout).unwrap().trim().to_string()
-    };
     let copied = copy.path().join("proxy.yaml").display().to_string();
-    let token = run_in(elsewhere.path(), &["dev-token", "-c", &copied]);
+    let token = bindgate_output_in(elsewhere.path(), &["dev-token", "-c", &copied]);
     assert_eq!(register(&token, None).status(), 201);
-    let jkt = run_in(elsewhere.path(), &["dev-proof", "-c", &copied, "--jkt"]);
+    let jkt = bindgate_output_in(elsewhere.path(), &["dev-proof", "-c", &copied, "--jkt"]);
     assert!(
         copy.path().join("dev/dpop.key").exists(),
         "dpop.key is made beside jwks.file"
     );
     assert!(!elsewhere.path().join("dev").exists());
     // From the file's own folder with the default -c: the same key.
-    assert_eq!(run_in(copy.path(), &["dev-proof", "--jkt"]), jkt);
+    assert_eq!(
+        bindgate_output_in(copy.path(), &["dev-proof", "--jkt"]),
+        jkt
+    );
     // Without a jwks.file, each command asks for --key.
     let no_keys = copy.path().join("nokeys.yaml");
     std::fs::write(

@@ -90,12 +90,7 @@ fn the_every_key_block_passes_check() {
 #[test]
 fn the_tour_runs_as_written() {
     let pki = Pki::new();
-    let shipped = std::fs::read_to_string(repo_path("proxy.yaml")).unwrap();
-    let yaml = shipped
-        .replace("certs/dev", "{PKI}")
-        .replace("127.0.0.1:8443", "{LISTEN}")
-        .replace("localhost:8443", "localhost:{PORT}")
-        .replace("127.0.0.1:9901", "{ADMIN}");
+    let (shipped, yaml) = shipped_proxy_yaml();
     let bg = Bindgate::start_with_files(&pki, &yaml, &[], Ports::Named);
     // The folder the tour is run from: the shipped file on these ports, certs/dev beside it.
     let dir = repository_like(

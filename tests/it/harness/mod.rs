@@ -596,6 +596,19 @@ pub fn repo_path(rel: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join(rel)
 }
 
+/// The shipped `proxy.yaml` as it is, and as a template on the test's PKI and ports
+/// (`{PKI}`, `{LISTEN}`, `{PORT}` in its DPoP origin, `{ADMIN}`).
+#[allow(dead_code)]
+pub fn shipped_proxy_yaml() -> (String, String) {
+    let shipped = std::fs::read_to_string(repo_path("proxy.yaml")).expect("proxy.yaml");
+    let template = shipped
+        .replace("certs/dev", "{PKI}")
+        .replace("127.0.0.1:8443", "{LISTEN}")
+        .replace("localhost:8443", "localhost:{PORT}")
+        .replace("127.0.0.1:9901", "{ADMIN}");
+    (shipped, template)
+}
+
 /// A process started beside a `Bindgate` (an upgrade), stopped when the test ends, failed or
 /// not.
 pub struct Reaped(pub std::process::Child);
