@@ -124,6 +124,38 @@ fn config_shows_the_effective_configuration_and_the_last_reload_without_a_secret
         .send()
         .unwrap();
     assert_eq!(post.status(), 405);
+    // Other methods and other spellings of the path: nothing is shown.
+    let admin = reqwest::blocking::Client::new();
+    for (method, path, status) in [
+        ("HEAD", "/config", 405),
+        ("DELETE", "/config", 405),
+        ("GET", "/config/", 404),
+        ("GET", "/CONFIG", 404),
+        ("GET", "//config", 404),
+        ("GET", "/config%2F", 404),
+        ("GET", "/config/../config/x", 404),
+    ] {
+        let r = admin
+            .request(method.parse().unwrap(), bg.admin_url(path))
+            .send()
+            .unwrap();
+        assert_eq!(r.status(), status, "{method} {path}");
+        let body = r.text().unwrap();
+        assert!(
+            !body.contains("\"registration\""),
+            "{method} {path}: {body}"
+        );
+    }
+    // A query does not change the answer (and is not a way around the redaction).
+    let with_query = admin
+        .get(bg.admin_url("/config?raw=1&secrets=true"))
+        .send()
+        .unwrap()
+        .text()
+        .unwrap();
+    for secret in SECRETS {
+        assert!(!with_query.contains(secret), "{secret} shown with a query");
+    }
     assert_eq!(
         value(&bg, "bindgate_config_last_reload_successful"),
         Some(1.0)
