@@ -298,7 +298,15 @@ pub fn run(config: Config, upgrade: bool) -> Result<(), Problem> {
         .client_options(client_options)
         .build();
     let settings = tls::settings(control.tls.clone())?;
-    proxy.add_tls_with_settings(&listen.to_string(), None, settings);
+    // No read buffer under TLS: OpenSSL reads ahead into its own record buffer (released
+    // when empty), so Pingora's default 64 KiB L4 read buffer, zeroed and kept for the
+    // connection's life, would only copy the same bytes once more. The write buffer stays.
+    let l4 = pingora::protocols::l4::stream::L4BufferSettings::default().read(0);
+    proxy.add_listener(
+        pingora::listeners::ListenerConfig::tcp(listen.to_string())
+            .tls(settings)
+            .l4_buffer(l4),
+    );
     server.add_service(proxy);
 
     if let Some(tracer) = tracer {

@@ -363,6 +363,9 @@ pub fn settings(tls: Arc<ServerTls>) -> Result<TlsSettings, Problem> {
     // SSL_MODE_RELEASE_BUFFERS, as nginx sets it): 32 KiB and more per connection between
     // requests, most of the memory of many idle or slow clients.
     settings.set_mode(pingora::tls::ssl::SslMode::RELEASE_BUFFERS);
+    // One read per record and the next one's header instead of two (the listener has no
+    // buffer of its own under TLS; see serve.rs).
+    settings.set_read_ahead(true);
     // Without a session id context a client's resumed handshake fails once it has sent a
     // certificate ("session id context uninitialized").
     settings
