@@ -79,3 +79,226 @@ fn keepalive_pool_zero_keeps_no_upstream_connection() {
         3
     );
 }
+
+/// What a [`RawUpstream`] does with a connection once it has answered on it.
+#[derive(Clone, Copy)]
+enum AfterAnswer {
+    /// Close it when no request has come for this long (nginx's `keepalive_timeout`).
+    CloseWhenIdle(Duration),
+    /// Write a whole second answer nobody asked for, 100 ms later.
+    WriteUnasked,
+}
+
+/// An HTTP/1.1 upstream on a plain socket: every request gets `200` with the body `first`,
+/// on a connection kept open; then it does `after`. It counts the connections it accepted.
+struct RawUpstream {
+    addr: std::net::SocketAddr,
+    accepted: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl RawUpstream {
+    fn start(after: AfterAnswer) -> RawUpstream {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let accepted = std::sync::Arc::new(AtomicUsize::new(0));
+        let count = accepted.clone();
+        std::thread::spawn(move || {
+            for conn in listener.incoming().take(64) {
+                let Ok(conn) = conn else { continue };
+                count.fetch_add(1, Ordering::SeqCst);
+                std::thread::spawn(move || serve_raw(conn, after));
+            }
+        });
+        RawUpstream { addr, accepted }
+    }
+
+    fn accepted(&self) -> usize {
+        self.accepted.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+fn serve_raw(mut conn: std::net::TcpStream, after: AfterAnswer) {
+    use std::io::{Read, Write};
+    const ANSWER: &[u8] = b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\nfirst";
+    let mut pending = Vec::new();
+    let mut buf = [0u8; 4096];
+    // At most 20 requests, each read bounded: the thread always ends.
+    for _ in 0..20 {
+        let idle = match after {
+            AfterAnswer::CloseWhenIdle(idle) => idle,
+            AfterAnswer::WriteUnasked => Duration::from_secs(10),
+        };
+        let _ = conn.set_read_timeout(Some(idle));
+        // One request: a head and the body its Content-Length announces.
+        let request_end = loop {
+            if let Some(end) = request_length(&pending) {
+                break end;
+            }
+            match conn.read(&mut buf) {
+                Ok(0) | Err(_) => return,
+                Ok(n) => pending.extend_from_slice(&buf[..n]),
+            }
+        };
+        pending.drain(..request_end);
+        if conn.write_all(ANSWER).is_err() {
+            return;
+        }
+        if let AfterAnswer::WriteUnasked = after {
+            std::thread::sleep(Duration::from_millis(100));
+            let forged = b"HTTP/1.1 200 OK\r\ncontent-length: 6\r\n\r\nforged";
+            if conn.write_all(forged).is_err() {
+                return;
+            }
+        }
+    }
+}
+
+/// The length of the first whole request in `bytes`, if it is all there.
+fn request_length(bytes: &[u8]) -> Option<usize> {
+    let head = bytes.windows(4).position(|w| w == b"\r\n\r\n")? + 4;
+    let text = String::from_utf8_lossy(&bytes[..head]).to_ascii_lowercase();
+    let body: usize = text
+        .lines()
+        .find_map(|l| l.strip_prefix("content-length:"))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0);
+    (bytes.len() >= head + body).then_some(head + body)
+}
+
+/// bindgate's connections to `port` that the other side has closed and bindgate has not
+/// (`CLOSE_WAIT`), from the kernel's socket tables.
+fn close_wait_towards(port: u16) -> usize {
+    let mut n = 0;
+    for table in ["/proc/net/tcp", "/proc/net/tcp6"] {
+        let Ok(text) = std::fs::read_to_string(table) else {
+            continue;
+        };
+        for line in text.lines().skip(1) {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            let (Some(remote), Some(state)) = (fields.get(2), fields.get(3)) else {
+                continue;
+            };
+            let remote_port = remote
+                .rsplit(':')
+                .next()
+                .and_then(|p| u16::from_str_radix(p, 16).ok());
+            if remote_port == Some(port) && *state == "08" {
+                n += 1;
+            }
+        }
+    }
+    n
+}
+
+/// An upstream that closes its idle connections (as nginx does after `keepalive_timeout`):
+/// the pool lets go of its end within its one-second sweep, so closed connections do not
+/// pile up holding descriptors, and the next request opens a new connection instead of
+/// failing on the dead one.
+#[test]
+fn an_idle_connection_the_upstream_closed_is_let_go_and_never_used() {
+    let pki = Pki::new();
+    let upstream = RawUpstream::start(AfterAnswer::CloseWhenIdle(Duration::from_millis(200)));
+    let bg = Bindgate::start(&pki, &passthrough_config(upstream.addr));
+    let client = bg.client(&pki, None, Http::One);
+    for round in 1..=3 {
+        let answer = client.post(bg.url("/x")).body("{}").send().unwrap();
+        assert_eq!(answer.status(), 200, "round {round}");
+        assert_eq!(answer.text().unwrap(), "first");
+        // The upstream closes the connection after 200 ms idle; the pool's sweep (every
+        // second) closes bindgate's end.
+        let deadline = std::time::Instant::now() + Duration::from_secs(4);
+        std::thread::sleep(Duration::from_millis(300));
+        while close_wait_towards(upstream.addr.port()) > 0 {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "round {round}: bindgate still holds {} upstream connections the upstream closed",
+                close_wait_towards(upstream.addr.port())
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        assert_eq!(upstream.accepted(), round);
+    }
+    let metric = |event: &str| {
+        bg.metric(&format!(
+            "bindgate_upstream_connections_total{{event=\"{event}\"}}"
+        ))
+    };
+    assert_eq!(metric("opened"), 3);
+    assert_eq!(metric("reused"), 0);
+    assert_eq!(
+        metric("closed"),
+        3,
+        "each closed by the upstream, then by the pool"
+    );
+}
+
+/// Bytes an upstream writes on an idle connection (a second answer nobody asked for) are never
+/// taken as the answer to the next client's request: that connection is not reused.
+#[test]
+fn an_answer_sent_unasked_on_an_idle_connection_reaches_no_client() {
+    let pki = Pki::new();
+    let upstream = RawUpstream::start(AfterAnswer::WriteUnasked);
+    let bg = Bindgate::start(&pki, &passthrough_config(upstream.addr));
+    for http in [Http::One, Http::Alpn] {
+        let client = bg.client(&pki, None, http);
+        for _ in 0..2 {
+            let answer = client.post(bg.url("/x")).body("{}").send().unwrap();
+            assert_eq!(answer.status(), 200);
+            assert_eq!(answer.text().unwrap(), "first");
+            // The unasked answer arrives on the idle connection meanwhile.
+            std::thread::sleep(Duration::from_millis(300));
+        }
+    }
+    assert_eq!(
+        upstream.accepted(),
+        4,
+        "each request had a connection of its own"
+    );
+    let metric = |event: &str| {
+        bg.metric(&format!(
+            "bindgate_upstream_connections_total{{event=\"{event}\"}}"
+        ))
+    };
+    assert_eq!(metric("reused"), 0);
+    // Three were let go when the next request looked at them, the last by the sweep.
+    let deadline = std::time::Instant::now() + Duration::from_secs(3);
+    while metric("closed") < 4 && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(metric("closed"), 4);
+}
+
+/// A pool with room for two, four requests in flight: the two connections idle longest are
+/// closed as the others are released (counted as `closed`), the two kept serve what follows.
+#[test]
+fn a_full_pool_closes_the_connections_idle_longest() {
+    let pki = Pki::new();
+    let upstream = Upstream::start();
+    let yaml = passthrough_config(upstream.addr).replace(
+        "    client_cert_header: Client-Cert\n",
+        "    client_cert_header: Client-Cert\n    keepalive_pool: 2\n",
+    );
+    let bg = Bindgate::start(&pki, &yaml);
+    let clients: Vec<_> = (0..4).map(|_| bg.client(&pki, None, Http::One)).collect();
+    upstream.set_delay(Duration::from_millis(300));
+    std::thread::scope(|s| {
+        for c in &clients {
+            let url = bg.url("/wave");
+            s.spawn(move || assert_eq!(c.get(url).send().unwrap().status(), 200));
+        }
+    });
+    upstream.set_delay(Duration::ZERO);
+    let metric = |event: &str| {
+        bg.metric(&format!(
+            "bindgate_upstream_connections_total{{event=\"{event}\"}}"
+        ))
+    };
+    assert_eq!(metric("opened"), 4);
+    assert_eq!(metric("closed"), 2);
+    for c in &clients[..2] {
+        assert_eq!(c.get(bg.url("/after")).send().unwrap().status(), 200);
+    }
+    assert_eq!(metric("opened"), 4, "both requests found a kept connection");
+    assert_eq!(metric("reused"), 2);
+}
