@@ -225,6 +225,9 @@ pub(crate) async fn run_load(
         .to_string();
     let next_token = Arc::new(AtomicUsize::new(0));
     let sent = Arc::new(AtomicU64::new(0));
+    // Timed iterations taken so far: a bound on requests holds even with every connection's
+    // request still in flight, so one-use tokens (DPoP proofs, c-fresh) are never sent twice.
+    let claimed = Arc::new(AtomicU64::new(0));
     let stop = Arc::new(AtomicBool::new(false));
     let peak = Arc::new(AtomicU64::new(0));
     let sampler = {
@@ -265,10 +268,11 @@ pub(crate) async fn run_load(
     let deadline = started + o.duration;
     let mut tasks = Vec::new();
     for c in clients {
-        let (tokens, next_token, sent, o2, st) = (
+        let (tokens, next_token, sent, claimed, o2, st) = (
             tokens.clone(),
             next_token.clone(),
             sent.clone(),
+            claimed.clone(),
             o.clone(),
             st.clone(),
         );
@@ -281,6 +285,9 @@ pub(crate) async fn run_load(
             while Instant::now() < deadline
                 && (o2.requests == 0 || sent.load(Ordering::Relaxed) < o2.requests)
             {
+                if o2.requests != 0 && claimed.fetch_add(1, Ordering::Relaxed) >= o2.requests {
+                    break;
+                }
                 let token = &tokens[next_token.fetch_add(1, Ordering::Relaxed) % tokens.len()];
                 i += 1;
                 for r in build(work, &base, &st, &c, token, i) {
