@@ -59,13 +59,7 @@ fn upstream_connections_are_kept_for_every_request_in_flight_and_reused() {
 
 #[test]
 fn keepalive_pool_zero_keeps_no_upstream_connection() {
-    let pki = Pki::new();
-    let upstream = Upstream::start();
-    let yaml = passthrough_config(upstream.addr).replace(
-        "    client_cert_header: Client-Cert\n",
-        "    client_cert_header: Client-Cert\n    keepalive_pool: 0\n",
-    );
-    let bg = Bindgate::start(&pki, &yaml);
+    let (pki, _upstream, bg) = with_pool_of(0);
     let client = bg.client(&pki, None, Http::One);
     for _ in 0..3 {
         assert_eq!(client.get(bg.url("/x")).send().unwrap().status(), 200);
@@ -154,16 +148,28 @@ fn serve_raw(mut conn: std::net::TcpStream, after: AfterAnswer) {
     }
 }
 
+/// bindgate in front of an [`Upstream`], keeping at most `size` idle connections to it.
+fn with_pool_of(size: usize) -> (Pki, Upstream, Bindgate) {
+    let pki = Pki::new();
+    let upstream = Upstream::start();
+    let yaml = passthrough_config(upstream.addr).replace(
+        "    client_cert_header: Client-Cert\n",
+        &format!("    client_cert_header: Client-Cert\n    keepalive_pool: {size}\n"),
+    );
+    let bg = Bindgate::start(&pki, &yaml);
+    (pki, upstream, bg)
+}
+
 /// The length of the first whole request in `bytes`, if it is all there.
 fn request_length(bytes: &[u8]) -> Option<usize> {
-    let head = bytes.windows(4).position(|w| w == b"\r\n\r\n")? + 4;
-    let text = String::from_utf8_lossy(&bytes[..head]).to_ascii_lowercase();
-    let body: usize = text
-        .lines()
-        .find_map(|l| l.strip_prefix("content-length:"))
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or(0);
-    (bytes.len() >= head + body).then_some(head + body)
+    crate::harness::http1::message_len(bytes).filter(|&len| bytes.len() >= len)
+}
+
+/// `bindgate_upstream_connections_total{event}`.
+fn connections(bg: &Bindgate, event: &str) -> u64 {
+    bg.metric(&format!(
+        "bindgate_upstream_connections_total{{event=\"{event}\"}}"
+    ))
 }
 
 /// bindgate's connections to `port` that the other side has closed and bindgate has not
@@ -219,11 +225,7 @@ fn an_idle_connection_the_upstream_closed_is_let_go_and_never_used() {
         }
         assert_eq!(upstream.accepted(), round);
     }
-    let metric = |event: &str| {
-        bg.metric(&format!(
-            "bindgate_upstream_connections_total{{event=\"{event}\"}}"
-        ))
-    };
+    let metric = |event: &str| connections(&bg, event);
     assert_eq!(metric("opened"), 3);
     assert_eq!(metric("reused"), 0);
     assert_eq!(
@@ -255,11 +257,7 @@ fn an_answer_sent_unasked_on_an_idle_connection_reaches_no_client() {
         4,
         "each request had a connection of its own"
     );
-    let metric = |event: &str| {
-        bg.metric(&format!(
-            "bindgate_upstream_connections_total{{event=\"{event}\"}}"
-        ))
-    };
+    let metric = |event: &str| connections(&bg, event);
     assert_eq!(metric("reused"), 0);
     // Three were let go when the next request looked at them, the last by the sweep.
     let deadline = std::time::Instant::now() + Duration::from_secs(3);
@@ -273,13 +271,7 @@ fn an_answer_sent_unasked_on_an_idle_connection_reaches_no_client() {
 /// closed as the others are released (counted as `closed`), the two kept serve what follows.
 #[test]
 fn a_full_pool_closes_the_connections_idle_longest() {
-    let pki = Pki::new();
-    let upstream = Upstream::start();
-    let yaml = passthrough_config(upstream.addr).replace(
-        "    client_cert_header: Client-Cert\n",
-        "    client_cert_header: Client-Cert\n    keepalive_pool: 2\n",
-    );
-    let bg = Bindgate::start(&pki, &yaml);
+    let (pki, upstream, bg) = with_pool_of(2);
     let clients: Vec<_> = (0..4).map(|_| bg.client(&pki, None, Http::One)).collect();
     upstream.set_delay(Duration::from_millis(300));
     std::thread::scope(|s| {
@@ -289,11 +281,7 @@ fn a_full_pool_closes_the_connections_idle_longest() {
         }
     });
     upstream.set_delay(Duration::ZERO);
-    let metric = |event: &str| {
-        bg.metric(&format!(
-            "bindgate_upstream_connections_total{{event=\"{event}\"}}"
-        ))
-    };
+    let metric = |event: &str| connections(&bg, event);
     assert_eq!(metric("opened"), 4);
     assert_eq!(metric("closed"), 2);
     for c in &clients[..2] {
