@@ -322,10 +322,7 @@ fn check_warns_of_a_public_admin_listener_and_a_shared_upgrade_socket() {
         text.contains("warning: admin.address: 0.0.0.0:0 is not a loopback address"),
         "{text}"
     );
-    let shared = base.replace(
-        "  max_body: 1KiB\n",
-        "  max_body: 1KiB\n  upgrade_sock: /tmp/bindgate-test.sock\n",
-    );
+    let shared = with_server(&base, "  upgrade_sock: /tmp/bindgate-test.sock\n");
     assert_ne!(shared, base);
     let (ok, text) = check(&pki, &shared);
     assert!(ok, "{text}");
@@ -335,20 +332,14 @@ fn check_warns_of_a_public_admin_listener_and_a_shared_upgrade_socket() {
     );
     // A pid file whose folder is not there is refused, as `run` would; an upgrade socket's
     // missing folder is a warning (only an upgrade needs it).
-    let missing = base.replace(
-        "  max_body: 1KiB\n",
-        "  max_body: 1KiB\n  pid_file: /nonexistent-bindgate/bindgate.pid\n  upgrade_sock: /nonexistent-bindgate-2/u.sock\n",
-    );
+    let missing = with_server(&base, "  pid_file: /nonexistent-bindgate/bindgate.pid\n  upgrade_sock: /nonexistent-bindgate-2/u.sock\n");
     let (ok, text) = check(&pki, &missing);
     assert!(!ok, "{text}");
     assert!(
         text.contains("server.pid_file: the folder /nonexistent-bindgate does not exist"),
         "{text}"
     );
-    let missing_sock = base.replace(
-        "  max_body: 1KiB\n",
-        "  max_body: 1KiB\n  upgrade_sock: /nonexistent-bindgate-2/u.sock\n",
-    );
+    let missing_sock = with_server(&base, "  upgrade_sock: /nonexistent-bindgate-2/u.sock\n");
     let (ok, text) = check(&pki, &missing_sock);
     assert!(ok, "{text}");
     assert!(
@@ -358,13 +349,17 @@ fn check_warns_of_a_public_admin_listener_and_a_shared_upgrade_socket() {
         "{text}"
     );
     // A path a Unix socket cannot have is refused.
-    let long = base.replace(
-        "  max_body: 1KiB\n",
-        &format!(
-            "  max_body: 1KiB\n  upgrade_sock: /run/{}.sock\n",
-            "x".repeat(120)
-        ),
+    let long = with_server(
+        &base,
+        &format!("  upgrade_sock: /run/{}.sock\n", "x".repeat(120)),
     );
     let (ok, text) = check(&pki, &long);
     assert!(!ok && text.contains("server.upgrade_sock"), "{text}");
+}
+
+/// `base` (a `passthrough_config`) with `lines` added to its `server` section.
+fn with_server(base: &str, lines: &str) -> String {
+    let extended = base.replace("  max_body: 1KiB\n", &format!("  max_body: 1KiB\n{lines}"));
+    assert_ne!(extended, base, "no server section to extend");
+    extended
 }
