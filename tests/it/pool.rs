@@ -84,10 +84,12 @@ enum AfterAnswer {
 }
 
 /// An HTTP/1.1 upstream on a plain socket: every request gets `200` with the body `first`,
-/// on a connection kept open; then it does `after`. It counts the connections it accepted.
+/// on a connection kept open; then it does `after`. It counts the connections it accepted,
+/// and the TCP segments with data each request came in.
 struct RawUpstream {
     addr: std::net::SocketAddr,
     accepted: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    segments: std::sync::Arc<std::sync::Mutex<Vec<u32>>>,
 }
 
 impl RawUpstream {
@@ -96,27 +98,63 @@ impl RawUpstream {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = listener.local_addr().unwrap();
         let accepted = std::sync::Arc::new(AtomicUsize::new(0));
-        let count = accepted.clone();
+        let segments = std::sync::Arc::default();
+        let (count, seen) = (accepted.clone(), std::sync::Arc::clone(&segments));
         std::thread::spawn(move || {
             for conn in listener.incoming().take(64) {
                 let Ok(conn) = conn else { continue };
                 count.fetch_add(1, Ordering::SeqCst);
-                std::thread::spawn(move || serve_raw(conn, after));
+                let seen = std::sync::Arc::clone(&seen);
+                std::thread::spawn(move || serve_raw(conn, after, &seen));
             }
         });
-        RawUpstream { addr, accepted }
+        RawUpstream {
+            addr,
+            accepted,
+            segments,
+        }
     }
 
     fn accepted(&self) -> usize {
         self.accepted.load(std::sync::atomic::Ordering::SeqCst)
     }
+
+    /// For each request answered so far, the TCP segments with data it came in.
+    fn segments(&self) -> Vec<u32> {
+        self.segments.lock().unwrap().clone()
+    }
 }
 
-fn serve_raw(mut conn: std::net::TcpStream, after: AfterAnswer) {
+/// The segments with data received on `conn` so far (`tcpi_data_segs_in`, Linux 4.6).
+fn data_segments_in(conn: &std::net::TcpStream) -> u32 {
+    use std::os::fd::AsRawFd;
+    // SAFETY: `tcp_info` is plain integers; the kernel writes at most `len` bytes of it.
+    let mut info: libc::tcp_info = unsafe { std::mem::zeroed() };
+    let mut len = std::mem::size_of::<libc::tcp_info>() as libc::socklen_t;
+    // SAFETY: a valid socket, and a buffer of `len` bytes.
+    let rc = unsafe {
+        libc::getsockopt(
+            conn.as_raw_fd(),
+            libc::IPPROTO_TCP,
+            libc::TCP_INFO,
+            (&mut info as *mut libc::tcp_info).cast(),
+            &mut len,
+        )
+    };
+    assert_eq!(rc, 0, "TCP_INFO: {}", std::io::Error::last_os_error());
+    info.tcpi_data_segs_in
+}
+
+fn serve_raw(
+    mut conn: std::net::TcpStream,
+    after: AfterAnswer,
+    segments: &std::sync::Mutex<Vec<u32>>,
+) {
     use std::io::{Read, Write};
     const ANSWER: &[u8] = b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\nfirst";
     let mut pending = Vec::new();
     let mut buf = [0u8; 4096];
+    let mut segments_before = 0;
     // At most 20 requests, each read bounded: the thread always ends.
     for _ in 0..20 {
         let idle = match after {
@@ -135,6 +173,9 @@ fn serve_raw(mut conn: std::net::TcpStream, after: AfterAnswer) {
             }
         };
         pending.drain(..request_end);
+        let now = data_segments_in(&conn);
+        segments.lock().unwrap().push(now - segments_before);
+        segments_before = now;
         if conn.write_all(ANSWER).is_err() {
             return;
         }
@@ -289,4 +330,27 @@ fn a_full_pool_closes_the_connections_idle_longest() {
     }
     assert_eq!(metric("opened"), 4, "both requests found a kept connection");
     assert_eq!(metric("reused"), 2);
+}
+
+/// A request with a body leaves for the upstream in one write, its head and body together
+/// (vendor change 1), on a new upstream connection and on one taken again from the pool,
+/// whose write buffer was given back between the requests (vendor change 12). The head
+/// carries the client certificate bindgate forwards, as every mTLS request does.
+#[test]
+fn a_request_and_its_body_reach_the_upstream_in_one_segment() {
+    let pki = Pki::new();
+    let upstream = RawUpstream::start(AfterAnswer::CloseWhenIdle(Duration::from_secs(5)));
+    let bg = Bindgate::start(&pki, &passthrough_config(upstream.addr));
+    let body = format!(r#"{{"pad":"{}"}}"#, "x".repeat(900));
+    for http in [Http::One, Http::Alpn] {
+        let client = bg.client(&pki, None, http);
+        for _ in 0..3 {
+            let answer = client.post(bg.url("/x")).body(body.clone()).send().unwrap();
+            assert_eq!(answer.status(), 200);
+            assert_eq!(answer.text().unwrap(), "first");
+        }
+    }
+    assert_eq!(upstream.accepted(), 1, "one upstream connection, reused");
+    assert_eq!(connections(&bg, "reused"), 5);
+    assert_eq!(upstream.segments(), vec![1; 6]);
 }
