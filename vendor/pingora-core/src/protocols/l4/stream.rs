@@ -490,14 +490,19 @@ impl<W: AsyncWrite + Unpin> WriteBuffer<W> {
                 }
             }
         }
-        if self.written == len {
-            // Everything left: the buffer goes back to the allocator.
-            self.buf = Vec::new();
-        } else if self.written > 0 {
+        if self.written > 0 {
             self.buf.drain(..self.written);
         }
         self.written = 0;
         Poll::Ready(ret)
+    }
+
+    /// Writes out what is buffered, then gives the buffer back to the allocator. Only a
+    /// flush or a shutdown does (a write that overflows the buffer keeps it for its bytes).
+    fn flush_and_release(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        ready!(self.flush_buf(cx))?;
+        self.buf = Vec::new();
+        Poll::Ready(Ok(()))
     }
 }
 
@@ -580,12 +585,12 @@ impl<W: AsyncWrite + Unpin> AsyncWrite for WriteBuffer<W> {
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        ready!(self.flush_buf(cx))?;
+        ready!(self.flush_and_release(cx))?;
         Pin::new(&mut self.inner).poll_flush(cx)
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        ready!(self.flush_buf(cx))?;
+        ready!(self.flush_and_release(cx))?;
         Pin::new(&mut self.inner).poll_shutdown(cx)
     }
 }
