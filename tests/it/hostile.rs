@@ -114,6 +114,137 @@ fn an_idle_http1_connection_is_closed_after_any_answer() {
     assert!(bg.metric("bindgate_connections_closed_total{reason=\"idle_timeout\"}") >= 2);
 }
 
+/// A TCP stream whose writes can be held back and sent as one, so that several TLS records
+/// reach bindgate in one segment.
+#[derive(Debug)]
+struct Corked {
+    tcp: TcpStream,
+    held: Option<Vec<u8>>,
+}
+
+impl Read for Corked {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        self.tcp.read(buf)
+    }
+}
+
+impl Write for Corked {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        match &mut self.held {
+            Some(held) => {
+                held.extend_from_slice(buf);
+                Ok(buf.len())
+            }
+            None => self.tcp.write(buf),
+        }
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.tcp.flush()
+    }
+}
+
+/// Between requests a connection waits for the next one's bytes before it makes the request's
+/// state; bytes OpenSSL has already taken off the socket (it reads ahead) are such bytes too.
+/// Two requests bindgate answers itself (the embedded session store), in two TLS records sent
+/// in one segment: OpenSSL reads both records, hands out the first, and keeps the second
+/// while the first is answered. The second is answered at once, not after the idle deadline
+/// and not with a closed connection.
+#[test]
+fn a_second_request_already_read_ahead_by_tls_is_answered_at_once() {
+    let pki = Pki::new();
+    let upstream = Upstream::start();
+    let token = pki.token("session-store.token");
+    let bg = Bindgate::start(&pki, &session_store_config(upstream.addr, "embedded"));
+    let tcp = TcpStream::connect(("127.0.0.1", bg.port)).unwrap();
+    tcp.set_read_timeout(Some(Duration::from_millis(100)))
+        .unwrap();
+    let mut s = connector(None)
+        .configure()
+        .unwrap()
+        .verify_hostname(false)
+        .connect("localhost", Corked { tcp, held: None })
+        .expect("TLS handshake");
+    let lookup = |sid: &str| {
+        format!(
+            "GET /session-store/rest/v2/sessions HTTP/1.1\r\nHost: localhost\r\n\
+             Authorization: Bearer {token}\r\nSID: {sid}\r\n\r\n"
+        )
+    };
+    // A first request on its own, so that the pair meets a reused connection.
+    s.write_all(lookup("first").as_bytes()).unwrap();
+    let first = read_response(&mut s);
+    assert!(first.starts_with("HTTP/1.1 404"), "{first}");
+
+    s.get_mut().held = Some(Vec::new());
+    s.write_all(lookup("second").as_bytes()).unwrap();
+    s.write_all(lookup("third").as_bytes()).unwrap();
+    let records = s.get_mut().held.take().unwrap();
+    let sent = Instant::now();
+    s.get_mut().tcp.write_all(&records).unwrap();
+
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 4096];
+    let mut answered = None;
+    while sent.elapsed() < Duration::from_secs(8) {
+        let first_len = crate::harness::http1::message_len(&buf);
+        let second_len = first_len
+            .filter(|&l| buf.len() >= l)
+            .and_then(|l| crate::harness::http1::message_len(&buf[l..]).map(|m| l + m));
+        if second_len.is_some_and(|l| buf.len() >= l) {
+            answered = Some(sent.elapsed());
+            break;
+        }
+        match s.read(&mut chunk) {
+            Ok(0) => break,
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) => {}
+            Err(_) => break,
+        }
+    }
+    let text = String::from_utf8_lossy(&buf);
+    let took = answered.unwrap_or_else(|| panic!("two answers not in within 8 s: {text}"));
+    assert!(
+        took < Duration::from_secs(4),
+        "answered after {took:?}: {text}"
+    );
+    assert_eq!(text.matches("HTTP/1.1 404").count(), 2, "{text}");
+    assert!(
+        upstream.requests().is_empty(),
+        "forwarded: {}",
+        upstream.requests().len()
+    );
+}
+
+/// SIGTERM closes keep-alive connections waiting for their next request at once (their
+/// request state is not made yet, nothing is lost); the process still has its grace period
+/// for requests in flight.
+#[test]
+fn sigterm_closes_a_connection_waiting_between_requests_at_once() {
+    let pki = Pki::new();
+    let upstream = Upstream::start();
+    let config = deadline_config(upstream.addr, "")
+        .replace("idle_timeout: 2s", "idle_timeout: 30s")
+        .replace("grace_period: 1s", "grace_period: 10s");
+    let mut bg = Bindgate::start(&pki, &config);
+    let mut idle = tls(bg.port, None, Duration::from_millis(100));
+    idle.write_all(b"GET /x HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        .unwrap();
+    let first = read_response(&mut idle);
+    assert!(first.starts_with("HTTP/1.1 200"), "{first}");
+    bg.signal("TERM");
+    let took = closed_within(&mut idle, Duration::from_secs(8))
+        .expect("a connection between requests still open 8 s after SIGTERM (grace_period 10s)");
+    assert!(
+        took < Duration::from_secs(3),
+        "closed {took:?} after SIGTERM"
+    );
+    assert!(bg.wait_exit(Duration::from_secs(15)).is_some());
+}
+
 #[test]
 fn an_idle_http2_connection_gets_goaway_and_is_closed() {
     let pki = Pki::new();

@@ -313,66 +313,30 @@ where
             }
         }
         if h2c || matches!(stream.selected_alpn_proto(), Some(ALPN::H2)) {
-            // create a shared connection digest
-            let digest = Arc::new(Digest {
-                ssl_digest: stream.get_ssl_digest(),
-                // TODO: log h2 handshake time
-                timing_digest: stream.get_timing_digest(),
-                proxy_digest: stream.get_proxy_digest(),
-                socket_digest: stream.get_socket_digest(),
-            });
-
-            let h2_options = self.h2_options();
-            // bindgate: the client's preface and SETTINGS within the header deadline.
-            let handshake = server::handshake(stream, h2_options);
-            let handshake = match self.server_options().and_then(|o| o.header_timeout) {
-                Some(t) => match pingora_timeout::timeout(t, handshake).await {
-                    Ok(h) => h,
-                    Err(_) => {
-                        deadlines::HEADER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                        debug!("H2 preface not received within {t:?}");
-                        return None;
-                    }
-                },
-                None => handshake.await,
-            };
-            let h2_conn = match handshake {
-                Err(e) => {
-                    error!("H2 handshake error {e}");
-                    return None;
-                }
-                Ok(c) => c,
-            };
-
-            // The accept-loop body — including the graceful-shutdown state
-            // machine — lives in `server::accept_downstream_sessions` so that
-            // the same code path is exercised by tests in `protocols::http::v2`.
-            let app = self.clone();
-            let shutdown_for_session = shutdown.clone();
-            let h2_idle_timeout = self.server_options().and_then(|o| o.h2_idle_timeout);
-            server::accept_downstream_sessions(
-                h2_conn,
-                digest,
-                shutdown.clone(),
-                h2_idle_timeout,
-                |h2_stream, guard| {
-                    let app = app.clone();
-                    let shutdown = shutdown_for_session.clone();
-                    pingora_runtime::current_handle().spawn(async move {
-                        // hold `guard` for the session's lifetime so the accept
-                        // loop's idle timeout sees this connection as busy.
-                        let _guard = guard;
-                        // Note, `PersistentSettings` not currently relevant for h2
-                        app.process_new_http(ServerSession::new_http2(h2_stream), &shutdown)
-                            .await;
-                    });
-                },
-            )
-            .await;
+            // bindgate: the HTTP/2 connection's state (~5 KiB) in a box of its own, so that an
+            // HTTP/1.x connection's future is not sized for it.
+            Box::pin(serve_h2(self, stream, shutdown)).await;
         } else if custom || matches!(stream.selected_alpn_proto(), Some(ALPN::Custom(_))) {
             return self.clone().process_custom_session(stream, shutdown).await;
         } else {
             // No ALPN or ALPN::H1 and h2c was not configured, fallback to HTTP/1.1
+            // bindgate: the idle and head deadlines of the server's options.
+            let idle = self.server_options().and_then(|o| o.h1_idle_timeout);
+            let header_timeout = self.server_options().and_then(|o| o.header_timeout);
+            let idle_secs = idle.map(|d| d.as_secs().max(1));
+            // bindgate: the first request too is awaited before its state is made, with the
+            // deadline its read would have (not when shutting down: then it is read as before).
+            if !*shutdown.borrow()
+                && !next_request_arrives(
+                    &mut stream,
+                    false,
+                    Some(idle_secs.unwrap_or(60)),
+                    shutdown,
+                )
+                .await
+            {
+                return None;
+            }
             let mut session = ServerSession::new_http1(stream);
             if *shutdown.borrow() {
                 // stop downstream from reusing if this service is shutting down soon
@@ -381,10 +345,6 @@ where
                 // default 60s
                 session.set_keepalive(Some(60));
             }
-            // bindgate: the idle and head deadlines of the server's options.
-            let idle = self.server_options().and_then(|o| o.h1_idle_timeout);
-            let header_timeout = self.server_options().and_then(|o| o.header_timeout);
-            let idle_secs = idle.map(|d| d.as_secs().max(1));
             if let (Some(secs), false) = (idle_secs, *shutdown.borrow()) {
                 session.set_keepalive(Some(secs));
             }
@@ -395,7 +355,25 @@ where
             );
 
             let mut result = self.process_new_http(session, shutdown).await;
-            while let Some((stream, persistent_settings)) = result.map(|r| r.consume()) {
+            while let Some((mut stream, persistent_settings)) = result.map(|r| r.consume()) {
+                // bindgate: between requests the connection waits here, holding only its
+                // stream: the request's state (`process_new_http`, ~10 KiB, and its
+                // session) is made when the next request's first bytes are in.
+                // The next session's keep-alive, as `apply_to_session` and the lines below
+                // set it.
+                let keepalive = persistent_settings
+                    .as_ref()
+                    .and_then(|s| s.keepalive_timeout);
+                let keepalive = match (idle_secs, keepalive) {
+                    (Some(secs), Some(_)) => Some(secs),
+                    (_, k) => k,
+                };
+                let prefix = persistent_settings
+                    .as_ref()
+                    .is_some_and(|s| s.pipelined_prefix.as_ref().is_some_and(|p| !p.is_empty()));
+                if !next_request_arrives(&mut stream, prefix, keepalive, shutdown).await {
+                    return None;
+                }
                 let mut session = ServerSession::new_http1(stream);
                 if let Some(persistent_settings) = persistent_settings {
                     persistent_settings.apply_to_session(&mut session);
@@ -419,6 +397,118 @@ where
     fn handshake_timeout(&self) -> Option<Duration> {
         self.server_options().and_then(|o| o.header_timeout)
     }
+}
+
+/// bindgate: wait for the first bytes of an HTTP/1.x connection's next request, with the
+/// deadline `read_request` would apply (`keepalive` as a session's: `Some(0)` and `None` wait
+/// without limit, as there) and the server's shutdown. `false`: the connection is to be
+/// closed (idle deadline passed, counted as `read_request` counts it, or the server is
+/// shutting down). A read error or the client's close gives `true`: the session's own read
+/// meets it, as before. Bytes already read (`buffered`) need no wait.
+async fn next_request_arrives(
+    stream: &mut Stream,
+    buffered: bool,
+    keepalive: Option<u64>,
+    shutdown: &ShutdownWatch,
+) -> bool {
+    if buffered {
+        return true;
+    }
+    let mut shutdown = shutdown.clone();
+    let closing = async move {
+        // Never resolves if the sender is gone: shutdown then cannot come.
+        if shutdown.wait_for(|closing| *closing).await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    };
+    let arrives = async {
+        match keepalive {
+            Some(secs) if secs > 0 => {
+                let limit = Duration::from_secs(secs);
+                if pingora_timeout::timeout(limit, stream.wait_readable())
+                    .await
+                    .is_err()
+                {
+                    debug!("keepalive timeout {limit:?} reached between requests");
+                    deadlines::IDLE.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    return false;
+                }
+                true
+            }
+            _ => {
+                let _ = stream.wait_readable().await;
+                true
+            }
+        }
+    };
+    tokio::select! {
+        biased;
+        arrived = arrives => arrived,
+        _ = closing => false,
+    }
+}
+
+/// bindgate: an HTTP/2 connection (Pingora's code, moved out of `process_new` unchanged).
+async fn serve_h2<T>(app: &Arc<T>, stream: Stream, shutdown: &ShutdownWatch)
+where
+    T: HttpServerApp + Send + Sync + 'static,
+{
+    // create a shared connection digest
+    let digest = Arc::new(Digest {
+        ssl_digest: stream.get_ssl_digest(),
+        // TODO: log h2 handshake time
+        timing_digest: stream.get_timing_digest(),
+        proxy_digest: stream.get_proxy_digest(),
+        socket_digest: stream.get_socket_digest(),
+    });
+
+    let h2_options = app.h2_options();
+    // bindgate: the client's preface and SETTINGS within the header deadline.
+    let handshake = server::handshake(stream, h2_options);
+    let handshake = match app.server_options().and_then(|o| o.header_timeout) {
+        Some(t) => match pingora_timeout::timeout(t, handshake).await {
+            Ok(h) => h,
+            Err(_) => {
+                deadlines::HEADER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                debug!("H2 preface not received within {t:?}");
+                return;
+            }
+        },
+        None => handshake.await,
+    };
+    let h2_conn = match handshake {
+        Err(e) => {
+            error!("H2 handshake error {e}");
+            return;
+        }
+        Ok(c) => c,
+    };
+
+    // The accept-loop body — including the graceful-shutdown state
+    // machine — lives in `server::accept_downstream_sessions` so that
+    // the same code path is exercised by tests in `protocols::http::v2`.
+    let app = app.clone();
+    let shutdown_for_session = shutdown.clone();
+    let h2_idle_timeout = app.server_options().and_then(|o| o.h2_idle_timeout);
+    server::accept_downstream_sessions(
+        h2_conn,
+        digest,
+        shutdown.clone(),
+        h2_idle_timeout,
+        |h2_stream, guard| {
+            let app = app.clone();
+            let shutdown = shutdown_for_session.clone();
+            pingora_runtime::current_handle().spawn(async move {
+                // hold `guard` for the session's lifetime so the accept
+                // loop's idle timeout sees this connection as busy.
+                let _guard = guard;
+                // Note, `PersistentSettings` not currently relevant for h2
+                app.process_new_http(ServerSession::new_http2(h2_stream), &shutdown)
+                    .await;
+            });
+        },
+    )
+    .await;
 }
 
 #[cfg(test)]

@@ -79,6 +79,13 @@ pub trait Peek {
     async fn try_peek(&mut self, _buf: &mut [u8]) -> std::io::Result<bool> {
         Ok(false)
     }
+
+    /// bindgate: wait until the peer has sent something (or closed the connection), without
+    /// reading it. A keep-alive connection waits for its next request this way before the
+    /// request's state is made. The default returns at once.
+    async fn wait_readable(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
 }
 
 use std::any::Any;

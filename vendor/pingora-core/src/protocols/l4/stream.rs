@@ -927,6 +927,28 @@ impl Peek for Stream {
         self.rewind(buf);
         Ok(true)
     }
+
+    // bindgate: bytes already here (put back, or in the read buffer) count; otherwise wait
+    // for the socket. A TCP peek waits for data or the peer's close, not for a readiness
+    // that a read would find empty.
+    async fn wait_readable(&mut self) -> std::io::Result<()> {
+        if !self.rewind_read_buf.is_empty() {
+            return Ok(());
+        }
+        let buffered = self.stream.as_ref().map_or(false, |s| match s {
+            BufferedStream::UnbufferedRead(_) => false,
+            BufferedStream::BufferedRead(reader) => !reader.buffer().is_empty(),
+        });
+        if buffered {
+            return Ok(());
+        }
+        match self.stream.as_ref().map(|s| &s.get_ref().stream) {
+            Some(RawStream::Tcp(s)) => s.peek(&mut [0u8; 1]).await.map(|_| ()),
+            #[cfg(unix)]
+            Some(RawStream::Unix(s)) => s.readable().await,
+            _ => Ok(()),
+        }
+    }
 }
 
 #[async_trait]

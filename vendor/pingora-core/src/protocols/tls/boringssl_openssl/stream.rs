@@ -219,5 +219,23 @@ impl SslDigest {
     }
 }
 
-// TODO: implement Peek if needed
-impl<T> Peek for SslStream<T> {}
+// bindgate: waiting for the next request. Records OpenSSL has already read (read-ahead) or
+// decrypted and not yet handed out count as readable; otherwise the stream below waits.
+#[async_trait::async_trait]
+impl<T: Peek + Send> Peek for SslStream<T> {
+    async fn wait_readable(&mut self) -> io::Result<()> {
+        extern "C" {
+            // OpenSSL >= 1.1.0 and BoringSSL: 1 if a record or decrypted bytes are buffered.
+            fn SSL_has_pending(ssl: *const std::ffi::c_void) -> std::ffi::c_int;
+        }
+        // A `&SslRef` is the `SSL*` itself (foreign-types' `ForeignTypeRef::as_ptr` is this
+        // cast; the trait is not a dependency of this crate).
+        let ssl: *const SslRef = self.ssl.ssl();
+        // SAFETY: a live `SSL` owned by this stream; the call only reads its buffers' state.
+        let pending = unsafe { SSL_has_pending(ssl.cast()) };
+        if pending == 1 {
+            return Ok(());
+        }
+        self.ssl.get_mut().wait_readable().await
+    }
+}
