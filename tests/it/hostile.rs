@@ -65,6 +65,23 @@ fn closed_within(stream: &mut impl Read, limit: Duration) -> Option<Duration> {
     None
 }
 
+/// One read into `into` (a read timeout reads nothing); false once the peer has closed or the
+/// connection failed.
+fn read_more(stream: &mut impl Read, into: &mut Vec<u8>) -> bool {
+    let mut chunk = [0u8; 4096];
+    match stream.read(&mut chunk) {
+        Ok(0) => false,
+        Ok(n) => {
+            into.extend_from_slice(&chunk[..n]);
+            true
+        }
+        Err(e) => matches!(
+            e.kind(),
+            std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+        ),
+    }
+}
+
 fn read_response(stream: &mut impl Read) -> String {
     let mut buf = Vec::new();
     let mut chunk = [0u8; 4096];
@@ -183,7 +200,6 @@ fn a_second_request_already_read_ahead_by_tls_is_answered_at_once() {
     s.get_mut().tcp.write_all(&records).unwrap();
 
     let mut buf = Vec::new();
-    let mut chunk = [0u8; 4096];
     let mut answered = None;
     while sent.elapsed() < Duration::from_secs(8) {
         let first_len = crate::harness::http1::message_len(&buf);
@@ -194,15 +210,8 @@ fn a_second_request_already_read_ahead_by_tls_is_answered_at_once() {
             answered = Some(sent.elapsed());
             break;
         }
-        match s.read(&mut chunk) {
-            Ok(0) => break,
-            Ok(n) => buf.extend_from_slice(&chunk[..n]),
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-                ) => {}
-            Err(_) => break,
+        if !read_more(&mut s, &mut buf) {
+            break;
         }
     }
     let text = String::from_utf8_lossy(&buf);
@@ -345,20 +354,12 @@ fn trickled_post(port: u16) -> (String, Duration) {
     .unwrap();
     let start = Instant::now();
     let mut got = Vec::new();
-    let mut buf = [0u8; 4096];
     let mut writing = true;
     while start.elapsed() < Duration::from_secs(10) {
         // Once the server has closed its side of the writes, only the answer is left to read.
         writing = writing && s.write_all(b"a").is_ok();
-        match s.read(&mut buf) {
-            Ok(0) => break,
-            Ok(n) => got.extend_from_slice(&buf[..n]),
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-                ) => {}
-            Err(_) => break,
+        if !read_more(&mut s, &mut got) {
+            break;
         }
         if crate::harness::http1::message_len(&got).is_some_and(|len| got.len() >= len) {
             break;
