@@ -254,6 +254,33 @@ fn sigterm_closes_a_connection_waiting_between_requests_at_once() {
     assert!(bg.wait_exit(Duration::from_secs(15)).is_some());
 }
 
+/// Bytes that begin no request (here the first byte of a TLS record, never completed) do not
+/// restart the idle deadline: it runs from the last answer (idle_timeout 2s; whole seconds, so
+/// within 3 s), not from the byte.
+#[test]
+fn a_byte_that_begins_no_request_does_not_extend_the_idle_deadline() {
+    let pki = Pki::new();
+    let upstream = Upstream::start();
+    let bg = Bindgate::start(&pki, &deadline_config(upstream.addr, ""));
+    let mut s = tls(bg.port, None, Duration::from_millis(100));
+    s.write_all(b"GET /x HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        .unwrap();
+    let first = read_response(&mut s);
+    assert!(first.starts_with("HTTP/1.1 200"), "{first}");
+    let answered = Instant::now();
+    std::thread::sleep(Duration::from_millis(1500));
+    // An application-data record's type byte, straight on the socket, and nothing more.
+    s.get_mut().write_all(&[0x17]).unwrap();
+    closed_within(&mut s, Duration::from_secs(6))
+        .expect("still open 6 s after the byte (idle_timeout 2s)");
+    let took = answered.elapsed();
+    assert!(
+        took < Duration::from_millis(3300),
+        "closed {took:?} after the answer: the byte restarted the idle deadline"
+    );
+    assert!(bg.metric("bindgate_connections_closed_total{reason=\"idle_timeout\"}") >= 1);
+}
+
 #[test]
 fn an_idle_http2_connection_gets_goaway_and_is_closed() {
     let pki = Pki::new();

@@ -326,6 +326,7 @@ where
             let idle_secs = idle.map(|d| d.as_secs().max(1));
             // bindgate: the first request too is awaited before its state is made, with the
             // deadline its read would have (not when shutting down: then it is read as before).
+            let waited = std::time::Instant::now();
             if !*shutdown.borrow()
                 && !next_request_arrives(
                     &mut stream,
@@ -348,6 +349,7 @@ where
             if let (Some(secs), false) = (idle_secs, *shutdown.borrow()) {
                 session.set_keepalive(Some(secs));
             }
+            less_waited(&mut session, waited.elapsed());
             session.set_header_timeout(header_timeout);
             session.set_keepalive_reuses_remaining(
                 self.server_options()
@@ -371,6 +373,7 @@ where
                 let prefix = persistent_settings
                     .as_ref()
                     .is_some_and(|s| s.pipelined_prefix.as_ref().is_some_and(|p| !p.is_empty()));
+                let waited = std::time::Instant::now();
                 if !next_request_arrives(&mut stream, prefix, keepalive, shutdown).await {
                     return None;
                 }
@@ -382,6 +385,7 @@ where
                 if let (Some(secs), true) = (idle_secs, session.get_keepalive().is_some()) {
                     session.set_keepalive(Some(secs));
                 }
+                less_waited(&mut session, waited.elapsed());
                 session.set_header_timeout(header_timeout);
 
                 result = self.process_new_http(session, shutdown).await;
@@ -396,6 +400,17 @@ where
 
     fn handshake_timeout(&self) -> Option<Duration> {
         self.server_options().and_then(|o| o.header_timeout)
+    }
+}
+
+/// bindgate: the idle deadline runs from the end of the previous answer (or the handshake):
+/// the time `next_request_arrives` waited comes off the session's keep-alive (whole seconds,
+/// at least one), so bytes that begin no request (part of a TLS record) do not restart it.
+fn less_waited(session: &mut ServerSession, waited: Duration) {
+    if let Some(secs) = session.get_keepalive().filter(|s| *s > 0) {
+        let left = Duration::from_secs(secs).saturating_sub(waited);
+        let left = left.as_secs() + u64::from(left.subsec_nanos() > 0);
+        session.set_keepalive(Some(left.max(1)));
     }
 }
 
