@@ -5,7 +5,7 @@
 //! cargo bench --bench load                                   # every scenario, bindgate only
 //! cargo bench --bench load -- --proxy both --pin             # a, b, e side by side with HAProxy
 //! cargo bench --bench load -- --scenario a-es256 --connections 64 --duration 10 --json out.json
-//! cargo bench --bench load -- --scenario e --connections 8,128,512,2048   # a sweep: one run each
+//! cargo bench --bench load -- --scenario e --conns 8,128,512,2048   # a sweep: one run each
 //! cargo bench --bench load -- --help                         # every option
 //! ```
 //!
@@ -78,14 +78,20 @@ fn main() {
     // `--connections 8,128,512,2048`: one run per count (each its own process, cells and
     // ceilings measured afresh), `--json F` written as `F-<count>.json`.
     if counts.len() > 1 {
-        let args: Vec<String> = std::env::args().skip(1).collect();
-        let at = args
-            .iter()
-            .position(|x| x == "--connections")
-            .expect("--connections given");
+        // The other options as given, the list (`--connections L`, `--conns L`, `--conns=L`)
+        // left out; each run gets its own count.
+        let mut args: Vec<String> = Vec::new();
+        let mut given = std::env::args().skip(1);
+        while let Some(x) = given.next() {
+            if x == "--connections" || x == "--conns" {
+                given.next();
+            } else if !x.starts_with("--connections=") && !x.starts_with("--conns=") {
+                args.push(x);
+            }
+        }
         for count in counts {
             let mut again = args.clone();
-            again[at + 1] = count.to_string();
+            again.extend(["--connections".to_string(), count.to_string()]);
             if let Some(j) = again.iter().position(|x| x == "--json") {
                 if let Some(path) = again.get_mut(j + 1) {
                     let stem = path.trim_end_matches(".json").to_string();

@@ -15,8 +15,9 @@ pub(crate) struct Args {
     /// `all`.
     #[arg(long, default_value = "bindgate")]
     pub proxy: String,
-    /// Connections; a comma-separated list is a sweep, one run (one process) per count.
-    #[arg(long)]
+    /// Connections; a comma-separated list is a sweep, one run (one process) per count
+    /// (`--conns 8,128,512,2048`).
+    #[arg(long, visible_alias = "conns")]
     pub connections: Option<String>,
     /// Seconds per cell (0.1 to 600).
     #[arg(long)]
