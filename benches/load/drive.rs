@@ -31,6 +31,64 @@ pub(crate) struct Report {
     pub(crate) generator_cpu_s: f64,
     /// The proxy's CPU time (user + system, all its threads) per answered request, in µs.
     pub(crate) proxy_cpu_us_per_request: f64,
+    /// With `--pin` (oha): where the time of the proxy's CPU went, per answered request.
+    pub(crate) proxy_cpu_split: Option<CpuSplit>,
+}
+
+/// The time of CPU 1 (the proxy's alone with `--pin`) over one cell, per answered request,
+/// from `/proc/stat`, and the function-call IPIs CPU 0 received meanwhile (`/proc/interrupts`
+/// `CAL`): on loopback a send runs the receiver's TCP path in the sender's softirq, and a
+/// reader asleep on CPU 0 is woken by such an IPI.
+#[derive(Default, serde::Serialize, Clone, Copy)]
+pub(crate) struct CpuSplit {
+    pub(crate) user_us: f64,
+    pub(crate) system_us: f64,
+    pub(crate) softirq_us: f64,
+    pub(crate) idle_us: f64,
+    pub(crate) cpu0_call_ipis: f64,
+}
+
+/// CPU 1's user (with nice), system, softirq (with irq) and idle ticks, and the `CAL`
+/// interrupts CPU 0 has received; `None` where either file cannot be read as expected.
+fn cpu1_counters() -> Option<[u64; 5]> {
+    let stat = std::fs::read_to_string("/proc/stat").ok()?;
+    let f: Vec<u64> = stat
+        .lines()
+        .find(|l| l.starts_with("cpu1 "))?
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|v| v.parse().ok())
+        .collect();
+    let interrupts = std::fs::read_to_string("/proc/interrupts").ok()?;
+    let cal: u64 = interrupts
+        .lines()
+        .find(|l| l.trim_start().starts_with("CAL:"))?
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()?;
+    // user nice system idle iowait irq softirq
+    Some([
+        f.first()? + f.get(1)?,
+        *f.get(2)?,
+        f.get(5)? + f.get(6)?,
+        f.get(3)? + f.get(4)?,
+        cal,
+    ])
+}
+
+fn cpu_split(before: Option<[u64; 5]>, requests: u64) -> Option<CpuSplit> {
+    let (b, a) = (before?, cpu1_counters()?);
+    let n = requests.max(1) as f64;
+    // USER_HZ ticks of 10 ms.
+    let us = |i: usize| a[i].saturating_sub(b[i]) as f64 * 10_000.0 / n;
+    Some(CpuSplit {
+        user_us: us(0),
+        system_us: us(1),
+        softirq_us: us(2),
+        idle_us: us(3),
+        cpu0_call_ipis: a[4].saturating_sub(b[4]) as f64 / n,
+    })
 }
 
 /// A run with oha of a repeated request (scenarios a-es256, a-rs256, e), sampling the proxy's
@@ -70,6 +128,7 @@ pub(crate) fn run_oha(
         })
     };
     let cpu_before = cpu_seconds(pid);
+    let split_before = if o.pin { cpu1_counters() } else { None };
     let run = oha::run(
         &oha::Request {
             url,
@@ -102,6 +161,7 @@ pub(crate) fn run_oha(
         generator_cpu_s: run.cpu_seconds,
         proxy_cpu_us_per_request: (cpu_seconds(pid) - cpu_before) * 1e6
             / run.requests.max(1) as f64,
+        proxy_cpu_split: cpu_split(split_before, run.requests),
         ..Report::default()
     }
 }
@@ -264,6 +324,7 @@ pub(crate) async fn run_load(
         }
     }
     let cpu_before = cpu_seconds(pid);
+    let split_before = if o.pin { cpu1_counters() } else { None };
     let started = Instant::now();
     let deadline = started + o.duration;
     let mut tasks = Vec::new();
@@ -374,5 +435,6 @@ pub(crate) async fn run_load(
         generator_cpu_s: 0.0,
         proxy_cpu_us_per_request: (cpu_seconds(pid) - cpu_before) * 1e6
             / (lat.len() as f64).max(1.0),
+        proxy_cpu_split: cpu_split(split_before, lat.len() as u64),
     }
 }

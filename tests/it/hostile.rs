@@ -281,6 +281,51 @@ fn a_byte_that_begins_no_request_does_not_extend_the_idle_deadline() {
     assert!(bg.metric("bindgate_connections_closed_total{reason=\"idle_timeout\"}") >= 1);
 }
 
+/// A client that pipelines (the next request in the same TLS record as the first, here after a
+/// body too) gets the first answer and then a closed connection: what followed is never
+/// parsed, never forwarded and never counted as the first's body. RFC 9112 §9.3.2 lets a server
+/// close so; the client retries the rest on a new connection.
+#[test]
+fn pipelined_requests_get_the_first_answer_then_a_close_and_the_rest_is_never_forwarded() {
+    let pki = Pki::new();
+    let upstream = Upstream::start();
+    let bg = Bindgate::start(&pki, &deadline_config(upstream.addr, ""));
+    let next = "GET /second HTTP/1.1\r\nHost: localhost\r\n\r\n";
+    for (first, body) in [
+        ("GET /first HTTP/1.1\r\nHost: localhost\r\n\r\n", ""),
+        (
+            "POST /first HTTP/1.1\r\nHost: localhost\r\nContent-Length: 2\r\n\r\nhi",
+            "hi",
+        ),
+    ] {
+        upstream.clear();
+        let mut s = tls(bg.port, None, Duration::from_millis(100));
+        s.write_all(format!("{first}{next}").as_bytes()).unwrap();
+        let mut buf = Vec::new();
+        let start = Instant::now();
+        let mut closed = false;
+        while start.elapsed() < Duration::from_secs(5) {
+            if !read_more(&mut s, &mut buf) {
+                closed = true;
+                break;
+            }
+        }
+        let text = String::from_utf8_lossy(&buf);
+        assert!(closed, "still open 5 s after a pipelined pair: {text}");
+        assert_eq!(text.matches("HTTP/1.1 ").count(), 1, "{text}");
+        assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+        let seen = upstream.requests();
+        assert_eq!(
+            seen.len(),
+            1,
+            "forwarded: {:?}",
+            seen.iter().map(|r| &r.target).collect::<Vec<_>>()
+        );
+        assert_eq!(seen[0].target, "/first");
+        assert_eq!(seen[0].body, body.as_bytes());
+    }
+}
+
 #[test]
 fn an_idle_http2_connection_gets_goaway_and_is_closed() {
     let pki = Pki::new();
