@@ -108,6 +108,7 @@ fn main() {
         return;
     }
     let o = Options::of(&a, counts.first().copied());
+    descriptors_for(o.connections);
     if o.pin {
         // The harness (load generator and static upstream) on CPU 0, the proxy on CPU 1.
         let me = std::process::id().to_string();
@@ -390,4 +391,33 @@ fn main() {
         std::fs::write(path, serde_json::to_string_pretty(&out).unwrap()).unwrap();
         println!("JSON written to {}", path.display());
     }
+}
+
+/// Raises this process's soft limit on open descriptors to its hard limit, for itself and the
+/// processes it starts (oha, the proxies, which inherit it): with `connections` clients the
+/// generator, the proxy (both sides) and the upstream each hold about that many. Stops with
+/// what to do when even the hard limit is too low.
+fn descriptors_for(connections: usize) {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes the struct it is given; setrlimit reads it.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) != 0 {
+            return;
+        }
+        if limit.rlim_cur < limit.rlim_max {
+            limit.rlim_cur = limit.rlim_max;
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) != 0 {
+                return;
+            }
+        }
+    }
+    let needed = connections as u64 * 2 + 512;
+    assert!(
+        limit.rlim_cur >= needed,
+        "{connections} connections need about {needed} open descriptors in one process (the proxy's client and upstream sides); the hard limit is {}: raise it (`ulimit -Hn {needed}` as root, or LimitNOFILE=)",
+        limit.rlim_max
+    );
 }

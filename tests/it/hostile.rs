@@ -711,6 +711,75 @@ fn with_few_descriptors_and_many_idle_connections_a_new_client_is_served() {
     drop(held);
 }
 
+/// The soft and hard open-descriptor limits of a running process (`/proc/PID/limits`).
+fn nofile_of(pid: u32) -> (u64, u64) {
+    let limits = std::fs::read_to_string(format!("/proc/{pid}/limits")).expect("limits");
+    let line = limits
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .expect("Max open files");
+    let v: Vec<u64> = line
+        .split_whitespace()
+        .filter_map(|w| w.parse().ok())
+        .collect();
+    (v[0], v[1])
+}
+
+/// The hard limit this test process may give a child: its own, at most 4096.
+fn child_hard_limit() -> u64 {
+    nofile_of(std::process::id()).1.min(4096)
+}
+
+/// Started with a soft limit of 256 under a higher hard one, bindgate raises the soft limit to
+/// what its configuration needs (the upstream's default max_connections, 1 024, two
+/// descriptors each, and 256: 2 304) and no further; a higher soft limit is kept as it is.
+#[test]
+fn the_open_descriptor_limit_is_raised_to_what_the_configuration_needs() {
+    let hard = child_hard_limit();
+    assert!(
+        hard >= 4096,
+        "this test needs a hard limit of 4096, not {hard}"
+    );
+    let pki = Pki::new();
+    let upstream = Upstream::start();
+    let config = deadline_config(upstream.addr, "");
+    let bg = Bindgate::start_with_nofile(&pki, &config, 256, hard);
+    assert_eq!(nofile_of(bg.pid()), (2304, hard));
+    let logs = bg.logs();
+    assert!(
+        logs.contains("open descriptor limit raised from 256 to 2304"),
+        "{logs}"
+    );
+    assert!(!logs.contains("is below the"), "{logs}");
+    drop(bg);
+    let bg = Bindgate::start_with_nofile(&pki, &config, 3000, hard);
+    assert_eq!(nofile_of(bg.pid()), (3000, hard));
+    assert!(
+        !bg.logs().contains("open descriptor limit"),
+        "{}",
+        bg.logs()
+    );
+}
+
+/// A hard limit below what the upstreams' `max_connections` can hold open is said at start,
+/// with the way to raise it; bindgate still runs and serves.
+#[test]
+fn a_hard_descriptor_limit_below_the_upstreams_max_connections_is_warned_about() {
+    let pki = Pki::new();
+    let upstream = Upstream::start();
+    let config = deadline_config(upstream.addr, "    max_connections: 1000\n");
+    let bg = Bindgate::start_with_nofile(&pki, &config, 512, 512);
+    assert_eq!(nofile_of(bg.pid()), (512, 512));
+    let logs = bg.logs();
+    assert!(
+        logs.contains("open descriptor limit 512 is below the 2256"),
+        "{logs}"
+    );
+    assert!(logs.contains("LimitNOFILE="), "{logs}");
+    let client = bg.client(&pki, None, Http::One);
+    assert_eq!(client.get(bg.url("/x")).send().unwrap().status(), 200);
+}
+
 // TLS session resumption across a reload (issue 14 §3).
 
 fn resumption_config(ca: &str, client_auth: &str, upstream: std::net::SocketAddr) -> String {

@@ -199,7 +199,7 @@ impl Bindgate {
         for (name, content) in files {
             std::fs::write(dir.path().join(name), content).expect("write a file");
         }
-        let mut b = Self::spawn_program(program, pki, yaml, env, Ports::Named, dir, &[]);
+        let mut b = Self::spawn_program(program, pki, yaml, env, Ports::Named, dir, &[], None);
         if let Err(log) = b.ready_or_exit() {
             panic!("bindgate exited:\n{log}");
         }
@@ -265,9 +265,32 @@ impl Bindgate {
         args: &[&str],
     ) -> Bindgate {
         let program = Path::new(env!("CARGO_BIN_EXE_bindgate"));
-        Self::spawn_program(program, pki, yaml, env, ports, dir, args)
+        Self::spawn_program(program, pki, yaml, env, ports, dir, args, None)
     }
 
+    /// As [`Bindgate::start`] (ports chosen by bindgate), with the open descriptor limit set
+    /// to `soft` and `hard` in the child before it runs.
+    #[allow(dead_code)]
+    pub fn start_with_nofile(pki: &Pki, yaml: &str, soft: u64, hard: u64) -> Bindgate {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let program = Path::new(env!("CARGO_BIN_EXE_bindgate"));
+        let mut b = Self::spawn_program(
+            program,
+            pki,
+            yaml,
+            &[],
+            Ports::Chosen,
+            dir,
+            &[],
+            Some((soft, hard)),
+        );
+        if let Err(log) = b.ready_or_exit() {
+            panic!("bindgate exited:\n{log}");
+        }
+        b
+    }
+
+    #[allow(clippy::too_many_arguments)]
     fn spawn_program(
         program: &Path,
         pki: &Pki,
@@ -276,6 +299,7 @@ impl Bindgate {
         ports: Ports,
         dir: tempfile::TempDir,
         args: &[&str],
+        nofile: Option<(u64, u64)>,
     ) -> Bindgate {
         let (port, admin_port) = match ports {
             Ports::Named => two_free_ports(),
@@ -297,6 +321,22 @@ impl Bindgate {
             .stderr(log_file);
         for (k, v) in env {
             cmd.env(k, v);
+        }
+        if let Some((soft, hard)) = nofile {
+            use std::os::unix::process::CommandExt;
+            // SAFETY: only setrlimit runs between fork and exec, and it is async-signal-safe.
+            unsafe {
+                cmd.pre_exec(move || {
+                    let limit = libc::rlimit {
+                        rlim_cur: soft,
+                        rlim_max: hard,
+                    };
+                    if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) != 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    Ok(())
+                });
+            }
         }
         let child = cmd.spawn().expect("start bindgate");
         let mut b = Bindgate {
