@@ -127,3 +127,50 @@ pub fn no_port_zero(key: &str, address: SocketAddr) -> Result<(), Problem> {
     }
     Ok(())
 }
+
+/// Raises the soft limit on open descriptors (never lowers it) to what the configuration
+/// needs, within the hard limit, as HAProxy derives its own from `maxconn`: each request in
+/// flight to an upstream holds two descriptors (its client's connection and the upstream's),
+/// so twice the upstreams' `max_connections` and 256 to spare (listeners, files, keys, Redis,
+/// idle clients). Many systems start processes with a soft limit of 1 024, under which the
+/// default `max_connections` (1 024) would run out of descriptors at ~500 requests in flight.
+/// A higher soft limit set by the operator (`ulimit -n`, `LimitNOFILE=`) is kept: that is how
+/// to allow more idle client connections. Warns when the hard limit is below the need.
+pub fn raise_descriptor_limit(config: &crate::config::Config) {
+    let upstream: u64 = config
+        .upstreams
+        .values()
+        .map(|u| u.max_connections as u64)
+        .sum();
+    let needed = upstream.saturating_mul(2).saturating_add(256);
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes the struct it is given.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0 {
+        return;
+    }
+    let before = limit.rlim_cur;
+    let wanted = needed.min(limit.rlim_max);
+    if wanted > before {
+        let raised = libc::rlimit {
+            rlim_cur: wanted,
+            rlim_max: limit.rlim_max,
+        };
+        // SAFETY: setrlimit reads the struct it is given.
+        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raised) } == 0 {
+            limit.rlim_cur = wanted;
+            tracing::info!(
+                "open descriptor limit raised from {before} to {wanted} (the upstreams' max_connections {upstream}, two descriptors each, and 256)"
+            );
+        }
+    }
+    if limit.rlim_cur < needed {
+        tracing::warn!(
+            "open descriptor limit {} is below the {needed} the upstreams' max_connections ({upstream}) can hold open with their clients' connections: \
+             new connections will be refused before max_connections is reached; raise the hard limit (LimitNOFILE= under systemd, ulimit -Hn, --ulimit nofile= for a container)",
+            limit.rlim_cur
+        );
+    }
+}

@@ -154,7 +154,7 @@ pub fn run(config: Config, upgrade: bool) -> Result<(), Problem> {
     // SIGHUP reloads; its handler is installed before anything else runs, so that an early
     // SIGHUP never takes the default action (terminating the process).
     install_hangup_handler()?;
-    raise_descriptor_limit(&config);
+    crate::listeners::raise_descriptor_limit(&config);
 
     let conf = ServerConf {
         threads: config.server.threads,
@@ -408,53 +408,6 @@ pub fn run(config: Config, upgrade: bool) -> Result<(), Problem> {
 
 /// Where an old process leaves its DPoP replay record for the new one: beside the upgrade
 /// socket both are configured with.
-/// Raises the soft limit on open descriptors (never lowers it) to what the configuration
-/// needs, within the hard limit, as HAProxy derives its own from `maxconn`: each request in
-/// flight to an upstream holds two descriptors (its client's connection and the upstream's),
-/// so twice the upstreams' `max_connections` and 256 to spare (listeners, files, keys, Redis,
-/// idle clients). Many systems start processes with a soft limit of 1 024, under which the
-/// default `max_connections` (1 024) would run out of descriptors at ~500 requests in flight.
-/// A higher soft limit set by the operator (`ulimit -n`, `LimitNOFILE=`) is kept: that is how
-/// to allow more idle client connections. Warns when the hard limit is below the need.
-fn raise_descriptor_limit(config: &Config) {
-    let upstream: u64 = config
-        .upstreams
-        .values()
-        .map(|u| u.max_connections as u64)
-        .sum();
-    let needed = upstream.saturating_mul(2).saturating_add(256);
-    let mut limit = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: getrlimit writes the struct it is given.
-    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0 {
-        return;
-    }
-    let before = limit.rlim_cur;
-    let wanted = needed.min(limit.rlim_max);
-    if wanted > before {
-        let raised = libc::rlimit {
-            rlim_cur: wanted,
-            rlim_max: limit.rlim_max,
-        };
-        // SAFETY: setrlimit reads the struct it is given.
-        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raised) } == 0 {
-            limit.rlim_cur = wanted;
-            tracing::info!(
-                "open descriptor limit raised from {before} to {wanted} (the upstreams' max_connections {upstream}, two descriptors each, and 256)"
-            );
-        }
-    }
-    if limit.rlim_cur < needed {
-        tracing::warn!(
-            "open descriptor limit {} is below the {needed} the upstreams' max_connections ({upstream}) can hold open with their clients' connections: \
-             new connections will be refused before max_connections is reached; raise the hard limit (LimitNOFILE= under systemd, ulimit -Hn, --ulimit nofile= for a container)",
-            limit.rlim_cur
-        );
-    }
-}
-
 fn handover_path(upgrade_sock: &Path) -> PathBuf {
     let mut name = upgrade_sock.as_os_str().to_owned();
     name.push(".dpop");
