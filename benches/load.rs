@@ -42,7 +42,7 @@ mod proxies;
 
 use args::{Args, Options};
 use common::static_upstream;
-use drive::{enforces_binding, run_load, run_oha, Work};
+use drive::{enforces_binding, machine, machine_line, run_load, run_oha, Work};
 use material::material;
 use proxies::{start_bindgate, start_envoy, start_haproxy, start_tls_floor, start_tls_return};
 
@@ -109,6 +109,8 @@ fn main() {
     }
     let o = Options::of(&a, counts.first().copied());
     descriptors_for(o.connections);
+    let machine = machine();
+    eprintln!("{}", machine_line(&machine));
     if o.pin {
         // The harness (load generator and static upstream) on CPU 0, the proxy on CPU 1.
         let me = std::process::id().to_string();
@@ -387,7 +389,7 @@ fn main() {
     }
     if let Some(path) = &o.json {
         let out = json!({"options": {"connections": o.connections, "duration_s": o.duration.as_secs_f64(), "threads": o.threads, "pinned": o.pin},
-                         "results": reports, "ratios": ratios});
+                         "machine": machine, "results": reports, "ratios": ratios});
         std::fs::write(path, serde_json::to_string_pretty(&out).unwrap()).unwrap();
         println!("JSON written to {}", path.display());
     }

@@ -438,3 +438,52 @@ pub(crate) async fn run_load(
         proxy_cpu_split: cpu_split(split_before, lat.len() as u64),
     }
 }
+
+/// The machine a run measures, as far as it changes the numbers: CPUs, model, kernel, and how
+/// an idle CPU waits. On loopback every request wakes the generator or the upstream on the
+/// other CPU; a CPU that halts at once (a guest with `guest_halt_poll_ns` 0, as this VM ships)
+/// must be woken by an IPI through the hypervisor, where one that polls a while first (the
+/// kernel's default, 200 µs) is not, and that weighs more on a proxy whose requests take longer
+/// (BENCHMARKS.md, "An idle CPU that halts at once").
+pub(crate) fn machine() -> serde_json::Value {
+    let read = |p: &str| {
+        std::fs::read_to_string(p)
+            .ok()
+            .map(|s| s.trim().to_string())
+    };
+    let cpuinfo = read("/proc/cpuinfo").unwrap_or_default();
+    let model = cpuinfo
+        .lines()
+        .find(|l| l.starts_with("model name"))
+        .and_then(|l| l.split_once(':'))
+        .map(|(_, m)| m.trim().to_string());
+    let cpus = std::thread::available_parallelism().map_or(0, |n| n.get());
+    serde_json::json!({
+        "cpus": cpus,
+        "model": model,
+        "kernel": read("/proc/sys/kernel/osrelease"),
+        "cpuidle_driver": read("/sys/devices/system/cpu/cpuidle/current_driver"),
+        "cpuidle_governor": read("/sys/devices/system/cpu/cpuidle/current_governor_ro")
+            .or_else(|| read("/sys/devices/system/cpu/cpuidle/current_governor")),
+        "guest_halt_poll_ns": read("/sys/module/haltpoll/parameters/guest_halt_poll_ns")
+            .and_then(|v| v.parse::<u64>().ok()),
+    })
+}
+
+/// `machine()` on one line.
+pub(crate) fn machine_line(m: &serde_json::Value) -> String {
+    let s = |k: &str| m[k].as_str().unwrap_or("?").to_string();
+    let poll = match m["guest_halt_poll_ns"].as_u64() {
+        Some(0) => ", guest halt polling off (an idle CPU halts at once)".to_string(),
+        Some(ns) => format!(", guest halt polling up to {} µs", ns / 1000),
+        None => String::new(),
+    };
+    format!(
+        "machine: {} CPUs, {}, Linux {}, cpuidle {} / {}{poll}",
+        m["cpus"],
+        s("model"),
+        s("kernel"),
+        s("cpuidle_driver"),
+        s("cpuidle_governor"),
+    )
+}
