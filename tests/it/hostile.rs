@@ -286,7 +286,7 @@ fn a_byte_that_begins_no_request_does_not_extend_the_idle_deadline() {
 /// parsed, never forwarded and never counted as the first's body. RFC 9112 §9.3.2 lets a server
 /// close so; the client retries the rest on a new connection.
 #[test]
-fn pipelined_requests_get_the_first_answer_then_a_close_and_the_rest_is_never_forwarded() {
+fn pipelined_requests_get_the_first_answer_saying_close_and_the_rest_is_never_forwarded() {
     let pki = Pki::new();
     let upstream = Upstream::start();
     let bg = Bindgate::start(&pki, &deadline_config(upstream.addr, ""));
@@ -314,6 +314,18 @@ fn pipelined_requests_get_the_first_answer_then_a_close_and_the_rest_is_never_fo
         assert!(closed, "still open 5 s after a pipelined pair: {text}");
         assert_eq!(text.matches("HTTP/1.1 ").count(), 1, "{text}");
         assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+        // The answer before the close says so, rather than promising keep-alive.
+        let head = text
+            .split("\r\n\r\n")
+            .next()
+            .unwrap_or_default()
+            .to_ascii_lowercase();
+        let connection: Vec<&str> = head
+            .lines()
+            .filter_map(|l| l.strip_prefix("connection:"))
+            .map(str::trim)
+            .collect();
+        assert_eq!(connection, ["close"], "{text}");
         let seen = upstream.requests();
         assert_eq!(
             seen.len(),

@@ -892,6 +892,17 @@ impl HttpSession {
             self.set_keepalive(None);
         }
 
+        // bindgate: bytes read past this request (a pipelined next request) mean `reuse` will
+        // close the connection after this answer; the answer says so (`Connection: close`)
+        // instead of promising keep-alive.
+        if !self.pipelining_enabled
+            && !header.status.is_informational()
+            && self.body_reader.has_bytes_overread()
+        {
+            debug!("set connection close: bytes past the request");
+            self.set_keepalive(None);
+        }
+
         // no need to add these headers to 1xx responses
         if !header.status.is_informational() && self.update_resp_headers {
             /* update headers */
