@@ -323,6 +323,12 @@ fn main() {
                 report.scenario, report.proxy, report.rps, report.p50_ms, report.p90_ms, report.p99_ms, report.max_ms,
                 report.proxy_peak_rss_mib, report.proxy_cpu_us_per_request, report.statuses, report.errors
             );
+            if let Some(mib) = report.proxy_steady_rss_mib {
+                eprintln!(
+                    "{:<18} RSS over the cell's second half (connections open, handshakes done): at most {mib:.1} MiB",
+                    ""
+                );
+            }
             if let Some(c) = report.proxy_cpu_split {
                 eprintln!(
                     "{:<18} CPU 1 per request: user {:.1} µs, system {:.1} µs, softirq {:.1} µs, idle {:.1} µs; CPU 0 woken by {:.2} call IPIs",

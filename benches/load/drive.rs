@@ -26,6 +26,9 @@ pub(crate) struct Report {
     pub(crate) statuses: BTreeMap<String, u64>,
     pub(crate) errors: u64,
     pub(crate) proxy_peak_rss_mib: f64,
+    /// oha cells: the proxy's largest RSS over the cell's second half, all connections open and
+    /// busy, the handshakes that opened them long done (the peak is often their storm).
+    pub(crate) proxy_steady_rss_mib: Option<f64>,
     /// `reqwest` or `oha`, and the CPU seconds oha used (0 for reqwest).
     pub(crate) generator: String,
     pub(crate) generator_cpu_s: f64,
@@ -116,12 +119,18 @@ pub(crate) fn run_oha(
     };
     let stop = Arc::new(AtomicBool::new(false));
     let peak = Arc::new(AtomicU64::new(0));
+    let steady = Arc::new(AtomicU64::new(0));
     let sampler = {
-        let (peak, stop) = (peak.clone(), stop.clone());
+        let (peak, steady, stop) = (peak.clone(), steady.clone(), stop.clone());
+        let (started, half) = (Instant::now(), o.duration / 2);
         std::thread::spawn(move || {
             while !stop.load(Ordering::Relaxed) {
                 if pid != 0 {
-                    peak.fetch_max(rss_kib(pid), Ordering::Relaxed);
+                    let rss = rss_kib(pid);
+                    peak.fetch_max(rss, Ordering::Relaxed);
+                    if started.elapsed() >= half {
+                        steady.fetch_max(rss, Ordering::Relaxed);
+                    }
                 }
                 std::thread::sleep(Duration::from_millis(20));
             }
@@ -157,6 +166,8 @@ pub(crate) fn run_oha(
         statuses: run.statuses,
         errors: run.errors,
         proxy_peak_rss_mib: peak.load(Ordering::Relaxed) as f64 / 1024.0,
+        proxy_steady_rss_mib: Some(steady.load(Ordering::Relaxed) as f64 / 1024.0)
+            .filter(|&mib| mib > 0.0),
         generator: "oha".into(),
         generator_cpu_s: run.cpu_seconds,
         proxy_cpu_us_per_request: (cpu_seconds(pid) - cpu_before) * 1e6
@@ -431,6 +442,7 @@ pub(crate) async fn run_load(
         statuses,
         errors,
         proxy_peak_rss_mib: peak.load(Ordering::Relaxed) as f64 / 1024.0,
+        proxy_steady_rss_mib: None,
         generator: "reqwest".into(),
         generator_cpu_s: 0.0,
         proxy_cpu_us_per_request: (cpu_seconds(pid) - cpu_before) * 1e6
