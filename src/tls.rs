@@ -16,6 +16,8 @@ use std::any::Any;
 use std::sync::Arc;
 
 use crate::certificate::PeerCertificate;
+
+mod key_share;
 use crate::config::{ClientAuth, ListenTls, Problem};
 
 /// What the listener presents and asks for, read from the files once per load.
@@ -337,48 +339,10 @@ impl TlsAccept for Callbacks {
         &self,
         ssl: &TlsRef,
     ) -> Option<Arc<dyn Any + Send + Sync>> {
-        release_peer_key_share(ssl);
+        key_share::release(ssl);
         // On a resumed session OpenSSL restores the peer certificate from the session.
         let der = ssl.peer_certificate()?.to_der().ok()?;
         Some(Arc::new(PeerCertificate::from_der(&der)))
-    }
-}
-
-/// Frees the client's key share once the handshake is done. OpenSSL keeps it (`s3.peer_tmp`)
-/// until the connection ends though nothing reads it after the handshake (TLS 1.3 takes it
-/// only in the ClientHello; TLS 1.2 keeps none): for X25519MLKEM768, the default first
-/// group, 7 KiB per connection, ~3.5 MiB at 512 clients. There is no call to drop it, so the
-/// key object OpenSSL holds is emptied in place: its key data freed, its type left X25519
-/// with no key (what `EVP_PKEY_set_type` does to any key). OpenSSL frees the empty object
-/// with the connection, as before.
-fn release_peer_key_share(ssl: &pingora::tls::ssl::SslRef) {
-    use foreign_types::ForeignTypeRef;
-    use std::ffi::{c_int, c_long, c_void};
-    extern "C" {
-        fn EVP_PKEY_set_type(pkey: *mut openssl_sys::EVP_PKEY, kind: c_int) -> c_int;
-    }
-    const SSL_CTRL_GET_PEER_TMP_KEY: c_int = 109;
-    const NID_X25519: c_int = 1034;
-    let mut key: *mut openssl_sys::EVP_PKEY = std::ptr::null_mut();
-    // SAFETY: `ssl` is the live connection of the completed handshake; SSL_get_peer_tmp_key
-    // (this control) hands out a new reference to the key or 0 with none.
-    let got = unsafe {
-        openssl_sys::SSL_ctrl(
-            ssl.as_ptr(),
-            SSL_CTRL_GET_PEER_TMP_KEY,
-            0 as c_long,
-            (&mut key as *mut *mut openssl_sys::EVP_PKEY).cast::<c_void>(),
-        )
-    };
-    if got != 1 || key.is_null() {
-        return;
-    }
-    // SAFETY: `key` is a live EVP_PKEY we hold a reference to; only this connection's task
-    // uses it. Setting a type frees the key data first; X25519's method always exists, so
-    // the call succeeds and leaves nothing on the error queue. Then our reference is dropped.
-    unsafe {
-        EVP_PKEY_set_type(key, NID_X25519);
-        openssl_sys::EVP_PKEY_free(key);
     }
 }
 
@@ -405,6 +369,7 @@ pub fn settings(tls: Arc<ServerTls>) -> Result<TlsSettings, Problem> {
     // One read per record and the next one's header instead of two (the listener has no
     // buffer of its own under TLS; see serve.rs).
     settings.set_read_ahead(true);
+    key_share::release_after_server_hello(&mut settings);
     // Without a session id context a client's resumed handshake fails once it has sent a
     // certificate ("session id context uninitialized").
     settings
@@ -455,81 +420,5 @@ routes: []
         assert_ne!(material.stamp, stamps(&config.listen.tls));
         let refused = Material::reread(&config.listen.tls).err().unwrap();
         assert_eq!(refused.problem.key, "listen.tls.cert");
-    }
-
-    /// The length of the client's key share as the server's OpenSSL holds it (0: none).
-    fn peer_key_share_len(ssl: &openssl::ssl::SslRef) -> usize {
-        use foreign_types::ForeignTypeRef;
-        extern "C" {
-            fn EVP_PKEY_get1_encoded_public_key(
-                pkey: *mut openssl_sys::EVP_PKEY,
-                out: *mut *mut u8,
-            ) -> usize;
-        }
-        let mut key: *mut openssl_sys::EVP_PKEY = std::ptr::null_mut();
-        // SAFETY: as in `release_peer_key_share`; the encoding is OpenSSL's to free.
-        unsafe {
-            if openssl_sys::SSL_ctrl(
-                ssl.as_ptr(),
-                109,
-                0,
-                (&mut key as *mut *mut openssl_sys::EVP_PKEY).cast(),
-            ) != 1
-            {
-                return 0;
-            }
-            let mut encoded: *mut u8 = std::ptr::null_mut();
-            let len = EVP_PKEY_get1_encoded_public_key(key, &mut encoded);
-            openssl_sys::CRYPTO_free(encoded.cast(), c"tls.rs".as_ptr(), 0);
-            openssl_sys::EVP_PKEY_free(key);
-            let _ = openssl::error::ErrorStack::get();
-            len
-        }
-    }
-
-    /// After the handshake the client's X25519MLKEM768 share (1216 bytes, 7 KiB as OpenSSL
-    /// holds it) is gone, and the connection still carries data both ways.
-    #[test]
-    fn the_clients_key_share_is_released_after_the_handshake() {
-        use openssl::ssl::{SslAcceptor, SslConnector, SslFiletype, SslMethod, SslVerifyMode};
-        use std::io::{Read, Write};
-        let dir = tempfile::tempdir().unwrap();
-        crate::devcerts::generate(dir.path()).unwrap();
-        let mut acceptor = SslAcceptor::mozilla_intermediate_v5(SslMethod::tls_server()).unwrap();
-        acceptor
-            .set_certificate_chain_file(dir.path().join("server.crt"))
-            .unwrap();
-        acceptor
-            .set_private_key_file(dir.path().join("server.key"), SslFiletype::PEM)
-            .unwrap();
-        let acceptor = acceptor.build();
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let addr = listener.local_addr().unwrap();
-        let client = std::thread::spawn(move || {
-            let mut connector = SslConnector::builder(SslMethod::tls_client()).unwrap();
-            connector.set_verify(SslVerifyMode::NONE);
-            let tcp = std::net::TcpStream::connect(addr).unwrap();
-            let mut s = connector
-                .build()
-                .configure()
-                .unwrap()
-                .verify_hostname(false)
-                .connect("localhost", tcp)
-                .unwrap();
-            s.write_all(b"ping").unwrap();
-            let mut answer = [0u8; 4];
-            s.read_exact(&mut answer).unwrap();
-            answer
-        });
-        let (tcp, _) = listener.accept().unwrap();
-        let mut s = acceptor.accept(tcp).unwrap();
-        assert_eq!(peer_key_share_len(s.ssl()), 1216, "not X25519MLKEM768");
-        release_peer_key_share(s.ssl());
-        assert_eq!(peer_key_share_len(s.ssl()), 0);
-        let mut asked = [0u8; 4];
-        s.read_exact(&mut asked).unwrap();
-        assert_eq!(&asked, b"ping");
-        s.write_all(b"pong").unwrap();
-        assert_eq!(&client.join().unwrap(), b"pong");
     }
 }
