@@ -142,6 +142,26 @@ mod tests {
             .verify_hostname(false)
     }
 
+    /// Steps a non-blocking handshake to its end (5 s at most).
+    fn finish(
+        mut mid: openssl::ssl::MidHandshakeSslStream<std::net::TcpStream>,
+        side: &str,
+    ) -> openssl::ssl::SslStream<std::net::TcpStream> {
+        let start = std::time::Instant::now();
+        loop {
+            match mid.handshake() {
+                Ok(s) => return s,
+                Err(HandshakeError::WouldBlock(again)) => mid = again,
+                Err(e) => panic!("{side}: {e}"),
+            }
+            assert!(
+                start.elapsed() < std::time::Duration::from_secs(5),
+                "{side}"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+    }
+
     /// After the handshake the client's X25519MLKEM768 share (1216 bytes, 7 KiB as OpenSSL
     /// holds it) is gone, and the connection still carries data both ways.
     #[test]
@@ -187,7 +207,7 @@ mod tests {
             let (server_tcp, _) = listener.accept().unwrap();
             tcp.set_nonblocking(true).unwrap();
             server_tcp.set_nonblocking(true).unwrap();
-            let mut client = match connector().connect("localhost", tcp) {
+            let client = match connector().connect("localhost", tcp) {
                 Err(HandshakeError::WouldBlock(mid)) => mid,
                 _ => panic!("the client's handshake did not wait for the server"),
             };
@@ -217,24 +237,8 @@ mod tests {
                 assert_eq!(held, 1216, "not X25519MLKEM768");
             }
             // Both sides to the end, then data both ways.
-            let mut client = loop {
-                match client.handshake() {
-                    Ok(s) => break s,
-                    Err(HandshakeError::WouldBlock(mid)) => client = mid,
-                    Err(e) => panic!("client: {e}"),
-                }
-                assert!(start.elapsed() < std::time::Duration::from_secs(5));
-                std::thread::sleep(std::time::Duration::from_millis(1));
-            };
-            let mut server = loop {
-                match server.handshake() {
-                    Ok(s) => break s,
-                    Err(HandshakeError::WouldBlock(mid)) => server = mid,
-                    Err(e) => panic!("server: {e}"),
-                }
-                assert!(start.elapsed() < std::time::Duration::from_secs(5));
-                std::thread::sleep(std::time::Duration::from_millis(1));
-            };
+            let mut client = finish(client, "client");
+            let mut server = finish(server, "server");
             assert_eq!(peer_key_share_len(server.ssl()), held);
             client.write_all(b"ping").unwrap();
             let mut asked = [0u8; 4];
