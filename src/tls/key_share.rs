@@ -115,8 +115,20 @@ mod tests {
         }
     }
 
-    fn acceptor(dir: &std::path::Path, early: bool) -> SslAcceptor {
+    /// An acceptor, and the count of ClientHellos it has read (two for a handshake with a
+    /// HelloRetryRequest).
+    fn acceptor(
+        dir: &std::path::Path,
+        early: bool,
+        groups: Option<&str>,
+    ) -> (SslAcceptor, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+        let hellos = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
         let mut acceptor = SslAcceptor::mozilla_intermediate_v5(SslMethod::tls_server()).unwrap();
+        let counted = hellos.clone();
+        acceptor.set_client_hello_callback(move |_, _| {
+            counted.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            Ok(openssl::ssl::ClientHelloResponse::SUCCESS)
+        });
         acceptor
             .set_certificate_chain_file(dir.join("server.crt"))
             .unwrap();
@@ -129,12 +141,18 @@ mod tests {
         if early {
             release_after_server_hello(&mut acceptor);
         }
-        acceptor.build()
+        if let Some(groups) = groups {
+            acceptor.set_groups_list(groups).unwrap();
+        }
+        (acceptor.build(), hellos)
     }
 
-    fn connector() -> openssl::ssl::ConnectConfiguration {
+    fn connector(groups: Option<&str>) -> openssl::ssl::ConnectConfiguration {
         let mut connector = SslConnector::builder(SslMethod::tls_client()).unwrap();
         connector.set_verify(SslVerifyMode::NONE);
+        if let Some(groups) = groups {
+            connector.set_groups_list(groups).unwrap();
+        }
         connector
             .build()
             .configure()
@@ -168,12 +186,12 @@ mod tests {
     fn the_clients_key_share_is_released_after_the_handshake() {
         let dir = tempfile::tempdir().unwrap();
         crate::devcerts::generate(dir.path()).unwrap();
-        let acceptor = acceptor(dir.path(), false);
+        let (acceptor, _) = acceptor(dir.path(), false, None);
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = listener.local_addr().unwrap();
         let client = std::thread::spawn(move || {
             let tcp = std::net::TcpStream::connect(addr).unwrap();
-            let mut s = connector().connect("localhost", tcp).unwrap();
+            let mut s = connector(None).connect("localhost", tcp).unwrap();
             s.write_all(b"ping").unwrap();
             let mut answer = [0u8; 4];
             s.read_exact(&mut answer).unwrap();
@@ -193,21 +211,31 @@ mod tests {
     }
 
     /// With `release_after_server_hello`, the share is gone while the server waits for the
-    /// client's second flight; without it, it is still held there. Both handshakes then
-    /// complete and carry data. Client and server are stepped by hand on non-blocking sockets,
+    /// client's second flight; without it, it is still held there. So too after a
+    /// HelloRetryRequest, itself a ServerHello, whose second ClientHello brings the share that
+    /// counts. The handshakes then complete and carry data. Client and server are stepped by hand on non-blocking sockets,
     /// so the server is seen exactly between its flight and the client's.
     #[test]
     fn the_clients_key_share_is_released_before_the_server_waits_for_the_client() {
         let dir = tempfile::tempdir().unwrap();
         crate::devcerts::generate(dir.path()).unwrap();
-        for early in [true, false] {
-            let acceptor = acceptor(dir.path(), early);
+        // (with the callback, server groups, client groups, the share's length): the defaults
+        // (X25519MLKEM768), and a client whose first share (P-256) the server does not take,
+        // so that a HelloRetryRequest asks for an X25519 one in a second ClientHello.
+        let retry = (Some("X25519"), Some("P-256:X25519"), 32, 2);
+        for (early, (server_groups, client_groups, share, hellos)) in [
+            (true, (None, None, 1216, 1)),
+            (false, (None, None, 1216, 1)),
+            (true, retry),
+            (false, retry),
+        ] {
+            let (acceptor, hellos_read) = acceptor(dir.path(), early, server_groups);
             let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
             let tcp = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
             let (server_tcp, _) = listener.accept().unwrap();
             tcp.set_nonblocking(true).unwrap();
             server_tcp.set_nonblocking(true).unwrap();
-            let client = match connector().connect("localhost", tcp) {
+            let mut client = match connector(client_groups).connect("localhost", tcp) {
                 Err(HandshakeError::WouldBlock(mid)) => mid,
                 _ => panic!("the client's handshake did not wait for the server"),
             };
@@ -215,29 +243,31 @@ mod tests {
                 Err(HandshakeError::WouldBlock(mid)) => mid,
                 _ => panic!("the server's handshake did not wait"),
             };
-            // Until the server has written its whole flight (its Finished last) and waits for
-            // the client's (OpenSSL's "early data" state, for a server that takes none).
+            // Each side in turn, until the client's handshake ends: it ends on the step that
+            // sends its Finished, so the server, not stepped since, has written its whole
+            // flight and waits for the client's.
             let start = std::time::Instant::now();
-            while server.ssl().state_string() != "TED" {
-                assert!(
-                    start.elapsed() < std::time::Duration::from_secs(5),
-                    "{}",
-                    server.ssl().state_string_long()
-                );
+            let mut client = loop {
+                assert!(start.elapsed() < std::time::Duration::from_secs(5));
                 std::thread::sleep(std::time::Duration::from_millis(1));
+                client = match client.handshake() {
+                    Ok(s) => break s,
+                    Err(HandshakeError::WouldBlock(mid)) => mid,
+                    Err(e) => panic!("client: {e}"),
+                };
                 server = match server.handshake() {
                     Err(HandshakeError::WouldBlock(mid)) => mid,
-                    _ => panic!("the server finished without the client's flight"),
+                    _ => panic!("the server finished before the client"),
                 };
-            }
+            };
+            let hellos_read = hellos_read.load(std::sync::atomic::Ordering::Relaxed);
+            assert_eq!(hellos_read, hellos, "ClientHellos read");
             let held = peer_key_share_len(server.ssl());
             if early {
                 assert_eq!(held, 0, "the share is held while the server waits");
             } else {
-                assert_eq!(held, 1216, "not X25519MLKEM768");
+                assert_eq!(held, share, "not the share asked for");
             }
-            // Both sides to the end, then data both ways.
-            let mut client = finish(client, "client");
             let mut server = finish(server, "server");
             assert_eq!(peer_key_share_len(server.ssl()), held);
             client.write_all(b"ping").unwrap();
