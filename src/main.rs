@@ -6,7 +6,8 @@ use std::process::ExitCode;
 
 /// mimalloc instead of glibc's allocator: a proxied request makes about a hundred small
 /// allocations, most inside Pingora; at a fixed 7 000 req/s it cut bindgate's CPU per request
-/// by about 10 % (BENCHMARKS.md, sixth run).
+/// by about 10 % (BENCHMARKS.md, sixth run). Its 2.x series (Cargo.toml: `v2`): a burst of new
+/// connections raises RSS no higher than where it settles.
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
