@@ -2,6 +2,8 @@
 //! atomically on reload or when their files change), and the capture of the client
 //! certificate.
 
+mod key_share;
+
 use arc_swap::ArcSwap;
 use async_trait::async_trait;
 use openssl::stack::Stack;
@@ -16,8 +18,6 @@ use std::any::Any;
 use std::sync::Arc;
 
 use crate::certificate::PeerCertificate;
-
-mod key_share;
 use crate::config::{ClientAuth, ListenTls, Problem};
 
 /// What the listener presents and asks for, read from the files once per load.

@@ -10,12 +10,27 @@ use std::ffi::{c_int, c_long, c_void, CStr};
 /// its type left X25519 with no key (what `EVP_PKEY_set_type` does to any key). OpenSSL frees
 /// the empty object with the connection, as before. Harmless when called again.
 pub fn release(ssl: &SslRef) {
-    use foreign_types::ForeignTypeRef;
     extern "C" {
         fn EVP_PKEY_set_type(pkey: *mut openssl_sys::EVP_PKEY, kind: c_int) -> c_int;
     }
-    const SSL_CTRL_GET_PEER_TMP_KEY: c_int = 109;
     const NID_X25519: c_int = 1034;
+    let Some(key) = peer_tmp_key(ssl) else {
+        return;
+    };
+    // SAFETY: `key` is a live EVP_PKEY we hold a reference to; only this connection's task
+    // uses it. Setting a type frees the key data first; X25519's method always exists, so
+    // the call succeeds and leaves nothing on the error queue. Then our reference is dropped.
+    unsafe {
+        EVP_PKEY_set_type(key, NID_X25519);
+        openssl_sys::EVP_PKEY_free(key);
+    }
+}
+
+/// A new reference to the client's key share `ssl` holds (`SSL_get_peer_tmp_key`), which the
+/// caller frees; `None` when it holds none.
+fn peer_tmp_key(ssl: &SslRef) -> Option<*mut openssl_sys::EVP_PKEY> {
+    use foreign_types::ForeignTypeRef;
+    const SSL_CTRL_GET_PEER_TMP_KEY: c_int = 109;
     let mut key: *mut openssl_sys::EVP_PKEY = std::ptr::null_mut();
     // SAFETY: `ssl` is a live connection; SSL_get_peer_tmp_key (this control) hands out a new
     // reference to the key or 0 with none.
@@ -27,16 +42,7 @@ pub fn release(ssl: &SslRef) {
             (&mut key as *mut *mut openssl_sys::EVP_PKEY).cast::<c_void>(),
         )
     };
-    if got != 1 || key.is_null() {
-        return;
-    }
-    // SAFETY: `key` is a live EVP_PKEY we hold a reference to; only this connection's task
-    // uses it. Setting a type frees the key data first; X25519's method always exists, so
-    // the call succeeds and leaves nothing on the error queue. Then our reference is dropped.
-    unsafe {
-        EVP_PKEY_set_type(key, NID_X25519);
-        openssl_sys::EVP_PKEY_free(key);
-    }
+    (got == 1 && !key.is_null()).then_some(key)
 }
 
 /// Every handshake on `ctx` frees its client's key share once the ServerHello is built
@@ -87,25 +93,17 @@ mod tests {
 
     /// The length of the client's key share as the server's OpenSSL holds it (0: none).
     fn peer_key_share_len(ssl: &SslRef) -> usize {
-        use foreign_types::ForeignTypeRef;
         extern "C" {
             fn EVP_PKEY_get1_encoded_public_key(
                 pkey: *mut openssl_sys::EVP_PKEY,
                 out: *mut *mut u8,
             ) -> usize;
         }
-        let mut key: *mut openssl_sys::EVP_PKEY = std::ptr::null_mut();
-        // SAFETY: as in `release`; the encoding is OpenSSL's to free.
+        let Some(key) = peer_tmp_key(ssl) else {
+            return 0;
+        };
+        // SAFETY: `key` is our reference (freed here); the encoding is OpenSSL's to free.
         unsafe {
-            if openssl_sys::SSL_ctrl(
-                ssl.as_ptr(),
-                109,
-                0,
-                (&mut key as *mut *mut openssl_sys::EVP_PKEY).cast(),
-            ) != 1
-            {
-                return 0;
-            }
             let mut encoded: *mut u8 = std::ptr::null_mut();
             let len = EVP_PKEY_get1_encoded_public_key(key, &mut encoded);
             openssl_sys::CRYPTO_free(encoded.cast(), c"key_share.rs".as_ptr(), 0);
