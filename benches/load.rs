@@ -175,6 +175,7 @@ fn main() {
                 Work::Passthrough,
                 "",
                 0,
+                None,
             )
         });
         let tls = start_tls_return(&o, &m);
@@ -186,6 +187,7 @@ fn main() {
             Work::Passthrough,
             "",
             pid,
+            None,
         );
         // The harness's own generator (reqwest), which scenarios b, c, d and a-dpop still use
         // (each request differs): its ceiling against the same endpoint.
@@ -213,6 +215,7 @@ fn main() {
                 Work::Passthrough,
                 "",
                 pid,
+                None,
             )
         });
         let rows = direct
@@ -310,6 +313,7 @@ fn main() {
                     work,
                     &tokens[0],
                     pid,
+                    Some(upstream),
                 )
             } else {
                 rt.block_on(run_load(&o, &m, p.port, work, tokens, pid, scenario, proxy))
@@ -326,6 +330,12 @@ fn main() {
             if let Some(mib) = report.proxy_steady_rss_mib {
                 eprintln!(
                     "{:<18} RSS over the cell's second half (connections open, handshakes done): at most {mib:.1} MiB",
+                    ""
+                );
+            }
+            if let Some(us) = report.proxy_steady_cpu_us_per_request {
+                eprintln!(
+                    "{:<18} CPU per request over the cell's steady part (half to nine tenths of it, handshakes done): {us:.1} µs",
                     ""
                 );
             }
@@ -350,11 +360,11 @@ fn main() {
             reports.push(report);
         }
     }
-    println!("\n| scenario | proxy | req/s | p50 ms | p90 ms | p99 ms | max ms | proxy RSS MiB | proxy CPU µs/req | statuses | errors | generator (CPU s) |");
-    println!("|---|---|---|---|---|---|---|---|---|---|---|---|");
+    println!("\n| scenario | proxy | req/s | p50 ms | p90 ms | p99 ms | max ms | proxy RSS MiB | proxy CPU µs/req | steady CPU µs/req | statuses | errors | generator (CPU s) |");
+    println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|");
     for r in &reports {
         println!(
-            "| {} | {} | {:.0} | {:.2} | {:.2} | {:.2} | {:.2} | {:.1} | {:.1} | {:?} | {} | {} ({:.1}) |",
+            "| {} | {} | {:.0} | {:.2} | {:.2} | {:.2} | {:.2} | {:.1} | {:.1} | {} | {:?} | {} | {} ({:.1}) |",
             r.scenario,
             r.proxy,
             r.rps,
@@ -364,6 +374,8 @@ fn main() {
             r.max_ms,
             r.proxy_peak_rss_mib,
             r.proxy_cpu_us_per_request,
+            r.proxy_steady_cpu_us_per_request
+                .map_or_else(|| "-".to_string(), |us| format!("{us:.1}")),
             r.statuses,
             r.errors,
             r.generator,

@@ -77,6 +77,10 @@ fn fixed_parts(c: &Config) -> Vec<(&'static str, String)> {
                 .unwrap_or_default(),
         ),
         ("server.threads", c.server.threads.to_string()),
+        (
+            "server.active_requests",
+            format!("{} {:?}", c.server.active_requests, c.server.active_hold),
+        ),
         ("log.format", format!("{:?}", c.log_format)),
         ("telemetry", format!("{:?}", c.telemetry)),
         (

@@ -1,6 +1,8 @@
 //! Assembles the Pingora server from a validated `Config`: the TLS proxy, the admin listener and
 //! the background tasks, then runs it until a signal ends it.
 
+mod connection;
+
 use async_trait::async_trait;
 use pingora::server::configuration::ServerConf;
 use pingora::server::{Server, ShutdownWatch};
@@ -295,7 +297,7 @@ pub fn run(config: Config, upgrade: bool) -> Result<(), Problem> {
     client_options.keepalive_pool_callback = Some(Arc::new(move |_idle| closed.inc()));
     let mut proxy = pingora::proxy::ProxyServiceBuilder::new(&server.configuration, gateway)
         .name("bindgate")
-        .server_options(connection_deadlines(&config_server))
+        .server_options(connection::connection_deadlines(&config_server))
         .client_options(client_options)
         .build();
     let settings = tls::settings(control.tls.clone())?;
@@ -489,18 +491,6 @@ fn take_over_replay_record(control: &Control, path: &Path, leeway: Duration) {
         "no DPoP replay record from the old process: proofs issued before the next {}s are refused",
         leeway.as_secs()
     );
-}
-
-/// The deadlines of a client connection (read at start; a reload does not change them): a
-/// connection without a request in progress closes after `idle_timeout` (HTTP/2: GOAWAY
-/// first); the TLS handshake, the HTTP/2 preface and each HTTP/1.1 request head from its first
-/// byte must complete within `header_timeout`. The body's deadline is the gateway's.
-fn connection_deadlines(server: &crate::config::Server) -> pingora::apps::HttpServerOptions {
-    let mut options = pingora::apps::HttpServerOptions::default();
-    options.h1_idle_timeout = Some(server.idle_timeout);
-    options.h2_idle_timeout = Some(server.idle_timeout);
-    options.header_timeout = Some(server.header_timeout);
-    options
 }
 
 fn install_hangup_handler() -> Result<(), Problem> {

@@ -1,6 +1,8 @@
 //! Helpers shared by the load and session benchmarks.
 #![allow(dead_code)]
 
+use std::sync::atomic::{AtomicU64, Ordering};
+
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 #[path = "../../tests/it/harness/http1.rs"]
@@ -53,8 +55,25 @@ pub fn static_upstream() -> u16 {
     json_upstream(r#"{"ok":true}"#.to_string())
 }
 
+/// The requests each upstream started by [`json_upstream`] has answered, by its port.
+fn answer_counters(
+) -> &'static std::sync::Mutex<std::collections::HashMap<u16, std::sync::Arc<AtomicU64>>> {
+    static COUNTERS: std::sync::OnceLock<
+        std::sync::Mutex<std::collections::HashMap<u16, std::sync::Arc<AtomicU64>>>,
+    > = std::sync::OnceLock::new();
+    COUNTERS.get_or_init(Default::default)
+}
+
+/// How many requests the upstream on `port` (started by [`json_upstream`] in this process) has
+/// answered so far; `None` for any other port.
+pub fn answered(port: u16) -> Option<u64> {
+    let counters = answer_counters().lock().ok()?;
+    Some(counters.get(&port)?.load(Ordering::Relaxed))
+}
+
 /// An upstream that answers every request with `200` and `body` (JSON), keep-alive: a
-/// static upstream, or an introspection endpoint that says one thing of every token.
+/// static upstream, or an introspection endpoint that says one thing of every token. It counts
+/// what it answers ([`answered`]).
 #[allow(dead_code)]
 pub fn json_upstream(body: String) -> u16 {
     let answer: std::sync::Arc<[u8]> = format!(
@@ -66,6 +85,11 @@ pub fn json_upstream(body: String) -> u16 {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     listener.set_nonblocking(true).unwrap();
     let port = listener.local_addr().unwrap().port();
+    let count = std::sync::Arc::new(AtomicU64::new(0));
+    answer_counters()
+        .lock()
+        .unwrap()
+        .insert(port, count.clone());
     std::thread::spawn(move || {
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
@@ -77,10 +101,10 @@ pub fn json_upstream(body: String) -> u16 {
                 let Ok((tcp, _)) = listener.accept().await else {
                     continue;
                 };
-                let answer = answer.clone();
+                let (answer, count) = (answer.clone(), count.clone());
                 tokio::spawn(async move {
                     let _ = tcp.set_nodelay(true);
-                    answer_with(tcp, &answer).await;
+                    answer_counted(tcp, &answer, Some(&count)).await;
                 });
             }
         });
@@ -115,7 +139,15 @@ where
 }
 
 /// Answers every HTTP/1.1 request on `stream` with the bytes of `answer`.
-pub async fn answer_with<S>(mut stream: S, answer: &[u8])
+pub async fn answer_with<S>(stream: S, answer: &[u8])
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    answer_counted(stream, answer, None).await
+}
+
+/// [`answer_with`], adding one to `count` per answer written.
+async fn answer_counted<S>(mut stream: S, answer: &[u8], count: Option<&AtomicU64>)
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
 {
@@ -138,6 +170,9 @@ where
         buf.drain(..len);
         if stream.write_all(answer).await.is_err() {
             return;
+        }
+        if let Some(count) = count {
+            count.fetch_add(1, Ordering::Relaxed);
         }
     }
 }

@@ -63,6 +63,12 @@ pub(crate) struct Args {
     /// bindgate's `tokens.verified_cache_entries` (0: every request verifies its token).
     #[arg(long, default_value_t = 100_000)]
     pub verified_cache: u64,
+    /// bindgate's `server.active_requests` (0: no window); its default when not given.
+    #[arg(long)]
+    pub active_requests: Option<usize>,
+    /// bindgate's `server.active_hold` (`20ms`); its default when not given.
+    #[arg(long)]
+    pub active_hold: Option<String>,
     /// Internal: serve the TLS floor on PORT with the PKI in DIR (the harness starts itself so).
     #[arg(long, num_args = 2, value_names = ["PORT", "DIR"], hide = true)]
     pub tls_floor: Option<Vec<String>>,
@@ -109,6 +115,9 @@ pub(crate) struct Options {
     pub single_use: bool,
     /// bindgate's `tokens.verified_cache_entries` (0: every request verifies its token).
     pub verified_cache: u64,
+    /// bindgate's `server.active_requests` and `server.active_hold`, when given.
+    pub active_requests: Option<usize>,
+    pub active_hold: Option<String>,
     /// bindgate writes its access log (`BINDGATE_LOG=info`, its default) to a file; without
     /// it, warnings only.
     pub access_log: bool,
@@ -154,6 +163,8 @@ impl Options {
             access_log: a.access_log,
             groups: a.groups.clone(),
             verified_cache: a.verified_cache,
+            active_requests: a.active_requests,
+            active_hold: a.active_hold.clone(),
         }
     }
 

@@ -34,6 +34,12 @@ pub(crate) struct Report {
     pub(crate) generator_cpu_s: f64,
     /// The proxy's CPU time (user + system, all its threads) per answered request, in µs.
     pub(crate) proxy_cpu_us_per_request: f64,
+    /// oha cells through a proxy: the same, over the cell's steady part only (from half the
+    /// duration to nine tenths of it: every connection open, its handshake done), counting
+    /// the requests the upstream answered meanwhile. The whole cell's figure also carries the
+    /// handshakes of the connection storm, whose share grows with the connections and shrinks
+    /// with the cell's length.
+    pub(crate) proxy_steady_cpu_us_per_request: Option<f64>,
     /// With `--pin` (oha): where the time of the proxy's CPU went, per answered request.
     pub(crate) proxy_cpu_split: Option<CpuSplit>,
 }
@@ -95,7 +101,8 @@ fn cpu_split(before: Option<[u64; 5]>, requests: u64) -> Option<CpuSplit> {
 }
 
 /// A run with oha of a repeated request (scenarios a-es256, a-rs256, e), sampling the proxy's
-/// RSS meanwhile.
+/// RSS meanwhile. `upstream`: the port of the harness's upstream each request reaches once
+/// (its answers count the requests of the cell's steady part), if any.
 pub(crate) fn run_oha(
     o: &Options,
     m: &Material,
@@ -103,6 +110,7 @@ pub(crate) fn run_oha(
     work: Work,
     token: &str,
     pid: u32,
+    upstream: Option<u16>,
 ) -> Report {
     let (headers, body) = match work {
         Work::Registration => (
@@ -122,18 +130,30 @@ pub(crate) fn run_oha(
     let steady = Arc::new(AtomicU64::new(0));
     let sampler = {
         let (peak, steady, stop) = (peak.clone(), steady.clone(), stop.clone());
-        let (started, half) = (Instant::now(), o.duration / 2);
+        let (started, half, late) = (Instant::now(), o.duration / 2, o.duration * 9 / 10);
         std::thread::spawn(move || {
+            // (CPU seconds, requests answered) at half the duration and at nine tenths of it.
+            let mark = || Some((cpu_seconds(pid), crate::common::answered(upstream?)?));
+            let (mut from, mut to) = (None, None);
             while !stop.load(Ordering::Relaxed) {
                 if pid != 0 {
                     let rss = rss_kib(pid);
                     peak.fetch_max(rss, Ordering::Relaxed);
-                    if started.elapsed() >= half {
+                    let elapsed = started.elapsed();
+                    if elapsed >= half {
                         steady.fetch_max(rss, Ordering::Relaxed);
+                        if from.is_none() {
+                            from = mark();
+                        }
+                    }
+                    if elapsed >= late && to.is_none() {
+                        to = mark();
                     }
                 }
                 std::thread::sleep(Duration::from_millis(20));
             }
+            let ((cpu0, n0), (cpu1, n1)) = (from?, to?);
+            (n1 > n0).then(|| (cpu1 - cpu0) * 1e6 / (n1 - n0) as f64)
         })
     };
     let cpu_before = cpu_seconds(pid);
@@ -153,7 +173,7 @@ pub(crate) fn run_oha(
         o.rate,
     );
     stop.store(true, Ordering::Relaxed);
-    let _ = sampler.join();
+    let steady_cpu = sampler.join().ok().flatten();
     Report {
         connections: o.connections,
         seconds: run.seconds,
@@ -173,6 +193,7 @@ pub(crate) fn run_oha(
         proxy_cpu_us_per_request: (cpu_seconds(pid) - cpu_before) * 1e6
             / run.requests.max(1) as f64,
         proxy_cpu_split: cpu_split(split_before, run.requests),
+        proxy_steady_cpu_us_per_request: steady_cpu,
         ..Report::default()
     }
 }
@@ -448,6 +469,7 @@ pub(crate) async fn run_load(
         proxy_cpu_us_per_request: (cpu_seconds(pid) - cpu_before) * 1e6
             / (lat.len() as f64).max(1.0),
         proxy_cpu_split: cpu_split(split_before, lat.len() as u64),
+        proxy_steady_cpu_us_per_request: None,
     }
 }
 

@@ -118,11 +118,17 @@ routes:
   - {{prefix: /passthrough, upstream: static}}
 dpop: {{origins: ["https://localhost:{port}"], replay_cache_entries: 1000000}}
 state: {state}
-server: {{threads: {threads}, grace_period: 1s}}
+server: {{threads: {threads}, grace_period: 1s{window}}}
 {introspection}
 "#,
             d = dir.display(),
             threads = o.threads,
+            window = o
+                .active_requests
+                .map(|n| format!(", active_requests: {n}"))
+                .into_iter()
+                .chain(o.active_hold.as_ref().map(|h| format!(", active_hold: {h}")))
+                .collect::<String>(),
             single_use = o.single_use,
             verified_cache = o.verified_cache,
             introspection = match introspection {

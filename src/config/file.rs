@@ -368,6 +368,8 @@ pub struct ServerFile {
     pub header_timeout: Option<String>,
     pub body_timeout: Option<String>,
     pub trust_request_id: Option<bool>,
+    pub active_requests: Option<usize>,
+    pub active_hold: Option<String>,
 }
 
 /// A size written as text (`64KiB`, `1024`) or as a YAML integer (`1024`: bytes), as text.

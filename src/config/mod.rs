@@ -544,6 +544,12 @@ pub struct Server {
     pub body_timeout: Duration,
     /// Take a client's `X-Request-Id` (else every request gets one of bindgate's own).
     pub trust_request_id: bool,
+    /// HTTP/1.x requests each worker thread works on at once (0: no window); the next ones
+    /// wait their turn, in arrival order, holding only their connection.
+    pub active_requests: usize,
+    /// A request holding its place longer than this (a slow upstream, a slow client) gives
+    /// it up to the next in line and carries on without one.
+    pub active_hold: Duration,
 }
 
 impl Config {

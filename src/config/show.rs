@@ -55,6 +55,8 @@ pub fn effective(c: &Config) -> Value {
             "idle_timeout": duration(c.server.idle_timeout),
             "header_timeout": duration(c.server.header_timeout),
             "body_timeout": duration(c.server.body_timeout),
+            "active_requests": c.server.active_requests,
+            "active_hold": duration(c.server.active_hold),
             "trust_request_id": c.server.trust_request_id,
         },
         "dpop": c.dpop.as_ref().map(|d| json!({

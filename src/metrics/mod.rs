@@ -70,6 +70,9 @@ pub struct Metrics {
     pub connections_closed: IntCounterVec,
     /// Client TLS handshakes that failed, by kind (Pingora counts them; copied on scrape).
     tls_handshake_failures: IntCounterVec,
+    /// The request window's events (`server.active_requests`; Pingora counts them; copied on
+    /// scrape): waited, expired, overran.
+    request_window: IntCounterVec,
     /// Connections the listener could not accept for want of a file descriptor.
     pub connections_refused: IntCounter,
     /// Upstream connections: opened, reused from the keep-alive pool, closed after leaving
@@ -220,6 +223,20 @@ impl Metrics {
         for reason in ["tls", "closed", "timeout", "other"] {
             tls_handshake_failures.with_label_values(&[reason]);
         }
+        let request_window = IntCounterVec::new(
+            Opts::new(
+                "request_window_total",
+                "The window of HTTP/1.x requests each thread works on at once \
+                 (server.active_requests): waited (a request waited for a place), expired (a \
+                 place taken from a request that held it past server.active_hold), overran (a \
+                 request waited 1 s and started without a place)",
+            ),
+            &["event"],
+        )
+        .expect("static metric definition");
+        for event in ["waited", "expired", "overran"] {
+            request_window.with_label_values(&[event]);
+        }
         let connections_closed = IntCounterVec::new(
             Opts::new(
                 "connections_closed_total",
@@ -281,6 +298,7 @@ impl Metrics {
             Box::new(reloads.clone()),
             Box::new(connections_closed.clone()),
             Box::new(tls_handshake_failures.clone()),
+            Box::new(request_window.clone()),
             Box::new(connections_refused.clone()),
             Box::new(upstream_connections.clone()),
             Box::new(certificate_expiry_seconds.clone()),
@@ -329,6 +347,7 @@ impl Metrics {
             reloads,
             connections_closed,
             tls_handshake_failures,
+            request_window,
             connections_refused,
             upstream_opened: upstream_connections.with_label_values(&["opened"]),
             upstream_reused: upstream_connections.with_label_values(&["reused"]),
@@ -383,7 +402,7 @@ impl Metrics {
     /// Brings the counts of Pingora's deadlines (kept in `pingora_core::apps::deadlines`) into
     /// the registry.
     fn copy_deadline_counts(&self) {
-        use pingora::apps::deadlines;
+        use pingora::apps::{deadlines, window};
         let Ok(_one_at_a_time) = self.deadline_sync.lock() else {
             return;
         };
@@ -418,6 +437,16 @@ impl Metrics {
             &self.connections_refused,
             deadlines::ACCEPT_FD_LIMIT.load(Ordering::Relaxed),
         );
+        for (event, total) in [
+            ("waited", &window::WAITED),
+            ("expired", &window::EXPIRED),
+            ("overran", &window::OVERRAN),
+        ] {
+            catch_up(
+                &self.request_window.with_label_values(&[event]),
+                total.load(Ordering::Relaxed),
+            );
+        }
     }
 
     pub fn register(&self, collector: Box<dyn prometheus::core::Collector>) {

@@ -727,3 +727,34 @@ fn the_production_example_passes_check() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// The window of requests (`server.active_requests`, `server.active_hold`) is checked like
+/// every other key: a window too large to mean anything, a hold of nothing or past 1 s, a
+/// count that is not a number.
+#[test]
+fn the_window_of_requests_is_checked() {
+    let pki = Pki::new();
+    refused_with(
+        &pki,
+        &format!("{GOOD}server: {{active_requests: 100000, active_hold: 0ms}}\n"),
+        &[
+            "server.active_requests: 100000: must be at most 65536",
+            "server.active_hold: must be more than 0",
+        ],
+    );
+    refused_with(
+        &pki,
+        &format!("{GOOD}server: {{active_hold: 2s}}\n"),
+        &["server.active_hold: must be at most 1s"],
+    );
+    refused_with(
+        &pki,
+        &format!("{GOOD}server: {{active_requests: many}}\n"),
+        &["server.active_requests: invalid type"],
+    );
+    let (ok, out) = check(
+        &pki,
+        &format!("{GOOD}server: {{active_requests: 0, active_hold: 5ms}}\n"),
+    );
+    assert!(ok, "the window turned off is a good file:\n{out}");
+}

@@ -1226,3 +1226,102 @@ Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n
     }
     assert_eq!(echoed, b"ping-through-the-tunnel");
 }
+
+/// The passthrough configuration with a window of one request at a time
+/// (`server.active_requests: 1`) whose place is given up after `active_hold: 100ms`.
+fn one_request_window(upstream: std::net::SocketAddr) -> String {
+    deadline_config(upstream, "").replace(
+        "  max_body: 128KiB\n",
+        "  max_body: 128KiB\n  active_requests: 1\n  active_hold: 100ms\n",
+    )
+}
+
+#[test]
+fn a_slow_upstream_does_not_hold_the_window_of_requests() {
+    let pki = Pki::new();
+    let upstream = Upstream::start();
+    let bg = Bindgate::start(&pki, &one_request_window(upstream.addr));
+    upstream.set_delay(Duration::from_millis(600));
+    let clients: Vec<_> = (0..6).map(|_| bg.client(&pki, None, Http::One)).collect();
+    let start = Instant::now();
+    std::thread::scope(|s| {
+        let handles: Vec<_> = clients
+            .iter()
+            .map(|c| {
+                let url = bg.url("/slow");
+                s.spawn(move || c.get(url).send().map(|r| r.status().as_u16()))
+            })
+            .collect();
+        for h in handles {
+            assert_eq!(h.join().unwrap().unwrap(), 200);
+        }
+    });
+    let took = start.elapsed();
+    // One place, six requests of 600 ms: one after the other they would take 3.6 s. Each
+    // gives its place up after 100 ms, so the last starts ~500 ms after the first.
+    assert!(
+        took < Duration::from_millis(2_500),
+        "six requests to a 600 ms upstream took {took:?} through a window of one"
+    );
+    assert_eq!(upstream.requests().len(), 6);
+    assert!(bg.metric("bindgate_request_window_total{event=\"waited\"}") >= 1);
+    assert!(bg.metric("bindgate_request_window_total{event=\"expired\"}") >= 1);
+}
+
+#[test]
+fn a_stalled_request_head_does_not_hold_the_window_of_requests() {
+    let pki = Pki::new();
+    let upstream = Upstream::start();
+    let bg = Bindgate::start(&pki, &one_request_window(upstream.addr));
+    // Takes the only place, then sends nothing more (header_timeout is 2 s).
+    let mut stalled = tls(bg.port, None, Duration::from_millis(100));
+    stalled
+        .write_all(b"GET /stalled HTTP/1.1\r\nHost: localhost\r\n")
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(200));
+    let client = bg.client(&pki, None, Http::One);
+    let start = Instant::now();
+    let status = client.get(bg.url("/next")).send().unwrap().status();
+    let took = start.elapsed();
+    assert_eq!(status, 200);
+    assert!(
+        took < Duration::from_millis(1_500),
+        "a request waited {took:?} behind a stalled head (active_hold 100ms, header_timeout 2s)"
+    );
+    let forwarded = upstream.requests();
+    assert_eq!(forwarded.len(), 1);
+    assert_eq!(forwarded[0].target, "/next");
+}
+
+#[test]
+fn many_clients_through_a_window_of_one_are_all_served() {
+    // Many clients through a window of one place, upstream answering at once: every request
+    // is answered, none waits past the window's 1 s bound, and nothing is refused.
+    let pki = Pki::new();
+    let upstream = Upstream::start();
+    let bg = Bindgate::start(&pki, &one_request_window(upstream.addr));
+    let clients: Vec<_> = (0..24).map(|_| bg.client(&pki, None, Http::One)).collect();
+    std::thread::scope(|s| {
+        let handles: Vec<_> = clients
+            .iter()
+            .map(|c| {
+                let url = bg.url("/many");
+                s.spawn(move || {
+                    (0..10)
+                        .map(|_| c.get(url.clone()).send().map(|r| r.status().as_u16()))
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        for h in handles {
+            for status in h.join().unwrap() {
+                assert_eq!(status.unwrap(), 200);
+            }
+        }
+    });
+    assert_eq!(upstream.requests().len(), 240);
+    assert_eq!(
+        bg.metric("bindgate_request_window_total{event=\"overran\"}"),
+        0
+    );
+}

@@ -235,6 +235,21 @@ pub(super) fn server(p: &mut Problems, file: &FileConfig, source: &Path) -> Serv
             ),
         );
     }
+    let active_requests = sv.and_then(|s| s.active_requests).unwrap_or(16);
+    if active_requests > 65_536 {
+        p.push(
+            "server.active_requests",
+            format!("{active_requests}: must be at most 65536 (0 turns the window off)"),
+        );
+    }
+    let active_hold = p.positive_duration(
+        "server.active_hold",
+        sv.and_then(|s| s.active_hold.as_ref()),
+        Duration::from_millis(20),
+    );
+    if active_hold > Duration::from_secs(1) {
+        p.push("server.active_hold", "must be at most 1s");
+    }
     let server = Server {
         threads,
         grace_period: p.duration(
@@ -261,6 +276,8 @@ pub(super) fn server(p: &mut Problems, file: &FileConfig, source: &Path) -> Serv
             Duration::from_secs(30),
         ),
         trust_request_id: sv.and_then(|s| s.trust_request_id).unwrap_or(false),
+        active_requests,
+        active_hold,
     };
 
     server

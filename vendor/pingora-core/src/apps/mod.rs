@@ -16,6 +16,7 @@
 
 pub mod deadlines;
 pub mod http_app;
+pub mod window;
 
 use crate::server::ShutdownWatch;
 use async_trait::async_trait;
@@ -105,6 +106,10 @@ pub struct HttpServerOptions {
     /// complete within this (a total, not per read). `None`: 60 s for the handshake, no limit on
     /// the head.
     pub header_timeout: Option<Duration>,
+
+    /// bindgate: HTTP/1.x requests each worker thread works on at once; the next ones wait
+    /// their turn ([`window`]). `None`: every request starts when its bytes arrive.
+    pub request_window: Option<window::WindowOptions>,
 }
 
 /// Settings persisted across HTTP/1.x keepalive requests on the same downstream connection.
@@ -338,6 +343,8 @@ where
             {
                 return None;
             }
+            // bindgate: the request's state is made once it has a place in the window.
+            let slot = enter_window(self.server_options()).await;
             let mut session = ServerSession::new_http1(stream);
             if *shutdown.borrow() {
                 // stop downstream from reusing if this service is shutting down soon
@@ -357,6 +364,7 @@ where
             );
 
             let mut result = self.process_new_http(session, shutdown).await;
+            drop(slot);
             while let Some((mut stream, persistent_settings)) = result.map(|r| r.consume()) {
                 // bindgate: between requests the connection waits here, holding only its
                 // stream: the request's state (`process_new_http`, ~10 KiB, and its
@@ -377,6 +385,7 @@ where
                 if !next_request_arrives(&mut stream, prefix, keepalive, shutdown).await {
                     return None;
                 }
+                let slot = enter_window(self.server_options()).await;
                 let mut session = ServerSession::new_http1(stream);
                 if let Some(persistent_settings) = persistent_settings {
                     persistent_settings.apply_to_session(&mut session);
@@ -389,6 +398,7 @@ where
                 session.set_header_timeout(header_timeout);
 
                 result = self.process_new_http(session, shutdown).await;
+                drop(slot);
             }
         }
         None
@@ -411,6 +421,14 @@ fn less_waited(session: &mut ServerSession, waited: Duration) {
         let left = Duration::from_secs(secs).saturating_sub(waited);
         let left = left.as_secs() + u64::from(left.subsec_nanos() > 0);
         session.set_keepalive(Some(left.max(1)));
+    }
+}
+
+/// bindgate: a place in the worker thread's window of requests, if the server has one.
+async fn enter_window(options: Option<&HttpServerOptions>) -> window::Slot {
+    match options.and_then(|o| o.request_window.as_ref()) {
+        Some(w) => window::enter(w).await,
+        None => window::Slot::none(),
     }
 }
 

@@ -1,0 +1,146 @@
+//! The options of a client connection: its deadlines and the window of requests it joins.
+
+use std::time::Duration;
+
+/// The deadlines of a client connection (read at start; a reload does not change them): a
+/// connection without a request in progress closes after `idle_timeout` (HTTP/2: GOAWAY
+/// first); the TLS handshake, the HTTP/2 preface and each HTTP/1.1 request head from its first
+/// byte must complete within `header_timeout`. The body's deadline is the gateway's.
+/// With `active_requests`, each worker thread works on that many HTTP/1.x requests at once
+/// and the next wait their turn (`pingora::apps::window`): at most 1 s, and never behind a
+/// request that has held its place for `active_hold`, or for 1 ms while the thread idled.
+pub(super) fn connection_deadlines(
+    server: &crate::config::Server,
+) -> pingora::apps::HttpServerOptions {
+    let mut options = pingora::apps::HttpServerOptions::default();
+    options.h1_idle_timeout = Some(server.idle_timeout);
+    options.h2_idle_timeout = Some(server.idle_timeout);
+    options.header_timeout = Some(server.header_timeout);
+    options.request_window =
+        (server.active_requests > 0).then_some(pingora::apps::window::WindowOptions {
+            slots: server.active_requests,
+            hold: server.active_hold,
+            max_wait: WINDOW_MAX_WAIT,
+        });
+    options
+}
+
+/// The longest a request waits for a place in the window before it starts without one.
+const WINDOW_MAX_WAIT: Duration = Duration::from_secs(1);
+
+/// The window of requests (`pingora::apps::window`, vendored change 15): each test runs on a
+/// thread of its own, and so has a window of its own.
+#[cfg(test)]
+mod tests {
+    use pingora::apps::window::{enter, WindowOptions};
+    use std::time::{Duration, Instant};
+
+    fn options(slots: usize, hold_ms: u64, wait_ms: u64) -> WindowOptions {
+        WindowOptions {
+            slots,
+            hold: Duration::from_millis(hold_ms),
+            max_wait: Duration::from_millis(wait_ms),
+        }
+    }
+
+    /// A task that always has work, until the test's runtime ends: the thread never goes
+    /// idle, as under full load.
+    fn keep_the_thread_busy() {
+        tokio::spawn(async {
+            loop {
+                tokio::task::yield_now().await;
+            }
+        });
+    }
+
+    #[tokio::test]
+    async fn a_free_place_is_taken_at_once_and_given_back_when_done() {
+        keep_the_thread_busy();
+        let o = options(2, 60_000, 60_000);
+        let (a, b) = (enter(&o).await, enter(&o).await);
+        assert!(a.is_held() && b.is_held());
+        let third = tokio::time::timeout(Duration::from_millis(100), enter(&o)).await;
+        assert!(
+            third.is_err(),
+            "a third request got in past a window of two"
+        );
+        drop(a);
+        let started = Instant::now();
+        assert!(enter(&o).await.is_held());
+        assert!(started.elapsed() < Duration::from_millis(50));
+    }
+
+    #[tokio::test]
+    async fn waiting_requests_get_their_places_in_arrival_order() {
+        let o = options(1, 60_000, 60_000);
+        let first = enter(&o).await;
+        let order = std::rc::Rc::new(std::cell::RefCell::new(Vec::new()));
+        let local = tokio::task::LocalSet::new();
+        for i in 0..4 {
+            let order = order.clone();
+            local.spawn_local(async move {
+                let slot = enter(&o).await;
+                assert!(slot.is_held());
+                order.borrow_mut().push(i);
+                tokio::task::yield_now().await;
+            });
+            // Each waiter in line before the next arrives.
+            local
+                .run_until(tokio::time::sleep(Duration::from_millis(10)))
+                .await;
+        }
+        drop(first);
+        local.await;
+        assert_eq!(*order.borrow(), vec![0, 1, 2, 3]);
+    }
+
+    #[tokio::test]
+    async fn a_place_held_while_the_thread_idles_goes_to_the_next_in_line() {
+        // The holder waits on nothing this thread does (a slow upstream, a slow client): the
+        // next request gets its place after QUICK, not after `hold`.
+        let o = options(1, 60_000, 60_000);
+        let _slow = enter(&o).await;
+        let started = Instant::now();
+        let next = enter(&o).await;
+        let waited = started.elapsed();
+        assert!(next.is_held());
+        assert!(waited >= pingora::apps::window::QUICK, "{waited:?}");
+        assert!(waited < Duration::from_millis(500), "{waited:?}");
+    }
+
+    #[tokio::test]
+    async fn with_the_thread_busy_a_place_goes_to_the_next_after_hold_and_only_once() {
+        keep_the_thread_busy();
+        let o = options(1, 80, 60_000);
+        let slow = enter(&o).await;
+        let started = Instant::now();
+        let next = enter(&o).await;
+        let waited = started.elapsed();
+        assert!(next.is_held());
+        assert!(waited >= Duration::from_millis(70), "{waited:?}");
+        assert!(waited < Duration::from_millis(1_000), "{waited:?}");
+        // The expired request ends: its place is already `next`'s, so none comes free; the
+        // third waits for `next`'s lease to run out.
+        drop(slow);
+        let started = Instant::now();
+        let third = enter(&o).await;
+        assert!(third.is_held());
+        assert!(
+            started.elapsed() >= Duration::from_millis(50),
+            "a place came free when a request whose place had been taken ended"
+        );
+        drop((next, third));
+    }
+
+    #[tokio::test]
+    async fn no_request_waits_past_max_wait() {
+        keep_the_thread_busy();
+        let o = options(1, 60_000, 80);
+        let _held = enter(&o).await;
+        let started = Instant::now();
+        let late = enter(&o).await;
+        let waited = started.elapsed();
+        assert!(!late.is_held(), "started without a place");
+        assert!(waited >= Duration::from_millis(70) && waited < Duration::from_millis(1_000));
+    }
+}
