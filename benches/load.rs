@@ -121,7 +121,11 @@ fn main() {
     }
     let dir = tempfile::tempdir().unwrap();
     let m = material(&dir.path().join("pki"));
-    let upstream = static_upstream();
+    let upstream = if o.upstream_delay.is_zero() {
+        static_upstream()
+    } else {
+        common::slow_upstream(o.upstream_delay)
+    };
     let minted = Instant::now();
     let es_repeat = Arc::new(vec![m.es256(0)]);
     let opaque_repeat = Arc::new(vec!["bench-opaque-token-0123456789".to_string()]);
@@ -163,7 +167,7 @@ fn main() {
         .build()
         .unwrap();
     let mut reports = Vec::new();
-    if o.generator == "oha" && !o.smoke {
+    if o.generator == "oha" && !o.smoke && o.upstream_delay.is_zero() {
         // The generator's own ceiling, in the same run: the static upstream directly (plain
         // HTTP), and a TLS endpoint that answers at once, pinned where the proxies run.
         // The static upstream speaks HTTP/1.1 only: no direct row over HTTP/2.

@@ -55,6 +55,12 @@ pub fn static_upstream() -> u16 {
     json_upstream(r#"{"ok":true}"#.to_string())
 }
 
+/// A static upstream that answers each request `delay` after it has arrived: a provider
+/// whose answers take that long.
+pub fn slow_upstream(delay: std::time::Duration) -> u16 {
+    upstream_with(r#"{"ok":true}"#.to_string(), delay)
+}
+
 /// The requests each upstream started by [`json_upstream`] has answered, by its port.
 fn answer_counters(
 ) -> &'static std::sync::Mutex<std::collections::HashMap<u16, std::sync::Arc<AtomicU64>>> {
@@ -76,6 +82,10 @@ pub fn answered(port: u16) -> Option<u64> {
 /// what it answers ([`answered`]).
 #[allow(dead_code)]
 pub fn json_upstream(body: String) -> u16 {
+    upstream_with(body, std::time::Duration::ZERO)
+}
+
+fn upstream_with(body: String, delay: std::time::Duration) -> u16 {
     let answer: std::sync::Arc<[u8]> = format!(
         "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
         body.len()
@@ -104,7 +114,7 @@ pub fn json_upstream(body: String) -> u16 {
                 let (answer, count) = (answer.clone(), count.clone());
                 tokio::spawn(async move {
                     let _ = tcp.set_nodelay(true);
-                    answer_counted(tcp, &answer, Some(&count)).await;
+                    answer_counted(tcp, &answer, Some(&count), delay).await;
                 });
             }
         });
@@ -143,12 +153,17 @@ pub async fn answer_with<S>(stream: S, answer: &[u8])
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
 {
-    answer_counted(stream, answer, None).await
+    answer_counted(stream, answer, None, std::time::Duration::ZERO).await
 }
 
-/// [`answer_with`], adding one to `count` per answer written.
-async fn answer_counted<S>(mut stream: S, answer: &[u8], count: Option<&AtomicU64>)
-where
+/// [`answer_with`], each answer `delay` after its request, adding one to `count` per answer
+/// written.
+async fn answer_counted<S>(
+    mut stream: S,
+    answer: &[u8],
+    count: Option<&AtomicU64>,
+    delay: std::time::Duration,
+) where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
 {
     let mut buf = Vec::with_capacity(8192);
@@ -168,6 +183,9 @@ where
             }
         }
         buf.drain(..len);
+        if !delay.is_zero() {
+            tokio::time::sleep(delay).await;
+        }
         if stream.write_all(answer).await.is_err() {
             return;
         }

@@ -66,6 +66,10 @@ pub(crate) struct Args {
     /// bindgate's `server.active_requests` (0: no window); its default when not given.
     #[arg(long)]
     pub active_requests: Option<usize>,
+    /// The static upstream answers each request this many milliseconds after it arrives (a
+    /// slow provider); the harness's own ceiling rows are then left out.
+    #[arg(long, default_value_t = 0)]
+    pub upstream_delay_ms: u64,
     /// bindgate's `server.active_hold` (`20ms`); its default when not given.
     #[arg(long)]
     pub active_hold: Option<String>,
@@ -117,6 +121,8 @@ pub(crate) struct Options {
     pub verified_cache: u64,
     /// bindgate's `server.active_requests` and `server.active_hold`, when given.
     pub active_requests: Option<usize>,
+    /// The static upstream's delay per answer (0: at once).
+    pub upstream_delay: Duration,
     pub active_hold: Option<String>,
     /// bindgate writes its access log (`BINDGATE_LOG=info`, its default) to a file; without
     /// it, warnings only.
@@ -164,6 +170,7 @@ impl Options {
             groups: a.groups.clone(),
             verified_cache: a.verified_cache,
             active_requests: a.active_requests,
+            upstream_delay: Duration::from_millis(a.upstream_delay_ms),
             active_hold: a.active_hold.clone(),
         }
     }

@@ -227,14 +227,15 @@ impl Metrics {
             Opts::new(
                 "request_window_total",
                 "The window of HTTP/1.x requests each thread works on at once \
-                 (server.active_requests): waited (a request waited for a place), expired (a \
-                 place taken from a request that held it past server.active_hold), overran (a \
-                 request waited 1 s and started without a place)",
+                 (server.active_requests): waited (a request waited for a place), idle (a \
+                 request started without a place, the window full, because the thread had \
+                 gone idle), expired (a place taken from a request that held it past \
+                 server.active_hold), overran (a request waited 1 s and started without one)",
             ),
             &["event"],
         )
         .expect("static metric definition");
-        for event in ["waited", "expired", "overran"] {
+        for event in ["waited", "idle", "expired", "overran"] {
             request_window.with_label_values(&[event]);
         }
         let connections_closed = IntCounterVec::new(
@@ -439,6 +440,7 @@ impl Metrics {
         );
         for (event, total) in [
             ("waited", &window::WAITED),
+            ("idle", &window::IDLE),
             ("expired", &window::EXPIRED),
             ("overran", &window::OVERRAN),
         ] {

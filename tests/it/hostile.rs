@@ -1228,7 +1228,8 @@ Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n
 }
 
 /// The passthrough configuration with a window of one request at a time
-/// (`server.active_requests: 1`) whose place is given up after `active_hold: 100ms`.
+/// (`server.active_requests: 1`) whose place is given up after `active_hold: 100ms` on a busy
+/// thread.
 fn one_request_window(upstream: std::net::SocketAddr) -> String {
     deadline_config(upstream, "").replace(
         "  max_body: 128KiB\n",
@@ -1257,15 +1258,14 @@ fn a_slow_upstream_does_not_hold_the_window_of_requests() {
         }
     });
     let took = start.elapsed();
-    // One place, six requests of 600 ms: one after the other they would take 3.6 s. Each
-    // gives its place up after 100 ms, so the last starts ~500 ms after the first.
+    // One place, six requests of 600 ms: one after the other they would take 3.6 s. The
+    // thread idles while they wait on the upstream, so the window holds none of them back.
     assert!(
-        took < Duration::from_millis(2_500),
+        took < Duration::from_millis(1_500),
         "six requests to a 600 ms upstream took {took:?} through a window of one"
     );
     assert_eq!(upstream.requests().len(), 6);
-    assert!(bg.metric("bindgate_request_window_total{event=\"waited\"}") >= 1);
-    assert!(bg.metric("bindgate_request_window_total{event=\"expired\"}") >= 1);
+    assert!(bg.metric("bindgate_request_window_total{event=\"idle\"}") >= 1);
 }
 
 #[test]

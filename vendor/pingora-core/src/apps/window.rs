@@ -9,12 +9,14 @@
 //! request only while fewer than `slots` are in progress; the others wait for a place in
 //! arrival order, holding nothing but their connection (their bytes stay in the kernel).
 //!
-//! A place is not something a slow party can keep others out with. The window only holds
-//! requests back while the thread has work: a request that has held its place for
-//! [`QUICK`] while the thread went idle (it waits on a slow upstream or a slow client, not on
-//! this CPU) gives its place to the next in line, and so does any request after `hold`. It
-//! carries on without one. No request waits longer than `max_wait` for a place; past that it
-//! starts without one. Nothing is refused.
+//! The window only ever holds requests back while the thread has no time to spare. When the
+//! window is full but the thread has gone idle since it last looked (the requests in progress
+//! wait on an upstream or a client, not on this CPU), a request starts at once without a
+//! place, and a keeper, awake every [`QUICK`] while requests wait, lets every waiting request
+//! start the same way once the thread has gone idle. A place is not something a slow party can
+//! keep others out with even on a busy thread: held longer than `hold`, it goes to the next in
+//! line and its request carries on without one. No request waits longer than `max_wait`.
+//! Nothing is refused.
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -23,14 +25,16 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::{Notify, Semaphore, SemaphorePermit};
 
-/// A place held this long while the thread went idle is given to the next in line.
+/// How often the keeper looks while requests wait.
 pub const QUICK: Duration = Duration::from_millis(1);
 
-/// Requests that waited for a slot.
+/// Requests that waited for a place.
 pub static WAITED: AtomicU64 = AtomicU64::new(0);
-/// Slots taken from a request that held one longer than the window's `hold`.
+/// Requests that started without a place, the window full, because the thread had gone idle.
+pub static IDLE: AtomicU64 = AtomicU64::new(0);
+/// Places taken from a request that held one longer than the window's `hold`.
 pub static EXPIRED: AtomicU64 = AtomicU64::new(0);
-/// Requests that waited `max_wait` and started without a slot.
+/// Requests that waited `max_wait` and started without a place.
 pub static OVERRAN: AtomicU64 = AtomicU64::new(0);
 
 /// The window's settings, as a server's options carry them.
@@ -38,22 +42,24 @@ pub static OVERRAN: AtomicU64 = AtomicU64::new(0);
 pub struct WindowOptions {
     /// Requests worked on at once, per worker thread (at least 1).
     pub slots: usize,
-    /// A request holding its slot longer than this gives it up to the next in line.
+    /// A request holding its place longer than this gives it up to the next in line.
     pub hold: Duration,
-    /// The longest a request waits for a slot before it starts without one.
+    /// The longest a request waits for a place before it starts without one.
     pub max_wait: Duration,
 }
 
 #[derive(Default)]
 struct Leases {
-    /// The slots held, oldest first: (taken at, the thread's park count then, lease id).
-    held: VecDeque<(Instant, u64, u64)>,
+    /// The places held, oldest first: (taken at, lease id).
+    held: VecDeque<(Instant, u64)>,
     /// Requests waiting for a place.
     waiting: usize,
-    /// Leases taken away (their slot given to the next in line): their permit is not given
+    /// Leases taken away (their place given to the next in line): their permit is not given
     /// back when they end.
     expired: Vec<u64>,
     next: u64,
+    /// The thread's park count when the window last looked.
+    parks: u64,
 }
 
 /// One thread's window.
@@ -63,6 +69,8 @@ pub struct Window {
     leases: Mutex<Leases>,
     /// Wakes the thread's keeper when a request begins to wait.
     someone_waits: Notify,
+    /// Lets every waiting request start (without a place).
+    open: Notify,
 }
 
 thread_local! {
@@ -79,47 +87,62 @@ impl Window {
             permits: Semaphore::new(options.slots.max(1)),
             leases: Mutex::new(Leases::default()),
             someone_waits: Notify::new(),
+            open: Notify::new(),
         }
     }
 
-    /// While requests wait, every [`QUICK`]: gives the places of requests past their lease
-    /// to the next in line.
+    fn leases(&self) -> std::sync::MutexGuard<'_, Leases> {
+        self.leases.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// While requests wait, every [`QUICK`]: lets them all start if the thread has gone idle
+    /// since it last looked, else gives the places held past `hold` to the next in line.
     async fn keep(&'static self) {
         loop {
-            let waiting = self.leases.lock().map_or(0, |l| l.waiting);
-            if waiting == 0 {
+            if self.leases().waiting == 0 {
                 self.someone_waits.notified().await;
                 continue;
             }
             tokio::time::sleep(QUICK).await;
-            self.expire_due();
+            if self.went_idle() {
+                self.open.notify_waiters();
+            } else {
+                self.expire_due();
+            }
         }
     }
 
+    /// Whether the thread has parked (gone idle) since the window last looked.
+    fn went_idle(&self) -> bool {
+        let now = parks();
+        let mut leases = self.leases();
+        let idled = now != leases.parks;
+        leases.parks = now;
+        idled
+    }
+
     fn lease(&'static self, permit: SemaphorePermit<'static>) -> Slot {
-        let mut leases = self.leases.lock().unwrap_or_else(|e| e.into_inner());
+        let mut leases = self.leases();
         let id = leases.next;
         leases.next = leases.next.wrapping_add(1);
-        leases.held.push_back((Instant::now(), parks(), id));
+        leases.held.push_back((Instant::now(), id));
         Slot {
             held: Some((self, id, permit)),
         }
     }
 
-    /// Takes the places of the oldest requests that are past their lease (held [`QUICK`]
-    /// while the thread went idle, or `hold`) and gives them to the next in line.
+    /// Takes the places of the oldest requests held past `hold` (no more than requests wait)
+    /// and gives them to the next in line.
     fn expire_due(&self) {
-        let (now, parks_now) = (Instant::now(), parks());
+        let now = Instant::now();
         let mut freed = 0;
         {
-            let mut leases = self.leases.lock().unwrap_or_else(|e| e.into_inner());
+            let mut leases = self.leases();
             while freed < leases.waiting {
-                let Some(&(at, parks_then, id)) = leases.held.front() else {
+                let Some(&(at, id)) = leases.held.front() else {
                     break;
                 };
-                let age = now.saturating_duration_since(at);
-                let idled = parks_now > parks_then;
-                if age < self.options.hold && !(idled && age >= QUICK) {
+                if now.saturating_duration_since(at) < self.options.hold {
                     break;
                 }
                 leases.held.pop_front();
@@ -136,6 +159,7 @@ impl Window {
 
 /// How many times this thread's runtime has gone idle (parked), if it can tell: a
 /// current-thread runtime (Pingora's worker threads without work stealing) has one worker.
+/// Elsewhere 0: the thread never counts as idle, and only `hold` and `max_wait` apply.
 fn parks() -> u64 {
     let Ok(handle) = tokio::runtime::Handle::try_current() else {
         return 0;
@@ -154,12 +178,12 @@ pub struct Slot {
 }
 
 impl Slot {
-    /// No place: no window configured, or the wait ran out.
+    /// No place: no window configured, the thread idle, or the wait ran out.
     pub fn none() -> Slot {
         Slot { held: None }
     }
 
-    /// Whether this request holds a slot.
+    /// Whether this request holds a place.
     pub fn is_held(&self) -> bool {
         self.held.is_some()
     }
@@ -170,15 +194,16 @@ impl Drop for Slot {
         let Some((window, id, permit)) = self.held.take() else {
             return;
         };
-        let mut leases = window.leases.lock().unwrap_or_else(|e| e.into_inner());
+        let mut leases = window.leases();
         if let Some(i) = leases.expired.iter().position(|e| *e == id) {
-            // Its slot went to another request when the lease ran out: that one gives it back.
+            // Its place went to another request when the lease ran out: that one gives it
+            // back.
             leases.expired.swap_remove(i);
             drop(leases);
             permit.forget();
             return;
         }
-        if let Some(i) = leases.held.iter().position(|(_, _, e)| *e == id) {
+        if let Some(i) = leases.held.iter().position(|(_, e)| *e == id) {
             leases.held.remove(i);
         }
         drop(leases);
@@ -186,9 +211,10 @@ impl Drop for Slot {
     }
 }
 
-/// A place in this thread's window for a request about to start: at once when one is free,
-/// else in arrival order when one is given back or taken from a request past its lease, and
-/// never later than `max_wait` (then without a place).
+/// A place in this thread's window for a request about to start: at once when one is free;
+/// when none is, at once without one if the thread has gone idle since the window last
+/// looked; else in arrival order when a place is given back or taken from a request past
+/// `hold`, or without one when the thread goes idle meanwhile or `max_wait` runs out.
 pub async fn enter(options: &WindowOptions) -> Slot {
     let window: &'static Window = WINDOW.with(|w| {
         *w.get_or_init(|| {
@@ -201,8 +227,14 @@ pub async fn enter(options: &WindowOptions) -> Slot {
     if let Ok(permit) = window.permits.try_acquire() {
         return window.lease(permit);
     }
+    if window.went_idle() {
+        IDLE.fetch_add(1, Ordering::Relaxed);
+        return Slot::none();
+    }
     WAITED.fetch_add(1, Ordering::Relaxed);
     let _waiting = Waiting::new(window);
+    let opened = window.open.notified();
+    tokio::pin!(opened);
     tokio::select! {
         biased;
         permit = window.permits.acquire() => match permit {
@@ -210,6 +242,10 @@ pub async fn enter(options: &WindowOptions) -> Slot {
             // The semaphore is never closed.
             Err(_) => Slot::none(),
         },
+        _ = &mut opened => {
+            IDLE.fetch_add(1, Ordering::Relaxed);
+            Slot::none()
+        }
         _ = tokio::time::sleep(window.options.max_wait) => {
             OVERRAN.fetch_add(1, Ordering::Relaxed);
             Slot::none()
@@ -223,7 +259,7 @@ struct Waiting(&'static Window);
 impl Waiting {
     fn new(window: &'static Window) -> Waiting {
         let first = {
-            let mut leases = window.leases.lock().unwrap_or_else(|e| e.into_inner());
+            let mut leases = window.leases();
             leases.waiting += 1;
             leases.waiting == 1
         };
@@ -236,7 +272,7 @@ impl Waiting {
 
 impl Drop for Waiting {
     fn drop(&mut self) {
-        let mut leases = self.0.leases.lock().unwrap_or_else(|e| e.into_inner());
+        let mut leases = self.0.leases();
         leases.waiting = leases.waiting.saturating_sub(1);
     }
 }
