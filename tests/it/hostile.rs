@@ -1245,18 +1245,7 @@ fn a_slow_upstream_does_not_hold_the_window_of_requests() {
     upstream.set_delay(Duration::from_millis(600));
     let clients: Vec<_> = (0..6).map(|_| bg.client(&pki, None, Http::One)).collect();
     let start = Instant::now();
-    std::thread::scope(|s| {
-        let handles: Vec<_> = clients
-            .iter()
-            .map(|c| {
-                let url = bg.url("/slow");
-                s.spawn(move || c.get(url).send().map(|r| r.status().as_u16()))
-            })
-            .collect();
-        for h in handles {
-            assert_eq!(h.join().unwrap().unwrap(), 200);
-        }
-    });
+    assert_eq!(all_at_once(&clients, &bg.url("/slow"), 1), vec![200; 6]);
     let took = start.elapsed();
     // One place, six requests of 600 ms: one after the other they would take 3.6 s. The
     // thread idles while they wait on the upstream, so the window holds none of them back.
@@ -1301,24 +1290,7 @@ fn many_clients_through_a_window_of_one_are_all_served() {
     let upstream = Upstream::start();
     let bg = Bindgate::start(&pki, &one_request_window(upstream.addr));
     let clients: Vec<_> = (0..24).map(|_| bg.client(&pki, None, Http::One)).collect();
-    std::thread::scope(|s| {
-        let handles: Vec<_> = clients
-            .iter()
-            .map(|c| {
-                let url = bg.url("/many");
-                s.spawn(move || {
-                    (0..10)
-                        .map(|_| c.get(url.clone()).send().map(|r| r.status().as_u16()))
-                        .collect::<Vec<_>>()
-                })
-            })
-            .collect();
-        for h in handles {
-            for status in h.join().unwrap() {
-                assert_eq!(status.unwrap(), 200);
-            }
-        }
-    });
+    assert_eq!(all_at_once(&clients, &bg.url("/many"), 10), vec![200; 240]);
     assert_eq!(upstream.requests().len(), 240);
     assert_eq!(
         bg.metric("bindgate_request_window_total{event=\"overran\"}"),

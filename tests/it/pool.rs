@@ -10,18 +10,8 @@ const IN_FLIGHT: usize = 160;
 /// `IN_FLIGHT` requests at once, each on its own client connection, all held by the upstream
 /// for a moment so that they are in flight together.
 fn wave(bg: &Bindgate, clients: &[reqwest::blocking::Client]) {
-    std::thread::scope(|s| {
-        let handles: Vec<_> = clients
-            .iter()
-            .map(|c| {
-                let url = bg.url("/wave");
-                s.spawn(move || c.get(url).send().map(|r| r.status().as_u16()))
-            })
-            .collect();
-        for h in handles {
-            assert_eq!(h.join().unwrap().unwrap(), 200);
-        }
-    });
+    let statuses = all_at_once(clients, &bg.url("/wave"), 1);
+    assert_eq!(statuses, vec![200; clients.len()]);
 }
 
 #[test]

@@ -563,6 +563,28 @@ listen:
 admin: {address: "{ADMIN}"}
 "#;
 
+/// `each` GETs of `url` on every client, the clients at once (a thread each); the statuses,
+/// client by client (0 for a request that failed).
+#[allow(dead_code)]
+pub fn all_at_once(clients: &[reqwest::blocking::Client], url: &str, each: usize) -> Vec<u16> {
+    std::thread::scope(|s| {
+        let handles: Vec<_> = clients
+            .iter()
+            .map(|c| {
+                s.spawn(move || {
+                    (0..each)
+                        .map(|_| c.get(url).send().map_or(0, |r| r.status().as_u16()))
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .flat_map(|h| h.join().expect("a client thread"))
+            .collect()
+    })
+}
+
 /// A JWKS server publishing the keys of `signers`, and a recording provider.
 pub fn key_server_and_provider(signers: &[&tokens::Signer]) -> (Upstream, Upstream) {
     let jwks = Upstream::start();
