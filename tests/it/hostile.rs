@@ -1297,3 +1297,33 @@ fn many_clients_through_a_window_of_one_are_all_served() {
         0
     );
 }
+
+#[test]
+fn http2_streams_are_not_in_the_window_of_requests() {
+    // Four streams on one HTTP/2 connection to a 500 ms upstream, through a window of one
+    // place: none waits for a place (the window covers HTTP/1.x requests only).
+    let pki = Pki::new();
+    let upstream = Upstream::start();
+    let bg = Bindgate::start(&pki, &one_request_window(upstream.addr));
+    upstream.set_delay(Duration::from_millis(500));
+    let client = bg.client(&pki, None, Http::Alpn);
+    let version = client.get(bg.url("/warm")).send().unwrap().version();
+    assert_eq!(version, reqwest::Version::HTTP_2);
+    let start = Instant::now();
+    let clients = vec![client; 4];
+    assert_eq!(all_at_once(&clients, &bg.url("/h2"), 1), vec![200; 4]);
+    let took = start.elapsed();
+    assert!(
+        took < Duration::from_millis(1_500),
+        "four streams took {took:?}"
+    );
+    for event in ["waited", "idle", "expired", "overran"] {
+        assert_eq!(
+            bg.metric(&format!(
+                "bindgate_request_window_total{{event=\"{event}\"}}"
+            )),
+            0,
+            "{event}"
+        );
+    }
+}
