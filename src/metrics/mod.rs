@@ -71,8 +71,10 @@ pub struct Metrics {
     /// Client TLS handshakes that failed, by kind (Pingora counts them; copied on scrape).
     tls_handshake_failures: IntCounterVec,
     /// The request window's events (`server.active_requests`; Pingora counts them; copied on
-    /// scrape): waited, expired, overran.
+    /// scrape): waited, grew, shrank, expired, overran.
     request_window: IntCounterVec,
+    /// Places the request windows of all worker threads have now.
+    request_window_places: IntGauge,
     /// Connections the listener could not accept for want of a file descriptor.
     pub connections_refused: IntCounter,
     /// Upstream connections: opened, reused from the keep-alive pool, closed after leaving
@@ -227,17 +229,24 @@ impl Metrics {
             Opts::new(
                 "request_window_total",
                 "The window of HTTP/1.x requests each thread works on at once \
-                 (server.active_requests): waited (a request waited for a place), idle (a \
-                 request started without a place, the window full, because the thread had \
-                 gone idle), expired (a place taken from a request that held it past \
-                 server.active_hold), overran (a request waited 1 s and started without one)",
+                 (server.active_requests): waited (a request waited for a place), grew (a \
+                 window doubled: requests waited while its thread had time to spare), shrank \
+                 (a window gave back a tenth of its places: its thread was busy), expired (a \
+                 place taken from a request that held it past server.active_hold), overran \
+                 (a request waited 1 s and started without one)",
             ),
             &["event"],
         )
         .expect("static metric definition");
-        for event in ["waited", "idle", "expired", "overran"] {
+        for event in ["waited", "grew", "shrank", "expired", "overran"] {
             request_window.with_label_values(&[event]);
         }
+        let request_window_places = IntGauge::new(
+            "request_window_places",
+            "Places the windows of requests of all worker threads have now (each starts at \
+             server.active_requests and follows its thread's load; 0 when off)",
+        )
+        .expect("static metric definition");
         let connections_closed = IntCounterVec::new(
             Opts::new(
                 "connections_closed_total",
@@ -300,6 +309,7 @@ impl Metrics {
             Box::new(connections_closed.clone()),
             Box::new(tls_handshake_failures.clone()),
             Box::new(request_window.clone()),
+            Box::new(request_window_places.clone()),
             Box::new(connections_refused.clone()),
             Box::new(upstream_connections.clone()),
             Box::new(certificate_expiry_seconds.clone()),
@@ -349,6 +359,7 @@ impl Metrics {
             connections_closed,
             tls_handshake_failures,
             request_window,
+            request_window_places,
             connections_refused,
             upstream_opened: upstream_connections.with_label_values(&["opened"]),
             upstream_reused: upstream_connections.with_label_values(&["reused"]),
@@ -440,7 +451,8 @@ impl Metrics {
         );
         for (event, total) in [
             ("waited", &window::WAITED),
-            ("idle", &window::IDLE),
+            ("grew", &window::GREW),
+            ("shrank", &window::SHRANK),
             ("expired", &window::EXPIRED),
             ("overran", &window::OVERRAN),
         ] {
@@ -449,6 +461,8 @@ impl Metrics {
                 total.load(Ordering::Relaxed),
             );
         }
+        self.request_window_places
+            .set(i64::try_from(window::PLACES.load(Ordering::Relaxed)).unwrap_or(i64::MAX));
     }
 
     pub fn register(&self, collector: Box<dyn prometheus::core::Collector>) {

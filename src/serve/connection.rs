@@ -6,9 +6,10 @@ use std::time::Duration;
 /// connection without a request in progress closes after `idle_timeout` (HTTP/2: GOAWAY
 /// first); the TLS handshake, the HTTP/2 preface and each HTTP/1.1 request head from its first
 /// byte must complete within `header_timeout`. The body's deadline is the gateway's.
-/// With `active_requests`, each worker thread works on that many HTTP/1.x requests at once
-/// and the next wait their turn (`pingora::apps::window`) while the thread is busy: at most
-/// 1 s, never once the thread has gone idle, never behind a place held past `active_hold`.
+/// With `active_requests`, each worker thread's window of HTTP/1.x requests starts with that
+/// many places and the next requests wait their turn (`pingora::apps::window`): at most 1 s,
+/// never behind a place held past `active_hold`; the window grows while its thread has time
+/// to spare and opens (no waiting) at four times `active_requests`.
 pub(super) fn connection_deadlines(
     server: &crate::config::Server,
 ) -> pingora::apps::HttpServerOptions {
@@ -43,11 +44,16 @@ mod tests {
         }
     }
 
-    /// A task that always has work, until the test's runtime ends: the thread never goes
-    /// idle, as under full load.
+    /// A task that always has work, until the test's runtime ends: the thread works nearly
+    /// all the time, as under full load (each poll computes for 500 µs before it yields, so
+    /// the runtime's own work between polls is a small share).
     fn keep_the_thread_busy() {
         tokio::spawn(async {
             loop {
+                let started = Instant::now();
+                while started.elapsed() < Duration::from_micros(500) {
+                    std::hint::spin_loop();
+                }
                 tokio::task::yield_now().await;
             }
         });
@@ -95,24 +101,50 @@ mod tests {
         assert_eq!(*order.borrow(), vec![0, 1, 2, 3]);
     }
 
-    #[tokio::test]
-    async fn with_the_thread_idle_a_full_window_holds_no_request_back() {
-        // The request in progress waits on nothing this thread does (a slow upstream, a slow
-        // client): the next one starts, without a place, instead of waiting `hold`.
-        let o = options(1, 60_000, 60_000);
-        let held = enter(&o).await;
+    /// Grows a window of one place on an idle thread until it is open (four places), holding
+    /// what it takes: the requests in progress wait on nothing this thread does (a slow
+    /// upstream, a slow client), so the window doubles instead of keeping the next waiting.
+    async fn grow_until_open(o: &WindowOptions) -> Vec<pingora::apps::window::Slot> {
+        let held = enter(o).await;
         assert!(held.is_held());
-        tokio::time::sleep(Duration::from_millis(20)).await;
         let started = Instant::now();
-        let next = enter(&o).await;
+        let second = enter(o).await;
         let waited = started.elapsed();
-        assert!(!next.is_held());
+        assert!(second.is_held(), "the window grew a place for it");
         assert!(waited < Duration::from_millis(500), "{waited:?}");
-        // Requests already waiting are let go once the thread idles, within a few QUICKs.
+        // Two places held; the next two wait until the window doubles again, to four: open.
         let started = Instant::now();
-        let (a, b) = tokio::join!(enter(&o), enter(&o));
-        assert!(!a.is_held() && !b.is_held());
+        let (a, b) = tokio::join!(enter(o), enter(o));
         assert!(started.elapsed() < Duration::from_millis(500));
+        let open = enter(o).await;
+        assert!(
+            !open.is_held(),
+            "an open window lets a request start without a place"
+        );
+        vec![held, second, a, b]
+    }
+
+    #[tokio::test]
+    async fn with_the_thread_idle_a_full_window_grows_until_it_opens() {
+        grow_until_open(&options(1, 60_000, 60_000)).await;
+    }
+
+    #[tokio::test]
+    async fn with_the_thread_busy_an_open_window_shrinks_back_and_closes() {
+        let o = options(1, 60_000, 60_000);
+        drop(grow_until_open(&o).await);
+        keep_the_thread_busy();
+        // Requests come and go on a busy thread: every period it gives back a place.
+        let started = Instant::now();
+        while started.elapsed() < Duration::from_millis(600) {
+            let slot = enter(&o).await;
+            tokio::time::sleep(Duration::from_millis(5)).await;
+            drop(slot);
+        }
+        let held = enter(&o).await;
+        assert!(held.is_held(), "the window is closed again");
+        let next = tokio::time::timeout(Duration::from_millis(150), enter(&o)).await;
+        assert!(next.is_err(), "a busy thread's window is back to one place");
     }
 
     #[tokio::test]

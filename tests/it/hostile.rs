@@ -1248,13 +1248,14 @@ fn a_slow_upstream_does_not_hold_the_window_of_requests() {
     assert_eq!(all_at_once(&clients, &bg.url("/slow"), 1), vec![200; 6]);
     let took = start.elapsed();
     // One place, six requests of 600 ms: one after the other they would take 3.6 s. The
-    // thread idles while they wait on the upstream, so the window holds none of them back.
+    // thread idles while they wait on the upstream, so the window grows until it is open.
     assert!(
         took < Duration::from_millis(1_500),
         "six requests to a 600 ms upstream took {took:?} through a window of one"
     );
     assert_eq!(upstream.requests().len(), 6);
-    assert!(bg.metric("bindgate_request_window_total{event=\"idle\"}") >= 1);
+    assert!(bg.metric("bindgate_request_window_total{event=\"grew\"}") >= 1);
+    assert!(bg.metric("bindgate_request_window_places") >= 4);
 }
 
 #[test]
@@ -1317,7 +1318,7 @@ fn http2_streams_are_not_in_the_window_of_requests() {
         took < Duration::from_millis(1_500),
         "four streams took {took:?}"
     );
-    for event in ["waited", "idle", "expired", "overran"] {
+    for event in ["waited", "grew", "shrank", "expired", "overran"] {
         assert_eq!(
             bg.metric(&format!(
                 "bindgate_request_window_total{{event=\"{event}\"}}"

@@ -235,7 +235,7 @@ pub(super) fn server(p: &mut Problems, file: &FileConfig, source: &Path) -> Serv
             ),
         );
     }
-    let active_requests = sv.and_then(|s| s.active_requests).unwrap_or(0);
+    let active_requests = sv.and_then(|s| s.active_requests).unwrap_or(16);
     if active_requests > 65_536 {
         p.push(
             "server.active_requests",

@@ -9,14 +9,18 @@
 //! request only while fewer than `slots` are in progress; the others wait for a place in
 //! arrival order, holding nothing but their connection (their bytes stay in the kernel).
 //!
-//! The window only ever holds requests back while the thread has no time to spare. When the
-//! window is full but the thread has gone idle since it last looked (the requests in progress
-//! wait on an upstream or a client, not on this CPU), a request starts at once without a
-//! place, and a keeper, awake every [`QUICK`] while requests wait, lets every waiting request
-//! start the same way once the thread has gone idle. A place is not something a slow party can
-//! keep others out with even on a busy thread: held longer than `hold`, it goes to the next in
-//! line and its request carries on without one. No request waits longer than `max_wait`.
-//! Nothing is refused.
+//! The window's size follows the thread's load. It starts at `slots` places. Every [`PERIOD`]
+//! the window looks at how busy the thread was: when requests waited for a place while the
+//! thread had time to spare (the requests in progress wait on an upstream or a client, not on
+//! this CPU), the window doubles; when the thread was busy, it gives back a 32nd of its
+//! places, down to `slots`. Grown to [`OPEN`] times `slots`, the window is open: every
+//! request starts at once, as without a window, until the busy thread has shrunk it again.
+//! So a thread whose upstream answers at once works on a few requests at a time, and one
+//! whose upstream is slow lets as many wait on it as it needs to stay busy.
+//!
+//! A place is not something a slow party can keep others out with: held longer than `hold`,
+//! it goes to the next in line and its request carries on without one. No request waits
+//! longer than `max_wait`. Nothing is refused.
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -27,11 +31,26 @@ use tokio::sync::{Notify, Semaphore, SemaphorePermit};
 
 /// How often the keeper looks while requests wait.
 pub const QUICK: Duration = Duration::from_millis(1);
+/// How often the window's size follows the thread's load.
+pub const PERIOD: Duration = Duration::from_millis(50);
+/// The share of a period a thread works (as tokio counts it: polling tasks, not waiting for
+/// or handling I/O events) from which it counts as busy. A thread that never waits for work
+/// reads ~0.97 here.
+pub const BUSY: f64 = 0.90;
+/// A window grown to this many times `slots` is open: requests start without a place. It
+/// keeps following the load, and closes again once it has shrunk below.
+pub const OPEN: usize = 4;
+/// The most places a window grows to.
+pub const MOST: usize = 65_536;
 
 /// Requests that waited for a place.
 pub static WAITED: AtomicU64 = AtomicU64::new(0);
-/// Requests that started without a place, the window full, because the thread had gone idle.
-pub static IDLE: AtomicU64 = AtomicU64::new(0);
+/// Times a window doubled: requests waited while its thread had time to spare.
+pub static GREW: AtomicU64 = AtomicU64::new(0);
+/// Times a window gave back places: its thread was busy.
+pub static SHRANK: AtomicU64 = AtomicU64::new(0);
+/// Places all windows have now.
+pub static PLACES: AtomicU64 = AtomicU64::new(0);
 /// Places taken from a request that held one longer than the window's `hold`.
 pub static EXPIRED: AtomicU64 = AtomicU64::new(0);
 /// Requests that waited `max_wait` and started without a place.
@@ -40,7 +59,8 @@ pub static OVERRAN: AtomicU64 = AtomicU64::new(0);
 /// The window's settings, as a server's options carry them.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct WindowOptions {
-    /// Requests worked on at once, per worker thread (at least 1).
+    /// Requests worked on at once, per worker thread, at the least (at least 1): the window
+    /// starts with this many places and grows while its thread has time to spare.
     pub slots: usize,
     /// A request holding its place longer than this gives it up to the next in line.
     pub hold: Duration,
@@ -58,8 +78,14 @@ struct Leases {
     /// back when they end.
     expired: Vec<u64>,
     next: u64,
-    /// The thread's park count when the window last looked.
-    parks: u64,
+    /// Places the window has.
+    limit: usize,
+    /// Places to take back as they are given back (the window shrank while they were held).
+    owed: usize,
+    /// Whether a request waited since the window last looked.
+    waited: bool,
+    /// When the window last looked, and how long the thread had been busy then.
+    looked: Option<(Instant, Duration)>,
 }
 
 /// One thread's window.
@@ -69,8 +95,6 @@ pub struct Window {
     leases: Mutex<Leases>,
     /// Wakes the thread's keeper when a request begins to wait.
     someone_waits: Notify,
-    /// Lets every waiting request start (without a place).
-    open: Notify,
 }
 
 thread_local! {
@@ -82,12 +106,16 @@ thread_local! {
 
 impl Window {
     fn new(options: WindowOptions) -> Window {
+        let slots = options.slots.clamp(1, MOST);
+        PLACES.fetch_add(slots as u64, Ordering::Relaxed);
         Window {
             options,
-            permits: Semaphore::new(options.slots.max(1)),
-            leases: Mutex::new(Leases::default()),
+            permits: Semaphore::new(slots),
+            leases: Mutex::new(Leases {
+                limit: slots,
+                ..Leases::default()
+            }),
             someone_waits: Notify::new(),
-            open: Notify::new(),
         }
     }
 
@@ -95,8 +123,8 @@ impl Window {
         self.leases.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// While requests wait, every [`QUICK`]: lets them all start if the thread has gone idle
-    /// since it last looked, else gives the places held past `hold` to the next in line.
+    /// While requests wait, every [`QUICK`]: gives the places held past `hold` to the next in
+    /// line, and lets the window follow the thread's load.
     async fn keep(&'static self) {
         loop {
             if self.leases().waiting == 0 {
@@ -104,21 +132,70 @@ impl Window {
                 continue;
             }
             tokio::time::sleep(QUICK).await;
-            if self.went_idle() {
-                self.open.notify_waiters();
-            } else {
+            if !self.look() {
                 self.expire_due();
             }
         }
     }
 
-    /// Whether the thread has parked (gone idle) since the window last looked.
-    fn went_idle(&self) -> bool {
-        let now = parks();
+    /// Once a [`PERIOD`]: doubles the window if requests waited while the thread had time to
+    /// spare, gives back a 32nd of its places (down to `slots`) if the thread was busy.
+    /// Whether the window is open.
+    fn look(&self) -> bool {
+        let now = Instant::now();
+        let slots = self.options.slots.clamp(1, MOST);
+        let open_at = slots.saturating_mul(OPEN);
         let mut leases = self.leases();
-        let idled = now != leases.parks;
-        leases.parks = now;
-        idled
+        if leases
+            .looked
+            .is_some_and(|(then, _)| now.saturating_duration_since(then) < PERIOD)
+        {
+            return leases.limit >= open_at;
+        }
+        let Some(busy) = busy_time() else {
+            return false;
+        };
+        let waited = std::mem::take(&mut leases.waited) || leases.waiting > 0;
+        let Some((then, busy_then)) = leases.looked.replace((now, busy)) else {
+            return leases.limit >= open_at;
+        };
+        let wall = now.saturating_duration_since(then).as_secs_f64();
+        let share = busy.saturating_sub(busy_then).as_secs_f64() / wall.max(1e-9);
+        if share < BUSY {
+            if waited {
+                self.grow(&mut leases, open_at);
+            }
+        } else if leases.limit > slots {
+            let fewer = (leases.limit / 32).clamp(1, leases.limit - slots);
+            leases.limit -= fewer;
+            // Free places go at once, held ones as they are given back.
+            let taken = self.permits.forget_permits(fewer);
+            leases.owed += fewer - taken;
+            PLACES.fetch_sub(fewer as u64, Ordering::Relaxed);
+            SHRANK.fetch_add(1, Ordering::Relaxed);
+        }
+        leases.limit >= open_at
+    }
+
+    /// Doubles the window; once open, lets those waiting go too.
+    fn grow(&self, leases: &mut Leases, open_at: usize) {
+        if leases.limit >= MOST {
+            return;
+        }
+        let more = leases.limit.min(MOST - leases.limit);
+        leases.limit += more;
+        // Places still owed are simply not taken back.
+        let forgiven = more.min(leases.owed);
+        leases.owed -= forgiven;
+        self.permits.add_permits(more - forgiven);
+        PLACES.fetch_add(more as u64, Ordering::Relaxed);
+        GREW.fetch_add(1, Ordering::Relaxed);
+        if leases.limit >= open_at && leases.waiting > 0 {
+            // Open now: those waiting go too, with places taken back as they end.
+            let waiting = leases.waiting;
+            leases.owed += waiting;
+            self.permits.add_permits(waiting);
+        }
     }
 
     fn lease(&'static self, permit: SemaphorePermit<'static>) -> Slot {
@@ -157,19 +234,13 @@ impl Window {
     }
 }
 
-/// How many times this thread's runtime has gone idle (parked), if it can tell: a
-/// current-thread runtime (Pingora's worker threads without work stealing) has one worker.
-/// Elsewhere 0: the thread never counts as idle, and only `hold` and `max_wait` apply.
-fn parks() -> u64 {
-    let Ok(handle) = tokio::runtime::Handle::try_current() else {
-        return 0;
-    };
+/// How long this thread's runtime has worked, if it can tell: a current-thread runtime
+/// (Pingora's worker threads without work stealing) has one worker. Elsewhere `None`: the
+/// window keeps `slots` places, and only `hold` and `max_wait` apply.
+fn busy_time() -> Option<Duration> {
+    let handle = tokio::runtime::Handle::try_current().ok()?;
     let metrics = handle.metrics();
-    if metrics.num_workers() == 1 {
-        metrics.worker_park_count(0)
-    } else {
-        0
-    }
+    (metrics.num_workers() == 1).then(|| metrics.worker_total_busy_duration(0))
 }
 
 /// A request's place in its thread's window (or none): given back when dropped.
@@ -178,7 +249,7 @@ pub struct Slot {
 }
 
 impl Slot {
-    /// No place: no window configured, the thread idle, or the wait ran out.
+    /// No place: no window configured, or the wait ran out.
     pub fn none() -> Slot {
         Slot { held: None }
     }
@@ -206,15 +277,21 @@ impl Drop for Slot {
         if let Some(i) = leases.held.iter().position(|(_, e)| *e == id) {
             leases.held.remove(i);
         }
+        if leases.owed > 0 {
+            // The window shrank: this place is not given to anyone.
+            leases.owed -= 1;
+            drop(leases);
+            permit.forget();
+            return;
+        }
         drop(leases);
         drop(permit);
     }
 }
 
 /// A place in this thread's window for a request about to start: at once when one is free;
-/// when none is, at once without one if the thread has gone idle since the window last
-/// looked; else in arrival order when a place is given back or taken from a request past
-/// `hold`, or without one when the thread goes idle meanwhile or `max_wait` runs out.
+/// else in arrival order when a place is given back, taken from a request past `hold` or made
+/// as the window grows, or without one when `max_wait` runs out.
 pub async fn enter(options: &WindowOptions) -> Slot {
     let window: &'static Window = WINDOW.with(|w| {
         *w.get_or_init(|| {
@@ -224,17 +301,14 @@ pub async fn enter(options: &WindowOptions) -> Slot {
             window
         })
     });
+    if window.look() {
+        return Slot::none();
+    }
     if let Ok(permit) = window.permits.try_acquire() {
         return window.lease(permit);
     }
-    if window.went_idle() {
-        IDLE.fetch_add(1, Ordering::Relaxed);
-        return Slot::none();
-    }
     WAITED.fetch_add(1, Ordering::Relaxed);
     let _waiting = Waiting::new(window);
-    let opened = window.open.notified();
-    tokio::pin!(opened);
     tokio::select! {
         biased;
         permit = window.permits.acquire() => match permit {
@@ -242,10 +316,6 @@ pub async fn enter(options: &WindowOptions) -> Slot {
             // The semaphore is never closed.
             Err(_) => Slot::none(),
         },
-        _ = &mut opened => {
-            IDLE.fetch_add(1, Ordering::Relaxed);
-            Slot::none()
-        }
         _ = tokio::time::sleep(window.options.max_wait) => {
             OVERRAN.fetch_add(1, Ordering::Relaxed);
             Slot::none()
@@ -261,6 +331,7 @@ impl Waiting {
         let first = {
             let mut leases = window.leases();
             leases.waiting += 1;
+            leases.waited = true;
             leases.waiting == 1
         };
         if first {
