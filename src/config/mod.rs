@@ -544,9 +544,8 @@ pub struct Server {
     pub body_timeout: Duration,
     /// Take a client's `X-Request-Id` (else every request gets one of bindgate's own).
     pub trust_request_id: bool,
-    /// The places each worker thread's window of HTTP/1.x requests starts with and shrinks
-    /// back to (0: no window); the next requests wait their turn, in arrival order, holding
-    /// only their connection. The window grows while its thread has time to spare.
+    /// Places a thread's window of HTTP/1.x requests starts with and shrinks back to (0: no
+    /// window); it grows while its thread has time to spare. The next requests wait in order.
     pub active_requests: usize,
     /// A request holding its place longer than this (a slow upstream, a slow client) gives
     /// it up to the next in line and carries on without one.
