@@ -10,13 +10,15 @@
 //! arrival order, holding nothing but their connection (their bytes stay in the kernel).
 //!
 //! The window's size follows the thread's load. It starts at `slots` places. Every [`PERIOD`]
-//! the window looks at how busy the thread was: when requests waited for a place while the
-//! thread had time to spare (the requests in progress wait on an upstream or a client, not on
-//! this CPU), the window doubles; when the thread was busy, it gives back a 32nd of its
-//! places, down to `slots`. Grown to [`OPEN`] times `slots`, the window is open: every
-//! request starts at once, as without a window, until the busy thread has shrunk it again.
-//! So a thread whose upstream answers at once works on a few requests at a time, and one
-//! whose upstream is slow lets as many wait on it as it needs to stay busy.
+//! the window looks at how much of it the thread worked: when requests waited for a place
+//! while the thread had time to spare (the requests in progress wait on an upstream or a
+//! client, not on this CPU), the window doubles; when the thread was busy, it gives back an
+//! 8th of its places, down to `slots`. Grown to [`OPEN`] times `slots`, the window is open:
+//! every request starts at once, as without a window. A busy thread shrinks an open window by
+//! a 64th a period, which only times its next try at closing; for the period after it closes,
+//! the window looks every [`QUICK_PERIOD`] and opens again at once if the thread starves. So a
+//! thread whose upstream answers at once works on a few requests at a time, and one whose
+//! upstream is slow lets as many wait on it as it needs to stay busy.
 //!
 //! A place is not something a slow party can keep others out with: held longer than `hold`,
 //! it goes to the next in line and its request carries on without one. No request waits
@@ -33,10 +35,17 @@ use tokio::sync::{Notify, Semaphore, SemaphorePermit};
 pub const QUICK: Duration = Duration::from_millis(1);
 /// How often the window's size follows the thread's load.
 pub const PERIOD: Duration = Duration::from_millis(50);
+/// How often a window that has just closed looks whether requests wait on a thread that is
+/// hardly working.
+pub const QUICK_PERIOD: Duration = Duration::from_millis(10);
+/// Below this share of a [`QUICK_PERIOD`] worked while requests waited, a window that has just
+/// closed is far too small: it opens again at once. (Over 10 ms the reads are coarse: tokio
+/// adds up a thread's busy time every 61 polls; only a deep dip counts.)
+pub const STARVED: f64 = 0.5;
 /// The share of a period a thread works (as tokio counts it: polling tasks, not waiting for
 /// or handling I/O events) from which it counts as busy. A thread that never waits for work
 /// reads ~0.97 here.
-pub const BUSY: f64 = 0.90;
+pub const BUSY: f64 = 0.85;
 /// A window grown to this many times `slots` is open: requests start without a place. It
 /// keeps following the load, and closes again once it has shrunk below.
 pub const OPEN: usize = 4;
@@ -86,6 +95,8 @@ struct Leases {
     waited: bool,
     /// When the window last looked, and how long the thread had been busy then.
     looked: Option<(Instant, Duration)>,
+    /// Over the period after the window closed: when it last looked, and the busy time then.
+    probe: Option<(Instant, Duration)>,
 }
 
 /// One thread's window.
@@ -139,40 +150,74 @@ impl Window {
     }
 
     /// Once a [`PERIOD`]: doubles the window if requests waited while the thread had time to
-    /// spare, gives back a 32nd of its places (down to `slots`) if the thread was busy.
-    /// Whether the window is open.
+    /// spare, gives back an 8th of its places (a 64th when open; down to `slots`) if the
+    /// thread was busy; every [`QUICK_PERIOD`] of the period after it closed, opens it again
+    /// if requests wait on a starving thread. Whether the window is open.
     fn look(&self) -> bool {
         let now = Instant::now();
         let slots = self.options.slots.clamp(1, MOST);
         let open_at = slots.saturating_mul(OPEN);
         let mut leases = self.leases();
-        if leases
-            .looked
-            .is_some_and(|(then, _)| now.saturating_duration_since(then) < PERIOD)
-        {
+        let due = |at: Option<(Instant, Duration)>, every: Duration| {
+            at.is_none_or(|(then, _)| now.saturating_duration_since(then) >= every)
+        };
+        let probing = leases.probe.is_some();
+        let quick_due = probing && due(leases.probe, QUICK_PERIOD);
+        if !quick_due && !due(leases.looked, PERIOD) {
             return leases.limit >= open_at;
         }
         let Some(busy) = busy_time() else {
             return false;
         };
+        // The share of the time since `then` the thread worked.
+        let share_since = |(then, busy_then): (Instant, Duration)| {
+            let wall = now.saturating_duration_since(then).as_secs_f64();
+            busy.saturating_sub(busy_then).as_secs_f64() / wall.max(1e-9)
+        };
+        if quick_due {
+            // Just closed: is the window far too small for what the thread is doing?
+            let waited = leases.waiting > 0;
+            if let Some(then) = leases.probe.replace((now, busy)) {
+                if waited && share_since(then) < STARVED {
+                    self.grow(&mut leases, open_at);
+                    leases.probe = None;
+                    // A new period begins.
+                    leases.looked = Some((now, busy));
+                    leases.waited = false;
+                    return leases.limit >= open_at;
+                }
+            }
+            if !due(leases.looked, PERIOD) {
+                return leases.limit >= open_at;
+            }
+        }
+        // A period's end: a probe ends with it.
+        leases.probe = None;
         let waited = std::mem::take(&mut leases.waited) || leases.waiting > 0;
-        let Some((then, busy_then)) = leases.looked.replace((now, busy)) else {
+        let Some(then) = leases.looked.replace((now, busy)) else {
             return leases.limit >= open_at;
         };
-        let wall = now.saturating_duration_since(then).as_secs_f64();
-        let share = busy.saturating_sub(busy_then).as_secs_f64() / wall.max(1e-9);
-        if share < BUSY {
+        if share_since(then) < BUSY {
             if waited {
                 self.grow(&mut leases, open_at);
             }
         } else if leases.limit > slots {
-            let fewer = (leases.limit / 32).clamp(1, leases.limit - slots);
+            let was_open = leases.limit >= open_at;
+            // An open window shrinks slowly (it only times the next try at closing); a closed
+            // one back towards `slots` soon.
+            let part = if was_open { 64 } else { 8 };
+            let fewer = (leases.limit / part).clamp(1, leases.limit - slots);
             leases.limit -= fewer;
             // Free places go at once, held ones as they are given back.
             let taken = self.permits.forget_permits(fewer);
             leases.owed += fewer - taken;
             PLACES.fetch_sub(fewer as u64, Ordering::Relaxed);
             SHRANK.fetch_add(1, Ordering::Relaxed);
+            if was_open && leases.limit < open_at {
+                // Closed: over the next period, look every QUICK_PERIOD whether that starves
+                // the thread.
+                leases.probe = Some((now, busy));
+            }
         }
         leases.limit >= open_at
     }
