@@ -231,7 +231,8 @@ impl Metrics {
                 "The window of HTTP/1.x requests each thread works on at once \
                  (server.active_requests): waited (a request waited for a place), grew (a \
                  window doubled: requests waited while its thread had time to spare), shrank \
-                 (a window gave back a tenth of its places: its thread was busy), expired (a \
+                 (a window gave back an 8th of its places, a 64th when open: its thread was \
+                 busy), expired (a \
                  place taken from a request that held it past server.active_hold), overran \
                  (a request waited 1 s and started without one)",
             ),
