@@ -71,7 +71,7 @@ pub struct Metrics {
     /// Client TLS handshakes that failed, by kind (Pingora counts them; copied on scrape).
     tls_handshake_failures: IntCounterVec,
     /// The request window's events (`server.active_requests`; Pingora counts them; copied on
-    /// scrape): waited, grew, shrank, expired, overran.
+    /// scrape): waited, grew, reopened, shrank, expired, overran.
     request_window: IntCounterVec,
     /// Places the request windows of all worker threads have now.
     request_window_places: IntGauge,
@@ -230,7 +230,8 @@ impl Metrics {
                 "request_window_total",
                 "The window of HTTP/1.x requests each thread works on at once \
                  (server.active_requests): waited (a request waited for a place), grew (a \
-                 window doubled: requests waited while its thread had time to spare), shrank \
+                 window doubled: requests waited while its thread had time to spare), reopened \
+                 (a window that had just closed opened again at once: its thread starved), shrank \
                  (a window gave back an 8th of its places, a 64th when open: its thread was \
                  busy), expired (a \
                  place taken from a request that held it past server.active_hold), overran \
@@ -239,7 +240,7 @@ impl Metrics {
             &["event"],
         )
         .expect("static metric definition");
-        for event in ["waited", "grew", "shrank", "expired", "overran"] {
+        for event in ["waited", "grew", "reopened", "shrank", "expired", "overran"] {
             request_window.with_label_values(&[event]);
         }
         let request_window_places = IntGauge::new(
@@ -453,6 +454,7 @@ impl Metrics {
         for (event, total) in [
             ("waited", &window::WAITED),
             ("grew", &window::GREW),
+            ("reopened", &window::REOPENED),
             ("shrank", &window::SHRANK),
             ("expired", &window::EXPIRED),
             ("overran", &window::OVERRAN),

@@ -148,6 +148,48 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_window_that_closes_onto_a_starving_thread_opens_again_at_once() {
+        use pingora::apps::window::REOPENED;
+        use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
+        let o = options(1, 60_000, 60_000);
+        drop(grow_until_open(&o).await);
+        // The thread works until the window closes (a closed window gives places again).
+        let busy = std::sync::Arc::new(AtomicBool::new(true));
+        let working = busy.clone();
+        tokio::spawn(async move {
+            while working.load(Relaxed) {
+                let started = Instant::now();
+                while started.elapsed() < Duration::from_micros(500) {
+                    std::hint::spin_loop();
+                }
+                tokio::task::yield_now().await;
+            }
+        });
+        let started = Instant::now();
+        let first = loop {
+            let slot = enter(&o).await;
+            if slot.is_held() {
+                break slot;
+            }
+            drop(slot);
+            assert!(started.elapsed() < Duration::from_secs(5), "never closed");
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        };
+        // Then it stops: the requests in progress wait on something else (a slow upstream),
+        // and more arrive than the closed window has places.
+        busy.store(false, Relaxed);
+        let before = REOPENED.load(Relaxed);
+        let started = Instant::now();
+        let (a, b, c, d) = tokio::join!(enter(&o), enter(&o), enter(&o), enter(&o));
+        assert!(started.elapsed() < Duration::from_millis(500));
+        assert!(
+            REOPENED.load(Relaxed) > before,
+            "the window opened again on a quick look, not at the period's end"
+        );
+        drop((first, a, b, c, d));
+    }
+
+    #[tokio::test]
     async fn with_the_thread_busy_a_place_goes_to_the_next_after_hold_and_only_once() {
         keep_the_thread_busy();
         let o = options(1, 80, 60_000);

@@ -1318,7 +1318,7 @@ fn http2_streams_are_not_in_the_window_of_requests() {
         took < Duration::from_millis(1_500),
         "four streams took {took:?}"
     );
-    for event in ["waited", "grew", "shrank", "expired", "overran"] {
+    for event in ["waited", "grew", "reopened", "shrank", "expired", "overran"] {
         assert_eq!(
             bg.metric(&format!(
                 "bindgate_request_window_total{{event=\"{event}\"}}"

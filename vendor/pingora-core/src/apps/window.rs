@@ -56,6 +56,8 @@ pub const MOST: usize = 65_536;
 pub static WAITED: AtomicU64 = AtomicU64::new(0);
 /// Times a window doubled: requests waited while its thread had time to spare.
 pub static GREW: AtomicU64 = AtomicU64::new(0);
+/// Times a window that had just closed opened again at once: its thread starved.
+pub static REOPENED: AtomicU64 = AtomicU64::new(0);
 /// Times a window gave back places: its thread was busy.
 pub static SHRANK: AtomicU64 = AtomicU64::new(0);
 /// Places all windows have now.
@@ -180,6 +182,7 @@ impl Window {
             if let Some(then) = leases.probe.replace((now, busy)) {
                 if waited && share_since(then) < STARVED {
                     self.grow(&mut leases, open_at);
+                    REOPENED.fetch_add(1, Ordering::Relaxed);
                     leases.probe = None;
                     // A new period begins.
                     leases.looked = Some((now, busy));
