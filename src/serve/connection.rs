@@ -44,12 +44,15 @@ mod tests {
         }
     }
 
-    /// A task that always has work, until the test's runtime ends: the thread works nearly
-    /// all the time, as under full load (each poll computes for 500 µs before it yields, so
-    /// the runtime's own work between polls is a small share).
-    fn keep_the_thread_busy() {
-        tokio::spawn(async {
-            loop {
+    /// A task that always has work while the flag it returns is set (until the test's
+    /// runtime ends if nobody clears it): the thread works nearly all the time, as under full
+    /// load (each poll computes for 500 µs before it yields, so the runtime's own work between
+    /// polls is a small share).
+    fn keep_the_thread_busy() -> std::sync::Arc<std::sync::atomic::AtomicBool> {
+        let busy = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+        let working = busy.clone();
+        tokio::spawn(async move {
+            while working.load(std::sync::atomic::Ordering::Relaxed) {
                 let started = Instant::now();
                 while started.elapsed() < Duration::from_micros(500) {
                     std::hint::spin_loop();
@@ -57,6 +60,7 @@ mod tests {
                 tokio::task::yield_now().await;
             }
         });
+        busy
     }
 
     #[tokio::test]
@@ -150,21 +154,11 @@ mod tests {
     #[tokio::test]
     async fn a_window_that_closes_onto_a_starving_thread_opens_again_at_once() {
         use pingora::apps::window::REOPENED;
-        use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
+        use std::sync::atomic::Ordering::Relaxed;
         let o = options(1, 60_000, 60_000);
         drop(grow_until_open(&o).await);
         // The thread works until the window closes (a closed window gives places again).
-        let busy = std::sync::Arc::new(AtomicBool::new(true));
-        let working = busy.clone();
-        tokio::spawn(async move {
-            while working.load(Relaxed) {
-                let started = Instant::now();
-                while started.elapsed() < Duration::from_micros(500) {
-                    std::hint::spin_loop();
-                }
-                tokio::task::yield_now().await;
-            }
-        });
+        let busy = keep_the_thread_busy();
         let started = Instant::now();
         let first = loop {
             let slot = enter(&o).await;
